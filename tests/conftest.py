@@ -1,0 +1,48 @@
+"""Shared fixtures: tiny models built in code, no downloads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run tests marked slow (real weights, minutes)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="slow: pass --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_id(tmp_path_factory) -> str:
+    """`local-dir:` identifier of a tiny random open_clip model (D = 32, 32x32 input)."""
+    from vqclip.models.tiny import make_clip_dir
+
+    return make_clip_dir(tmp_path_factory.mktemp("tiny_clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tiny_clip_id):
+    from vqclip.models.clip import load_clip
+
+    return load_clip(tiny_clip_id, device="cpu")
+
+
+@pytest.fixture()
+def tiny_vqgan():
+    from vqclip.models.tiny import make_vqgan
+
+    return make_vqgan()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    """Every test gets its own empty vqclip cache."""
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(2)

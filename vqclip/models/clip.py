@@ -1,0 +1,169 @@
+"""CLIP adapter over open_clip: one small surface (encode images in [0,1], encode strings) for all of vqclip."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..devices import autocast, resolve_device, resolve_precision
+from ..errors import VqclipError, bad_arg
+
+DEFAULT_CLIP = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+
+
+def _dir_fingerprint(path: Path) -> str:
+    """Short content hash of an open_clip local-dir (config + weights), so a moved folder keeps its identity."""
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(path)):
+        p = path / name
+        if p.is_file() and (name.endswith((".json", ".safetensors", ".bin", ".pth", ".pt"))):
+            h.update(name.encode())
+            h.update(str(p.stat().st_size).encode())
+            with open(p, "rb") as f:  # first and last MiB: cheap and enough to tell checkpoints apart
+                h.update(f.read(1 << 20))
+                if p.stat().st_size > 2 << 20:
+                    f.seek(-(1 << 20), os.SEEK_END)
+                    h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def clip_identity(name: str, pretrained: str | None) -> str:
+    """The stable identity string that projections record: `NAME/TAG`, `hf-hub:ORG/REPO` or a content hash."""
+    if name.startswith(HF_HUB):
+        return name
+    if name.startswith(LOCAL_DIR):
+        path = Path(name[len(LOCAL_DIR):]).expanduser()
+        return f"local-dir:{path.name}#{_dir_fingerprint(path)}"
+    if pretrained and os.path.isfile(pretrained):
+        with open(pretrained, "rb") as f:
+            head = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
+        return f"{name}/file#{head}"
+    return f"{name}/{pretrained or 'random'}"
+
+
+def _validate_identifier(name: str, pretrained: str | None) -> None:
+    import open_clip
+
+    if name.startswith(LOCAL_DIR):
+        path = Path(name[len(LOCAL_DIR):]).expanduser()
+        if not (path / "open_clip_config.json").is_file():
+            raise bad_arg("--clip", "a local-dir: model needs a folder holding open_clip_config.json and weights",
+                          name, "Point it at a folder saved in open_clip's format.")
+        return
+    if name.startswith(HF_HUB):
+        return
+    known = open_clip.list_models()
+    if name.replace("/", "-") not in known:
+        close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
+        hint = f"Did you mean: {', '.join(close)}? " if close else ""
+        raise bad_arg("--clip", "not a model name open_clip knows", name,
+                      f"{hint}`python -c \"import open_clip; print(open_clip.list_models())\"` lists all; "
+                      "hf-hub:ORG/REPO and local-dir:PATH also work.")
+    if pretrained and not os.path.isfile(pretrained):
+        tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
+        if pretrained not in tags:
+            raise bad_arg("--pretrained", f"not a pretrained tag for {name} nor an existing file", pretrained,
+                          f"Tags for {name}: {', '.join(tags) or '(none)'}; or give the path of a checkpoint file.")
+
+
+class ClipModel(nn.Module):
+    """A frozen open_clip model behind one small interface; embeddings come back L2-normalised in fp32."""
+
+    def __init__(self, model: nn.Module, tokenizer, identity: str, device: torch.device, precision: str = "fp32"):
+        super().__init__()
+        import open_clip
+
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.device = device
+        self.precision = precision
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg.get("size", 224)
+        self.input_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
+        self.mean: tuple[float, ...] = tuple(float(m) for m in cfg["mean"])
+        self.std: tuple[float, ...] = tuple(float(s) for s in cfg["std"])
+        self.register_buffer("_mean", torch.tensor(self.mean, device=device).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std, device=device).view(1, -1, 1, 1), persistent=False)
+        with torch.no_grad():
+            self.embed_dim = int(self.encode_text(["a"]).shape[-1])
+
+    def train(self, mode: bool = True):  # CLIP stays frozen in eval mode whatever the caller does
+        return super().train(False)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] at `input_size` -> (B, D) unit vectors; differentiable w.r.t. the pixels."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise VqclipError(f"encode_image expects (B, 3, H, W) images in [0, 1]; got shape {tuple(images.shape)}")
+        if tuple(images.shape[-2:]) != self.input_size:
+            raise VqclipError(f"encode_image expects images of {self.input_size} (resize first); "
+                              f"got {tuple(images.shape[-2:])}")
+        x = (images - self._mean) / self._std
+        with autocast(self.device, self.precision):
+            features = self.model.encode_image(x)
+        return F.normalize(features.float(), dim=-1)
+
+    def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
+        """list of N strings -> (N, D) unit vectors."""
+        tokens = self.tokenize(texts)
+        with autocast(self.device, self.precision):
+            features = self.model.encode_text(tokens)
+        return F.normalize(features.float(), dim=-1)
+
+    def describe(self) -> dict:
+        return {"identity": self.identity, "embed_dim": self.embed_dim, "input_size": list(self.input_size),
+                "mean": list(self.mean), "std": list(self.std), "precision": self.precision}
+
+
+def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto",
+              precision: str = "auto", cache_dir: str | None = None) -> ClipModel:
+    """Load any open_clip model: `NAME` + tag or checkpoint file, `hf-hub:ORG/REPO`, or `local-dir:PATH`."""
+    import open_clip
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if name.startswith((LOCAL_DIR, HF_HUB)):
+        pretrained = None
+    _validate_identifier(name, pretrained)
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device=dev, cache_dir=cache_dir)
+    except (RuntimeError, OSError, ValueError) as e:
+        where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+        raise VqclipError(
+            f"--clip: could not load {name!r} (pretrained={pretrained!r}): {e}. If this machine is offline, "
+            f"download the weights elsewhere and pass the file with --pretrained PATH, copy the hub cache to {where}, "
+            "or save the model in open_clip's format and use --clip local-dir:PATH.") from e
+    tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    return ClipModel(model, tokenizer, clip_identity(name, pretrained), dev, prec)
+
+
+def save_local_dir(model: nn.Module, model_cfg: dict, path: str | os.PathLike, preprocess_cfg: dict | None = None) -> Path:
+    """Save an open_clip model in the `local-dir:` format (open_clip_config.json + open_clip_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_path, write_json
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg}
+    if preprocess_cfg:
+        config["preprocess_cfg"] = preprocess_cfg
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    with atomic_path(path / "open_clip_model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    write_json(path / "open_clip_config.json", config)
+    return path

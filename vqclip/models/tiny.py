@@ -1,0 +1,57 @@
+"""Tiny and randomly initialised model builders for tests, benchmarks and the testbed (no downloads)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+TINY_CLIP_CFG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+TINY_PREPROCESS = {"size": 32, "mean": [0.48145466, 0.4578275, 0.40821073],
+                   "std": [0.26862954, 0.26130258, 0.27577711]}
+
+TINY_VQGAN_DDCONFIG = {"double_z": False, "z_channels": 8, "resolution": 32, "in_channels": 3, "out_ch": 3,
+                       "ch": 32, "ch_mult": [1, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+
+# The published f16 ImageNet VQGAN architecture, for benchmarks with random weights.
+F16_DDCONFIG = {"double_z": False, "z_channels": 256, "resolution": 256, "in_channels": 3, "out_ch": 3,
+                "ch": 128, "ch_mult": [1, 1, 2, 2, 4], "num_res_blocks": 2, "attn_resolutions": [16], "dropout": 0.0}
+
+
+def make_clip_dir(path: str | os.PathLike, model_cfg: dict | None = None, preprocess_cfg: dict | None = None,
+                  seed: int = 0) -> str:
+    """Build a randomly initialised open_clip CLIP, save it as a local-dir, return the `local-dir:` identifier."""
+    import open_clip
+
+    from .clip import save_local_dir
+
+    model_cfg = model_cfg or TINY_CLIP_CFG
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**model_cfg)
+    save_local_dir(model, model_cfg, path, preprocess_cfg or TINY_PREPROCESS)
+    return f"local-dir:{Path(path)}"
+
+
+def make_vqgan(ddconfig: dict | None = None, n_embed: int = 64, embed_dim: int = 8, kind: str = "vq",
+               seed: int = 0):
+    """A randomly initialised VQGAN (tiny by default)."""
+    from .vqgan import VQGAN
+
+    torch.manual_seed(seed)
+    model = VQGAN(ddconfig or TINY_VQGAN_DDCONFIG, n_embed=n_embed, embed_dim=embed_dim, kind=kind)
+    with torch.no_grad():  # spread the codebook so nearest-code lookups are not degenerate
+        model.codebook.normal_(0, 1)
+    return model
+
+
+def taming_config(ddconfig: dict, n_embed: int, embed_dim: int, kind: str = "vq") -> dict:
+    """A taming-format config dict (as in the published YAML files) for these settings."""
+    target = "taming.models.vqgan.VQModel" if kind == "vq" else "taming.models.vqgan.GumbelVQ"
+    return {"model": {"base_learning_rate": 4.5e-6, "target": target,
+                      "params": {"embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": dict(ddconfig),
+                                 "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"}}}}

@@ -55,3 +55,63 @@ def taming_config(ddconfig: dict, n_embed: int, embed_dim: int, kind: str = "vq"
     return {"model": {"base_learning_rate": 4.5e-6, "target": target,
                       "params": {"embed_dim": embed_dim, "n_embed": n_embed, "ddconfig": dict(ddconfig),
                                  "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"}}}}
+
+
+def _fake_lightning_callback():
+    """An object whose class pickles as pytorch_lightning's ModelCheckpoint, built without pytorch_lightning."""
+    import sys
+    import types
+
+    name = "pytorch_lightning.callbacks.model_checkpoint"
+    module = types.ModuleType(name)
+    cls = type("ModelCheckpoint", (), {"__module__": name})
+    module.ModelCheckpoint = cls
+    obj = cls()
+    obj.monitor, obj.best_model_score, obj.dirpath = "val/rec_loss", torch.tensor(0.5), "logs/checkpoints"
+    return obj, {name: module, "pytorch_lightning": types.ModuleType("pytorch_lightning"),
+                 "pytorch_lightning.callbacks": types.ModuleType("pytorch_lightning.callbacks")}, sys.modules
+
+
+def write_lightning_ckpt(state_dict: dict, path: str | os.PathLike, hyper_parameters: dict | None = None) -> Path:
+    """Save `state_dict` the way a 2020 Lightning run did: under "state_dict", beside callbacks, optimizer
+    states and an omegaconf hyper-parameter config (non-tensor objects a weights-only loader refuses)."""
+    from omegaconf import OmegaConf
+
+    callback, fake_modules, sys_modules = _fake_lightning_callback()
+    ckpt = {"epoch": 3, "global_step": 1234, "pytorch-lightning_version": "1.0.8",
+            "state_dict": dict(state_dict),
+            "callbacks": {type(callback): {"best_model_score": callback.best_model_score, "object": callback}},
+            "optimizer_states": [{"state": {}, "param_groups": [{"lr": 4.5e-6, "params": [0, 1]}]}],
+            "lr_schedulers": [],
+            "hyper_parameters": OmegaConf.create(hyper_parameters or {"embed_dim": 8, "ddconfig": {"ch": 32}})}
+    saved = {k: sys_modules.get(k) for k in fake_modules}
+    sys_modules.update(fake_modules)  # pickle checks that the class is importable by name while saving
+    try:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(ckpt, path)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys_modules.pop(k, None)
+            else:
+                sys_modules[k] = v
+    return path
+
+
+def write_taming_files(directory: str | os.PathLike, model=None, kind: str = "vq", with_loss: bool = True,
+                       name: str = "tiny") -> tuple[Path, Path]:
+    """Write a tiny taming-format pair (`NAME.yaml`, Lightning `NAME.ckpt`) for `model` (default: make_vqgan)."""
+    import yaml
+
+    model = model or make_vqgan(kind=kind)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cfg = taming_config(model.ddconfig, model.n_embed, model.embed_dim, model.kind)
+    config_path = directory / f"{name}.yaml"
+    config_path.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
+    state = dict(model.state_dict())
+    if with_loss:  # published checkpoints carry the LPIPS/discriminator weights used in training
+        state["loss.discriminator.main.0.weight"] = torch.randn(4, 3, 3, 3)
+        state["loss.perceptual_loss.net.slice1.0.weight"] = torch.randn(4, 3, 3, 3)
+    return config_path, write_lightning_ckpt(state, directory / f"{name}.ckpt")

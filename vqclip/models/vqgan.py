@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Mapping
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
+
+from ..errors import bad_arg
 
 KINDS = ("vq", "gumbel")
 
@@ -63,3 +68,172 @@ class VQGAN(nn.Module):
 
     def describe(self) -> dict:
         return {"kind": self.kind, "factor": self.factor, "n_embed": self.n_embed, "embed_dim": self.embed_dim}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading taming-format files (YAML config + Lightning .ckpt / state dict / .safetensors) and converting them.
+
+DDCONFIG_KEYS = ("z_channels", "resolution", "in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks",
+                 "attn_resolutions")
+TARGET_KINDS = {"VQModel": "vq", "GumbelVQ": "gumbel"}  # taming.models.vqgan class name -> codebook kind
+TRAINING_ONLY_PREFIXES = ("loss.",)  # LPIPS + discriminator: needed to train, never to generate
+CONVERTED_FORMAT = "vqclip.vqgan"
+CONVERTED_VERSION = "1"
+
+
+class VQGANConfig(NamedTuple):
+    """What building a VQGAN needs: taming's `ddconfig`, codebook size and width, and "vq" or "gumbel"."""
+
+    ddconfig: dict
+    n_embed: int
+    embed_dim: int
+    kind: str
+
+
+def parse_taming_config(cfg: Any, source: str = "<config>", arg: str = "--vqgan-config") -> VQGANConfig:
+    """Validate a taming config dict (`model.target`, `model.params.{ddconfig,n_embed,embed_dim}`)."""
+    fix = ("Use the model.yaml published with the checkpoint (taming-transformers format: model.target and "
+           "model.params with ddconfig, n_embed and embed_dim).")
+    model = cfg.get("model") if isinstance(cfg, Mapping) else None
+    if not isinstance(model, Mapping):
+        raise bad_arg(arg, "the config has no `model` section", source, fix)
+    params = model.get("params")
+    if not isinstance(params, Mapping):
+        raise bad_arg(arg, "the config has no `model.params` section", source, fix)
+    missing = [k for k in ("ddconfig", "n_embed", "embed_dim") if k not in params]
+    if missing:
+        raise bad_arg(arg, f"`model.params` lacks {', '.join(missing)}", source, fix)
+    ddconfig = params["ddconfig"]
+    if not isinstance(ddconfig, Mapping):
+        raise bad_arg(arg, "`model.params.ddconfig` must be a mapping", source, fix)
+    missing = [k for k in DDCONFIG_KEYS if k not in ddconfig]
+    if missing:
+        raise bad_arg(arg, f"`model.params.ddconfig` lacks {', '.join(missing)}", source, fix)
+    target = str(model.get("target", ""))
+    cls = target.rsplit(".", 1)[-1]
+    if cls not in TARGET_KINDS:
+        raise bad_arg(arg, f"`model.target` must name one of {', '.join(TARGET_KINDS)} (got {target!r})", source,
+                      "vqclip loads taming VQModel and GumbelVQ checkpoints; other model classes are not supported.")
+    try:
+        n_embed, embed_dim = int(params["n_embed"]), int(params["embed_dim"])
+    except (TypeError, ValueError):
+        raise bad_arg(arg, "`model.params.n_embed` and `embed_dim` must be integers", source, fix) from None
+    return VQGANConfig(dict(ddconfig), n_embed, embed_dim, TARGET_KINDS[cls])
+
+
+def read_taming_config(path: str | os.PathLike, arg: str = "--vqgan-config") -> VQGANConfig:
+    """Read a taming-format YAML file -> (ddconfig, n_embed, embed_dim, kind)."""
+    import yaml
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise bad_arg(arg, "config file not found", str(path), "Check the path (or download the model).")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise bad_arg(arg, f"not a readable YAML file ({type(e).__name__})", str(path),
+                      "Pass the model.yaml published with the checkpoint.") from e
+    return parse_taming_config(cfg, str(path), arg)
+
+
+def generation_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state-dict entries a VQGAN keeps: drop training-only modules and wrapper prefixes."""
+    from .checkpoints import strip_prefix
+
+    return {k: v for k, v in strip_prefix(state).items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+
+
+def load_state_strict(model: VQGAN, state: Mapping[str, torch.Tensor], source: str,
+                      arg: str = "--vqgan-checkpoint") -> None:
+    """Load every weight the model has from `state`; missing, unexpected or misshapen keys are an error."""
+    from .checkpoints import describe_key_mismatch
+
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    fix = "Check that the config and the checkpoint belong to the same model (same n_embed, ddconfig, kind)."
+    if missing or unexpected:
+        raise bad_arg(arg, "checkpoint keys do not match the VQGAN built from the config ("
+                      + describe_key_mismatch(missing, unexpected) + ")", source, fix)
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if tuple(state[k].shape) != tuple(v.shape)]
+    if wrong:
+        more = f" (+{len(wrong) - 6} more)" if len(wrong) > 6 else ""
+        raise bad_arg(arg, "checkpoint tensor shapes do not match the config (checkpoint vs config: "
+                      + "; ".join(wrong[:6]) + more + ")", source, fix)
+    model.load_state_dict(state, strict=True)
+
+
+def _converted_config(path: Path, arg: str) -> VQGANConfig | None:
+    """The config stored in a converted .safetensors file's metadata, if it has one."""
+    from .checkpoints import is_safetensors, safetensors_metadata
+
+    if not is_safetensors(path):
+        return None
+    meta = safetensors_metadata(path)
+    if meta.get("format") != CONVERTED_FORMAT or "config" not in meta:
+        return None
+    try:
+        c = json.loads(meta["config"])
+        return VQGANConfig(dict(c["ddconfig"]), int(c["n_embed"]), int(c["embed_dim"]), str(c["kind"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise bad_arg(arg, "the converted file's config metadata is damaged", str(path),
+                      "Convert the original checkpoint again with `vqclip models convert`.") from e
+
+
+def load_vqgan(config: str | os.PathLike | Mapping | VQGANConfig | None, checkpoint: str | os.PathLike,
+               device: str | torch.device = "cpu") -> VQGAN:
+    """Build a VQGAN from a taming YAML (or the config inside a converted .safetensors) and load its weights."""
+    from ..devices import resolve_device
+    from .checkpoints import read_checkpoint, safetensors_metadata, state_dict_of
+
+    ckpt = Path(checkpoint).expanduser()
+    if not ckpt.is_file():
+        raise bad_arg("--vqgan-checkpoint", "checkpoint file not found", str(ckpt),
+                      "Check the path, or use a registered name (`vqclip models list`).")
+    if isinstance(config, VQGANConfig):
+        cfg = config
+    elif isinstance(config, Mapping):
+        cfg = parse_taming_config(config)
+    elif config is not None:
+        cfg = read_taming_config(config)
+    else:
+        cfg = _converted_config(ckpt, "--vqgan-checkpoint")
+        if cfg is None:
+            raise bad_arg("--vqgan-config", "a config YAML is needed for this checkpoint", None,
+                          f"Pass the model.yaml that belongs to {ckpt} (only files written by "
+                          "`vqclip models convert` carry their own config).")
+    state = generation_state(state_dict_of(read_checkpoint(ckpt), path=ckpt))
+    model = VQGAN(cfg.ddconfig, cfg.n_embed, cfg.embed_dim, cfg.kind)
+    load_state_strict(model, state, str(ckpt))
+    meta = safetensors_metadata(ckpt) if ckpt.suffix == ".safetensors" else {}
+    model.origin = {"checkpoint": str(ckpt), "config": None if config is None or isinstance(config, Mapping)
+                    else str(config), "name": meta.get("name"), "source_sha256": meta.get("source_sha256")}
+    return model.to(resolve_device(device))
+
+
+def save_converted(model: VQGAN, out_path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write the model's weights and its config to one self-describing .safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    from ..io import atomic_path
+
+    out_path = Path(out_path).expanduser()
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    config = {"ddconfig": model.ddconfig, "n_embed": model.n_embed, "embed_dim": model.embed_dim,
+              "kind": model.kind}
+    meta = {"format": CONVERTED_FORMAT, "format_version": CONVERTED_VERSION, "config": json.dumps(config)}
+    meta.update({k: str(v) for k, v in (metadata or {}).items() if v is not None})
+    with atomic_path(out_path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return out_path
+
+
+def convert_checkpoint(config: str | os.PathLike | Mapping | VQGANConfig | None, checkpoint: str | os.PathLike,
+                       out_path: str | os.PathLike, name: str | None = None) -> Path:
+    """Turn a taming checkpoint (Lightning .ckpt, state dict, .safetensors) into a compact pickle-free file."""
+    from ..io import sha256_file
+
+    model = load_vqgan(config, checkpoint, device="cpu")
+    meta = {"name": name, "source_file": Path(checkpoint).name, "source_sha256": sha256_file(checkpoint)}
+    return save_converted(model, out_path, meta)

@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        if getattr(args, "config", None) and getattr(args, "_parser", None):
+            from .generate import apply_config_file
+
+            apply_config_file(args._parser, args.config)  # file values become defaults; flags still win
+            args = parser.parse_args(argv)
         return int(args.func(args) or 0)
     except VqclipError as e:
         print(f"vqclip {args.command}: error: {e}", file=sys.stderr)

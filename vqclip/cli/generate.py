@@ -1,0 +1,181 @@
+"""`vqclip generate PROMPT`: one image, with the CLIP loss in the clip, learn or forget space."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import bad_arg
+from .common import add_cache_arg, add_clip_args, add_device_args
+
+VIDEO_FORMATS = ("mp4", "gif")
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    add_clip_args(p)
+    g = p.add_argument_group("VQGAN model")
+    g.add_argument("--vqgan", default=None, metavar="NAME",
+                   help="registry name (see `vqclip models list`; default vqgan_imagenet_f16_16384)")
+    g.add_argument("--vqgan-config", default=None, metavar="YAML", help="taming config file, for offline use")
+    g.add_argument("--vqgan-checkpoint", default=None, metavar="FILE",
+                   help="taming checkpoint (.ckpt, state dict or .safetensors), for offline use")
+    add_device_args(p)
+    add_cache_arg(p)
+
+
+def add_settings_args(p: argparse.ArgumentParser) -> None:
+    """The flags that determine an image; shared with `vqclip batch`."""
+    from ..generation.cutouts import AUGMENTATIONS
+    from ..generation.loop import METHODS, OPTIMIZERS
+    from ..generation.ops import LOSSES
+    from ..spaces import SPACES
+
+    g = p.add_argument_group("space")
+    g.add_argument("--projection", default=None, metavar="FILE",
+                   help="projection file for --space learn/forget (default: the cached one for this CLIP)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--size", nargs=2, type=int, default=[480, 480], metavar=("W", "H"),
+                   help="image size in pixels, snapped down to a multiple of the VQGAN factor (default 480 480)")
+    g.add_argument("--steps", type=int, default=300, help="optimisation steps (default 300)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for zquant, 0.05 for codebook)")
+    g.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZERS),
+                   help="optimizer (default adam for zquant, adamw for codebook)")
+    g.add_argument("--method", default="zquant", choices=METHODS,
+                   help="zquant: Adam on continuous z with straight-through quantization (default); codebook: the "
+                        "paper's codebook sampling on per-token logits")
+    g.add_argument("--loss", default="spherical", choices=sorted(LOSSES),
+                   help="spherical: 2·arcsin(‖a−b‖/2)² (default); cosine: 1 − cos")
+    g.add_argument("--cutn", type=int, default=32, help="cutouts per step, encoded by CLIP in one batch (default 32)")
+    g.add_argument("--cut-pow", type=float, default=1.0, help="cutout size exponent; >1 favours small cutouts")
+    g.add_argument("--augment", default=None, metavar="LIST",
+                   help=f"comma list of kornia augmentations from {','.join(AUGMENTATIONS)}, or none "
+                        "(default affine,perspective,jitter,erasing)")
+    g.add_argument("--noise", type=float, default=0.1, help="maximum noise added to cutouts (default 0.1)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
+    g.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:W]",
+                   help="image target with optional weight; repeatable")
+    g.add_argument("--init-image", default=None, metavar="PATH", help="start from this image instead of noise")
+    g.add_argument("--init-weight", type=float, default=0.0,
+                   help="pull toward the initial latent (useful with --init-image)")
+    del SPACES
+
+
+def settings_from_args(args: argparse.Namespace, prompt: str):
+    from ..generation import Settings, parse_image_prompt, parse_prompts
+
+    return Settings(prompts=parse_prompts(prompt) if prompt else [], image_prompts=[parse_image_prompt(s) for s in args.image_prompt],
+                    size=tuple(args.size), steps=args.steps, lr=args.lr, optimizer=args.optimizer,
+                    method=args.method, loss=args.loss, cutn=args.cutn, cut_pow=args.cut_pow,
+                    augment=args.augment, noise=args.noise, seed=args.seed, init_image=args.init_image,
+                    init_weight=args.init_weight)
+
+
+def load_models_from_args(args: argparse.Namespace):
+    from ..generation import load_models
+
+    if bool(args.vqgan_config) != bool(args.vqgan_checkpoint):
+        raise bad_arg("--vqgan-config/--vqgan-checkpoint", "give both or neither",
+                      f"config={args.vqgan_config}, checkpoint={args.vqgan_checkpoint}",
+                      "Pass the taming YAML and its checkpoint together, or use --vqgan NAME.")
+    return load_models(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
+                       args.device, args.precision, args.cache_dir)
+
+
+def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
+    """`--config FILE.yaml` sets the parser's defaults (omegaconf); flags on the command line still win."""
+    from omegaconf import OmegaConf
+
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as e:  # missing file, YAML syntax errors, interpolation errors
+        raise bad_arg("--config", "could not read the YAML file", path, f"Check the file ({e}).") from e
+    if not isinstance(cfg, dict):
+        raise bad_arg("--config", "the file must hold a mapping of option names to values", path,
+                      "Write e.g. `steps: 200` on its own line.")
+    valid = {a.dest for a in parser._actions} - {"help", "config", "func"}
+    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
+    unknown = sorted(set(cfg) - valid)
+    if unknown:
+        raise bad_arg("--config", "unknown option names in the file", ", ".join(unknown),
+                      "Valid names: " + ", ".join(sorted(valid)) + ".")
+    parser.set_defaults(**cfg)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("generate", help="generate one image from a prompt",
+                       description="Generate an image with VQGAN+CLIP, the CLIP loss computed in the clip, learn or "
+                                   "forget space. Prompts: 'text:weight:stop' items separated by '|', e.g. "
+                                   "\"an apple:1 | written text:-0.5\".")
+    p.add_argument("prompt", nargs="?", default=None, metavar="PROMPT", help="text prompt(s)")
+    p.add_argument("--space", default="clip", choices=("clip", "learn", "forget"),
+                   help="embedding space of the CLIP loss (default clip)")
+    add_settings_args(p)
+    add_model_args(p)
+    g = p.add_argument_group("output")
+    g.add_argument("--out", default=None, metavar="DIR",
+                   help="run folder (default outputs/<date>-<time>-<prompt>)")
+    g.add_argument("--outputs-root", default="outputs", metavar="DIR", help="where default run folders go")
+    g.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out folder")
+    g.add_argument("--save-every", type=int, default=0, metavar="N", help="save a frame every N steps")
+    g.add_argument("--video", nargs="?", const="mp4", default=None, choices=VIDEO_FORMATS,
+                   help="assemble saved frames into a video (mp4 by default, or gif)")
+    g.add_argument("--fps", type=int, default=12, help="video frame rate (default 12)")
+    g.add_argument("--config", default=None, metavar="FILE.yaml",
+                   help="YAML file of option values (e.g. `steps: 200`); command-line flags override it")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_generate, _parser=p)
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..generation import run
+    from ..generation.loop import to_pil
+    from ..outputs import build_record, default_run_dir, prepare_run_dir, save_frame, write_run, write_video
+
+    if not args.prompt and not args.image_prompt:
+        raise bad_arg("PROMPT", "a text prompt (or --image-prompt) is required", args.prompt,
+                      'Try: vqclip generate "a photo of an apple".')
+    if args.save_every < 0:
+        raise bad_arg("--save-every", "must be 0 (off) or a positive number of steps", args.save_every,
+                      "Try --save-every 10.")
+    if args.video and not args.save_every:
+        raise bad_arg("--video", "a video is made from saved frames", args.video, "Add --save-every N (e.g. 10).")
+    prompt = args.prompt or ""
+    settings = settings_from_args(args, prompt)
+    out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
+    prepare_run_dir(out, args.overwrite)
+
+    models = load_models_from_args(args)
+    space = models.space(args.space, args.projection)
+    settings, notices = settings.resolved(models.vqgan.factor)
+    for notice in notices:
+        print(f"vqclip generate: note: {notice}", file=sys.stderr)
+
+    bar = tqdm(total=settings.steps, desc=f"{args.space}", unit="step", disable=args.quiet, dynamic_ncols=True)
+
+    def on_step(info):
+        bar.update(1)
+        if info.step % 10 == 0 or info.step == info.steps:
+            bar.set_postfix(loss=f"{info.loss:.4f}")
+        if args.save_every and info.step % args.save_every == 0:
+            save_frame(out, info.step, to_pil(info.image))
+
+    try:
+        result = run(settings, models.clip, models.vqgan, space, on_step)
+    finally:
+        bar.close()
+    record = build_record(result, models.describe(), space.describe(), prompt,
+                          {"space_name": args.space, "load_seconds": round(models.load_seconds, 3)})
+    image_path = write_run(out, result, record)
+    if args.video and result.steps_done >= args.save_every:
+        write_video(out, args.fps, args.video)
+    print(f"{image_path}")
+    if result.status == "interrupted":
+        print(f"vqclip generate: {result.message}; wrote the current image and run.json", file=sys.stderr)
+        return 130
+    if result.status == "nonfinite":
+        print(f"vqclip generate: error: {result.message}", file=sys.stderr)
+        return 1
+    return 0

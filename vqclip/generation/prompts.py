@@ -1,0 +1,91 @@
+"""Prompt syntax: `text:weight:stop` items separated by `|`, numeric fields parsed from the right only."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import VqclipError, bad_arg
+
+# A trailing field that starts like a number but is not one ("1.5x", "-0,5") is a typo, not prompt text.
+_NUMBER_LIKE = re.compile(r"^[-+]?(\d|\.\d)[\w.,+-]*$")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One text (or image) target: a positive weight pulls toward it, a negative one pushes away."""
+
+    text: str
+    weight: float = 1.0
+    stop: float = -math.inf
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "weight": self.weight, "stop": None if math.isinf(self.stop) else self.stop}
+
+
+def _number(s: str) -> float | None:
+    try:
+        value = float(s)
+    except ValueError:
+        return None
+    return value
+
+
+def parse_prompt(item: str, arg: str = "PROMPT") -> Prompt:
+    """`"an apple:1.5:-inf"` -> Prompt; text may itself contain ':' (e.g. URLs, "note: x")."""
+    raw = item
+    item = item.strip()
+    fields = item.rsplit(":", 2)
+    numbers: list[float] = []
+    # Peel numeric fields off the right, at most two (weight, stop); stop at the first non-number.
+    while len(fields) > 1 and len(numbers) < 2:
+        field = fields[-1].strip()
+        value = _number(field)
+        if value is None:
+            if _NUMBER_LIKE.match(field):
+                raise bad_arg(arg, "weight and stop after ':' must be numbers", raw,
+                              'Write e.g. "an apple:1.5" or "an apple:1.5:0.8".')
+            break
+        numbers.insert(0, value)
+        fields.pop()
+    text = ":".join(fields).strip()
+    tail = item[len(text):].lstrip(":")
+    if not text:
+        raise bad_arg(arg, "each `|`-separated prompt needs some text before its weight", raw,
+                      'Write prompts like "an apple" or "an apple:1.5" or "written text:-0.5".')
+    if text.endswith(":") or (tail == "" and item.endswith(":")):
+        raise bad_arg(arg, "a weight after ':' must be a number", raw, 'Write e.g. "an apple:1.5".')
+    weight = numbers[0] if numbers else 1.0
+    stop = numbers[1] if len(numbers) > 1 else -math.inf
+    if not math.isfinite(weight):
+        raise bad_arg(arg, "the weight must be a finite number", raw, 'Write e.g. "an apple:1.5".')
+    if weight == 0:
+        raise bad_arg(arg, "a weight of 0 makes the prompt do nothing", raw, "Use a non-zero weight or drop it.")
+    return Prompt(text, weight, stop)
+
+
+def parse_prompts(spec: str | list[str], arg: str = "PROMPT") -> list[Prompt]:
+    """`"an apple:1 | written text:-0.5"` -> [Prompt, Prompt]."""
+    items = spec if isinstance(spec, list) else spec.split("|")
+    items = [s for s in (i.strip() for i in items) if s]
+    if not items:
+        raise bad_arg(arg, "the prompt is empty", spec, 'Give some text, e.g. vqclip generate "a photo of an apple".')
+    return [parse_prompt(i, arg) for i in items]
+
+
+def parse_image_prompt(spec: str) -> Prompt:
+    """`PATH[:weight[:stop]]` -> Prompt whose text is the path; the path must exist."""
+    prompt = parse_prompt(spec, "--image-prompt")
+    if not os.path.isfile(prompt.text):
+        if os.path.isfile(spec):  # a path whose name ends in ':<number>'
+            return Prompt(spec)
+        raise bad_arg("--image-prompt", "image file not found", prompt.text, "Check the path (PATH[:weight]).")
+    return prompt
+
+
+def check_weights_nonzero(prompts: list[Prompt]) -> None:
+    if not any(p.weight > 0 for p in prompts):
+        raise VqclipError("prompts: at least one prompt needs a positive weight, or nothing pulls the image anywhere; "
+                          f"got weights {[p.weight for p in prompts]}. Give one prompt a weight above 0.")

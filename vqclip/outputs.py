@@ -1,0 +1,117 @@
+"""Run folders: the image with its recipe in PNG text chunks, run.json, frames and video; all writes atomic."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+from . import __version__
+from .cache import slug
+from .errors import bad_arg
+from .io import save_png, write_json
+
+IMAGE_NAME = "image.png"
+RECORD_NAME = "run.json"
+FRAMES_DIR = "frames"
+
+
+def default_run_dir(prompt: str, root: str | os.PathLike = "outputs") -> Path:
+    """`outputs/<date>-<time>-<slug of the prompt>`."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path(root) / f"{stamp}-{slug(prompt.lower(), 48)}"
+
+
+def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create the folder; refuse one that already holds a run unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise bad_arg("--out", "must be a folder, not a file", str(path), "Choose another --out path.")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise bad_arg("--out", "the folder already holds files and runs are never overwritten silently",
+                          str(path), "Choose another --out, or add --overwrite to replace its run.")
+        for name in (IMAGE_NAME, RECORD_NAME):
+            (path / name).unlink(missing_ok=True)
+        shutil.rmtree(path / FRAMES_DIR, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def png_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The text chunks written into every generated PNG."""
+    return {"prompt": record.get("prompt", ""), "space": record.get("space", {}).get("space", ""),
+            "seed": str(record.get("seed", "")), "settings": record.get("settings", {}),
+            "software": f"vqclip {__version__}"}
+
+
+def build_record(result, models_info: Mapping[str, Any], space_info: Mapping[str, Any], prompt: str,
+                 extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run.json record of a generation result."""
+    record = {
+        "prompt": prompt,
+        "prompts": [p.to_dict() for p in result.settings.prompts],
+        "image_prompts": [p.to_dict() for p in result.settings.image_prompts],
+        "space": dict(space_info),
+        "seed": result.seed,
+        "image": IMAGE_NAME,
+        "status": result.status,
+        "message": result.message,
+        "steps_done": result.steps_done,
+        "loss": result.loss,
+        "losses": result.losses,
+        "settings": result.settings.to_dict(),
+        "models": dict(models_info),
+        "timings": {"loop_seconds": round(result.seconds, 3),
+                    "seconds_per_step": round(result.seconds / max(result.steps_done, 1), 4)},
+        "vqclip_version": __version__,
+        "python": platform.python_version(),
+        "created": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+    record.update(extra or {})
+    return record
+
+
+def write_run(run_dir: str | os.PathLike, result, record: Mapping[str, Any]) -> Path:
+    """Write image.png (with metadata chunks) and then run.json; run.json last marks the run complete."""
+    run_dir = Path(run_dir)
+    save_png(result.image, run_dir / IMAGE_NAME, png_metadata(record))
+    write_json(run_dir / RECORD_NAME, record)
+    return run_dir / IMAGE_NAME
+
+
+def save_frame(run_dir: str | os.PathLike, step: int, image) -> Path:
+    """Save one progress frame (a PIL image) as frames/NNNNNN.png."""
+    path = Path(run_dir) / FRAMES_DIR / f"{step:06d}.png"
+    save_png(image, path)
+    return path
+
+
+def write_video(run_dir: str | os.PathLike, fps: int = 12, fmt: str = "mp4") -> Path:
+    """Assemble the saved frames into video.mp4 (needs imageio-ffmpeg) or video.gif."""
+    import imageio.v3 as iio
+    import numpy as np
+    from PIL import Image
+
+    from .io import atomic_path
+
+    frames = sorted((Path(run_dir) / FRAMES_DIR).glob("*.png"))
+    if not frames:
+        raise bad_arg("--video", "no frames were saved to make a video from", str(run_dir),
+                      "Add --save-every N (e.g. 10).")
+    out = Path(run_dir) / f"video.{fmt}"
+    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in frames]
+    with atomic_path(out) as tmp:
+        if fmt == "gif":
+            iio.imwrite(tmp, arrays, extension=".gif", duration=1000 / fps, loop=0)
+        else:
+            try:
+                import imageio_ffmpeg  # noqa: F401
+            except ImportError as e:
+                raise ImportError("MP4 video needs imageio-ffmpeg: pip install 'vqclip[video]' "
+                                  "(or use --video gif)") from e
+            iio.imwrite(tmp, arrays, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
+    return out

@@ -115,3 +115,22 @@ def write_taming_files(directory: str | os.PathLike, model=None, kind: str = "vq
         state["loss.discriminator.main.0.weight"] = torch.randn(4, 3, 3, 3)
         state["loss.perceptual_loss.net.slice1.0.weight"] = torch.randn(4, 3, 3, 3)
     return config_path, write_lightning_ckpt(state, directory / f"{name}.ckpt")
+
+
+def make_file_asset(directory: str | os.PathLike, name: str = "tiny_vq", kind: str = "vq", with_hash: bool = True,
+                    mirrors: tuple[str, ...] = (), seed: int = 0):
+    """A registry entry (VQGANAsset) whose file:// mirrors hold a tiny taming pair, for offline download tests."""
+    from ..io import sha256_file
+    from .registry import RemoteFile, VQGANAsset
+
+    model = make_vqgan(kind=kind, seed=seed)
+    config, ckpt = write_taming_files(Path(directory), model, kind=kind, name=name)
+
+    def remote(path: Path, suffix: str) -> RemoteFile:
+        return RemoteFile(f"{name}{suffix}", tuple(m + path.name for m in mirrors) + (path.resolve().as_uri(),),
+                          sha256=sha256_file(path) if with_hash else None,
+                          size=path.stat().st_size if with_hash else None)
+
+    asset = VQGANAsset(name, f"tiny random {kind} VQGAN for tests", kind, model.factor, model.n_embed,
+                       remote(config, ".yaml"), remote(ckpt, ".ckpt"), "file://")
+    return asset, model

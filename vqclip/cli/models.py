@@ -1,0 +1,119 @@
+"""`vqclip models {list,download,convert}`: the registry of named VQGAN checkpoints and the local cache."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import add_cache_arg
+
+
+def register(sub) -> None:
+    p = sub.add_parser("models", help="list, download and convert VQGAN checkpoints",
+                       description="Named VQGAN checkpoints: list them with their cache status, download "
+                                   "(verified, resumable) and convert taming checkpoints to pickle-free .safetensors.")
+    models = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+
+    ls = models.add_parser("list", help="registered models, sizes, verification and cache status")
+    add_cache_arg(ls)
+    ls.add_argument("--json", action="store_true", help="print one JSON object per model instead of a table")
+    ls.set_defaults(func=cmd_list)
+
+    dl = models.add_parser("download", help="download, verify and convert registered models",
+                           description="Download a registered model's config and checkpoint (resuming a partial "
+                                       "download), verify them, and convert the checkpoint to .safetensors. Files "
+                                       "already in the cache (e.g. copied in by hand) are verified, not fetched.")
+    dl.add_argument("names", nargs="+", metavar="NAME", help="registered model name(s); see `vqclip models list`")
+    add_cache_arg(dl)
+    dl.add_argument("--no-convert", action="store_true", help="only download and verify; convert on first use")
+    dl.add_argument("--remove-original", action="store_true",
+                    help="delete the Lightning .ckpt after conversion (generation needs only the .safetensors)")
+    dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    dl.set_defaults(func=cmd_download)
+
+    cv = models.add_parser("convert", help="convert a taming checkpoint to a compact .safetensors",
+                           description="Read a taming VQGAN checkpoint (Lightning .ckpt, state dict or .safetensors) "
+                                       "safely and write only the weights generation needs, with the config inside, "
+                                       "to one .safetensors file.")
+    cv.add_argument("--config", metavar="YAML", help="taming model.yaml (optional with --name of a registered "
+                                                     "model whose config is in the cache)")
+    cv.add_argument("--checkpoint", required=True, metavar="CKPT", help="the checkpoint to convert")
+    cv.add_argument("--name", metavar="NAME",
+                    help="store it in the cache under NAME, so --vqgan NAME uses it (a registered name fills that "
+                         "model's cache slot); default: the checkpoint's file name")
+    cv.add_argument("--output", metavar="PATH", help="write here instead of the cache")
+    add_cache_arg(cv)
+    cv.set_defaults(func=cmd_convert)
+
+
+def _table(rows: list[dict]) -> str:
+    headers = ("NAME", "KIND", "F", "CODES", "SIZE", "HASH", "CACHE")
+    lines = [[("* " if r["default"] else "  ") + r["name"], r["kind"], str(r["factor"] or "?"),
+              str(r["n_embed"] or "?"), r["size"], r["verification"], r["status"]] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    widths[0] = max(widths[0], len(headers[0]) + 2)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format("  " + headers[0], *headers[1:])] + [fmt.format(*line) for line in lines]
+    return "\n".join(s.rstrip() for s in out)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from ..cache import cache_dir
+    from ..models.registry import list_assets, vqgan_root
+
+    rows = list_assets(args.cache_dir)
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+        return 0
+    print(_table(rows))
+    print(f"\n* default. Cache: {vqgan_root(args.cache_dir)} (set with --cache-dir or $VQCLIP_CACHE; "
+          f"root {cache_dir(args.cache_dir)}).")
+    print("No sha256 is published for these checkpoints: downloads are checked for size and loaded strictly, "
+          "but their content cannot be verified.")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from ..models.registry import ensure_converted, fetch_asset, get_asset
+
+    for name in args.names:  # check every name before fetching anything
+        get_asset(name, arg="NAME")
+    for name in args.names:
+        if args.no_convert:
+            config, ckpt = fetch_asset(name, args.cache_dir, progress=not args.quiet, arg="NAME")
+            print(f"{name}: {ckpt} (config {config})")
+        else:
+            path = ensure_converted(name, args.cache_dir, progress=not args.quiet,
+                                    remove_original=args.remove_original, arg="NAME")
+            print(f"{name}: {path}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..cache import slug, writable_dir
+    from ..errors import bad_arg
+    from ..models.registry import VQGAN_ASSETS, asset_dir, converted_path, get_asset
+    from ..models.vqgan import convert_checkpoint
+
+    config = args.config
+    if config is None and args.name in VQGAN_ASSETS:
+        asset = get_asset(args.name)
+        cached = asset_dir(asset.name, args.cache_dir) / asset.config.filename
+        if not cached.is_file():
+            raise bad_arg("--config", f"needed: the config of {asset.name} is not in the cache", None,
+                          f"Pass --config YAML or put the model.yaml at {cached}.")
+        config = cached
+    name = args.name or slug(Path(args.checkpoint).stem)
+    if args.name is not None and args.name not in VQGAN_ASSETS and slug(args.name) != args.name:
+        raise bad_arg("--name", "may hold only letters, digits, '.', '_' and '-'", args.name,
+                      f"Use e.g. {slug(args.name)}.")
+    out = Path(args.output).expanduser() if args.output else converted_path(name, args.cache_dir)
+    if out.suffix != ".safetensors":
+        raise bad_arg("--output", "must end in .safetensors", str(out), "Name the output file NAME.safetensors.")
+    writable_dir(out.parent, arg="--output" if args.output else "--cache-dir")
+    convert_checkpoint(config, args.checkpoint, out, name=name)
+    use = f"--vqgan {name}" if not args.output else f"--vqgan-checkpoint {out}"
+    print(f"{out}\nUse it with {use} (no config needed: the file carries it).")
+    return 0

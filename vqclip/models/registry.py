@@ -1,0 +1,409 @@
+"""Named VQGAN checkpoints: where to fetch them, how to verify them, and where they live in the cache.
+
+Cache layout (root = `--cache-dir`, else $VQCLIP_CACHE, else ~/.cache/vqclip):
+
+    vqgan/NAME/NAME.yaml            taming config, as published
+    vqgan/NAME/NAME.ckpt            Lightning checkpoint, as published (verified, then kept unless removed)
+    vqgan/NAME/NAME.ckpt.part       an interrupted download, resumed next time; never loaded
+    vqgan/NAME/NAME.safetensors     converted: weights + config, pickle-free; what generation loads
+    vqgan/custom/NAME.safetensors   checkpoints converted with `vqclip models convert --name NAME`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import http.client
+import os
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Callable, Iterator
+
+from ..cache import cache_dir, slug, writable_dir
+from ..errors import VqclipError, bad_arg
+
+DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
+CUSTOM = "custom"
+NO_HASH = "unverified (no published hash)"
+MIN_SIZE_FRACTION = 0.8  # approximate sizes come from community scripts ("980 MB"); anything far smaller is wrong
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One downloadable file: mirrors holding the same bytes, and what is known to verify it."""
+
+    filename: str
+    urls: tuple[str, ...]
+    sha256: str | None = None      # published hash; None where none is published
+    size: int | None = None        # exact size in bytes, where published
+    approx_size: int | None = None  # size reported by the community download scripts (not exact)
+
+    def verification(self) -> str:
+        """How a downloaded copy is checked: by sha256, by exact size, or only by a lower size bound."""
+        if self.sha256:
+            return "sha256"
+        if self.size:
+            return f"size only ({NO_HASH})"
+        return NO_HASH
+
+
+@dataclass(frozen=True)
+class VQGANAsset:
+    """A published taming VQGAN: its config and checkpoint files and the shape the config must describe."""
+
+    name: str
+    description: str
+    kind: str
+    factor: int
+    n_embed: int
+    config: RemoteFile
+    checkpoint: RemoteFile
+    homepage: str
+
+
+def _heibox(share: str) -> tuple[str, str]:
+    """The config and checkpoint URLs of a taming-transformers release folder on heibox (Heidelberg)."""
+    base = f"https://heibox.uni-heidelberg.de/d/{share}/files/?p="
+    return base + "%2Fconfigs%2Fmodel.yaml&dl=1", base + "%2Fckpts%2Flast.ckpt&dl=1"
+
+
+def _assets() -> tuple[VQGANAsset, ...]:
+    """The registry table. Sizes are those quoted by the VQGAN+CLIP download scripts; no sha256 is published."""
+    taming = "https://github.com/CompVis/taming-transformers"
+    community = "http://mirror.io.community/blob/vqgan/"
+    i1024, i16384, gumbel = _heibox("8088892a516d4e3baf92"), _heibox("a7530b09fed84f80a887"), \
+        _heibox("2e5662443a6b4307b470")
+    wikiart = "http://eaidata.bmk.sh/data/Wikiart_16384/wikiart_f16_16384_8145600"
+    eleiber = "https://github.com/Eleiber/VQGAN-Mirrors/releases/download/0.0.1/wikiart_16384"
+    mb = 1_000_000
+    return (
+        VQGANAsset("vqgan_imagenet_f16_1024", "taming-transformers VQGAN, ImageNet, f16, 1024 codes", "vq", 16, 1024,
+                   RemoteFile("vqgan_imagenet_f16_1024.yaml", (i1024[0], community + "vqgan_imagenet_f16_1024.yaml")),
+                   RemoteFile("vqgan_imagenet_f16_1024.ckpt", (i1024[1], community + "vqgan_imagenet_f16_1024.ckpt"),
+                              approx_size=958 * mb), taming),
+        VQGANAsset("vqgan_imagenet_f16_16384", "taming-transformers VQGAN, ImageNet, f16, 16384 codes (default)",
+                   "vq", 16, 16384,
+                   RemoteFile("vqgan_imagenet_f16_16384.yaml",
+                              (i16384[0], community + "vqgan_imagenet_f16_16384.yaml")),
+                   RemoteFile("vqgan_imagenet_f16_16384.ckpt",
+                              (i16384[1], community + "vqgan_imagenet_f16_16384.ckpt"), approx_size=980 * mb), taming),
+        VQGANAsset("vqgan_gumbel_f8_8192", "taming-transformers Gumbel VQGAN, Open Images, f8, 8192 codes", "gumbel",
+                   8, 8192,
+                   RemoteFile("vqgan_gumbel_f8_8192.yaml", (gumbel[0],)),
+                   RemoteFile("vqgan_gumbel_f8_8192.ckpt", (gumbel[1],), approx_size=376 * mb), taming),
+        VQGANAsset("wikiart_16384", "VQGAN fine-tuned on WikiArt (EleutherAI community), f16, 16384 codes", "vq", 16,
+                   16384,
+                   RemoteFile("wikiart_16384.yaml", (wikiart + ".yaml", eleiber + ".yaml",
+                                                     community + "wikiart_16384.yaml")),
+                   RemoteFile("wikiart_16384.ckpt", (wikiart + ".ckpt", eleiber + ".ckpt",
+                                                     community + "wikiart_16384.ckpt"), approx_size=1000 * mb),
+                   "https://github.com/EleutherAI/vqgan-clip"),
+    )
+
+
+VQGAN_ASSETS = MappingProxyType({a.name: a for a in _assets()})
+
+
+# --------------------------------------------------------------------------------------------------- cache paths
+
+def vqgan_root(cache: str | os.PathLike | None = None) -> Path:
+    return cache_dir(cache) / "vqgan"
+
+
+def asset_dir(name: str, cache: str | os.PathLike | None = None) -> Path:
+    return vqgan_root(cache) / name
+
+
+def cached_file(asset: VQGANAsset, remote: RemoteFile, cache: str | os.PathLike | None = None) -> Path:
+    return asset_dir(asset.name, cache) / remote.filename
+
+
+def converted_path(name: str, cache: str | os.PathLike | None = None) -> Path:
+    """Where the converted .safetensors of a registered (or custom-converted) model lives."""
+    if name in VQGAN_ASSETS:
+        return asset_dir(name, cache) / f"{name}.safetensors"
+    return vqgan_root(cache) / CUSTOM / f"{slug(name)}.safetensors"
+
+
+def custom_names(cache: str | os.PathLike | None = None) -> list[str]:
+    """Names of models converted with `vqclip models convert --name NAME`."""
+    folder = vqgan_root(cache) / CUSTOM
+    return sorted(p.stem for p in folder.glob("*.safetensors")) if folder.is_dir() else []
+
+
+def unknown_name_error(name: str, cache: str | os.PathLike | None = None, arg: str = "--vqgan") -> VqclipError:
+    valid = list(VQGAN_ASSETS) + custom_names(cache)
+    close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
+    hint = f"Did you mean {', '.join(close)}? " if close else ""
+    return bad_arg(arg, "not a known VQGAN name", name,
+                   f"{hint}Valid names: {', '.join(valid)}. `vqclip models list` shows them; for other files pass "
+                   "--vqgan-config YAML --vqgan-checkpoint CKPT.")
+
+
+def get_asset(name: str, arg: str = "--vqgan") -> VQGANAsset:
+    """The registry entry for `name`; an unknown name is an error that lists the valid ones."""
+    if name not in VQGAN_ASSETS:
+        raise unknown_name_error(name, arg=arg)
+    return VQGAN_ASSETS[name]
+
+
+def part_path(path: Path) -> Path:
+    return path.with_name(path.name + ".part")
+
+
+def cache_status(asset: VQGANAsset, cache: str | os.PathLike | None = None) -> str:
+    """`converted`, `downloaded (not converted)`, `partial download (N MB)` or `not cached`."""
+    ckpt = cached_file(asset, asset.checkpoint, cache)
+    if converted_path(asset.name, cache).is_file():
+        return "converted"
+    if ckpt.is_file():
+        return "downloaded (not converted)"
+    if part_path(ckpt).is_file():
+        return f"partial download ({human_size(part_path(ckpt).stat().st_size)})"
+    return "not cached"
+
+
+def human_size(n: int | None) -> str:
+    """980 MB, 1.2 GB (decimal units, as the download scripts quote them)."""
+    if n is None:
+        return "?"
+    for unit in ("B", "KB", "MB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def list_assets(cache: str | os.PathLike | None = None) -> list[dict]:
+    """One row per registered and custom model: name, shape, size, how it is verified, cache status."""
+    rows = []
+    for a in VQGAN_ASSETS.values():
+        size = a.checkpoint.size or a.checkpoint.approx_size
+        rows.append({"name": a.name, "default": a.name == DEFAULT_VQGAN, "kind": a.kind, "factor": a.factor,
+                     "n_embed": a.n_embed,
+                     "size": (human_size(size) if a.checkpoint.size else f"~{human_size(size)}"),
+                     "verification": a.checkpoint.verification(), "status": cache_status(a, cache),
+                     "path": str(asset_dir(a.name, cache)), "description": a.description})
+    for name in custom_names(cache):
+        path = converted_path(name, cache)
+        rows.append({"name": name, "default": False, "kind": "?", "factor": None, "n_embed": None,
+                     "size": human_size(path.stat().st_size), "verification": "local conversion",
+                     "status": "converted", "path": str(path), "description": "converted with vqclip models convert"})
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------- verifying
+
+def verify_file(path: Path, remote: RemoteFile, arg: str = "--vqgan") -> None:
+    """Check a file against what the registry knows (sha256, exact size, plausible size); raise if it fails."""
+    from ..io import sha256_file
+
+    size = path.stat().st_size
+    fix = f"Delete {path} (or replace it with a good copy) and run the command again."
+    if remote.size is not None and size != remote.size:
+        raise bad_arg(arg, f"{remote.filename} has the wrong size (expected {remote.size} bytes): partial or corrupt",
+                      f"{path} ({size} bytes)", fix)
+    if remote.approx_size is not None and size < MIN_SIZE_FRACTION * remote.approx_size:
+        raise bad_arg(arg, f"{remote.filename} is far smaller than the published ~{human_size(remote.approx_size)}"
+                      " (a truncated download or an error page saved as a file)", f"{path} ({size} bytes)", fix)
+    if remote.sha256:
+        digest = sha256_file(path)
+        if digest != remote.sha256:
+            raise bad_arg(arg, f"{remote.filename} fails the sha256 check (expected {remote.sha256}, "
+                          f"found {digest}): corrupt or a different file", str(path), fix)
+
+
+def check_asset_config(asset: VQGANAsset, path: Path, arg: str = "--vqgan") -> None:
+    """The config must describe the registered model (codebook size, kind, downsampling factor)."""
+    from .vqgan import read_taming_config
+
+    try:
+        cfg = read_taming_config(path, arg=arg)
+    except VqclipError as e:
+        raise bad_arg(arg, f"the cached config of {asset.name} is not a taming config ({e})", str(path),
+                      f"Delete {path} and run the command again.") from None
+    factor = 2 ** (len(cfg.ddconfig["ch_mult"]) - 1)
+    if (cfg.n_embed, cfg.kind, factor) != (asset.n_embed, asset.kind, asset.factor):
+        raise bad_arg(arg, f"the cached config does not describe {asset.name} (expected {asset.kind}, "
+                      f"f{asset.factor}, {asset.n_embed} codes; found {cfg.kind}, f{factor}, {cfg.n_embed} codes)",
+                      str(path), f"Delete {path} and run the command again.")
+
+
+# ---------------------------------------------------------------------------------------------------- downloading
+
+class IncompleteDownload(OSError):
+    """The connection closed before the announced number of bytes arrived."""
+
+
+Opener = Callable[..., object]
+
+
+def _fetch(url: str, part: Path, opener: Opener, timeout: float, progress: bool, label: str) -> None:
+    """Append `url` to `part`, resuming with an HTTP Range request when `part` already holds bytes."""
+    from tqdm import tqdm
+
+    from .. import __version__
+
+    have = part.stat().st_size if part.is_file() else 0
+    headers = {"User-Agent": f"vqclip/{__version__}"}
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = opener(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:  # range not satisfiable: the part file is already complete
+            return
+        raise
+    with response:
+        status = getattr(response, "status", None) or getattr(response, "code", None)
+        if have and status != 206:  # the server (or a file:// URL) ignored the range: start over
+            have = 0
+        length = response.headers.get("Content-Length")
+        total = have + int(length) if length else None
+        with open(part, "ab" if have else "wb") as f, \
+                tqdm(total=total, initial=have, unit="B", unit_scale=True, desc=label, disable=not progress,
+                     leave=False) as bar:
+            while block := response.read(CHUNK):
+                f.write(block)
+                bar.update(len(block))
+            f.flush()
+            os.fsync(f.fileno())
+    got = part.stat().st_size
+    if total is not None and got < total:
+        raise IncompleteDownload(f"connection closed after {got} of {total} bytes")
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return f"{e.reason}"
+    return f"{type(e).__name__}: {e}"
+
+
+def download_file(remote: RemoteFile, dest: str | os.PathLike, progress: bool = True, opener: Opener | None = None,
+                  timeout: float = 60.0, arg: str = "--vqgan") -> Path:
+    """Fetch `remote` from its mirrors into `dest`: to a .part file, resumed, verified, then renamed into place."""
+    dest = Path(dest)
+    writable_dir(dest.parent)
+    part = part_path(dest)
+    opener = opener or urllib.request.urlopen
+    failures = []
+    for url in remote.urls:
+        try:
+            _fetch(url, part, opener, timeout, progress, remote.filename)
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
+            failures.append(f"{url} ({_reason(e)})")
+            continue
+        try:
+            verify_file(part, remote, arg)
+        except VqclipError as e:
+            part.unlink(missing_ok=True)  # a corrupt payload is never kept, not even to resume
+            failures.append(f"{url} (downloaded but rejected: {e})")
+            continue
+        os.replace(part, dest)
+        return dest
+    kept = (f" A partial download ({human_size(part.stat().st_size)}) is kept at {part} and will be resumed."
+            if part.is_file() else "")
+    raise bad_arg(arg, f"could not download {remote.filename} from any mirror", "; ".join(failures),
+                  f"If this machine is offline, download it elsewhere from one of: {', '.join(remote.urls)} and put "
+                  f"it at {dest}, then run the command again.{kept}")
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` so parallel ranks download and convert a model once."""
+    writable_dir(folder)
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; atomic renames still keep files whole
+        yield
+        return
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def missing_file_error(asset: VQGANAsset, remote: RemoteFile, dest: Path, arg: str = "--vqgan") -> VqclipError:
+    return bad_arg(arg, f"{asset.name} needs {remote.filename}, which is not in the cache, and downloads are off",
+                   asset.name, f"Download it from one of: {', '.join(remote.urls)} and put it at {dest} "
+                   f"(or allow downloads: `vqclip models download {asset.name}`).")
+
+
+def _also_needed(asset: VQGANAsset, failed: RemoteFile, cache: str | os.PathLike | None) -> str:
+    """` Also needed: ...` for the other files of `asset` that are not cached yet (offline instructions)."""
+    others = [r for r in (asset.config, asset.checkpoint)
+              if r is not failed and not cached_file(asset, r, cache).is_file()]
+    return "".join(f" Also needed: {r.filename} from {', '.join(r.urls)} at {cached_file(asset, r, cache)}."
+                   for r in others)
+
+
+def fetch_asset(name: str, cache: str | os.PathLike | None = None, download: bool = True, progress: bool = True,
+                opener: Opener | None = None, arg: str = "--vqgan") -> tuple[Path, Path]:
+    """(config, checkpoint) paths of a registered model in the cache, downloading and verifying what is missing."""
+    asset = get_asset(name, arg)
+    paths = []
+    for remote in (asset.config, asset.checkpoint):
+        dest = cached_file(asset, remote, cache)
+        if dest.is_file():
+            verify_file(dest, remote, arg)  # also covers files a user copied in by hand
+        elif download:
+            try:
+                download_file(remote, dest, progress=progress, opener=opener, arg=arg)
+            except VqclipError as e:
+                raise VqclipError(f"{e}{_also_needed(asset, remote, cache)}") from None
+        else:
+            raise VqclipError(f"{missing_file_error(asset, remote, dest, arg)}{_also_needed(asset, remote, cache)}")
+        if remote is asset.config:
+            check_asset_config(asset, dest, arg)
+        paths.append(dest)
+    return paths[0], paths[1]
+
+
+def ensure_converted(name: str, cache: str | os.PathLike | None = None, download: bool = True,
+                     progress: bool = True, remove_original: bool = False, opener: Opener | None = None,
+                     arg: str = "--vqgan") -> Path:
+    """The converted .safetensors of a registered model, fetching and converting it on first use."""
+    from .vqgan import convert_checkpoint
+
+    asset = get_asset(name, arg)
+    out = converted_path(name, cache)
+    if out.is_file() and not remove_original:
+        return out
+    with _locked(asset_dir(name, cache)):
+        if not out.is_file():  # another process may have finished while this one waited
+            config, ckpt = fetch_asset(name, cache, download, progress, opener, arg)
+            convert_checkpoint(config, ckpt, out, name=asset.name)
+        if remove_original:
+            cached_file(asset, asset.checkpoint, cache).unlink(missing_ok=True)
+    return out
+
+
+def resolve_vqgan(name: str | None = None, config: str | os.PathLike | None = None,
+                  checkpoint: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                  device: str = "cpu", download: bool = True, progress: bool = True):
+    """The VQGAN to generate with: explicit files (offline), else a registered or custom-converted name."""
+    from .vqgan import load_vqgan
+
+    if checkpoint is not None:  # explicit files win over a name
+        return load_vqgan(config, checkpoint, device=device)
+    if config is not None:
+        raise bad_arg("--vqgan-config", "a config needs its checkpoint", str(config),
+                      "Also pass --vqgan-checkpoint CKPT, or use a registered name with --vqgan.")
+    name = name or DEFAULT_VQGAN
+    if name in VQGAN_ASSETS:
+        path = ensure_converted(name, cache_dir, download=download, progress=progress)
+    else:
+        path = converted_path(name, cache_dir)
+        if not path.is_file():
+            raise unknown_name_error(name, cache_dir)
+    model = load_vqgan(None, path, device=device)
+    model.origin["name"] = name
+    return model

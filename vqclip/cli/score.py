@@ -1,0 +1,87 @@
+"""`vqclip score PATH...`: how often generated images contain text, and whether the prompt word is legible."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import add_cache_arg
+
+
+def _thresholds(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}") from None
+    if not values or any(not 0.0 <= v < 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1), got {text!r}")
+    return values
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "score", help="OCR generated images: share with any text, and prompt-word legibility per space",
+        description="Run EasyOCR (offline English weights) over generated images - single runs, batch folders or "
+                    "plain image folders - and report, per space and word type, the share of images with any text "
+                    "above each OCR confidence threshold and the share where the prompt word itself is legible, "
+                    "with 95%% Wilson intervals (paper §6). OCR results are cached by image content.")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="run folders, batch folders, image folders or images")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="report folder (default: PATH/score for the first folder given)")
+    p.add_argument("--words", default=None, metavar="FILE",
+                   help="word list, one `word[,real|nonsense]` a line: prompt words and types for images without "
+                        "metadata, and the word type where the metadata lacks it")
+    p.add_argument("--thresholds", type=_thresholds, default=[0.0, 0.25], metavar="T1,T2",
+                   help="OCR confidence thresholds for 'any text' (default 0.0,0.25 as in the paper)")
+    p.add_argument("--max-distance", type=float, default=0.3, metavar="D",
+                   help="prompt word counts as legible when its normalised edit distance to a detected string is "
+                        "at most D (default 0.3)")
+    p.add_argument("--group-by", action="append", default=[], metavar="FIELD",
+                   help="extra metadata field to group by (repeatable; dotted paths such as settings.steps)")
+    p.add_argument("--space", default=None, metavar="NAME",
+                   help="space to assume for images whose metadata and folder name do not tell")
+    p.add_argument("--no-stem-words", action="store_true",
+                   help="do not take the prompt word from the file name of images without metadata")
+    p.add_argument("--batch-size", type=int, default=8, help="images per EasyOCR detection batch (default 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for EasyOCR (default auto)")
+    p.add_argument("--no-chart", action="store_true", help="skip the bar chart")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_cache_arg(p)
+    p.set_defaults(func=run)
+
+
+def default_out(paths: list[str]) -> Path:
+    first = Path(paths[0]).expanduser()
+    return (first if first.is_dir() else first.parent) / "score"
+
+
+def run(args) -> int:
+    from ..errors import bad_arg
+    from ..evaluate.ocr import EasyOcrReader, OcrCache
+    from ..evaluate.scoring import score_paths
+    from ..evaluate.sources import collect_images, read_words_file
+
+    if not 0.0 <= args.max_distance <= 1.0:
+        raise bad_arg("--max-distance", "must be between 0 and 1", args.max_distance, "Try 0.3 (the default).")
+    if args.batch_size < 1:
+        raise bad_arg("--batch-size", "must be at least 1", args.batch_size, "Try 8.")
+    out = Path(args.out).expanduser() if args.out else default_out(args.paths)
+    words = read_words_file(args.words) if args.words else None
+    items, skipped = collect_images(args.paths, exclude=[out])
+    if not items:
+        raise bad_arg("PATH", "no images found (skipped: %d)" % len(skipped), " ".join(args.paths),
+                      "Point at run folders (run.json), batch folders (manifest.jsonl) or folders of images.")
+    reader = EasyOcrReader(device=args.device)
+    cache = OcrCache(reader.key, args.cache_dir)
+    group_by = ["space", "word_type"] + [g for g in args.group_by if g not in ("space", "word_type")]
+    summary = score_paths(items, skipped, out, reader, cache, words, args.thresholds, args.max_distance, group_by,
+                          args.space, not args.no_stem_words, args.batch_size, not args.no_progress,
+                          extra={"inputs": [str(p) for p in args.paths]}, chart=not args.no_chart)
+    print(summary["table"], end="")
+    print(f"\nscored {summary['n_scored']} images ({summary['n_cached']} from the OCR cache), "
+          f"skipped {summary['n_skipped']}; reports in {out}")
+    for s in summary["skipped"][:10]:
+        print(f"  skipped {s['path']}: {s['reason']}")
+    if summary["n_skipped"] > 10:
+        print(f"  ... {summary['n_skipped'] - 10} more in {out / 'summary.json'}")
+    return 0

@@ -25,18 +25,27 @@ def default_run_dir(prompt: str, root: str | os.PathLike = "outputs") -> Path:
     return Path(root) / f"{stamp}-{slug(prompt.lower(), 48)}"
 
 
-def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create the folder; refuse one that already holds a run unless `overwrite`."""
+def check_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Refuse a file, or a folder that already holds files unless `overwrite`; creates nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise bad_arg("--out", "must be a folder, not a file", str(path), "Choose another --out path.")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise bad_arg("--out", "the folder already holds files and runs are never overwritten silently",
-                          str(path), "Choose another --out, or add --overwrite to replace its run.")
-        for name in (IMAGE_NAME, RECORD_NAME):
-            (path / name).unlink(missing_ok=True)
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise bad_arg("--out", "the folder already holds files and runs are never overwritten silently",
+                      str(path), "Choose another --out, or add --overwrite to replace its run.")
+    return path
+
+
+def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create the folder (after `check_run_dir`); with `overwrite`, drop the previous run's frames and video.
+
+    image.png and run.json are left to be replaced atomically, so a failed new run leaves the old one whole.
+    """
+    path = check_run_dir(path, overwrite)
+    if path.is_dir():
         shutil.rmtree(path / FRAMES_DIR, ignore_errors=True)
+        for video in path.glob("video.*"):
+            video.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

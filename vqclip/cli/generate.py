@@ -132,7 +132,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from ..generation import run
     from ..generation.loop import to_pil
-    from ..outputs import build_record, default_run_dir, prepare_run_dir, save_frame, write_run, write_video
+    from ..outputs import (build_record, check_run_dir, default_run_dir, prepare_run_dir, save_frame, write_run,
+                           write_video)
 
     if not args.prompt and not args.image_prompt:
         raise bad_arg("PROMPT", "a text prompt (or --image-prompt) is required", args.prompt,
@@ -145,11 +146,12 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = args.prompt or ""
     settings = settings_from_args(args, prompt)
     out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
-    prepare_run_dir(out, args.overwrite)
+    check_run_dir(out, args.overwrite)
 
     models = load_models_from_args(args)
     space = models.space(args.space, args.projection)
     settings, notices = settings.resolved(models.vqgan.factor)
+    prepare_run_dir(out, args.overwrite)
     for notice in notices:
         print(f"vqclip generate: note: {notice}", file=sys.stderr)
 

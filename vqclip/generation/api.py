@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..io import sha256_file
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, ClipModel, load_clip
 from ..spaces import Space, resolve_space
 from .loop import Result, Settings, StepInfo, run
@@ -46,8 +47,10 @@ def load_models(clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETR
     clip_model = load_clip(clip, pretrained, device=device, precision=precision)
     vq = resolve_vqgan(name=vqgan, config=vqgan_config, checkpoint=vqgan_checkpoint, cache_dir=cache_dir,
                        device=clip_model.device)
-    info = getattr(vq, "source", None) or {"name": vqgan, "config": vqgan_config, "checkpoint": vqgan_checkpoint}
-    return Models(clip_model, vq, dict(info), cache_dir, time.perf_counter() - start)
+    info = dict(getattr(vq, "origin", None) or {})
+    if vqgan_checkpoint:  # an explicit file is identified by its content, not its path
+        info["checkpoint_sha256"] = sha256_file(vqgan_checkpoint)
+    return Models(clip_model, vq, info, cache_dir, time.perf_counter() - start)
 
 
 def generate(prompt: str, *, space: str = "clip", projection: str | None = None, models: Models | None = None,

@@ -1,0 +1,143 @@
+import json
+
+import pytest
+
+from vqclip.cli import main
+from vqclip.io import png_text
+from vqclip.models.tiny import write_taming_files
+
+
+@pytest.fixture()
+def model_args(tiny_clip_id, tmp_path):
+    config, ckpt = write_taming_files(tmp_path / "vqgan")
+    return ["--clip", tiny_clip_id, "--vqgan-config", str(config), "--vqgan-checkpoint", str(ckpt),
+            "--device", "cpu", "--size", "32", "32", "--cutn", "2", "--quiet"]
+
+
+def test_generate_writes_png_with_metadata_and_run_json(model_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(["generate", "an apple | text:-0.5", "--steps", "3", "--seed", "5", "--out", str(out)] + model_args)
+    assert rc == 0
+    assert capsys.readouterr().out.strip().endswith("image.png")
+    record = json.loads((out / "run.json").read_text())
+    assert record["seed"] == 5 and record["status"] == "finished" and record["steps_done"] == 3
+    assert record["prompt"] == "an apple | text:-0.5"
+    assert [p["weight"] for p in record["prompts"]] == [1.0, -0.5]
+    assert record["space"]["space"] == "clip"
+    assert record["models"]["clip"]["identity"].startswith("local-dir:")
+    assert len(record["models"]["vqgan"]["checkpoint_sha256"]) == 64
+    assert record["settings"]["steps"] == 3 and record["settings"]["lr"] == 0.1
+    chunks = png_text(out / "image.png")
+    assert chunks["prompt"] == "an apple | text:-0.5" and chunks["seed"] == "5" and chunks["space"] == "clip"
+    assert json.loads(chunks["settings"])["cutn"] == 2
+
+
+def test_same_seed_same_png_through_the_cli(model_args, tmp_path):
+    for name in ("a", "b"):
+        assert main(["generate", "apple", "--steps", "2", "--seed", "1", "--out", str(tmp_path / name)] + model_args) == 0
+    from PIL import Image
+
+    assert Image.open(tmp_path / "a" / "image.png").tobytes() == Image.open(tmp_path / "b" / "image.png").tobytes()
+
+
+def test_existing_run_is_not_overwritten_without_flag(model_args, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["generate", "apple", "--steps", "1", "--seed", "1", "--out", str(out)] + model_args) == 0
+    before = (out / "image.png").read_bytes()
+    assert main(["generate", "pear", "--steps", "1", "--seed", "2", "--out", str(out)] + model_args) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "image.png").read_bytes() == before
+    assert main(["generate", "pear", "--steps", "1", "--seed", "2", "--out", str(out), "--overwrite"] + model_args) == 0
+    assert json.loads((out / "run.json").read_text())["prompt"] == "pear"
+
+
+def test_frames_and_gif_video(model_args, tmp_path):
+    out = tmp_path / "run"
+    rc = main(["generate", "apple", "--steps", "4", "--seed", "1", "--out", str(out), "--save-every", "2",
+               "--video", "gif"] + model_args)
+    assert rc == 0
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["000002.png", "000004.png"]
+    assert (out / "video.gif").stat().st_size > 0
+
+
+def test_config_file_sets_defaults_and_flags_win(model_args, tmp_path):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("steps: 2\nseed: 11\ncut_pow: 2.0\n")
+    out = tmp_path / "run"
+    assert main(["generate", "apple", "--config", str(cfg), "--seed", "12", "--out", str(out)] + model_args) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["settings"]["steps"] == 2 and record["settings"]["cut_pow"] == 2.0 and record["seed"] == 12
+
+
+def test_config_file_with_unknown_key_lists_valid_ones(model_args, tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("stepz: 2\n")
+    assert main(["generate", "apple", "--config", str(cfg), "--out", str(tmp_path / "r")] + model_args) == 2
+    err = capsys.readouterr().err
+    assert "stepz" in err and "steps" in err
+
+
+def test_interrupted_run_still_writes_image_and_record(model_args, tmp_path, monkeypatch):
+    import vqclip.generation.loop as loop
+
+    real = loop.prompt_loss
+    calls = {"n": 0}
+
+    def flaky(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "prompt_loss", flaky)
+    out = tmp_path / "run"
+    rc = main(["generate", "apple", "--steps", "10", "--seed", "1", "--out", str(out)] + model_args)
+    assert rc == 130
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["steps_done"] == 2
+    assert (out / "image.png").is_file()
+
+
+def test_learn_space_without_projection_says_how_to_train(model_args, tmp_path, capsys):
+    rc = main(["generate", "apple", "--space", "learn", "--out", str(tmp_path / "r")] + model_args)
+    assert rc == 2
+    assert "vqclip train --space learn" in capsys.readouterr().err
+
+
+def test_forget_space_with_a_projection_file(model_args, tmp_path, tiny_clip):
+    import torch
+
+    from vqclip.spaces import save_projection
+
+    q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
+    proj = save_projection(tmp_path / "f.safetensors", q.T, "forget", tiny_clip.identity)
+    out = tmp_path / "run"
+    assert main(["generate", "apple", "--space", "forget", "--projection", str(proj), "--steps", "1", "--seed", "1",
+                 "--out", str(out)] + model_args) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["space"]["space"] == "forget" and record["space"]["dim"] == 8
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--size", "1", "1"], "--size"),
+    (["--steps", "-2"], "--steps"),
+    (["--cutn", "0"], "--cutn"),
+    (["--init-image", "/nope.png"], "--init-image"),
+    (["--video"], "--save-every"),
+])
+def test_bad_arguments_are_one_line_errors(model_args, tmp_path, capsys, extra, match):
+    rc = main(["generate", "apple", "--out", str(tmp_path / "r")] + model_args + extra)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing is created for a run that cannot start
+
+
+def test_missing_prompt_is_an_error(model_args, tmp_path, capsys):
+    assert main(["generate", "--out", str(tmp_path / "r")] + model_args) == 2
+    assert "PROMPT" in capsys.readouterr().err
+
+
+def test_unknown_space_is_rejected_by_argparse(model_args):
+    with pytest.raises(SystemExit):
+        main(["generate", "apple", "--space", "spell"] + model_args)

@@ -93,13 +93,12 @@ def font_fingerprint(path: str | os.PathLike) -> str:
 
 
 def _font_search_dirs() -> list[Path]:
-    dirs = []
-    try:
-        import matplotlib
+    import importlib.util
 
-        dirs.append(Path(matplotlib.__file__).parent / "mpl-data" / "fonts" / "ttf")
-    except ImportError:
-        pass
+    dirs = []
+    spec = importlib.util.find_spec("matplotlib")  # locate its bundled fonts without importing it
+    if spec is not None and spec.origin:
+        dirs.append(Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf")
     dirs += [Path(d).expanduser() for d in SYSTEM_FONT_DIRS]
     return [d for d in dirs if d.is_dir()]
 
@@ -114,7 +113,11 @@ def _default_fonts() -> tuple[str, ...]:
     found: dict[str, str] = {}
     for folder in _font_search_dirs():
         for name in DEFAULT_FONT_FILES:
-            if name not in found:
+            if name in found:
+                continue
+            if (folder / name).is_file():
+                found[name] = str(folder / name)
+            else:
                 hits = sorted(folder.rglob(name))
                 if hits:
                     found[name] = str(hits[0])

@@ -150,7 +150,7 @@ def format_table(results: Mapping[str, Mapping[str, dict]]) -> str:
     lines = [head, sub, "-" * len(head)]
 
     def pct(v):
-        return "   -" if v is None else f"{100 * v:5.1f}"
+        return "    -" if v is None else f"{100 * v:5.1f}"
 
     for name in names:
         cells = []
@@ -162,6 +162,6 @@ def format_table(results: Mapping[str, Mapping[str, dict]]) -> str:
     if any(vc):
         lines.append("-" * len(head))
         for key, label in (("image_only", "vis.comp img"), ("text_zero_shot", "vis.comp text"), ("chance", "chance")):
-            cells = [pct(v.get(key)) if v else pct(None) for v in vc]
+            cells = [f"{pct(v.get(key) if v else None)} {pct(None)} {pct(None)}" for v in vc]
             lines.append(f"{label:<14}" + "".join(f"{c:>28}" for c in cells))
     return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""Frozen CLIP features of the five-tuples, cached on disk in shards keyed by (CLIP identity, images, recipe).
+
+Layout of one cache folder `<cache>/features/<clip>/<images>-<recipe hash>/`:
+  meta.json            format, CLIP identity, D, the full recipe, shard size, completion and skip counts
+  words.json           the word list with real/nonsense flags (reproducibility)
+  plan.safetensors     per tuple: image index, class id, word id, is_real, split
+  text.safetensors     y_t per word (W, D), class prompts y_i (C, D), rendered class-name images (C, D)
+  shard-00000.safetensors  per tuple: x_i, x_t, x_it (S, D) float16 and `valid` (S,) bool
+
+Every file is written atomically, so an interrupted run leaves only complete shards; re-running the same command
+computes the missing ones and reuses the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..cache import cache_dir, slug
+from ..errors import VqclipError, bad_arg
+from ..io import atomic_path, write_json
+from .dataset import SpellingDataset, to_uint8_tensor
+from .train import SpellingFeatures
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vqclip.features/1"
+STORE_DTYPE = torch.float16  # unit vectors: fp16 keeps ~3 decimals and halves the cache
+
+
+def feature_dir(clip_identity: str, dataset: SpellingDataset, cache: str | None = None) -> Path:
+    """`<cache>/features/<clip>/<images>-<recipe hash>`."""
+    images = slug(dataset.source.name.split("#")[0], 40)
+    return cache_dir(cache) / "features" / slug(clip_identity) / f"{images}-{dataset.key()}"
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def _load(path: Path) -> dict[str, torch.Tensor] | None:
+    """The tensors of a safetensors file, or None if it is missing or unreadable (it will be recomputed)."""
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path))
+    except Exception as e:  # a file damaged outside vqclip: recompute rather than fail
+        log.warning("ignoring unreadable cache file %s (%s)", path, e)
+        return None
+
+
+def _shard_path(folder: Path, k: int) -> Path:
+    return folder / f"shard-{k:05d}.safetensors"
+
+
+def _shard_ok(folder: Path, k: int, rows: int, dim: int) -> bool:
+    t = _load(_shard_path(folder, k))
+    return bool(t) and all(k_ in t and tuple(t[k_].shape) == (rows, dim) for k_ in ("x_i", "x_t", "x_it")) \
+        and "valid" in t and len(t["valid"]) == rows
+
+
+def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Refuse a folder holding features of another CLIP model or another recipe."""
+    path = folder / "meta.json"
+    if not path.is_file():
+        return
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return  # unreadable meta: rewritten below, shards are checked one by one
+    if old.get("clip_model") != meta["clip_model"] or old.get("embed_dim") != meta["embed_dim"]:
+        raise bad_arg("--features", f"the cache folder holds features of CLIP {old.get('clip_model')!r}",
+                      meta["clip_model"], f"Use another folder or remove {folder}.")
+    if old.get("recipe_key") != meta["recipe_key"]:
+        raise bad_arg("--features", "the cache folder holds features of another data recipe",
+                      f"{old.get('recipe_key')} != {meta['recipe_key']}", f"Use another folder or remove {folder}.")
+
+
+@torch.no_grad()
+def encode_images_uint8(clip, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) uint8 -> (B, D) unit vectors, in one CLIP call."""
+    x = images.to(clip.device, non_blocking=True).float().div_(255)  # (B, 3, H, W) in [0, 1]
+    return clip.encode_image(x).float()
+
+
+@torch.no_grad()
+def encode_texts(clip, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """list of N strings -> (N, D) unit vectors, batched."""
+    out = [clip.encode_text(list(texts[i:i + batch_size])).float().cpu() for i in range(0, len(texts), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, clip.embed_dim)
+
+
+def _text_features(clip, dataset: SpellingDataset, batch_size: int) -> dict[str, torch.Tensor]:
+    y_t = encode_texts(clip, dataset.words.words)  # (W, D): words are encoded raw, no template (reference code)
+    prompts = encode_texts(clip, dataset.prompts)  # (C, D)
+    ids, images = dataset.class_name_images()
+    feats = torch.cat([encode_images_uint8(clip, torch.stack([to_uint8_tensor(im) for im in images[i:i + batch_size]])
+                                           ).cpu() for i in range(0, len(images), batch_size)])  # (C*k, D)
+    class_images = torch.zeros(len(dataset.classes), clip.embed_dim).index_add_(0, torch.tensor(ids), feats)
+    class_images = torch.nn.functional.normalize(class_images, dim=-1)  # mean direction of the renders
+    return {"y_t": y_t, "class_prompts": prompts, "class_images": class_images}
+
+
+def _encode_batch(clip, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One CLIP call for x_t, x_i, x_it of a batch; unreadable images get zero rows."""
+    valid = batch["valid"].bool()
+    b, v = len(valid), int(valid.sum())
+    feats = encode_images_uint8(clip, torch.cat([batch["x_t"], batch["x_i"][valid], batch["x_it"][valid]])).cpu()
+    x_i = torch.zeros(b, feats.shape[1])
+    x_it = torch.zeros(b, feats.shape[1])
+    x_i[valid], x_it[valid] = feats[b:b + v], feats[b + v:]
+    return {"x_t": feats[:b], "x_i": x_i, "x_it": x_it, "valid": valid}
+
+
+def extract_features(clip, dataset: SpellingDataset, out: str | Path | None = None, cache: str | None = None,
+                     batch_size: int = 64, num_workers: int = 0, shard_size: int = 4096, progress: bool = True,
+                     callback: Callable[[dict], None] | None = None) -> Path:
+    """Compute (or finish computing) the features of every tuple; returns the cache folder."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+
+    if batch_size < 1 or shard_size < 1 or num_workers < 0:
+        raise bad_arg("--extract-batch-size", "batch and shard sizes must be >= 1, workers >= 0",
+                      (batch_size, shard_size, num_workers), "Use e.g. 64, 4096, 4.")
+    folder = Path(out) if out else feature_dir(clip.identity, dataset, cache)
+    n, dim = len(dataset), clip.embed_dim
+    meta = {"format": FORMAT, "clip_model": clip.identity, "embed_dim": dim, "recipe_key": dataset.key(),
+            "recipe": dataset.recipe(), "tuples": n, "shard_size": shard_size, "classes": dataset.classes,
+            "prompts": dataset.prompts, "split_sizes": dataset.split_sizes(), "vqclip_version": __version__,
+            "complete": False}
+    _check_meta(folder, meta)
+    folder.mkdir(parents=True, exist_ok=True)
+    old_shard = _old_shard_size(folder)
+    if old_shard:
+        meta["shard_size"] = shard_size = old_shard  # shards already on disk fix the layout
+    write_json(folder / "meta.json", meta)
+    dataset.words.save(folder / "words.json")
+    if _load(folder / "plan.safetensors") is None:
+        _save(folder / "plan.safetensors", dataset.tuple_table())
+    text = _load(folder / "text.safetensors")
+    if text is None or text["y_t"].shape != (len(dataset.words), dim):
+        _save(folder / "text.safetensors", _text_features(clip, dataset, batch_size))
+    n_shards = math.ceil(n / shard_size)
+    rows = [min(shard_size, n - k * shard_size) for k in range(n_shards)]
+    todo = [k for k in range(n_shards) if not _shard_ok(folder, k, rows[k], dim)]
+    batches = [list(range(s, min(s + batch_size, k * shard_size + rows[k])))
+               for k in todo for s in range(k * shard_size, k * shard_size + rows[k], batch_size)]
+    start = time.perf_counter()
+    bar = tqdm(total=n, initial=n - sum(rows[k] for k in todo), unit="tuple", desc="features",
+               disable=not progress)
+    loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
+                        pin_memory=clip.device.type == "cuda")
+    parts: dict[int, list[dict]] = {}
+    for batch in loader:
+        k = int(batch["index"][0]) // shard_size
+        parts.setdefault(k, []).append(_encode_batch(clip, batch))
+        bar.update(len(batch["index"]))
+        if sum(len(p["valid"]) for p in parts[k]) == rows[k]:
+            done = parts.pop(k)
+            shard = {key: torch.cat([p[key] for p in done]) for key in ("x_i", "x_t", "x_it", "valid")}
+            shard = {key: (v if key == "valid" else v.to(STORE_DTYPE)) for key, v in shard.items()}
+            _save(_shard_path(folder, k), shard)
+            if callback:
+                callback({"shard": k, "shards": n_shards, "rows": rows[k]})
+    bar.close()
+    skipped = sum(int((~_load(_shard_path(folder, k))["valid"]).sum()) for k in range(n_shards))
+    meta.update(complete=True, skipped_images=skipped, seconds_last_run=round(time.perf_counter() - start, 2))
+    write_json(folder / "meta.json", meta)
+    if skipped:
+        log.warning("%d of %d images could not be read and were skipped", skipped, n)
+    return folder
+
+
+def _old_shard_size(folder: Path) -> int | None:
+    import json
+
+    path = folder / "meta.json"
+    if not path.is_file() or not any(folder.glob("shard-*.safetensors")):
+        return None
+    try:
+        return int(json.loads(path.read_text())["shard_size"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def read_meta(folder: str | Path) -> dict:
+    import json
+
+    folder = Path(folder)
+    path = folder / "meta.json"
+    if not path.is_file():
+        raise bad_arg("--features", "not a vqclip feature cache folder (no meta.json)", str(folder),
+                      "Pass a folder made by `vqclip train`, or leave --features out to extract.")
+    meta = json.loads(path.read_text())
+    if meta.get("format") != FORMAT:
+        raise bad_arg("--features", f"unknown feature cache format (expected {FORMAT})", meta.get("format"),
+                      "Re-extract the features with this vqclip version.")
+    return meta
+
+
+def load_features(folder: str | Path, clip_identity: str | None = None, embed_dim: int | None = None,
+                  dtype: torch.dtype = torch.float32) -> SpellingFeatures:
+    """Read a complete cache folder into SpellingFeatures (unreadable images dropped); checks the CLIP."""
+    from .words import WordList
+
+    folder = Path(folder)
+    meta = read_meta(folder)
+    if clip_identity is not None and meta["clip_model"] != clip_identity:
+        raise bad_arg("--features", f"these features were extracted with CLIP {meta['clip_model']!r}", clip_identity,
+                      "Pass the same --clip/--pretrained, or extract features for this model.")
+    if embed_dim is not None and meta["embed_dim"] != embed_dim:
+        raise bad_arg("--features", f"these features have D={meta['embed_dim']}", embed_dim, "Use matching CLIP.")
+    n, shard_size = meta["tuples"], meta["shard_size"]
+    n_shards = math.ceil(n / shard_size)
+    shards = [_load(_shard_path(folder, k)) for k in range(n_shards)]
+    missing = [k for k, s in enumerate(shards) if s is None]
+    plan, text = _load(folder / "plan.safetensors"), _load(folder / "text.safetensors")
+    if missing or plan is None or text is None:
+        raise VqclipError(f"--features: the feature cache {folder} is incomplete ({n_shards - len(missing)} of "
+                          f"{n_shards} shards): re-run the same command to resume the extraction.")
+    cat = {k: torch.cat([s[k] for s in shards]) for k in ("x_i", "x_t", "x_it", "valid")}
+    valid = cat["valid"].bool()
+    if not valid.any():
+        raise bad_arg("--images", "none of the images could be read", f"0 of {n}", "Check the image files.")
+    words = WordList.load(folder / "words.json")
+    f = SpellingFeatures(
+        x_i=cat["x_i"][valid].to(dtype), x_t=cat["x_t"][valid].to(dtype), x_it=cat["x_it"][valid].to(dtype),
+        y_t=text["y_t"][plan["word_ids"][valid]].to(dtype), class_ids=plan["class_ids"][valid],
+        class_features=text["class_prompts"].float(), word_ids=plan["word_ids"][valid],
+        is_real=plan["is_real"][valid].bool(), split=plan["split"][valid],
+        class_image_features=text["class_images"].float(), words=words.words, classes=meta["classes"],
+        metadata={**meta, "folder": str(folder), "skipped_images": int((~valid).sum())})
+    return f

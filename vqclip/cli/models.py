@@ -113,7 +113,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     if out.suffix != ".safetensors":
         raise bad_arg("--output", "must end in .safetensors", str(out), "Name the output file NAME.safetensors.")
     writable_dir(out.parent, arg="--output" if args.output else "--cache-dir")
-    convert_checkpoint(config, args.checkpoint, out, name=name)
+    convert_checkpoint(config, args.checkpoint, out, name=name, config_arg="--config", checkpoint_arg="--checkpoint")
     use = f"--vqgan {name}" if not args.output else f"--vqgan-checkpoint {out}"
     print(f"{out}\nUse it with {use} (no config needed: the file carries it).")
     return 0

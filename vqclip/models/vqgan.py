@@ -182,30 +182,33 @@ def _converted_config(path: Path, arg: str) -> VQGANConfig | None:
 
 
 def load_vqgan(config: str | os.PathLike | Mapping | VQGANConfig | None, checkpoint: str | os.PathLike,
-               device: str | torch.device = "cpu") -> VQGAN:
-    """Build a VQGAN from a taming YAML (or the config inside a converted .safetensors) and load its weights."""
+               device: str | torch.device = "cpu", config_arg: str = "--vqgan-config",
+               checkpoint_arg: str = "--vqgan-checkpoint") -> VQGAN:
+    """Build a VQGAN from a taming YAML (or the config inside a converted .safetensors) and load its weights.
+
+    `config_arg` / `checkpoint_arg` are the option names that error messages point the user at."""
     from ..devices import resolve_device
     from .checkpoints import read_checkpoint, safetensors_metadata, state_dict_of
 
     ckpt = Path(checkpoint).expanduser()
     if not ckpt.is_file():
-        raise bad_arg("--vqgan-checkpoint", "checkpoint file not found", str(ckpt),
+        raise bad_arg(checkpoint_arg, "checkpoint file not found", str(ckpt),
                       "Check the path, or use a registered name (`vqclip models list`).")
     if isinstance(config, VQGANConfig):
         cfg = config
     elif isinstance(config, Mapping):
-        cfg = parse_taming_config(config)
+        cfg = parse_taming_config(config, arg=config_arg)
     elif config is not None:
-        cfg = read_taming_config(config)
+        cfg = read_taming_config(config, arg=config_arg)
     else:
-        cfg = _converted_config(ckpt, "--vqgan-checkpoint")
+        cfg = _converted_config(ckpt, checkpoint_arg)
         if cfg is None:
-            raise bad_arg("--vqgan-config", "a config YAML is needed for this checkpoint", None,
+            raise bad_arg(config_arg, "a config YAML is needed for this checkpoint", None,
                           f"Pass the model.yaml that belongs to {ckpt} (only files written by "
                           "`vqclip models convert` carry their own config).")
-    state = generation_state(state_dict_of(read_checkpoint(ckpt), path=ckpt))
+    state = generation_state(state_dict_of(read_checkpoint(ckpt, checkpoint_arg), checkpoint_arg, ckpt))
     model = VQGAN(cfg.ddconfig, cfg.n_embed, cfg.embed_dim, cfg.kind)
-    load_state_strict(model, state, str(ckpt))
+    load_state_strict(model, state, str(ckpt), checkpoint_arg)
     meta = safetensors_metadata(ckpt) if ckpt.suffix == ".safetensors" else {}
     model.origin = {"checkpoint": str(ckpt), "config": None if config is None or isinstance(config, Mapping)
                     else str(config), "name": meta.get("name"), "source_sha256": meta.get("source_sha256")}
@@ -230,10 +233,11 @@ def save_converted(model: VQGAN, out_path: str | os.PathLike, metadata: Mapping[
 
 
 def convert_checkpoint(config: str | os.PathLike | Mapping | VQGANConfig | None, checkpoint: str | os.PathLike,
-                       out_path: str | os.PathLike, name: str | None = None) -> Path:
+                       out_path: str | os.PathLike, name: str | None = None, config_arg: str = "--vqgan-config",
+                       checkpoint_arg: str = "--vqgan-checkpoint") -> Path:
     """Turn a taming checkpoint (Lightning .ckpt, state dict, .safetensors) into a compact pickle-free file."""
     from ..io import sha256_file
 
-    model = load_vqgan(config, checkpoint, device="cpu")
+    model = load_vqgan(config, checkpoint, "cpu", config_arg, checkpoint_arg)
     meta = {"name": name, "source_file": Path(checkpoint).name, "source_sha256": sha256_file(checkpoint)}
     return save_converted(model, out_path, meta)

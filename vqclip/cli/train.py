@@ -1,0 +1,256 @@
+"""`vqclip train`: build the five-tuples, extract CLIP features (cached, resumable) and train a projection."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import bad_arg
+from .common import add_cache_arg, add_clip_args, add_device_args
+
+
+def _pair(text: str, cast, arg: str):
+    try:
+        lo, hi = (cast(v) for v in text.split(","))
+    except ValueError as e:
+        raise bad_arg(arg, "must be two numbers MIN,MAX", text, f"For example {arg} 3,8.") from e
+    return lo, hi
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """Options that define the five-tuples and their feature cache (shared with `vqclip eval retrieval`)."""
+    from ..spelling.dataset import DEFAULT_TEMPLATE
+    from ..spelling.images import TORCHVISION_DATASETS
+    from ..spelling.words import DEFAULT_VOCAB
+
+    g = p.add_argument_group("natural images and words")
+    g.add_argument("--images", metavar="PATH_OR_NAME",
+                   help="an image folder ROOT/class_name/*.jpg (ImageNet layout) or a torchvision dataset that "
+                        f"downloads itself: {', '.join(TORCHVISION_DATASETS)} (NAME:test for another split)")
+    g.add_argument("--class-map", metavar="FILE",
+                   help="map folder names (e.g. n01440764) to class names: JSON {id: name} or lines 'id name'")
+    g.add_argument("--data-root", metavar="DIR", help="where torchvision datasets are kept (default <cache>/datasets)")
+    g.add_argument("--max-images", type=int, metavar="N", help="use a seeded random subset of N images")
+    g.add_argument("--words", type=int, metavar="N", help="word pool size (default: one per image, at most 20,000)")
+    g.add_argument("--real-fraction", type=float, default=0.5, help="share of real English words (default 0.5)")
+    g.add_argument("--word-length", default="3,8", metavar="MIN,MAX", help="letters per word (default 3,8)")
+    g.add_argument("--vocab", type=int, default=DEFAULT_VOCAB,
+                   help=f"real words come from the N most frequent English words (default {DEFAULT_VOCAB})")
+    g.add_argument("--word-list", metavar="FILE", help="use this words.json / text file instead of sampling words")
+    g.add_argument("--val-fraction", type=float, default=0.1, help="held-out validation share (default 0.1)")
+    g.add_argument("--test-fraction", type=float, default=0.1, help="held-out test share (default 0.1)")
+    g.add_argument("--prompt-template", default=DEFAULT_TEMPLATE,
+                   help=f"class prompt y_i with {{name}} and {{article}} (default '{DEFAULT_TEMPLATE}')")
+    g.add_argument("--class-renders", type=int, default=4,
+                   help="rendered images per class name for the visual-comprehension test (default 4)")
+    g.add_argument("--seed", type=int, default=0, help="seed for words, splits and rendering (default 0)")
+    r = p.add_argument_group("rendering")
+    r.add_argument("--font", action="append", metavar="NAME_OR_FILE",
+                   help="font file or name of an available font (repeatable; default: bold DejaVu Sans, Serif, "
+                        "Sans Mono and STIX)")
+    r.add_argument("--font-dir", metavar="DIR", help="add every .ttf/.otf font in this folder")
+    r.add_argument("--text-size", default="0.14,0.24", metavar="MIN,MAX",
+                   help="font size range as a fraction of the image side (default 0.14,0.24)")
+    r.add_argument("--text-colors", metavar="COLORS", help="text colours, e.g. #000000,#1e1e1e")
+    r.add_argument("--background-colors", metavar="COLORS", help="x_t background colours, e.g. #ffffff,#f5f5ee")
+    r.add_argument("--box-colors", metavar="COLORS", help="colours of the box behind the word on x_it")
+    r.add_argument("--jitter", type=float, default=0.05, help="position jitter, fraction of the side (default 0.05)")
+    e = p.add_argument_group("feature extraction")
+    e.add_argument("--features", metavar="DIR",
+                   help="an existing feature folder to use as is (skips building and extraction)")
+    e.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(8, CPU cores))")
+    e.add_argument("--extract-batch-size", type=int, default=64, help="tuples per CLIP call batch (default 64)")
+    e.add_argument("--shard-size", type=int, default=4096, help="tuples per cache shard (default 4096)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _style_from_args(args):
+    from ..spelling.render import TextStyle, parse_colors, resolve_fonts
+
+    kw = {"size_range": _pair(args.text_size, float, "--text-size"), "jitter": args.jitter, "seed": args.seed}
+    for name in ("text_colors", "background_colors", "box_colors"):
+        value = getattr(args, name)
+        if value:
+            kw[name] = parse_colors(value, "--" + name.replace("_", "-"))
+    return TextStyle(fonts=resolve_fonts(args.font, args.font_dir), **kw)
+
+
+def _data_config(args):
+    from ..spelling.dataset import DataConfig
+
+    min_len, max_len = _pair(args.word_length, int, "--word-length")
+    return DataConfig(words=args.words, real_fraction=args.real_fraction, min_len=min_len, max_len=max_len,
+                      vocab=args.vocab, word_list=args.word_list, max_images=args.max_images,
+                      val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                      prompt_template=args.prompt_template, class_renders=args.class_renders, seed=args.seed)
+
+
+def explicit_clip_identity(args) -> str | None:
+    """The identity of --clip/--pretrained if the user named a model, else None."""
+    from ..models.clip import DEFAULT_PRETRAINED, clip_identity
+
+    if args.clip is None:
+        return None
+    return clip_identity(args.clip, args.pretrained if args.pretrained is not None else DEFAULT_PRETRAINED)
+
+
+def load_clip_args(args):
+    from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, load_clip
+
+    return load_clip(args.clip or DEFAULT_CLIP, args.pretrained if args.pretrained is not None else DEFAULT_PRETRAINED,
+                     device=args.device, precision=args.precision, cache_dir=args.cache_dir)
+
+
+def features_from_args(args, clip=None, on_clip=None):
+    """(SpellingFeatures, clip identity, feature folder, extraction seconds) from --features or by extraction.
+
+    `on_clip(clip)` runs right after CLIP is loaded, so callers can refuse bad settings before the long part.
+    """
+    import torch
+
+    from ..spelling.features import extract_features, load_features, read_meta
+
+    if args.features:
+        meta = read_meta(args.features)
+        named = explicit_clip_identity(args)
+        if named is not None and named != meta["clip_model"]:
+            raise bad_arg("--features", f"the feature cache was written by CLIP {meta['clip_model']!r}", named,
+                          "Leave --clip out to use the cache's model, or extract features for this model.")
+        dtype = torch.float16 if meta["tuples"] * meta["embed_dim"] > 50_000_000 else torch.float32
+        return load_features(args.features, meta["clip_model"], dtype=dtype), meta["clip_model"], \
+            Path(args.features), 0.0
+    if not args.images:
+        raise bad_arg("--images", "is required (or pass --features DIR)", None,
+                      "Give an image folder ROOT/class_name/*.jpg or a dataset name such as cifar100.")
+    from ..spelling.dataset import build_dataset
+    from ..spelling.images import open_images
+
+    config, style = _data_config(args), _style_from_args(args)  # validate before loading anything heavy
+    clip = clip or load_clip_args(args)
+    if on_clip:
+        on_clip(clip)
+    source = open_images(args.images, args.class_map, args.data_root or _default_data_root(args))
+    dataset = build_dataset(source, (clip.input_size[1], clip.input_size[0]), style, config)
+    workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
+    start = time.perf_counter()
+    folder = extract_features(clip, dataset, cache=args.cache_dir, batch_size=args.extract_batch_size,
+                              num_workers=workers, shard_size=args.shard_size, progress=not args.no_progress)
+    seconds = time.perf_counter() - start
+    dtype = torch.float16 if len(dataset) * clip.embed_dim > 50_000_000 else torch.float32
+    return load_features(folder, clip.identity, dtype=dtype), clip.identity, folder, seconds
+
+
+def _default_data_root(args):
+    from ..cache import cache_dir
+
+    return cache_dir(args.cache_dir) / "datasets"
+
+
+def register(sub) -> None:
+    from ..spelling.losses import DEFAULT_GAMMA, PRESETS
+
+    p = sub.add_parser(
+        "train", help="train a learn-to-spell or forget-to-spell projection",
+        description="Build the five-tuples (natural image, class prompt, word image, word, image with the word "
+                    "drawn on), extract CLIP features once (cached, resumable), train the projection W and write "
+                    "it where `vqclip generate --space learn|forget` finds it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", required=True, choices=tuple(PRESETS),
+                   help="learn: keep what is written (-L1+L3+L4+L5, d=64); "
+                        "forget: keep what is depicted (L1+L2-L5+L6, d=256)")
+    add_data_args(p)
+    t = p.add_argument_group("training")
+    t.add_argument("--dim", type=int, help="projection size d, 1..D (default: the preset's, 64 / 256 for D=512)")
+    t.add_argument("--weights", metavar="L1=W,...",
+                   help="signed loss-term weights overriding the preset, e.g. L1=-1,L3=1,L4=1,L5=1 "
+                        "(or full-learn / full-forget for all six terms)")
+    t.add_argument("--gamma", type=float, help=f"orthogonality penalty weight (default {DEFAULT_GAMMA})")
+    t.add_argument("--epochs", type=int, default=30)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=1e-4)
+    t.add_argument("--step-size", type=int, default=4000, help="StepLR period in steps")
+    t.add_argument("--lr-decay", type=float, default=0.5, help="StepLR factor")
+    t.add_argument("--mask-duplicates", action="store_true",
+                   help="do not count in-batch items of the same class (L2, L6) or word (L4, L5) as negatives")
+    t.add_argument("--extract-only", action="store_true", help="build and cache the features, then stop")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="FILE.safetensors",
+                   help="where to write the projection (default: <cache>/projections/<clip>/<space>.safetensors, "
+                        "where vqclip generate looks)")
+    o.add_argument("--overwrite", action="store_true", help="replace an existing projection file")
+    o.add_argument("--json", metavar="FILE", help="also write the run summary and metrics as JSON")
+    add_clip_args(p)
+    add_device_args(p)
+    add_cache_arg(p)
+    p.set_defaults(func=run, clip=None, pretrained=None)
+
+
+def _target(args, identity: str) -> Path:
+    from ..spaces import projection_path
+
+    target = Path(args.out) if args.out else projection_path(args.space, identity, args.cache_dir)
+    if target.exists() and not args.overwrite and not args.extract_only:
+        raise bad_arg("--out", "a projection already exists there", str(target),
+                      "Pass --overwrite to replace it, or --out another file.")
+    return target
+
+
+def run(args) -> int:
+    from ..devices import resolve_device
+    from ..io import write_json
+    from ..spelling.losses import parse_weights, resolve_preset
+    from ..spelling.retrieval import format_table
+    from ..spelling.train import TrainConfig, train_projection, train_test_metrics, write_projection
+
+    if args.weights:
+        parse_weights(args.weights)  # unknown terms fail before any work
+    if args.dim is not None and args.dim < 1:
+        raise bad_arg("--dim", "must be between 1 and the CLIP embedding size D", args.dim, "Use e.g. 64 or 256.")
+    device = resolve_device(args.device)
+
+    def check(clip):
+        resolve_preset(args.space, args.dim, args.weights, args.gamma, clip.embed_dim)
+        _target(args, clip.identity)
+
+    features, identity, folder, extract_s = features_from_args(args, on_clip=check)
+    resolve_preset(args.space, args.dim, args.weights, args.gamma, features.embed_dim)
+    target = _target(args, identity)
+    sizes = features.split_sizes()
+    say = (lambda *a: None) if args.no_progress else (lambda *a: print(*a, file=sys.stderr))
+    say(f"features: {folder} ({len(features)} tuples, splits {sizes}, "
+        f"{features.metadata.get('skipped_images', 0)} unreadable images skipped)")
+    if args.extract_only:
+        print(folder)
+        return 0
+    config = TrainConfig(space=args.space, dim=args.dim, weights=args.weights, gamma=args.gamma, lr=args.lr,
+                         batch_size=args.batch_size, epochs=args.epochs, step_size=args.step_size,
+                         lr_decay=args.lr_decay, mask_duplicates=args.mask_duplicates, seed=args.seed,
+                         device=str(device))
+
+    def on_epoch(r):
+        val = f" val {r['val_loss']:.4f}" if "val_loss" in r else ""
+        say(f"epoch {r['epoch']:3d}  step {r['step']:6d}  train {r['train_loss']:.4f}{val}  R {r['train_R']:.4f}")
+
+    val = features.part("val") if features.split is not None else None
+    result = train_projection(features.part("train") if features.split is not None else features, val, config,
+                              on_epoch)
+    test_split = "test" if sizes.get("test", 0) >= 2 else "val"
+    test = train_test_metrics(features, result.W, test_split)
+    recipe = {**features.metadata.get("recipe", {}), "features": str(folder)}
+    path = write_projection(result, identity, target, recipe=recipe, split_sizes=sizes,
+                            metrics={"test": test} if test else None, overwrite=True)
+    summary = {"projection": str(path), "space": result.space, "clip_model": identity, "dim": result.dim,
+               "embed_dim": features.embed_dim, "weights": result.weights, "gamma": result.gamma,
+               "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 2),
+               "extract_seconds": round(extract_s, 2), "features": str(folder), "split_sizes": sizes,
+               "metrics": {"val": result.metrics.get("val"), "test": test}}
+    if test:
+        print(f"{test_split} split ({test['n']} tuples):")
+        print(format_table({"clip": test["clip"], result.space: test["projection"]}))
+    print(f"wrote {path}  (d={result.dim}, best epoch {result.best_epoch}, trained in {result.seconds:.1f} s)")
+    if args.json:
+        write_json(args.json, summary)
+    return 0

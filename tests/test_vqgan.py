@@ -132,3 +132,27 @@ def test_failed_conversion_leaves_nothing(tmp_path):
     with pytest.raises(VqclipError):
         convert_checkpoint(config, ckpt, tmp_path / "out" / "x.safetensors")
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vqgan_imagenet_f16_16384", "vqgan_imagenet_f16_1024", "vqgan_gumbel_f8_8192",
+                                  "wikiart_16384"])
+def test_real_checkpoint_reconstructs_an_image(name):
+    """Real weights from $VQCLIP_WEIGHTS_CACHE (default ~/.cache/vqclip); skipped when they are not there."""
+    import os
+    from pathlib import Path
+
+    from vqclip.models.registry import VQGAN_ASSETS, cache_status, resolve_vqgan
+
+    cache = Path(os.environ.get("VQCLIP_WEIGHTS_CACHE", "~/.cache/vqclip")).expanduser()
+    asset = VQGAN_ASSETS[name]
+    if cache_status(asset, cache) not in ("converted", "downloaded (not converted)"):
+        pytest.skip(f"{name} is not in {cache} (vqclip models download {name})")
+    model = resolve_vqgan(name, cache_dir=cache, download=False)
+    assert (model.kind, model.factor, model.n_embed) == (asset.kind, asset.factor, asset.n_embed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 128), torch.linspace(0, 1, 128), indexing="ij")
+    image = torch.stack([xx, yy, (xx + yy) / 2])[None]  # (1, 3, 128, 128) smooth gradient
+    with torch.no_grad():
+        out = model.decode(model.encode(image))
+    assert out.shape == image.shape
+    assert (out.clamp(0, 1) - image).abs().mean() < 0.1

@@ -404,6 +404,10 @@ def resolve_vqgan(name: str | None = None, config: str | os.PathLike | None = No
         path = converted_path(name, cache_dir)
         if not path.is_file():
             raise unknown_name_error(name, cache_dir)
-    model = load_vqgan(None, path, device=device)
+    try:
+        model = load_vqgan(None, path, device=device, checkpoint_arg="--vqgan")
+    except VqclipError as e:
+        raise VqclipError(f"{e} The cached conversion is damaged: delete {path} and run again to rebuild it.") \
+            from None
     model.origin["name"] = name
     return model

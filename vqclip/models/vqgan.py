@@ -168,9 +168,16 @@ def _converted_config(path: Path, arg: str) -> VQGANConfig | None:
     """The config stored in a converted .safetensors file's metadata, if it has one."""
     from .checkpoints import is_safetensors, safetensors_metadata
 
+    damaged = bad_arg(arg, "could not read the .safetensors file (truncated or damaged)", str(path),
+                      "Convert or download it again.")
     if not is_safetensors(path):
+        if path.suffix == ".safetensors":
+            raise damaged
         return None
-    meta = safetensors_metadata(path)
+    try:
+        meta = safetensors_metadata(path)
+    except Exception as e:  # safetensors raises its own error type for a damaged header
+        raise damaged from e
     if meta.get("format") != CONVERTED_FORMAT or "config" not in meta:
         return None
     try:

@@ -178,3 +178,13 @@ def test_score_plain_folder_uses_words_file_and_folder_spaces(tmp_path, monkeypa
     # no images at all is a clear error, not an empty report
     (tmp_path / "none").mkdir()
     assert main(["score", str(tmp_path / "none"), "--no-progress"]) == 2
+
+
+def test_score_cli_without_the_ocr_extra_prints_the_install_command(tmp_path, monkeypatch, capsys):
+    from vqclip.cli import main
+
+    Image.new("RGB", (32, 32), "white").save(tmp_path / "a.png")
+    monkeypatch.setitem(sys.modules, "easyocr_en_models", None)
+    assert main(["score", str(tmp_path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install "vqclip[ocr]"' in err and "Traceback" not in err

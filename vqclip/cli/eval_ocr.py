@@ -35,7 +35,7 @@ def register(evals) -> None:
 
 
 def run(args) -> int:
-    from ..errors import bad_arg
+    from ..errors import VqclipError, bad_arg
     from ..evaluate.common import resolve_eval_spaces
     from ..evaluate.iiit5k import LEXICONS, evaluate_iiit5k, iiit5k_table, read_iiit5k
     from ..io import write_json, write_text
@@ -51,7 +51,10 @@ def run(args) -> int:
     if args.batch_size < 1 or args.max_images < 0:
         raise bad_arg("--batch-size/--max-images", "must be positive (max-images 0 = all)",
                       (args.batch_size, args.max_images), "Try the defaults.")
-    data = read_iiit5k(args.annotations, args.images_root)
+    try:
+        data = read_iiit5k(args.annotations, args.images_root)
+    except ImportError as e:  # one clear line (the install command), not a traceback
+        raise VqclipError(str(e)) from e
     clip = load_clip_from_args(args)
     spaces = resolve_eval_spaces(clip.identity, clip.embed_dim, split_spaces(args.spaces), args.projection,
                                  args.cache_dir)

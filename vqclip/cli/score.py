@@ -56,7 +56,7 @@ def default_out(paths: list[str]) -> Path:
 
 
 def run(args) -> int:
-    from ..errors import bad_arg
+    from ..errors import VqclipError, bad_arg
     from ..evaluate.ocr import EasyOcrReader, OcrCache
     from ..evaluate.scoring import score_paths
     from ..evaluate.sources import collect_images, read_words_file
@@ -71,7 +71,10 @@ def run(args) -> int:
     if not items:
         raise bad_arg("PATH", "no images found (skipped: %d)" % len(skipped), " ".join(args.paths),
                       "Point at run folders (run.json), batch folders (manifest.jsonl) or folders of images.")
-    reader = EasyOcrReader(device=args.device)
+    try:
+        reader = EasyOcrReader(device=args.device)
+    except ImportError as e:  # one clear line (the install command), not a traceback
+        raise VqclipError(str(e)) from e
     cache = OcrCache(reader.key, args.cache_dir)
     group_by = ["space", "word_type"] + [g for g in args.group_by if g not in ("space", "word_type")]
     summary = score_paths(items, skipped, out, reader, cache, words, args.thresholds, args.max_distance, group_by,

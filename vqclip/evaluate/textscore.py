@@ -282,10 +282,11 @@ SPACE_COLOURS = {"learn": "#3b6fb6", "clip": "#8c8c8c", "forget": "#c8453c"}  # 
 def bar_chart(groups: Sequence[Mapping[str, Any]], path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
               max_distance: float = DEFAULT_MAX_DISTANCE) -> None:
     """Grouped bars like the paper's figure: one panel per measure, word groups on x, one bar per space."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    try:
+        from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
+    except ImportError as e:
+        raise ImportError('The score chart needs matplotlib: pip install "vqclip[ocr]"  (or: pip install matplotlib)'
+                          ) from e
 
     from ..io import atomic_path
 
@@ -296,8 +297,8 @@ def bar_chart(groups: Sequence[Mapping[str, Any]], path, thresholds: Sequence[fl
                   key=lambda r: [_order_key(f, v) for f, v in zip(row_fields, r)])
     metrics = [m for m in metric_names(thresholds)
                if any(g["metrics"][m]["n"] for g in groups)]
-    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)) + 1, 3.4),
-                             squeeze=False, sharey=True)
+    fig = Figure(figsize=(3.2 * max(1, len(metrics)) + 1, 3.4))
+    axes = fig.subplots(1, max(1, len(metrics)), squeeze=False, sharey=True)
     index = {(tuple(g["key"][f] for f in row_fields), g["key"][col_field]): g["metrics"] for g in groups}
     width = 0.8 / max(1, len(columns))
     for ax, metric in zip(axes[0], metrics):
@@ -321,4 +322,3 @@ def bar_chart(groups: Sequence[Mapping[str, Any]], path, thresholds: Sequence[fl
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-    plt.close(fig)

@@ -175,6 +175,10 @@ def test_score_plain_folder_uses_words_file_and_folder_spaces(tmp_path, monkeypa
     apple = next(r for r in records if r["words"] == ["apple"])
     assert apple["legibility"]["legible"] and not apple["legibility"]["exact"]  # "appla" is 1 edit from apple
     assert not (out / "chart.png").exists()
+    # a report left inside the image folder is not scored as images next time
+    assert main(["score", str(tmp_path / "imgs"), "--no-progress"]) == 0
+    assert main(["score", str(tmp_path / "imgs"), "--out", str(tmp_path / "r3"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "r3" / "summary.json").read_text())["n_scored"] == 4
     # no images at all is a clear error, not an empty report
     (tmp_path / "none").mkdir()
     assert main(["score", str(tmp_path / "none"), "--no-progress"]) == 2

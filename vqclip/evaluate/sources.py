@@ -150,8 +150,8 @@ def _walk(root: Path, excluded: set[Path]) -> tuple[list[ImageItem], list[dict]]
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and (here / d).resolve() not in excluded)
-        if here.resolve() in excluded:
-            dirnames[:] = []
+        if here.resolve() in excluded or {"scores.jsonl", "summary.json"} <= set(filenames):
+            dirnames[:] = []  # an excluded folder, or an earlier score report (its chart is no generated image)
             continue
         if MANIFEST in filenames:
             found, skip = read_batch(here)

@@ -192,3 +192,28 @@ def test_score_cli_without_the_ocr_extra_prints_the_install_command(tmp_path, mo
     assert main(["score", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert 'pip install "vqclip[ocr]"' in err and "Traceback" not in err
+
+
+def test_an_interrupted_scoring_keeps_what_it_gathered(tmp_path):
+    from vqclip.evaluate.scoring import score_paths
+    from vqclip.evaluate.sources import collect_images
+
+    for i in range(3):
+        Image.new("RGB", (32, 32), (i, 0, 0)).save(tmp_path / f"word{i}.png")
+
+    class Interrupted(CountingReader):
+        def read(self, images):
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return super().read(images)
+
+    items, skipped = collect_images([tmp_path])
+    cache = OcrCache("fake-reader", tmp_path / "cache")
+    with pytest.raises(KeyboardInterrupt):
+        score_paths(items, skipped, tmp_path / "out", Interrupted(), cache, batch_size=1, progress=False)
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["partial"] is True and summary["n_scored"] == 2
+    # the next run resumes from the cache and reads only the image left
+    reader = CountingReader()
+    summary = score_paths(items, skipped, tmp_path / "out", reader, cache, batch_size=1, progress=False)
+    assert reader.images == 1 and summary["n_cached"] == 2 and summary["partial"] is False

@@ -113,3 +113,26 @@ def test_markdown_table_has_spaces_as_columns_and_paper_reference():
     row = next(l for l in table.splitlines() if "conf > 0.0 | all" in l)
     assert "100.0 [" in row and "(1/1)" in row and "53.3 / 33.0 / 3.3" in row
     assert math.isclose(float(row.split("|")[3].split()[0]), 100.0)
+
+
+def test_collect_single_runs_and_describe_their_prompt(tmp_path):
+    import json as _json
+
+    from PIL import Image
+
+    from vqclip.evaluate.sources import collect_images, describe_item
+    from vqclip.io import save_png
+
+    run = tmp_path / "run1"
+    save_png(Image.new("RGB", (8, 8)), run / "image.png", text={"prompt": "apple", "space": "forget", "seed": 3})
+    Image.new("RGB", (8, 8)).save(run / "frames_0001.png")  # progress frames in a run folder are not scored
+    (run / "run.json").write_text(_json.dumps({"prompt": "apple:1|text:-1", "space": "forget", "seed": 3,
+                                               "image": "image.png"}))
+    items, skipped = collect_images([run, run / "image.png"])  # the same image twice counts once
+    assert [i.path.name for i in items] == ["image.png"] and not skipped
+    info = describe_item(items[0])
+    assert info["words"] == ["apple"] and info["space"] == "forget" and info["seed"] == 3
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "run.json").write_text(_json.dumps({"prompt": "x", "image": "gone.png"}))
+    items, skipped = collect_images([tmp_path / "run2"])
+    assert not items and "missing" in skipped[0]["reason"]

@@ -141,3 +141,14 @@ def test_missing_prompt_is_an_error(model_args, tmp_path, capsys):
 def test_unknown_space_is_rejected_by_argparse(model_args):
     with pytest.raises(SystemExit):
         main(["generate", "apple", "--space", "spell"] + model_args)
+
+
+def test_converted_safetensors_needs_no_config(tiny_clip_id, tmp_path):
+    from vqclip.models.vqgan import convert_checkpoint
+
+    config, ckpt = write_taming_files(tmp_path / "vqgan")
+    converted = convert_checkpoint(config, ckpt, tmp_path / "tiny.safetensors")
+    out = tmp_path / "run"
+    rc = main(["generate", "apple", "--clip", tiny_clip_id, "--vqgan-checkpoint", str(converted), "--device", "cpu",
+               "--size", "32", "32", "--cutn", "2", "--steps", "1", "--seed", "0", "--quiet", "--out", str(out)])
+    assert rc == 0 and (out / "image.png").is_file()

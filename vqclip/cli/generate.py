@@ -74,12 +74,13 @@ def settings_from_args(args: argparse.Namespace, prompt: str):
 def load_models_from_args(args: argparse.Namespace):
     from ..generation import load_models
 
-    if bool(args.vqgan_config) != bool(args.vqgan_checkpoint):
-        raise bad_arg("--vqgan-config/--vqgan-checkpoint", "give both or neither",
-                      f"config={args.vqgan_config}, checkpoint={args.vqgan_checkpoint}",
-                      "Pass the taming YAML and its checkpoint together, or use --vqgan NAME.")
-    return load_models(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
-                       args.device, args.precision, args.cache_dir)
+    models = load_models(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
+                         args.device, args.precision, args.cache_dir)
+    if models.clip.device.type == "cuda":
+        import torch
+
+        torch.backends.cudnn.benchmark = True  # fixed image size: let cuDNN pick the fastest convolutions
+    return models
 
 
 def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:

@@ -41,8 +41,11 @@ def load_models(clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETR
                 vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
                 precision: str = "auto", cache_dir: str | None = None) -> Models:
     """Load CLIP (open_clip) and a VQGAN (registry name, or an offline config + checkpoint pair)."""
-    from ..models.registry import resolve_vqgan
+    from ..models.registry import VQGAN_ASSETS, converted_path, resolve_vqgan, unknown_name_error
 
+    # Check what can be checked cheaply before any download starts.
+    if vqgan_checkpoint is None and vqgan and vqgan not in VQGAN_ASSETS and not converted_path(vqgan, cache_dir).is_file():
+        raise unknown_name_error(vqgan, cache_dir)
     start = time.perf_counter()
     clip_model = load_clip(clip, pretrained, device=device, precision=precision)
     vq = resolve_vqgan(name=vqgan, config=vqgan_config, checkpoint=vqgan_checkpoint, cache_dir=cache_dir,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -140,6 +140,7 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
         pretrained = None
     _validate_identifier(name, pretrained)
     try:
+        logging.disable(logging.ERROR)  # open_clip logs the failure before raising it; we re-raise it once
         model = open_clip.create_model(name, pretrained=pretrained, device=dev, cache_dir=cache_dir)
     except (RuntimeError, OSError, ValueError) as e:
         where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
@@ -147,6 +148,8 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
             f"--clip: could not load {name!r} (pretrained={pretrained!r}): {e}. If this machine is offline, "
             f"download the weights elsewhere and pass the file with --pretrained PATH, copy the hub cache to {where}, "
             "or save the model in open_clip's format and use --clip local-dir:PATH.") from e
+    finally:
+        logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     return ClipModel(model, tokenizer, clip_identity(name, pretrained), dev, prec)
 

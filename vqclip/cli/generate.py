@@ -29,7 +29,6 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     from ..generation.cutouts import AUGMENTATIONS
     from ..generation.loop import METHODS, OPTIMIZERS
     from ..generation.ops import LOSSES
-    from ..spaces import SPACES
 
     g = p.add_argument_group("space")
     g.add_argument("--projection", default=None, metavar="FILE",
@@ -58,7 +57,6 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-image", default=None, metavar="PATH", help="start from this image instead of noise")
     g.add_argument("--init-weight", type=float, default=0.0,
                    help="pull toward the initial latent (useful with --init-image)")
-    del SPACES
 
 
 def settings_from_args(args: argparse.Namespace, prompt: str):

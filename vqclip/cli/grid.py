@@ -1,0 +1,57 @@
+"""`vqclip grid DIR`: a labelled comparison grid (PNG pages) and an offline HTML gallery of a batch or of runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "grid", help="comparison grid (PNG) and HTML gallery of a batch folder or a folder of runs",
+        description="Draw a labelled grid of the images of a `vqclip batch` folder (or of `vqclip generate` runs "
+                    "below a folder): rows are prompts, columns are spaces by default; any other field that varies "
+                    "(e.g. the seed) is added to the columns. Missing or failed images are drawn as empty cells with "
+                    "a note, so a batch still running can be viewed. Large grids are split into pages.")
+    p.add_argument("folder", metavar="DIR", help="batch folder (batch.json, manifest.jsonl) or a folder of runs")
+    p.add_argument("--rows", default="prompt", metavar="FIELD",
+                   help="field of the rows (default prompt): prompt, space, seed, word_type or a setting "
+                        "such as steps, size, lr, cutn")
+    p.add_argument("--cols", default="space", metavar="FIELDS",
+                   help="comma list of column fields (default space); fields that still vary are appended")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                   help="only images with this value, e.g. --where seed=0 (repeatable)")
+    p.add_argument("--thumb", type=int, default=160, metavar="PX", help="thumbnail size in pixels (default 160)")
+    p.add_argument("--font-size", type=int, default=14, metavar="PX", help="label font size (default 14)")
+    p.add_argument("--label-width", type=int, default=None, metavar="PX",
+                   help="width of the row-label column (default about 1.5 thumbnails)")
+    p.add_argument("--max-rows", type=int, default=16, metavar="N", help="rows per page (default 16)")
+    p.add_argument("--max-cols", type=int, default=12, metavar="N", help="columns per page (default 12)")
+    p.add_argument("--out", default=None, metavar="FILE.png",
+                   help="grid file (default DIR/grid.png; pages become grid-001.png, grid-002.png, ...)")
+    p.add_argument("--html", nargs="?", const="", default=None, metavar="FILE.html",
+                   help="also write a static HTML gallery (default DIR/index.html)")
+    p.add_argument("--no-png", action="store_true", help="only the HTML gallery (with --html)")
+    p.set_defaults(func=run_grid)
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    from ..errors import bad_arg
+    from ..grid import GridStyle, make_grid, parse_where
+
+    for name in ("max_rows", "max_cols"):
+        if getattr(args, name) < 1:
+            raise bad_arg(f"--{name.replace('_', '-')}", "must be at least 1", getattr(args, name), "Try 16.")
+    if args.no_png and args.html is None:
+        raise bad_arg("--no-png", "leaves nothing to write without --html", True, "Add --html, or drop --no-png.")
+    cols = [c for c in args.cols.split(",") if c.strip()]
+    style = GridStyle(thumb=args.thumb, font_size=args.font_size, label_width=args.label_width,
+                      max_rows=args.max_rows, max_cols=args.max_cols)
+    html_path = None if args.html is None else Path(args.html or Path(args.folder) / "index.html")
+    written = make_grid(args.folder, args.out, args.rows, cols, parse_where(args.where), style, html_path,
+                        png=not args.no_png)
+    for page in written["pages"]:
+        print(page)
+    if written["html"]:
+        print(written["html"])
+    return 0

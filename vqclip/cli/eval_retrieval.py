@@ -60,6 +60,7 @@ def _spaces(args, identity: str, embed_dim: int) -> dict:
 
 
 def run(args) -> int:
+    from ..devices import resolve_device
     from ..io import write_json
     from ..spelling.retrieval import format_table, retrieval_metrics
 
@@ -74,7 +75,9 @@ def run(args) -> int:
     if len(part) < 2:
         raise bad_arg("--split", "the split holds fewer than 2 tuples", f"{args.split}: {len(part)}",
                       "Use more images, --split all, or larger --val-fraction / --test-fraction.")
-    results = {name: retrieval_metrics(part, sp if sp.W is not None else None) for name, sp in spaces.items()}
+    device = resolve_device(args.device)
+    results = {name: retrieval_metrics(part, sp.W if sp.W is not None else None, device)
+               for name, sp in spaces.items()}
     print(f"{args.split} split: {len(part)} tuples, {len(set(part.word_ids.tolist()))} words, "
           f"{len(features.class_features)} classes; features {folder}")
     print(format_table(results))

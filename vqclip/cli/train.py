@@ -238,7 +238,7 @@ def run(args) -> int:
     result = train_projection(features.part("train") if features.split is not None else features, val, config,
                               on_epoch)
     test_split = "test" if sizes.get("test", 0) >= 2 else "val"
-    test = train_test_metrics(features, result.W, test_split)
+    test = train_test_metrics(features, result.W, test_split, device)
     recipe = {**features.metadata.get("recipe", {}), "features": str(folder)}
     path = write_projection(result, identity, target, recipe=recipe, split_sizes=sizes,
                             metrics={"test": test} if test else None, overwrite=True)

@@ -44,7 +44,7 @@ def as_projector(space) -> Projector:
 
 
 def _space_device(space) -> torch.device:
-    W = getattr(space, "W", None)
+    W = space if isinstance(space, torch.Tensor) else getattr(space, "W", None)
     return W.device if isinstance(W, torch.Tensor) else torch.device("cpu")
 
 
@@ -56,7 +56,7 @@ def project_chunked(e: torch.Tensor, proj: Projector, chunk: int = 65536) -> tor
 def top1(queries: torch.Tensor, gallery: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
     """(Q, d), (K, d) unit vectors -> (Q,) index of each query's nearest gallery item (cosine)."""
     out = [(queries[i:i + chunk] @ gallery.T).argmax(dim=1) for i in range(0, len(queries), chunk)]  # (q, K)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=queries.device)
 
 
 def split_accuracy(correct: torch.Tensor, is_real: torch.Tensor | None) -> dict[str, float | int | None]:
@@ -65,6 +65,7 @@ def split_accuracy(correct: torch.Tensor, is_real: torch.Tensor | None) -> dict[
         n = int(mask.sum())
         return (float(correct[mask].float().mean()) if n else None), n
 
+    correct, is_real = correct.cpu(), (is_real.cpu() if is_real is not None else None)
     everything = torch.ones_like(correct, dtype=torch.bool)
     out: dict[str, float | int | None] = {}
     out["all"], out["n"] = acc(everything)
@@ -77,8 +78,8 @@ def split_accuracy(correct: torch.Tensor, is_real: torch.Tensor | None) -> dict[
 def unique_words(word_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct word ids and, for each, the index of its first tuple."""
     uniq, inverse = torch.unique(word_ids, return_inverse=True)
-    first = torch.full((len(uniq),), len(word_ids), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(len(word_ids)), reduce="amin")
+    first = torch.full((len(uniq),), len(word_ids), dtype=torch.long, device=word_ids.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(word_ids), device=word_ids.device), reduce="amin")
     return uniq, first
 
 
@@ -87,9 +88,9 @@ def pair_retrieval(views: Mapping[str, torch.Tensor], word_ids: torch.Tensor, is
     """Top-1 retrieval of `gallery` items by `query` items; y_t appears once per distinct word."""
     n = len(word_ids)
     _, first = unique_words(word_ids)
-    ids = {"word": word_ids, "item": torch.arange(n)}[match]
-    q_rows = first if query == "y_t" else torch.arange(n)  # string side: one query per distinct word
-    g_rows = first if gallery == "y_t" else torch.arange(n)
+    ids = {"word": word_ids, "item": torch.arange(n, device=word_ids.device)}[match]
+    q_rows = first if query == "y_t" else torch.arange(n, device=word_ids.device)  # strings: one per word
+    g_rows = first if gallery == "y_t" else torch.arange(n, device=word_ids.device)
     hit = top1(views[query][q_rows], views[gallery][g_rows])  # (Q,) gallery positions
     correct = ids[g_rows][hit] == ids[q_rows]
     return split_accuracy(correct, is_real[q_rows])
@@ -101,31 +102,38 @@ def class_accuracy(images: torch.Tensor, class_ids: torch.Tensor, class_views: t
     return split_accuracy(top1(images, class_views) == class_ids, is_real)
 
 
-def retrieval_metrics(f: "SpellingFeatures", space=None) -> dict[str, dict]:
-    """Every metric of paper §6 for the tuples in `f`, in `space` (Space, W, or None for CLIP)."""
+def retrieval_metrics(f: "SpellingFeatures", space=None, device: str | torch.device | None = None) -> dict[str, dict]:
+    """Every metric of paper §6 for the tuples in `f`, in `space` (Space, W, or None for CLIP).
+
+    The N×N similarity searches run on `device` (default: where the space's W lives), a chunk of queries at a time.
+    """
+    if isinstance(space, torch.Tensor) and device is not None:
+        space = space.to(device)
     proj = as_projector(space)
-    views = {k: project_chunked(getattr(f, k), proj).cpu() for k in ("x_i", "x_t", "x_it", "y_t")}
-    word_ids, is_real, class_ids = f.word_ids.cpu(), f.is_real.cpu().bool(), f.class_ids.cpu()
+    dev = torch.device(device) if device is not None else _space_device(space)
+    views = {k: project_chunked(getattr(f, k), proj).to(dev) for k in ("x_i", "x_t", "x_it", "y_t")}
+    word_ids, is_real, class_ids = f.word_ids.to(dev), f.is_real.to(dev).bool(), f.class_ids.to(dev)
     out = {name: pair_retrieval(views, word_ids, is_real, *spec) for name, spec in PAIR_METRICS.items()}
-    class_views = proj(f.class_features).cpu()  # (C, d)
+    class_views = proj(f.class_features).to(dev)  # (C, d)
     out["class(x_i)"] = class_accuracy(views["x_i"], class_ids, class_views)
     out["class(x_it)"] = class_accuracy(views["x_it"], class_ids, class_views, is_real)
     if f.class_image_features is not None:
-        out["visual_comprehension"] = visual_comprehension(f.x_i, class_ids, f.class_image_features,
-                                                           f.class_features, space)
+        out["visual_comprehension"] = visual_comprehension(views["x_i"], class_ids, f.class_image_features,
+                                                           f.class_features, space, projected=True)
     return out
 
 
 def visual_comprehension(x_i: torch.Tensor, class_ids: torch.Tensor, class_images: torch.Tensor,
-                         class_prompts: torch.Tensor, space=None) -> dict[str, float | int]:
+                         class_prompts: torch.Tensor, space=None, projected: bool = False) -> dict[str, float | int]:
     """Classify natural images by the nearest rendered class-name image (image encoder only) vs text zero-shot."""
     proj = as_projector(space)
-    images = project_chunked(x_i, proj).cpu()
-    class_ids = class_ids.cpu()
+    images = x_i if projected else project_chunked(x_i, proj)
+    dev = images.device
+    class_ids = class_ids.to(dev)
     n_classes = len(class_images)
     return {
-        "image_only": float((top1(images, proj(class_images).cpu()) == class_ids).float().mean()),
-        "text_zero_shot": float((top1(images, proj(class_prompts).cpu()) == class_ids).float().mean()),
+        "image_only": float((top1(images, proj(class_images).to(dev)) == class_ids).float().mean()),
+        "text_zero_shot": float((top1(images, proj(class_prompts).to(dev)) == class_ids).float().mean()),
         "chance": 1.0 / n_classes,
         "n": len(class_ids),
         "classes": n_classes,

@@ -71,6 +71,11 @@ class SpellingFeatures:
                                 class_image_features=self.class_image_features, words=self.words,
                                 classes=self.classes, metadata=self.metadata)
 
+    def to(self, device: str | torch.device) -> "SpellingFeatures":
+        """The same tuples with every tensor on `device` (training reads batches from there)."""
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return SpellingFeatures(**moved)
+
     def part(self, name: str) -> "SpellingFeatures":
         """The train, val or test split ('all' is everything)."""
         if name == "all":
@@ -143,6 +148,7 @@ def _check_training_data(train: SpellingFeatures, weights: Mapping[str, float], 
 
 
 def _batch(f: SpellingFeatures, idx: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    idx = idx.to(f.x_i.device)
     out = {k: getattr(f, k)[idx].to(device).float() for k in ("x_i", "x_t", "x_it", "y_t")}  # (B, D)
     out["y_i"] = f.class_features[f.class_ids[idx]].to(device).float()  # (B, D)
     out["class_ids"] = f.class_ids[idx].to(device)
@@ -186,6 +192,8 @@ def train_projection(train: SpellingFeatures, val: SpellingFeatures | None = Non
     if config.epochs < 1:
         raise bad_arg("--epochs", "must be at least 1", config.epochs, "Use e.g. 30.")
     device = torch.device(config.device)
+    train = train.to(device)  # one copy up front instead of a host-to-device copy per step
+    val = val.to(device) if val is not None else None
     W = torch.nn.Parameter(init_projection(dim, train.embed_dim, config.seed).to(device))
     opt = torch.optim.Adam([W], lr=config.lr)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=config.step_size, gamma=config.lr_decay)
@@ -220,7 +228,7 @@ def train_projection(train: SpellingFeatures, val: SpellingFeatures | None = Non
     metrics: dict[str, Any] = {"best_epoch": best[1]}
     if use_val:
         metrics["val_loss"] = best[0]
-        metrics["val"] = retrieval_metrics(val, W_best)
+        metrics["val"] = retrieval_metrics(val, W_best, device=device)
         metrics["val_summary"] = summary_scores(metrics["val"])
     return TrainResult(W=W_best, space=config.space, dim=dim, weights=weights, gamma=gamma, best_epoch=best[1],
                        history=history, metrics=metrics, config={**config.to_dict(), "batch_size": batch_size},
@@ -257,10 +265,11 @@ def write_projection(result: TrainResult, clip_identity: str, path: str | os.Pat
     return save_projection(target, result.W, result.space, clip_identity, extra)
 
 
-def train_test_metrics(features: SpellingFeatures, W: torch.Tensor, split: str = "test") -> dict:
+def train_test_metrics(features: SpellingFeatures, W: torch.Tensor, split: str = "test",
+                       device: str | torch.device | None = None) -> dict:
     """Retrieval metrics of CLIP and of W on one split, for the file's record and the terminal."""
     part = features.part(split) if features.split is not None else features
     if len(part) < 2:
         return {}
-    return {"split": split, "n": len(part), "clip": retrieval_metrics(part, None),
-            "projection": retrieval_metrics(part, W)}
+    return {"split": split, "n": len(part), "clip": retrieval_metrics(part, None, device),
+            "projection": retrieval_metrics(part, W, device)}

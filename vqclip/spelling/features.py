@@ -13,6 +13,7 @@ computes the missing ones and reuses the rest.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -74,8 +75,6 @@ def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
     path = folder / "meta.json"
     if not path.is_file():
         return
-    import json
-
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -186,8 +185,6 @@ def extract_features(clip, dataset: SpellingDataset, out: str | Path | None = No
 
 
 def _old_shard_size(folder: Path) -> int | None:
-    import json
-
     path = folder / "meta.json"
     if not path.is_file() or not any(folder.glob("shard-*.safetensors")):
         return None
@@ -198,8 +195,6 @@ def _old_shard_size(folder: Path) -> int | None:
 
 
 def read_meta(folder: str | Path) -> dict:
-    import json
-
     folder = Path(folder)
     path = folder / "meta.json"
     if not path.is_file():

@@ -23,7 +23,7 @@ SETTING_FIELDS = ("steps", "size", "lr", "optimizer", "method", "loss", "cutn", 
                   "init_image", "init_weight")
 FIELDS = ("prompt", "space", "seed", "word_type") + SETTING_FIELDS
 # Fields added to the columns, in this order, when cells would otherwise share a place in the grid.
-AUTO_ORDER = ("space", "seed") + SETTING_FIELDS + ("word_type", "prompt")
+AUTO_ORDER = ("space", "seed", "prompt") + SETTING_FIELDS + ("word_type",)
 STATUS_NOTES = {"missing": "not run yet", "failed": "failed", "lost": "image file missing"}
 
 
@@ -529,10 +529,10 @@ def _settings_list(cell: Cell) -> str:
     rows = [("prompt", cell.prompt_text), ("space", cell.fields.get("space")), ("seed", cell.fields.get("seed"))]
     if cell.fields.get("word_type"):
         rows.append(("word type", cell.fields["word_type"]))
-    rows += [(k, v) for k, v in cell.info.items() if k in ("loss", "seconds")]
-    rows += [(k, json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in cell.settings.items()
+    rows += [({"loss": "final loss"}.get(k, k), v) for k, v in cell.info.items() if k in ("loss", "seconds")]
+    rows += [(k, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else v) for k, v in cell.settings.items()
              if k in SETTING_FIELDS]
-    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows) + "</dl>"
+    return "<dl>" + "".join(f"<dt>{_e(k)}</dt><dd>{_e('-' if v is None else v)}</dd>" for k, v in rows) + "</dl>"
 
 
 def _html_cell(cell: Cell | None, base: Path, thumb: int) -> str:

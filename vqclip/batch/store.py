@@ -97,12 +97,29 @@ def open_batch_dir(folder: str | os.PathLike, record: Mapping[str, Any], action:
                 os.replace(manifest, folder / f"manifest.replaced-{old.get('fingerprint', 'old')}.jsonl")
             except FileNotFoundError:  # another shard of the same command moved it first
                 pass
+    end_torn_line(manifest)
     merged = merge_records(old, record) if old is not None and action != "replace" else dict(record)
     if old is None or _comparable(old) != _comparable(merged):
         merged["vqclip_version"] = _version()
         merged["updated"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         write_json(folder / BATCH_NAME, merged)
     return merged
+
+
+def end_torn_line(path: Path) -> None:
+    """A process that died mid-write can leave a last line without its newline; end it so the next line is whole."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+    except (FileNotFoundError, OSError):  # no manifest yet, or an empty one
+        return
+    if last != b"\n":
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            os.write(fd, b"\n")
+        finally:
+            os.close(fd)
 
 
 def _comparable(record: Mapping[str, Any]) -> dict:

@@ -166,3 +166,16 @@ def test_word_type_flag_is_validated_and_used(tmp_path):
     assert load_prompt_files([path], word_type="Real")[0].word_type == "real"
     with pytest.raises(VqclipError, match="--word-type"):
         load_prompt_files([path], word_type="not a type!")
+
+
+def test_example_prompt_files_load_and_say_what_they_are_for():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).parent.parent / "prompts").glob("*.*"))
+    assert {f.suffix for f in files} >= {".txt", ".yaml", ".csv"}
+    for f in files:
+        assert f.read_text().startswith("# ") and "For:" in f.read_text().split("\n\n")[0], f
+        items = load_prompt_files([f])
+        assert items and all(i.word_type for i in items), f
+    nonsense = load_prompt_files([Path(__file__).parent.parent / "prompts" / "nonsense-words.txt"])
+    assert all(3 <= len(i.prompt) <= 8 and i.prompt.isalpha() and i.word_type == "nonsense" for i in nonsense)

@@ -280,8 +280,8 @@ def arrange(cells: Sequence[Cell], rows: str = "prompt", cols: Sequence[str] = (
     row_notes = {}
     if row_field == "prompt":
         for c in selected:
-            bits = [str(c.fields["prompt"])] if str(c.fields["prompt"]) != c.prompt_text else []
-            bits += [c.fields["word_type"]] if c.fields.get("word_type") else []
+            bits = [c.fields["word_type"]] if c.fields.get("word_type") else []
+            bits += [str(c.fields["prompt"])] if str(c.fields["prompt"]) != c.prompt_text else []
             row_notes.setdefault(c.fields["prompt"], " · ".join(bits))
     shared = {f: next(iter(v)) for f in SETTING_FIELDS if len(v := {c.fields.get(f) for c in selected}) == 1}
     return Arrangement(row_field, col_fields, row_vals, col_vals, table, prompt_text, row_notes, shared,

@@ -445,8 +445,11 @@ def read_structured(path: Path, text: str, kind: str, problems: list[Problem]) -
     for i, item in enumerate(data):
         line, keys, scalars = item_lines[i] if i < len(item_lines) else (None, {}, {})
         where = file if line else f"{file} (item {i + 1})"
-        if isinstance(item, (str, int, float)) and not isinstance(item, bool):
-            fields = {"prompt": scalars.get("prompt", item) if kind == "yaml" else item}
+        if kind == "yaml" and not isinstance(item, (dict, list)) and "prompt" in scalars:
+            # YAML reads words like `no`, `null` or `1e3` as booleans, None or numbers: keep what was written
+            entries.append(RawEntry(where, line, {"prompt": scalars["prompt"]}, {"prompt": line}, dict(defaults)))
+        elif isinstance(item, (str, int, float)) and not isinstance(item, bool):
+            fields = {"prompt": item}
             entries.append(RawEntry(where, line, fields, {"prompt": line}, dict(defaults)))
         elif isinstance(item, dict):
             fields = {normalise_key(k): v for k, v in item.items()}
@@ -572,5 +575,7 @@ def load_prompt_files(paths: Sequence[str | Path], word_type: str | None = None)
     entries = [e for p in paths for e in read_entries(p, problems)]
     items = build_items(entries, problems, word_type)
     if problems:
-        raise PromptFileError(problems)
+        order = {str(p): i for i, p in enumerate(paths)}  # files in the order given, lines in order within each
+        raise PromptFileError(sorted(problems, key=lambda p: (order.get(p.file.split(" (item")[0], len(order)),
+                                                              p.line or 0)))
     return items

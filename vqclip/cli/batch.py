@@ -95,14 +95,18 @@ def projections_from_args(args, spaces: tuple[str, ...]) -> dict[str, str | None
 
 
 def shard_device(args, shard) -> None:
-    """Under torchrun each process uses its own GPU (LOCAL_RANK), unless a device was named."""
+    """Under torchrun each process uses GPU LOCAL_RANK (mod the GPUs visible), unless a device was named.
+
+    More processes than GPUs share them round-robin: with small models that keeps a GPU busier.
+    """
     if shard.local_rank is None or args.device not in ("auto", "cuda"):
         return
     import torch
 
     if torch.cuda.is_available():
-        torch.cuda.set_device(shard.local_rank)
-        args.device = f"cuda:{shard.local_rank}"
+        gpu = shard.local_rank % torch.cuda.device_count()
+        torch.cuda.set_device(gpu)
+        args.device = f"cuda:{gpu}"
 
 
 class ProgressBars:

@@ -47,7 +47,7 @@ def load_models(clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETR
     if vqgan_checkpoint is None and vqgan and vqgan not in VQGAN_ASSETS and not converted_path(vqgan, cache_dir).is_file():
         raise unknown_name_error(vqgan, cache_dir)
     start = time.perf_counter()
-    clip_model = load_clip(clip, pretrained, device=device, precision=precision)
+    clip_model = load_clip(clip, pretrained, device=device, precision=precision, cache_dir=cache_dir)
     vq = resolve_vqgan(name=vqgan, config=vqgan_config, checkpoint=vqgan_checkpoint, cache_dir=cache_dir,
                        device=clip_model.device)
     info = dict(getattr(vq, "origin", None) or {})

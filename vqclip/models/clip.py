@@ -131,13 +131,18 @@ class ClipModel(nn.Module):
 
 def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto",
               precision: str = "auto", cache_dir: str | None = None) -> ClipModel:
-    """Load any open_clip model: `NAME` + tag or checkpoint file, `hf-hub:ORG/REPO`, or `local-dir:PATH`."""
+    """Load any open_clip model: `NAME` + tag or checkpoint file, `hf-hub:ORG/REPO`, or `local-dir:PATH`.
+
+    `cache_dir` is vqclip's cache root (`--cache-dir`): downloaded CLIP weights then go to `<cache_dir>/clip`;
+    without it they go to open_clip's own hub cache.
+    """
     import open_clip
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if name.startswith((LOCAL_DIR, HF_HUB)):
         pretrained = None
+    cache_dir = str(Path(cache_dir).expanduser() / "clip") if cache_dir else None
     _validate_identifier(name, pretrained)
     try:
         logging.disable(logging.ERROR)  # open_clip logs the failure before raising it; we re-raise it once

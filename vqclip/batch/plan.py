@@ -35,9 +35,10 @@ class Job:
         return PurePosixPath(self.item.id) / f"{self.space}-s{self.seed}"
 
 
-def parse_spaces(text: str, arg: str = "--spaces") -> tuple[str, ...]:
+def parse_spaces(text: str | Sequence[str], arg: str = "--spaces") -> tuple[str, ...]:
     """`"clip,learn,forget"` -> ("clip", "learn", "forget"), in the order given, without repeats."""
-    names = [s.strip().lower() for s in str(text).split(",") if s.strip()]
+    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")  # a list from a --config file
+    names = [str(s).strip().lower() for s in parts if str(s).strip()]
     if not names:
         raise bad_arg(arg, "name at least one space", text, "Write e.g. --spaces clip,learn,forget.")
     unknown = [n for n in names if n not in SPACES]
@@ -48,10 +49,10 @@ def parse_spaces(text: str, arg: str = "--spaces") -> tuple[str, ...]:
     return tuple(names)
 
 
-def parse_seeds(text: str, arg: str = "--seeds") -> tuple[int, ...]:
+def parse_seeds(text: str | int | Sequence[int], arg: str = "--seeds") -> tuple[int, ...]:
     """`"0,1,2"`, `"0-9"` or `"0..9"` (inclusive) -> seeds."""
     try:
-        return parse_seed_list(str(text))
+        return parse_seed_list(text if isinstance(text, (list, tuple, int)) else str(text))
     except FieldError as e:
         raise bad_arg(arg, e.rule, text, e.fix) from None
 

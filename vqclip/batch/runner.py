@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from ..outputs import build_record, write_run
 from .plan import BatchSpec, Job, job_settings
-from .store import append_manifest, finished_record, job_state, manifest_line, manifest_ok
+from .store import MANIFEST_NAME, append_manifest, finished_record, job_state, manifest_line, manifest_ok
 
 
 # Which BatchSummary counter each job outcome adds to.
@@ -71,7 +71,7 @@ def last_failed(folder: Path, ids_fps: set[tuple[str, str]]) -> set[tuple[str, s
     from ..io import read_jsonl
 
     latest: dict[tuple[str, str], str] = {}
-    for line in read_jsonl(folder / "manifest.jsonl"):
+    for line in read_jsonl(folder / MANIFEST_NAME):
         key = (str(line.get("id")), str(line.get("fingerprint")))
         if key in ids_fps:
             latest[key] = str(line.get("status"))

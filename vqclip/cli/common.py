@@ -23,6 +23,14 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
                    help="CLIP precision: auto = bf16/fp16 autocast on CUDA, fp32 elsewhere")
 
 
+def add_compare_spaces_args(p: argparse.ArgumentParser) -> None:
+    """Which spaces an evaluation puts side by side."""
+    p.add_argument("--spaces", default=None, metavar="LIST",
+                   help="comma-separated spaces to compare (default: clip plus every cached learn/forget projection)")
+    p.add_argument("--projection", action="append", default=[], metavar="[LABEL=]FILE",
+                   help="a projection file to compare as its own column (repeatable)")
+
+
 def add_cache_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="where weights, projections and features are kept (default $VQCLIP_CACHE or ~/.cache/vqclip)")

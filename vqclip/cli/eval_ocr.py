@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_cache_arg, add_clip_args, add_device_args
+from .common import add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args
 
 
 def register(evals) -> None:
@@ -20,10 +20,7 @@ def register(evals) -> None:
     p.add_argument("--lexicon", default="small,medium,full", metavar="LIST",
                    help="lexicons to evaluate, comma-separated from small, medium, full (default all three)")
     p.add_argument("--template", default="{}", help='text template for each word (default "{}": the raw word)')
-    p.add_argument("--spaces", default=None, metavar="LIST",
-                   help="comma-separated spaces to compare (default: clip plus every cached learn/forget projection)")
-    p.add_argument("--projection", action="append", default=[], metavar="[LABEL=]FILE",
-                   help="a projection file to compare as its own column (repeatable)")
+    add_compare_spaces_args(p)
     p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N word images (0 = all)")
     p.add_argument("--batch-size", type=int, default=64, help="images per CLIP batch (default 64)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default outputs/eval/ocr-iiit5k)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_cache_arg, add_clip_args, add_device_args
+from .common import add_cache_arg, add_clip_args, add_device_args, add_compare_spaces_args
 
 
 def register(evals) -> None:
@@ -24,10 +24,7 @@ def register(evals) -> None:
     p.add_argument("--format", default="auto", choices=("auto", "annotation", "filename"),
                    help="dataset format for --dataset (default: detected)")
     p.add_argument("--template", default="a photo of a {}.", help='class prompt template (default "a photo of a {}.")')
-    p.add_argument("--spaces", default=None, metavar="LIST",
-                   help="comma-separated spaces to compare (default: clip plus every cached learn/forget projection)")
-    p.add_argument("--projection", action="append", default=[], metavar="[LABEL=]FILE",
-                   help="a projection file to compare as its own column (repeatable)")
+    add_compare_spaces_args(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="report folder (default outputs/eval/typographic-<dataset name>)")
     p.add_argument("--batch-size", type=int, default=32, help="images per CLIP batch (default 32)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_cache_arg, add_clip_args, add_device_args, add_compare_spaces_args
+from .common import add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args
 
 
 def register(evals) -> None:

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from test_batch_support import FakeModels, fake_generate, job_color, make_batch, run_fake
-from vqclip.batch import run_batch, shard_jobs
+from vqclip.batch import shard_jobs
 from vqclip.batch.shard import parse_shard
 from vqclip.cli import main
 from vqclip.io import read_jsonl

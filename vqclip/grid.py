@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import VqclipError, bad_arg, choices_hint
+from .errors import bad_arg, choices_hint
 from .io import atomic_path, read_jsonl, write_text
 from .spaces import SPACES
 
@@ -589,11 +589,11 @@ def make_grid(folder: str | os.PathLike, out: str | os.PathLike | None = None, r
               style: GridStyle = GridStyle(), html_path: str | os.PathLike | None = None,
               png: bool = True) -> dict[str, Any]:
     """Collect, arrange and write the grid pages (and the HTML gallery); returns what was written."""
+    if style.thumb < 16 or style.font_size < 6:
+        raise bad_arg("--thumb/--font-size", "too small to read", f"{style.thumb}/{style.font_size}",
+                      "Use --thumb 64 or more and --font-size 10 or more.")
     found = collect(folder)
     arr = arrange(found.cells, rows, cols, where)
-    if style.thumb < 16 or style.font_size < 6:
-        raise VqclipError(f"--thumb/--font-size: too small to read; got {style.thumb}/{style.font_size}. "
-                          "Use --thumb 64 or more and --font-size 10 or more.")
     written = {"pages": [], "html": None, "rows": len(arr.rows), "cols": len(arr.cols),
                "col_fields": arr.col_fields, "missing": sum(c.status != "ok" for c in arr.table.values()) +
                len(arr.rows) * len(arr.cols) - len(arr.table)}

@@ -321,6 +321,7 @@ def read_txt(path: Path, text: str, problems: list[Problem]) -> list[RawEntry]:
                 continue
             ok, clean = _convert(key, value, str(path), n, problems)
             if ok:
+                defaults.pop({"seed": "seeds", "seeds": "seed"}.get(key, ""), None)  # the later one replaces
                 defaults[key] = clean
             continue
         if line.startswith("#"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -83,8 +84,10 @@ class EasyOcrReader:
             easyocr, _ = require_easyocr()
             gpu = str(self.device) if self.device.type == "cuda" else False
             log.info("loading EasyOCR (%s) from %s", self.key, self.model_dir)
-            self._reader = easyocr.Reader(list(self.langs), gpu=gpu, model_storage_directory=str(self.model_dir),
-                                          download_enabled=False, verbose=False)
+            with warnings.catch_warnings():  # EasyOCR's CPU quantisation uses an API torch now warns about
+                warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+                self._reader = easyocr.Reader(list(self.langs), gpu=gpu, model_storage_directory=str(self.model_dir),
+                                              download_enabled=False, verbose=False)
         return self._reader
 
     def read(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:

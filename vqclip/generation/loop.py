@@ -202,6 +202,22 @@ def encode_targets(prompts: Sequence[Prompt], image_prompts: Sequence[Prompt], c
         return space.project(torch.cat(parts))
 
 
+def initial_latent(settings: Settings, vqgan, generator: torch.Generator) -> torch.Tensor:
+    """(1, C, h, w): the encoded --init-image, else seeded random codebook entries."""
+    width, height = settings.size
+    if settings.init_image:
+        with torch.no_grad():
+            return vqgan.encode(load_image(settings.init_image, (width, height), vqgan.codebook.device, "--init-image"))
+    return random_codes(height // vqgan.factor, width // vqgan.factor, vqgan.codebook.detach(), generator)
+
+
+def codebook_logits(z0: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    """(1, h, w, n_embed) starting logits that favour the codes nearest to z0."""
+    with torch.no_grad():
+        d = (z0.movedim(1, 3).unsqueeze(-2) - codebook).pow(2).sum(-1)  # (1, h, w, n_embed)
+        return -d / d.std().clamp_min(1e-6)
+
+
 def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], None] | None = None) -> Result:
     """Optimise a VQGAN latent so that CLIP cutouts of its image match the prompts in `space`."""
     settings, _ = settings.resolved(vqgan.factor)
@@ -212,22 +228,12 @@ def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], N
     torch.manual_seed(settings.seed)  # anything random outside our generator (none expected) is seeded too
     gen = torch.Generator().manual_seed(settings.seed)
     dev_gen = torch.Generator(device).manual_seed(settings.seed) if device.type == "cuda" else None
-    width, height = settings.size
-    h, w = height // vqgan.factor, width // vqgan.factor
     codebook = vqgan.codebook.detach()
-
-    if settings.init_image:
-        with torch.no_grad():
-            z0 = vqgan.encode(load_image(settings.init_image, (width, height), device, "--init-image"))
-    else:
-        z0 = random_codes(h, w, codebook, gen)
+    z0 = initial_latent(settings, vqgan, gen)
     if settings.method == "zquant":
         latent = zquant_latent(z0, codebook)
     else:
-        with torch.no_grad():  # start with logits that favour the initial codes
-            d = (z0.movedim(1, 3).unsqueeze(-2) - codebook).pow(2).sum(-1)  # (1, h, w, n_embed)
-            logits0 = -d / d.std().clamp_min(1e-6)
-        latent = codebook_latent(logits0, codebook, dev_gen or gen)
+        latent = codebook_latent(codebook_logits(z0, codebook), codebook, dev_gen or gen)
     optimizer = OPTIMIZERS[settings.optimizer](latent.params, lr=settings.lr)
     make_cutouts = MakeCutouts(clip.input_size, settings.cutn, settings.cut_pow, settings.augment, settings.noise)
     targets = encode_targets(settings.prompts, settings.image_prompts, clip, space)

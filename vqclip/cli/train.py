@@ -129,10 +129,10 @@ def features_from_args(args, clip=None, on_clip=None):
     from ..spelling.images import open_images
 
     config, style = _data_config(args), _style_from_args(args)  # validate before loading anything heavy
+    source = open_images(args.images, args.class_map, args.data_root or _default_data_root(args))
     clip = clip or load_clip_args(args)
     if on_clip:
         on_clip(clip)
-    source = open_images(args.images, args.class_map, args.data_root or _default_data_root(args))
     dataset = build_dataset(source, (clip.input_size[1], clip.input_size[0]), style, config)
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     start = time.perf_counter()

@@ -41,7 +41,7 @@ def test_objects_vary_in_colour_position_and_background():
 def test_captions_mix_objects_words_and_labelled_objects():
     w = World()
     _, captions, kinds = training_set(w, 300)
-    assert {"object", "word", "labelled"} == set(kinds)
+    assert {"object", "word", "labelled", "captioned"} == set(kinds)
     for cap, kind in zip(captions, kinds):
         if kind != "word":
             assert any(c in cap.split() for c in w.classes), cap
@@ -78,3 +78,59 @@ def test_attacks_write_a_different_class_name():
     assert not torch.equal(a.clean, a.attacked)
     changed = (a.clean.float() - a.attacked.float()).abs().sum(1) > 0  # (N, H, W) pixels the label touched
     assert changed.float().mean() < 0.5  # the object stays mostly visible
+
+
+# ---------------------------------------------------------------------------------------------- small CLIP
+def test_small_clip_trains_deterministically_and_loads_as_local_dir(tmp_path):
+    from vqclip.models.clip import load_clip
+    from vqclip.testbed.small_clip import ClipTrainConfig, save_small_clip, small_clip_config, train_small_clip
+
+    w = World(image_size=32, classes=("star", "moon", "ring"), extra_words=("apple",), n_nonsense=1)
+    images, captions, _ = training_set(w, 16)
+    cfg = small_clip_config(image_size=32, embed_dim=16, width=4)
+    train = ClipTrainConfig(steps=3, batch_size=8, seed=1, warmup=1)
+    m1, h1 = train_small_clip(cfg, images, captions, train)
+    m2, h2 = train_small_clip(cfg, images, captions, train)
+    assert [r["loss"] for r in h1] == [r["loss"] for r in h2]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    clip_id = save_small_clip(m1, cfg, tmp_path / "clip")
+    clip = load_clip(clip_id, device="cpu")
+    assert clip.input_size == (32, 32) and clip.embed_dim == 16
+    x = images[:2].float() / 255
+    expected = torch.nn.functional.normalize(m1.encode_image((x - clip._mean) / clip._std), dim=-1)
+    assert torch.allclose(clip.encode_image(x), expected, atol=1e-5)
+
+
+def test_small_clip_rejects_bad_settings():
+    from vqclip.testbed.small_clip import ClipTrainConfig, small_clip_config, train_small_clip
+
+    with pytest.raises(VqclipError, match="image-size"):
+        small_clip_config(image_size=48)
+    images = torch.zeros(4, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(VqclipError, match="steps"):
+        train_small_clip(small_clip_config(image_size=32, width=4), images, ["a"] * 4, ClipTrainConfig(steps=0))
+
+
+# ---------------------------------------------------------------------------------------------- directions
+def _rows(clip=(0.9, 0.2, 0.6), learn=(0.3, 0.1, 0.7), forget=(0.85, 0.7, 0.05)):
+    keys = ("clean_accuracy", "attacked_accuracy", "word_retrieval")
+    return {name: dict(zip(keys, v)) for name, v in (("clip", clip), ("learn", learn), ("forget", forget))}
+
+
+def test_directions_pass_and_fail_on_the_numbers():
+    from vqclip.testbed.run import Margins, check_directions
+
+    assert all(c["passed"] for c in check_directions(_rows(), Margins()))
+    failed = {c["claim"] for c in check_directions(_rows(forget=(0.85, 0.3, 0.05)), Margins()) if not c["passed"]}
+    assert failed == {"forget recovers most of the attack loss"}
+    failed = {c["claim"] for c in check_directions(_rows(learn=(0.85, 0.1, 0.4)), Margins()) if not c["passed"]}
+    assert failed == {"learn keeps or improves word retrieval", "learn loses object accuracy on clean images"}
+    failed = {c["claim"] for c in check_directions(_rows(clip=(0.9, 0.85, 0.6)), Margins()) if not c["passed"]}
+    assert "clip reads: attacked accuracy falls well below clean accuracy" in failed
+
+
+def test_cli_rejects_bad_sizes(capsys):
+    from vqclip.cli import main
+
+    assert main(["testbed", "--quick", "--steps", "0", "--out", "unused"]) == 2
+    assert "--steps: must be a positive integer" in capsys.readouterr().err

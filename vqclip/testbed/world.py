@@ -10,7 +10,7 @@ import functools
 import math
 import random
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -25,16 +25,19 @@ CLASSES = ("circle", "square", "triangle", "star", "heart", "cross", "moon", "po
            "ring", "bolt")
 # Real words that are never drawn: the model sees them only written, as on the web.
 EXTRA_WORDS = ("apple", "house", "river", "tiger", "cloud", "chair", "piano", "lemon", "horse", "train", "bread",
-               "glove", "candle", "garden", "pencil", "rabbit", "window", "bottle", "forest", "kettle", "mirror",
-               "basket", "ladder", "anchor", "pillow", "wallet", "guitar", "turtle")
+               "glove", "candle", "garden", "pencil", "rabbit", "window", "bottle", "forest", "kettle")
 COLORS = {"red": (215, 40, 40), "orange": (240, 140, 20), "yellow": (235, 210, 30), "green": (40, 160, 60),
           "blue": (40, 80, 210), "purple": (140, 50, 180), "pink": (235, 110, 170), "brown": (130, 80, 40),
           "black": (25, 25, 25), "white": (245, 245, 245)}
 OBJECT_TEMPLATES = ("an image of {a} {c}", "{a} {c}", "a photo of {a} {c}", "a drawing of {a} {c}", "a picture of {a} {c}")
 WORD_TEMPLATES = ("{w}", "the word {w}", "a sign that says {w}", "text saying {w}", "a label that says {w}")
-LABELLED_TEMPLATES = ("an image of {a} {c}", "{a} {c}", "a photo of {a} {c}", "{a} {c} labelled {c}", "{c}")
-# Mix of training pairs (object alone, word alone, object with its own name written on it), like web data.
-DEFAULT_MIX = {"object": 0.5, "word": 0.3, "labelled": 0.2}
+LABELLED_TEMPLATES = ("an image of {a} {c}", "{a} {c}", "{a} {c} labelled {c}", "{a} {c} with the word {c}", "{c}")
+CAPTIONED_TEMPLATES = ("{a} {c} with the word {w}", "{a} {c} that says {w}", "{w} written on {a} {c}",
+                       "a photo of {a} {c} and the text {w}")
+# Mix of training pairs, like web data: objects alone, words alone, objects with their own name written on them
+# (the shortcut that teaches reading as a way to recognise), and objects with some other word on them, the caption
+# naming both (so text on an object does not always name it).
+DEFAULT_MIX = {"object": 0.4, "word": 0.25, "labelled": 0.15, "captioned": 0.2}
 
 SUPERSAMPLE = 4  # shapes are drawn large and downsampled, for anti-aliased edges
 
@@ -47,13 +50,19 @@ class World:
     image_size: int = 64
     classes: tuple[str, ...] = CLASSES
     extra_words: tuple[str, ...] = EXTRA_WORDS
-    n_nonsense: int = 20
+    n_nonsense: int = 12
+    nonsense_length: tuple[int, int] = (3, 8)  # paper §3: 3–8 letters; small images need shorter ones
+    label_box: float = 0.8  # share of words written on objects that get a light box behind them
     mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
 
     def __post_init__(self):
         if len(self.classes) < 2 or any(c not in SHAPES for c in self.classes):
             raise bad_arg("classes", f"must name at least 2 of the drawable shapes {', '.join(SHAPES)}",
                           self.classes, "Use the defaults or a subset of them.")
+        lo, hi = self.nonsense_length
+        if not 1 <= lo <= hi:
+            raise bad_arg("nonsense_length", "must be (MIN, MAX) letters with 1 <= MIN <= MAX", self.nonsense_length,
+                          "Use e.g. (3, 8).")
         if self.image_size < 32:
             raise bad_arg("--image-size", "must be at least 32 px so that words stay legible", self.image_size,
                           "Use 48 or 64.")
@@ -69,7 +78,7 @@ class World:
         taken = set(self.classes) | set(self.extra_words)
         out: list[str] = []
         while len(out) < self.n_nonsense:
-            w = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(3, 8)))
+            w = "".join(rng.choice(string.ascii_lowercase) for _ in range(rng.randint(*self.nonsense_length)))
             if w not in taken:
                 taken.add(w)
                 out.append(w)
@@ -85,8 +94,9 @@ class World:
 
     def to_dict(self) -> dict:
         return {"seed": self.seed, "image_size": self.image_size, "classes": list(self.classes),
-                "extra_words": list(self.extra_words), "nonsense_words": list(self.nonsense_words),
-                "mix": dict(self.mix)}
+                "extra_words": list(self.extra_words), "n_nonsense": self.n_nonsense,
+                "nonsense_length": list(self.nonsense_length), "nonsense_words": list(self.nonsense_words),
+                "label_box": self.label_box, "mix": dict(self.mix)}
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -207,7 +217,8 @@ def draw_object(world: World, cls: str, rng: random.Random) -> tuple[Image.Image
 
 def web_text_style(world: World) -> TextStyle:
     """Words as they appear in the world: several fonts, sizes and ink colours, jittered positions."""
-    return TextStyle(size_range=(0.16, 0.3), max_width=0.9, jitter=0.08,
+    lo, hi = max(0.16, 9 / world.image_size), max(0.3, 13 / world.image_size)  # below ~9 px glyphs blur together
+    return TextStyle(size_range=(lo, hi), max_width=0.92, jitter=0.08,
                      text_colors=tuple(COLORS[c] for c in ("black", "red", "blue", "green", "purple", "brown")),
                      background_colors=((255, 255, 255), (240, 240, 230), (250, 235, 200), (215, 230, 245),
                                         (230, 230, 230)),
@@ -224,14 +235,24 @@ def word_image(world: World, word: str, rng: random.Random, style: TextStyle | N
     return render_word(word, world.image_size, style or web_text_style(world), rng)
 
 
+DARK_INKS = ((0, 0, 0), (20, 20, 70), (70, 10, 10))
+LIGHT_INKS = ((255, 255, 255), (255, 240, 150))
+
+
 def write_on(world: World, image: Image.Image, word: str, rng: random.Random) -> Image.Image:
-    """`image` with `word` written in a horizontal band (a label, top to bottom), mostly on a light box."""
+    """`image` with `word` written in a horizontal band: on a light label box (probability `world.label_box`),
+    else straight on the picture in an ink that contrasts with what lies under it."""
     size = world.image_size
-    band_h = round(size * rng.uniform(0.32, 0.42))  # a band, not the whole picture, so the object stays visible
+    band_h = max(14, round(size * rng.uniform(0.3, 0.4)))  # a band, not the whole picture: the object shows
     top = rng.randint(0, size - band_h)
-    band = draw_word(image.crop((0, top, size, top + band_h)), word, label_style(world), rng, box=rng.random() < 0.8)
+    band = image.crop((0, top, size, top + band_h))
+    box = rng.random() < world.label_box
+    style = label_style(world)
+    if not box:
+        luma = float(np.asarray(band.convert("L"), dtype=np.float32).mean())
+        style = replace(style, text_colors=DARK_INKS if luma > 110 else LIGHT_INKS)
     out = image.copy()
-    out.paste(band, (0, top))
+    out.paste(draw_word(band, word, style, rng, box=box), (0, top))
     return out
 
 
@@ -255,9 +276,13 @@ def training_pair(world: World, index: int, split: str = "train") -> tuple[Image
     img, meta = draw_object(world, cls, rng)
     if kind == "labelled":
         img = write_on(world, img, cls, rng)
-        caption = rng.choice(LABELLED_TEMPLATES).format(c=cls, a=article(cls), color=meta["color"])
+        caption = rng.choice(LABELLED_TEMPLATES).format(c=cls, a=article(cls))
+    elif kind == "captioned":
+        word = rng.choice([w for w in world.words if w not in world.classes])
+        img = write_on(world, img, word, rng)
+        caption = rng.choice(CAPTIONED_TEMPLATES).format(c=cls, a=article(cls), w=word)
     else:
-        caption = rng.choice(OBJECT_TEMPLATES).format(c=cls, a=article(cls), color=meta["color"], size=meta["size"])
+        caption = rng.choice(OBJECT_TEMPLATES).format(c=cls, a=article(cls))
     return img, caption, kind
 
 

@@ -1,0 +1,383 @@
+"""The spelling testbed end to end: world -> small CLIP -> five-tuples -> learn / forget -> evaluations -> table.
+
+Every stage goes through the code a user runs on real CLIP models: `load_clip("local-dir:...")`, the spelling
+trainer and presets (`vqclip.spelling.train`), the retrieval metrics and the typographic-attack evaluator.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from ..errors import bad_arg
+from .world import CLASSES, EXTRA_WORDS, World
+
+SPACE_ORDER = ("clip", "learn", "forget")
+TYPO_TEMPLATE = "an image of a {}"  # the class prompt of the five-tuples; every class name starts with a consonant
+
+
+@dataclass
+class Margins:
+    """How far apart numbers must be for a direction to count as reproduced (fractions, not points)."""
+
+    reads: float = 0.2  # clip: clean − attacked accuracy at least this
+    forget_recovers: float = 0.5  # forget wins back at least this share of CLIP's attack loss
+    forget_keeps_clean: float = 0.1  # forget's clean accuracy at most this below CLIP's
+    learn_keeps_words: float = 0.05  # learn's word retrieval at most this below CLIP's
+    learn_drops_objects: float = 0.2  # learn's clean object accuracy at least this below CLIP's
+
+
+# The reduced world of the test suite: six shapes with short names and short words, so 32-px images stay legible.
+QUICK_CLASSES = ("star", "moon", "ring", "cross", "heart", "bolt")
+QUICK_WORDS = ("apple", "house", "tiger", "cloud", "lemon", "horse", "bread", "train")
+
+
+@dataclass
+class TestbedConfig:
+    """The world, the small CLIP, the projections and the evaluation of one run; `quick()` is the test suite's."""
+
+    seed: int = 0
+    # world
+    image_size: int = 64
+    classes: tuple[str, ...] = CLASSES
+    extra_words: tuple[str, ...] = EXTRA_WORDS
+    n_nonsense: int = 12
+    nonsense_length: tuple[int, int] = (3, 8)
+    label_box: float = 0.5
+    # small CLIP
+    n_pairs: int = 24000
+    clip_steps: int = 1500
+    clip_batch: int = 128
+    clip_lr: float = 3e-3
+    clip_width: int = 12
+    embed_dim: int = 128
+    # projections (the standard trainer; None takes the preset, with d scaled to this CLIP's D)
+    n_tuples: int = 3000
+    include_class_words: bool = False  # let the five-tuples write class names (the attack words) too
+    proj_epochs: int = 100
+    proj_lr: float = 1e-3
+    learn_dim: int | None = None
+    forget_dim: int | None = None
+    learn_weights: str | None = None
+    forget_weights: str | None = None
+    gamma: float | None = None
+    # evaluation
+    n_attacks: int = 600
+    margins: Margins = field(default_factory=Margins)
+
+    @classmethod
+    def quick(cls, seed: int = 0, **overrides) -> "TestbedConfig":
+        """The reduced configuration for the test suite: a 6-class world at 32 px, about a minute on 2 CPU cores."""
+        base = dict(seed=seed, image_size=32, classes=QUICK_CLASSES, extra_words=QUICK_WORDS, n_nonsense=6,
+                    nonsense_length=(3, 5), label_box=0.0, n_pairs=8000, clip_steps=500, n_tuples=1200, n_attacks=240)
+        return cls(**{**base, **overrides})
+
+    def __post_init__(self):
+        self.classes, self.extra_words = tuple(self.classes), tuple(self.extra_words)
+        self.nonsense_length = tuple(self.nonsense_length)
+        if isinstance(self.margins, Mapping):
+            self.margins = Margins(**self.margins)
+        flags = {"n_pairs": "--pairs", "clip_steps": "--steps", "clip_batch": "clip_batch", "proj_epochs": "--epochs",
+                 "n_attacks": "--attacks"}
+        for name, flag in flags.items():
+            if int(getattr(self, name)) < 1:
+                raise bad_arg(flag, "must be a positive integer", getattr(self, name), "Use the defaults or --quick.")
+        if self.n_tuples < 60:
+            raise bad_arg("--tuples", "needs at least 60 five-tuples for train / val / test splits", self.n_tuples,
+                          "Use e.g. 3000.")
+
+    def world(self) -> World:
+        return World(seed=self.seed, image_size=self.image_size, classes=self.classes, extra_words=self.extra_words,
+                     n_nonsense=self.n_nonsense, nonsense_length=self.nonsense_length, label_box=self.label_box)
+
+    def clip_recipe(self) -> dict:
+        """Everything that decides the small CLIP's weights (a saved CLIP is reused only when this matches)."""
+        keys = ("seed", "image_size", "classes", "extra_words", "n_nonsense", "nonsense_length", "label_box", "n_pairs",
+                "clip_steps", "clip_batch", "clip_lr", "clip_width", "embed_dim")
+        d = self.to_dict()
+        return {k: d[k] for k in keys}
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("classes", "extra_words", "nonsense_length"):
+            d[k] = list(d[k])
+        return d
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="it", disable=not enabled, leave=False, dynamic_ncols=True)
+
+
+def train_clip_stage(world: World, config: TestbedConfig, out: Path, progress: bool = True,
+                     reuse: bool = False) -> dict:
+    """Generate the contrastive pairs, train the small CLIP, save it as `out/clip` (open_clip local-dir).
+
+    With `reuse`, a CLIP already in `out/clip` whose recorded recipe matches this configuration is kept as is.
+    """
+    from ..io import write_json
+    from .small_clip import ClipTrainConfig, save_small_clip, small_clip_config, train_small_clip
+    from .world import training_set
+
+    record_path = out / "clip" / "testbed_clip.json"
+    if reuse and record_path.is_file() and (out / "clip" / "open_clip_model.safetensors").is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("recipe") == config.clip_recipe():
+            return {**record, "reused": True}
+    start = time.perf_counter()
+    with _bar(config.n_pairs, "world: training pairs", progress) as bar:
+        images, captions, kinds = training_set(world, config.n_pairs, progress=bar.update)
+    gen_seconds = time.perf_counter() - start
+    model_cfg = small_clip_config(image_size=config.image_size, embed_dim=config.embed_dim, width=config.clip_width)
+    train_cfg = ClipTrainConfig(steps=config.clip_steps, batch_size=config.clip_batch, lr=config.clip_lr,
+                                seed=config.seed)
+    with _bar(config.clip_steps, "small CLIP: contrastive training", progress) as bar:
+        def on_step(rec):
+            bar.update(1)
+            if rec["step"] % 25 == 0:
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+
+        model, history = train_small_clip(model_cfg, images, captions, train_cfg, on_step)
+    clip_id = save_small_clip(model, model_cfg, out / "clip")
+    record = {"clip": clip_id, "recipe": config.clip_recipe(), "model_cfg": model_cfg, "train": train_cfg.to_dict(),
+              "pairs": {k: kinds.count(k) for k in sorted(set(kinds))},
+              "final_loss": round(sum(r["loss"] for r in history[-20:]) / min(20, len(history)), 4),
+              "seconds": {"world": round(gen_seconds, 1), "train": round(history[-1]["seconds"], 1)}}
+    write_json(record_path, record)
+    return {**record, "reused": False}
+
+
+@torch.no_grad()
+def encode_uint8(clip, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """(N, 3, H, W) uint8 images -> (N, D) CLIP features through `ClipModel.encode_image`."""
+    out = [clip.encode_image(images[i:i + batch_size].float().div(255).to(clip.device)).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def tuple_features(clip, world: World, tuples) -> "SpellingFeatures":
+    """CLIP features of the five-tuples, in the trainer's format (y_i = one class prompt per class)."""
+    from ..spelling.train import SpellingFeatures
+    from .world import class_prompt, word_image
+
+    vocab = sorted(set(tuples.words))
+    word_id = {w: i for i, w in enumerate(vocab)}
+    word_feats = clip.encode_text(vocab).cpu()  # (V, D)
+    ids = torch.tensor([word_id[w] for w in tuples.words])
+    from ..spelling.render import item_rng
+
+    class_images = torch.stack([_image_tensor(word_image(world, c, item_rng(world.seed, "class-name", c)))
+                                for c in world.classes])
+    return SpellingFeatures(
+        x_i=encode_uint8(clip, tuples.x_i), x_t=encode_uint8(clip, tuples.x_t), x_it=encode_uint8(clip, tuples.x_it),
+        y_t=word_feats[ids], class_ids=tuples.class_ids,
+        class_features=clip.encode_text([class_prompt(c) for c in world.classes]).cpu(),
+        word_ids=ids, is_real=torch.tensor([world.is_real(w) for w in tuples.words]), split=tuples.split,
+        class_image_features=encode_uint8(clip, class_images), words=vocab, classes=list(world.classes),
+        metadata={"source": "vqclip testbed", "world": world.to_dict()})
+
+
+def _image_tensor(image) -> torch.Tensor:
+    from .world import to_tensor
+
+    return to_tensor([image])[0]
+
+
+def train_projections(features, config: TestbedConfig, clip_identity: str, out: Path, progress: bool = True) -> dict:
+    """learn and forget projections with the standard trainer and presets, written next to the CLIP."""
+    from ..spelling.train import TrainConfig, train_projection, write_projection
+
+    train, val = features.part("train"), features.part("val")
+    info = {}
+    for space, dim, weights in (("learn", config.learn_dim, config.learn_weights),
+                                ("forget", config.forget_dim, config.forget_weights)):
+        cfg = TrainConfig(space=space, dim=dim, weights=weights, gamma=config.gamma, epochs=config.proj_epochs,
+                          lr=config.proj_lr, seed=config.seed)
+        with _bar(config.proj_epochs, f"projection: {space}", progress) as bar:
+            result = train_projection(train, val, cfg, callback=lambda rec: bar.update(1))
+        path = write_projection(result, clip_identity, out / f"{space}.safetensors",
+                                recipe={"source": "vqclip testbed", "world_seed": config.seed},
+                                split_sizes=features.split_sizes())
+        info[space] = {"path": str(path), "dim": result.dim, "weights": result.weights, "gamma": result.gamma,
+                       "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1)}
+    return info
+
+
+def write_attack_dataset(world: World, attacks, folder: Path) -> Path:
+    """Save the synthetic attacks in the paper's format (annotation.json), so `vqclip eval typographic` reads them."""
+    from PIL import Image
+
+    from ..io import save_png, write_json
+
+    annotation = {}
+    for k in range(len(attacks.true_ids)):
+        label = world.classes[int(attacks.true_ids[k])]
+        attack = world.classes[int(attacks.attack_ids[k])]
+        for kind, images, word in (("clean", attacks.clean, ""), ("attack", attacks.attacked, attack)):
+            name = f"images/{k:05d}_{kind}.png"
+            save_png(Image.fromarray(images[k].permute(1, 2, 0).numpy()), folder / name)
+            annotation[name] = {"true object": label, "typographic attack label": word}
+    write_json(folder / "annotation.json", annotation)
+    return folder
+
+
+def load_spaces(out: Path, clip) -> dict:
+    """clip (identity) and the two trained projections, checked against the CLIP they were trained for."""
+    from ..spaces import identity_space, load_projection
+
+    spaces = {"clip": identity_space()}
+    for name in ("learn", "forget"):
+        sp = load_projection(out / f"{name}.safetensors", name, clip.embed_dim)
+        sp.check_clip(clip.identity, clip.embed_dim)
+        spaces[name] = sp
+    return spaces
+
+
+def measure(clip, spaces: Mapping[str, Any], features, attack_folder: Path, progress: bool = True) -> dict:
+    """The table's numbers per space: typographic evaluator on the attack set, retrieval on the test tuples."""
+    from ..evaluate.typographic import evaluate_typographic, open_typographic_dataset
+    from ..spelling.retrieval import retrieval_metrics
+
+    report = evaluate_typographic(open_typographic_dataset(attack_folder, "annotation"), clip, spaces,
+                                  template=TYPO_TEMPLATE, batch_size=256, progress=progress)
+    test = features.part("test")
+    rows = {}
+    for name, space in spaces.items():
+        typo = report["results"][name]["objects"]
+        ret = retrieval_metrics(test, space)
+        rows[name] = {
+            "clean_accuracy": _value(typo["clean"]),
+            "attacked_accuracy": _value(typo["attacked"]),
+            "attack_win_rate": _value(typo["attack_wins"]),
+            "word_retrieval": ret["x_t->y_t"]["all"],
+            "word_retrieval_real": ret["x_t->y_t"]["real"],
+            "word_retrieval_nonsense": ret["x_t->y_t"]["nonsense"],
+            "string_to_image": ret["y_t->x_t"]["all"],
+            "tuple_class_accuracy": ret["class(x_i)"]["all"],
+            "visual_comprehension": ret.get("visual_comprehension", {}).get("image_only"),
+        }
+    return {"rows": rows, "typographic": {k: report[k] for k in ("dataset", "template", "results")}}
+
+
+def _value(x) -> float | None:
+    """A rate from the evaluator's {k, n, rate, ci95} record."""
+    return x["rate"] if isinstance(x, Mapping) else x
+
+
+def check_directions(rows: Mapping[str, Mapping[str, float]], margins: Margins) -> list[dict]:
+    """The paper's three qualitative claims, each with the numbers and the margin it was held to."""
+    c, l, f = rows["clip"], rows["learn"], rows["forget"]
+    loss = c["clean_accuracy"] - c["attacked_accuracy"]
+    recovered = (f["attacked_accuracy"] - c["attacked_accuracy"]) / loss if loss > 0 else float("nan")
+    checks = [
+        {"claim": "clip reads: attacked accuracy falls well below clean accuracy",
+         "passed": loss >= margins.reads,
+         "detail": f"clean {c['clean_accuracy']:.3f} - attacked {c['attacked_accuracy']:.3f} = {loss:.3f} "
+                   f"(needs >= {margins.reads})"},
+        {"claim": "forget recovers most of the attack loss",
+         "passed": loss > 0 and recovered >= margins.forget_recovers,
+         "detail": f"recovers {recovered:.2f} of the loss: attacked {c['attacked_accuracy']:.3f} -> "
+                   f"{f['attacked_accuracy']:.3f} (needs >= {margins.forget_recovers})"},
+        {"claim": "forget keeps clean accuracy",
+         "passed": f["clean_accuracy"] >= c["clean_accuracy"] - margins.forget_keeps_clean,
+         "detail": f"clean {c['clean_accuracy']:.3f} -> {f['clean_accuracy']:.3f} "
+                   f"(may fall by <= {margins.forget_keeps_clean})"},
+        {"claim": "learn keeps or improves word retrieval",
+         "passed": l["word_retrieval"] >= c["word_retrieval"] - margins.learn_keeps_words,
+         "detail": f"word retrieval {c['word_retrieval']:.3f} -> {l['word_retrieval']:.3f} "
+                   f"(may fall by <= {margins.learn_keeps_words})"},
+        {"claim": "learn loses object accuracy on clean images",
+         "passed": l["clean_accuracy"] <= c["clean_accuracy"] - margins.learn_drops_objects,
+         "detail": f"clean {c['clean_accuracy']:.3f} -> {l['clean_accuracy']:.3f} "
+                   f"(must fall by >= {margins.learn_drops_objects})"},
+    ]
+    return checks
+
+
+COLUMNS = (("clean_accuracy", "clean acc."), ("attacked_accuracy", "attacked acc."),
+           ("attack_win_rate", "attack word wins"), ("word_retrieval", "word retrieval"),
+           ("word_retrieval_real", "(real)"), ("word_retrieval_nonsense", "(nonsense)"))
+
+
+def _pct(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}"
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """One row per space, percentages."""
+    lines = ["| space | dim | " + " | ".join(label for _, label in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row.get('dim') or 'D'} | " + " | ".join(_pct(row.get(k)) for k, _ in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_report(result: Mapping[str, Any]) -> str:
+    """results.md: the table, the directions checked, and how the numbers were made."""
+    cfg = result["config"]
+    lines = ["# vqclip testbed", "",
+             f"Synthetic world seed {cfg['seed']}; small CLIP trained {cfg['clip_steps']} steps on "
+             f"{cfg['n_pairs']} pairs; {cfg['n_tuples']} five-tuples; {cfg['n_attacks']} attacked objects. "
+             "Accuracies are zero-shot over the object classes (prompt \"an image of a {class}\"); word retrieval "
+             "is x_t -> y_t top-1 on the test tuples.", "",
+             markdown_table(result["rows"]), "", "## Directions", ""]
+    for c in result["checks"]:
+        lines.append(f"- [{'x' if c['passed'] else ' '}] {c['claim']}: {c['detail']}")
+    lines += ["", f"Total time {result['seconds']['total']:.0f} s ({result['machine']})."]
+    return "\n".join(lines) + "\n"
+
+
+def run_testbed(config: TestbedConfig, out: str | os.PathLike, progress: bool = True, reuse_clip: bool = False) -> dict:
+    """Run every stage on the CPU and write clip/, learn/forget projections, attacks/, results.{json,md} to `out`."""
+    from ..cache import writable_dir
+    from ..io import write_json, write_text
+    from ..models.clip import load_clip
+    from .world import attack_set, five_tuples, tuple_words
+
+    start = time.perf_counter()
+    out = writable_dir(Path(out).expanduser(), "--out")
+    world = config.world()
+    clip_info = train_clip_stage(world, config, out, progress, reuse_clip)
+    clip = load_clip(clip_info["clip"], device="cpu", precision="fp32")
+    t = time.perf_counter()
+    words = tuple_words(world, config.include_class_words)
+    with _bar(config.n_tuples, "world: five-tuples", progress) as bar:
+        tuples = five_tuples(world, config.n_tuples, words, progress=bar.update)
+    features = tuple_features(clip, world, tuples)
+    with _bar(config.n_attacks, "world: typographic attacks", progress) as bar:
+        attacks = attack_set(world, config.n_attacks, progress=bar.update)
+    write_attack_dataset(world, attacks, out / "attacks")
+    data_seconds = time.perf_counter() - t
+    projections = train_projections(features, config, clip.identity, out, progress)
+    t = time.perf_counter()
+    spaces = load_spaces(out, clip)
+    measured = measure(clip, spaces, features, out / "attacks", progress)
+    rows = measured["rows"]
+    for name, sp in spaces.items():
+        rows[name]["dim"] = sp.dim
+    checks = check_directions(rows, config.margins)
+    result = {
+        "config": config.to_dict(), "world": world.to_dict(), "clip": clip_info, "projections": projections,
+        "tuple_words": "all words" if config.include_class_words else "all words except the class names",
+        "split_sizes": features.split_sizes(), "rows": rows, "checks": checks,
+        "all_passed": all(c["passed"] for c in checks), "typographic": measured["typographic"],
+        "seconds": {**({} if clip_info["reused"] else clip_info["seconds"]), "data": round(data_seconds, 1),
+                    "projections": round(sum(p["seconds"] for p in projections.values()), 1),
+                    "evaluation": round(time.perf_counter() - t, 1),
+                    "total": round(time.perf_counter() - start, 1)},
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} threads",
+    }
+    write_json(out / "results.json", result)
+    write_text(out / "results.md", markdown_report(result))
+    return result

@@ -48,3 +48,11 @@ def test_read_jsonl_ignores_a_torn_last_line(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
     assert read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_atomic_temporary_keeps_the_real_extension(tmp_path):
+    # writers such as ffmpeg choose the container from the file name
+    with atomic_path(tmp_path / "video.mp4") as tmp:
+        assert tmp.suffix == ".mp4" and tmp.name.startswith(".video.mp4.") and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "video.mp4").read_bytes() == b"x"

@@ -21,10 +21,14 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success it is renamed over `path`, on error removed."""
+    """Yield a temporary path beside `path`; on success it is renamed over `path`, on error removed.
+
+    The temporary name is hidden and ends in the real extension (`.video.mp4.XXXX.part.mp4`): writers such as
+    ffmpeg pick the container from the name, and a `.part` ending makes them fail without raising.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:

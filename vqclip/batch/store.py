@@ -39,7 +39,7 @@ def read_batch_record(folder: str | os.PathLike) -> dict | None:
 
 
 def _visible_files(folder: Path) -> list[str]:
-    """Entries other than hidden ones (atomic writes leave `.name.part` temporaries while in flight)."""
+    """Entries other than hidden ones (atomic writes leave `.name.XXXX.part.ext` temporaries while in flight)."""
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 

@@ -70,3 +70,35 @@ def test_unknown_pretrained_tag_lists_valid_tags():
 def test_local_dir_without_config_is_a_clear_error(tmp_path):
     with pytest.raises(VqclipError, match="open_clip_config.json"):
         load_clip(f"local-dir:{tmp_path}", device="cpu")
+
+
+@pytest.mark.parametrize("content", [b"", b"garbage, not a checkpoint" * 10])
+def test_unreadable_pretrained_file_is_a_clear_error(tmp_path, content):
+    bad = tmp_path / "weights.bin"
+    bad.write_bytes(content)
+    with pytest.raises(VqclipError, match="--pretrained: could not load .*weights.bin.*truncated, corrupt"):
+        load_clip("ViT-B-32", str(bad), device="cpu")
+
+
+def test_truncated_safetensors_is_a_clear_error(tiny_clip_id, tmp_path):
+    weights = (tiny_clip_id.split(":", 1)[1]) + "/open_clip_model.safetensors"
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(open(weights, "rb").read()[:5000])
+    with pytest.raises(VqclipError, match="cut.safetensors.*SafetensorError"):
+        load_clip("ViT-B-32", str(cut), device="cpu")
+
+
+def test_weights_of_another_architecture_name_the_likely_cause(tiny_clip_id):
+    weights = (tiny_clip_id.split(":", 1)[1]) + "/open_clip_model.safetensors"
+    with pytest.raises(VqclipError, match="another architecture than ViT-B-32"):
+        load_clip("ViT-B-32", weights, device="cpu")
+
+
+def test_cli_flags_load_the_same_model_again(tiny_clip, tiny_clip_id, tmp_path, monkeypatch):
+    import shlex
+
+    monkeypatch.chdir(tmp_path)  # the flags must not depend on the working folder
+    argv = shlex.split(tiny_clip.cli_flags())
+    assert argv == ["--clip", tiny_clip_id]
+    again = load_clip(argv[1], device="cpu")
+    assert again.identity == tiny_clip.identity

@@ -52,6 +52,43 @@ def clip_identity(name: str, pretrained: str | None) -> str:
     return f"{name}/{pretrained or 'random'}"
 
 
+def _user_weights(name: str, pretrained: str | None) -> tuple[str, str] | None:
+    """(flag, path) of the weights file or folder the user gave, if the model comes from one."""
+    if name.startswith(LOCAL_DIR):
+        return "--clip", str(Path(name[len(LOCAL_DIR):]).expanduser())
+    if pretrained and os.path.isfile(pretrained):
+        return "--pretrained", pretrained
+    return None
+
+
+def _load_failure_cause(error: Exception, name: str, arg: str) -> str:
+    """The likely cause of a failed load of a user's weights, and the fix, from the kind of error."""
+    text = str(error)
+    if isinstance(error, AssertionError) or "size mismatch" in text or "Missing key" in text \
+            or "Unexpected key" in text:
+        if arg == "--clip":
+            return ("Likely cause: the weights do not fit the architecture in open_clip_config.json; save the "
+                    "folder again with the model's own config.")
+        return (f"Likely cause: the weights belong to another architecture than {name}; pass the --clip name "
+                "they were trained with.")
+    return ("Likely cause: the file is truncated, corrupt or not an open_clip checkpoint; download it again and "
+            "check its size.")
+
+
+def clip_flags(name: str, pretrained: str | None) -> str:
+    """The command-line flags that name this model, runnable from any folder (paths absolute, shell-quoted)."""
+    import shlex
+
+    if name.startswith(LOCAL_DIR):
+        path = Path(name[len(LOCAL_DIR):]).expanduser().absolute()
+        return f"--clip {shlex.quote(LOCAL_DIR + str(path))}"
+    if name.startswith(HF_HUB) or not pretrained:
+        return f"--clip {shlex.quote(name)}"
+    if os.path.isfile(pretrained):
+        pretrained = str(Path(pretrained).expanduser().absolute())
+    return f"--clip {shlex.quote(name)} --pretrained {shlex.quote(pretrained)}"
+
+
 def _validate_identifier(name: str, pretrained: str | None) -> None:
     import open_clip
 
@@ -80,13 +117,15 @@ def _validate_identifier(name: str, pretrained: str | None) -> None:
 class ClipModel(nn.Module):
     """A frozen open_clip model behind one small interface; embeddings come back L2-normalised in fp32."""
 
-    def __init__(self, model: nn.Module, tokenizer, identity: str, device: torch.device, precision: str = "fp32"):
+    def __init__(self, model: nn.Module, tokenizer, identity: str, device: torch.device, precision: str = "fp32",
+                 source: tuple[str, str | None] | None = None):
         super().__init__()
         import open_clip
 
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.identity = identity
+        self.source = source  # (name, pretrained) as the user gave them; the identity keeps only a hash of paths
         self.device = device
         self.precision = precision
         cfg = open_clip.get_model_preprocess_cfg(model)
@@ -124,6 +163,12 @@ class ClipModel(nn.Module):
             features = self.model.encode_text(tokens)
         return F.normalize(features.float(), dim=-1)
 
+    def cli_flags(self) -> str | None:
+        """`--clip NAME [--pretrained TAG_OR_FILE]` that load this model again, paths made absolute and quoted."""
+        if self.source is None:
+            return None
+        return clip_flags(*self.source)
+
     def describe(self) -> dict:
         return {"identity": self.identity, "embed_dim": self.embed_dim, "input_size": list(self.input_size),
                 "mean": list(self.mean), "std": list(self.std), "precision": self.precision}
@@ -147,7 +192,15 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
     try:
         logging.disable(logging.ERROR)  # open_clip logs the failure before raising it; we re-raise it once
         model = open_clip.create_model(name, pretrained=pretrained, device=dev, cache_dir=cache_dir)
-    except (RuntimeError, OSError, ValueError) as e:
+    except Exception as e:
+        user_file = _user_weights(name, pretrained)
+        if user_file is None and not isinstance(e, (RuntimeError, OSError, ValueError)):
+            raise  # not a loading problem of a file or a download: a bug worth its traceback
+        if user_file is not None:
+            arg, path = user_file
+            raise VqclipError(f"{arg}: could not load {path} as weights for CLIP {name!r} "
+                              f"({type(e).__name__}: {str(e)[:300] or 'no details'}). {_load_failure_cause(e, name, arg)}"
+                              ) from e
         where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
         raise VqclipError(
             f"--clip: could not load {name!r} (pretrained={pretrained!r}): {e}. If this machine is offline, "
@@ -156,7 +209,7 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
     finally:
         logging.disable(logging.NOTSET)
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
-    return ClipModel(model, tokenizer, clip_identity(name, pretrained), dev, prec)
+    return ClipModel(model, tokenizer, clip_identity(name, pretrained), dev, prec, source=(name, pretrained))
 
 
 def save_local_dir(model: nn.Module, model_cfg: dict, path: str | os.PathLike, preprocess_cfg: dict | None = None) -> Path:

@@ -96,3 +96,36 @@ def test_cached_projection_is_found(tmp_path):
 def test_unknown_space_lists_choices():
     with pytest.raises(VqclipError, match="clip, forget, learn"):
         resolve_space("spell", "X/y", 8)
+
+
+def test_training_hint_uses_the_flags_the_user_gave(tmp_path):
+    import shlex
+
+    identity = "ViT-B-32/file#0123456789abcdef"
+    with pytest.raises(VqclipError) as info:
+        resolve_space("learn", identity, 8, clip_flags="--clip ViT-B-32 --pretrained '/w/my weights.pt'")
+    command = str(info.value).split("Train one with: ")[1].split("  — ")[0]
+    assert shlex.split(command)[4:8] == ["--clip", "ViT-B-32", "--pretrained", "/w/my weights.pt"]
+    assert "file#" not in command
+
+
+def test_training_hint_without_flags_never_prints_a_hash_as_a_path():
+    with pytest.raises(VqclipError) as info:
+        resolve_space("learn", "local-dir:clip#0123456789abcdef", 8)
+    assert "--clip local-dir:clip " not in str(info.value)
+    assert "local-dir:PATH_OF_THE_MODEL_FOLDER" in str(info.value)
+
+
+def test_projection_flag_of_the_command_is_named(tmp_path):
+    with pytest.raises(VqclipError, match="--projection-forget PATH") as info:
+        resolve_space("forget", "X/y", 8, projection_arg="--projection-forget")
+    assert "--projection PATH" not in str(info.value)
+
+
+def test_clip_space_with_a_projection_file_is_refused(tmp_path):
+    save_projection(tmp_path / "p.safetensors", _orthonormal(4, 8), "learn", "X/y")
+    with pytest.raises(VqclipError, match="takes no projection"):
+        resolve_space("clip", "X/y", 8, tmp_path / "p.safetensors")
+    assert resolve_space(None, "X/y", 8, tmp_path / "p.safetensors").name == "learn"
+    with pytest.raises(VqclipError, match="'learn' projection"):
+        load_projection(tmp_path / "p.safetensors", "clip", 8)

@@ -49,8 +49,12 @@ class Space(nn.Module):
 
     forward = project
 
-    def check_clip(self, clip_identity: str, embed_dim: int, arg: str = "--projection") -> None:
-        """Refuse a projection trained for another CLIP model or another embedding size."""
+    def check_clip(self, clip_identity: str, embed_dim: int, arg: str = "--projection",
+                   clip_flags: str | None = None) -> None:
+        """Refuse a projection trained for another CLIP model or another embedding size.
+
+        `clip_flags` are the --clip/--pretrained flags the user gave, so the suggested training command runs as is.
+        """
         if self.W is None:
             return
         source = self.metadata.get("path", "the projection")
@@ -61,7 +65,7 @@ class Space(nn.Module):
         if trained_for and trained_for != clip_identity:
             raise bad_arg(arg, f"the projection was trained for CLIP {trained_for!r}, not for the CLIP in use",
                           clip_identity, f"Pass --clip/--pretrained matching {trained_for!r}, or train a projection "
-                          f"for this model: {train_command(self.name, clip_identity)}")
+                          f"for this model: {train_command(self.name, clip_identity, clip_flags)}")
 
     def describe(self) -> dict:
         out = {"space": self.name, "dim": self.dim, "embed_dim": self.embed_dim}
@@ -73,13 +77,27 @@ def identity_space() -> Space:
     return Space("clip")
 
 
-def train_command(space: str, clip_identity: str) -> str:
-    name, _, tag = clip_identity.partition("/")
-    if clip_identity.startswith(("local-dir:", "hf-hub:")):
-        model = f"--clip {clip_identity.split('#')[0]}"
-    else:
-        model = f"--clip {name} --pretrained {tag}"
-    return f"vqclip train --space {space} {model} --images IMAGE_FOLDER_OR_DATASET"
+def train_command(space: str, clip_identity: str, clip_flags: str | None = None,
+                  cache: str | os.PathLike | None = None) -> str:
+    """The `vqclip train` command that writes the projection `resolve_space` looks for.
+
+    `clip_flags` are the model flags as the user gave them (`ClipModel.cli_flags()`): an identity holds only a
+    folder name or a file hash, so without them a local model is shown as a placeholder to fill in.
+    """
+    import shlex
+
+    if clip_flags is None:
+        name, _, tag = clip_identity.partition("/")
+        if clip_identity.startswith("hf-hub:"):
+            clip_flags = f"--clip {shlex.quote(clip_identity)}"
+        elif clip_identity.startswith("local-dir:"):
+            clip_flags = "--clip local-dir:PATH_OF_THE_MODEL_FOLDER"
+        elif tag.startswith("file#"):
+            clip_flags = f"--clip {shlex.quote(name)} --pretrained PATH_OF_THE_CHECKPOINT"
+        else:
+            clip_flags = f"--clip {shlex.quote(name)} --pretrained {shlex.quote(tag)}"
+    where = f" --cache-dir {shlex.quote(str(cache))}" if cache is not None else ""
+    return f"vqclip train --space {space} {clip_flags}{where} --images IMAGE_FOLDER_OR_DATASET"
 
 
 def projection_path(space: str, clip_identity: str, root: str | os.PathLike | None = None) -> Path:
@@ -108,24 +126,28 @@ def save_projection(path: str | os.PathLike, W: torch.Tensor, space: str, clip_m
     return path
 
 
-def _orient(W: torch.Tensor, embed_dim: int | None, path: str) -> torch.Tensor:
+def _orient(W: torch.Tensor, embed_dim: int | None, path: str, arg: str = "--projection") -> torch.Tensor:
     """Reference-code files store W as (d, D) or (D, d): tell which by the CLIP embedding size."""
     if W.ndim != 2:
-        raise bad_arg("--projection", "W must be a 2-D matrix", f"{path}: shape {tuple(W.shape)}",
+        raise bad_arg(arg, "W must be a 2-D matrix", f"{path}: shape {tuple(W.shape)}",
                       "Pass a projection trained by `vqclip train` or the paper's code.")
     if embed_dim is None or W.shape[1] == embed_dim:
         return W
     if W.shape[0] == embed_dim:
         return W.T
-    raise bad_arg("--projection", f"neither side of W matches the CLIP embedding size {embed_dim}",
+    raise bad_arg(arg, f"neither side of W matches the CLIP embedding size {embed_dim}",
                   f"{path}: shape {tuple(W.shape)}", "Use a projection trained for this CLIP model.")
 
 
-def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim: int | None = None) -> Space:
-    """Load a vqclip `.safetensors` projection or a reference-code torch file holding `W`."""
+def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim: int | None = None,
+                    arg: str = "--projection") -> Space:
+    """Load a vqclip `.safetensors` projection or a reference-code torch file holding `W`.
+
+    `arg` is the flag that named the file (e.g. `--projection-learn` in `vqclip batch`), for error messages.
+    """
     path = Path(path)
     if not path.is_file():
-        raise bad_arg("--projection", "file not found", str(path), "Check the path, or train one with `vqclip train`.")
+        raise bad_arg(arg, "file not found", str(path), "Check the path, or train one with `vqclip train`.")
     meta: dict[str, Any] = {}
     try:
         if path.suffix == ".safetensors":
@@ -134,22 +156,22 @@ def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 if "W" not in f.keys():
-                    raise bad_arg("--projection", "a projection file must hold a tensor named W",
+                    raise bad_arg(arg, "a projection file must hold a tensor named W",
                                   f"{path}: {sorted(f.keys())}", "Pass a file written by `vqclip train`.")
                 W = f.get_tensor("W")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-            W = _find_matrix(obj, path)
+            W = _find_matrix(obj, path, arg)
     except VqclipError:
         raise
     except Exception as e:  # corrupt or truncated files raise many different errors
-        raise bad_arg("--projection", "could not read the file as a projection", str(path),
+        raise bad_arg(arg, "could not read the file as a projection", str(path),
                       f"Re-download or re-train it ({type(e).__name__}: {e}).") from e
-    W = _orient(W.float(), embed_dim, str(path))
+    W = _orient(W.float(), embed_dim, str(path), arg)
     if not torch.isfinite(W).all():
-        raise bad_arg("--projection", "W holds NaN or infinite values", str(path), "Re-train the projection.")
+        raise bad_arg(arg, "W holds NaN or infinite values", str(path), "Re-train the projection.")
     file_space = meta.get("space")
-    if space and file_space and space != file_space and space != "clip":
+    if space and file_space and space != file_space:
         raise bad_arg("--space", f"the projection file is a {file_space!r} projection", space,
                       f"Use --space {file_space}, or pass a {space} projection.")
     name = file_space or space
@@ -160,7 +182,7 @@ def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim
     return Space(name, W, meta)
 
 
-def _find_matrix(obj: Any, path: Path) -> torch.Tensor:
+def _find_matrix(obj: Any, path: Path, arg: str = "--projection") -> torch.Tensor:
     if isinstance(obj, torch.Tensor):
         return obj
     if isinstance(obj, Mapping):
@@ -170,26 +192,43 @@ def _find_matrix(obj: Any, path: Path) -> torch.Tensor:
         tensors = [v for v in obj.values() if isinstance(v, torch.Tensor) and v.ndim == 2]
         if len(tensors) == 1:
             return tensors[0]
-    raise bad_arg("--projection", "no matrix W found in the torch file", str(path),
+    raise bad_arg(arg, "no matrix W found in the torch file", str(path),
                   "The file should hold a tensor W (d x D or D x d) or {'W': tensor}.")
 
 
-def resolve_space(space: str, clip_identity: str, embed_dim: int, projection: str | os.PathLike | None = None,
-                  cache: str | os.PathLike | None = None) -> Space:
-    """The space to optimise in: identity for `clip`, else `--projection` or the cached one for this CLIP."""
+def resolve_space(space: str | None, clip_identity: str, embed_dim: int,
+                  projection: str | os.PathLike | None = None, cache: str | os.PathLike | None = None, *,
+                  clip_flags: str | None = None, projection_arg: str = "--projection") -> Space:
+    """The space to optimise in: identity for `clip`, else `projection` or the cached one for this CLIP.
+
+    `space` None means "not chosen": the projection file's own space, or `clip` without a file. An explicit
+    `clip` with a projection file is refused rather than silently using (or ignoring) the file. `clip_flags`
+    and `projection_arg` make the hints name the flags of the command being run.
+    """
+    if space is None:
+        if projection is None:
+            return identity_space()
+        sp = load_projection(projection, None, embed_dim, projection_arg)
+        sp.check_clip(clip_identity, embed_dim, projection_arg, clip_flags)
+        return sp
     if space not in SPACES:
         raise bad_arg("--space", "unknown embedding space", space, choices_hint(SPACES))
-    if space == "clip" and projection is None:
+    if space == "clip":
+        if projection is not None:
+            raise bad_arg("--space", "the clip space is CLIP's own embedding and takes no projection file",
+                          f"clip with {projection_arg} {projection}",
+                          f"Leave --space out to use the file's own space, or drop {projection_arg}.")
         return identity_space()
     if projection is None:
         path = projection_path(space, clip_identity, cache)
         if not path.is_file():
             raise VqclipError(
                 f"--space {space}: no {space} projection for CLIP {clip_identity!r} in the cache ({path}). "
-                f"Train one with: {train_command(space, clip_identity)}  — or pass a file with --projection PATH.")
+                f"Train one with: {train_command(space, clip_identity, clip_flags, cache)}  — or pass a file with "
+                f"{projection_arg} PATH.")
         projection = path
-    sp = load_projection(projection, None if space == "clip" else space, embed_dim)
-    sp.check_clip(clip_identity, embed_dim)
+    sp = load_projection(projection, space, embed_dim, projection_arg)
+    sp.check_clip(clip_identity, embed_dim, projection_arg, clip_flags)
     return sp
 
 

@@ -180,7 +180,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         shard_device(args, shard)
         models = load_models_from_args(args)
         for space in spaces:  # a missing projection fails now, not after hours of other jobs
-            models.space(space, projections.get(space))
+            models.space(space, projections.get(space), projection_arg=f"--projection-{space}")
         check_item_settings(items, base, models.vqgan.factor)
         for notice in base_settings_notices(base, models.vqgan.factor):
             print(f"{PROG}: note: {notice}", file=sys.stderr)

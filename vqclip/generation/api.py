@@ -24,11 +24,16 @@ class Models:
     load_seconds: float = 0.0
     _spaces: dict = field(default_factory=dict)
 
-    def space(self, name: str, projection: str | None = None) -> Space:
-        """The space `name` for this CLIP (from --projection or the cache); loaded once and reused."""
+    def space(self, name: str | None, projection: str | None = None, projection_arg: str = "--projection") -> Space:
+        """The space `name` for this CLIP (from --projection or the cache); loaded once and reused.
+
+        `name` None: the projection file's space (clip without one). `projection_arg` is the flag that gives
+        projection files in the command being run, for hints.
+        """
         key = (name, str(projection) if projection else None)
         if key not in self._spaces:
-            sp = resolve_space(name, self.clip.identity, self.clip.embed_dim, projection, self.cache_dir)
+            sp = resolve_space(name, self.clip.identity, self.clip.embed_dim, projection, self.cache_dir,
+                               clip_flags=self.clip.cli_flags(), projection_arg=projection_arg)
             self._spaces[key] = sp.to(self.clip.device)
         return self._spaces[key]
 
@@ -56,12 +61,14 @@ def load_models(clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETR
     return Models(clip_model, vq, info, cache_dir, time.perf_counter() - start)
 
 
-def generate(prompt: str, *, space: str = "clip", projection: str | None = None, models: Models | None = None,
+def generate(prompt: str, *, space: str | None = None, projection: str | None = None, models: Models | None = None,
              image_prompts: list[str] | None = None, callback: Callable[[StepInfo], None] | None = None,
              clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
              vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
              precision: str = "auto", cache_dir: str | None = None, **settings) -> Result:
     """Generate one image for `prompt` ("text:weight:stop | ...") with the CLIP loss in `space`.
+
+    `space` None: the space of `projection`, or clip without one.
 
     Keyword settings are those of `Settings` (size, steps, lr, cutn, cut_pow, seed, ...). Pass `models` to reuse
     loaded models; otherwise they are loaded from the names given.

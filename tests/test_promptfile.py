@@ -179,3 +179,37 @@ def test_example_prompt_files_load_and_say_what_they_are_for():
         assert items and all(i.word_type for i in items), f
     nonsense = load_prompt_files([Path(__file__).parent.parent / "prompts" / "nonsense-words.txt"])
     assert all(3 <= len(i.prompt) <= 8 and i.prompt.isalpha() and i.word_type == "nonsense" for i in nonsense)
+
+
+@pytest.mark.parametrize("text, line, words", [
+    ('prompt,id\napple,a\n"unterminated,b\n', 3, "never closed"),
+    ('prompt,id\n"apple,a\npear,b\n"fig",c\n', 2, "quote"),
+])
+def test_csv_with_an_unclosed_quote_is_reported_with_its_line(tmp_path, text, line, words):
+    path = write(tmp_path, "q.csv", text)
+    with pytest.raises(PromptFileError) as e:
+        load_prompt_files([path])
+    found = problems(e)
+    assert len(found) == 1 and found[0].startswith(f"{path}:{line}:") and words in found[0]
+
+
+def test_csv_quoted_commas_and_doubled_quotes_still_work(tmp_path):
+    path = write(tmp_path, "q.csv", 'prompt,id\n"apple, red",a\n"a sign saying ""hi""",b\n')
+    assert [i.prompt for i in load_prompt_files([path])] == ["apple, red", 'a sign saying "hi"']
+
+
+@pytest.mark.parametrize("text", ["- {prompt: apple, seed: 9223372036854775808}\n",
+                                  "- {prompt: apple, seeds: '0,9223372036854775808'}\n",
+                                  "- {prompt: apple, seeds: '9223372036854775806-9223372036854775808'}\n"])
+def test_seeds_beyond_the_largest_are_reported(tmp_path, text):
+    path = write(tmp_path, "s.yaml", text)
+    with pytest.raises(PromptFileError) as e:
+        load_prompt_files([path])
+    assert f"{path}:1: seed" in problems(e)[0] and "9223372036854775807" in problems(e)[0]
+
+
+def test_largest_seed_is_accepted(tmp_path):
+    path = write(tmp_path, "s.yaml", "- {prompt: apple, seeds: '9223372036854775806-9223372036854775807'}\n")
+    assert load_prompt_files([path])[0].seeds == (2**63 - 2, 2**63 - 1)
+    with pytest.raises(VqclipError, match="--seeds"):
+        parse_seeds("1,18446744073709551615")

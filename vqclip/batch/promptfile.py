@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import VqclipError, bad_arg
+from ..errors import SEED_MAX, VqclipError, bad_arg
 
 FORMATS = {".txt": "txt", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".csv": "csv"}
 # Settings an item may override (names of `generation.Settings` fields).
@@ -123,8 +123,9 @@ def _float_value(value: Any, example: str) -> float:
 
 
 def parse_seed_list(value: Any) -> tuple[int, ...]:
-    """`3`, `"0,1,2"`, `"0-9"`, `"0..9"` (inclusive ranges) or a list of ints -> tuple of seeds >= 0."""
+    """`3`, `"0,1,2"`, `"0-9"`, `"0..9"` (inclusive ranges) or a list of ints -> tuple of seeds in 0..SEED_MAX."""
     fix = 'Write e.g. 0, "0,1,2" or "0-9".'
+    too_big = f"seeds must be at most {SEED_MAX} (2**63 - 1)"
     if isinstance(value, (list, tuple)):
         parts: list[Any] = list(value)
     elif isinstance(value, str):
@@ -137,6 +138,8 @@ def parse_seed_list(value: Any) -> tuple[int, ...]:
             lo, hi = int(m.group(1)), int(m.group(2))
             if hi < lo:
                 raise FieldError(f"the range {part!r} runs backwards", fix)
+            if hi > SEED_MAX:
+                raise FieldError(f"{too_big}, {part!r} goes beyond", fix)
             seeds.extend(range(lo, hi + 1))
         elif part == "":
             raise FieldError("has an empty entry", fix)
@@ -145,11 +148,20 @@ def parse_seed_list(value: Any) -> tuple[int, ...]:
                 seeds.append(_int_value(part, 0, "0"))
             except FieldError:
                 raise FieldError(f"seeds must be whole numbers >= 0, {part!r} is not", fix) from None
+            if seeds[-1] > SEED_MAX:
+                raise FieldError(f"{too_big}, {part!r} is not", fix)
     if not seeds:
         raise FieldError("needs at least one seed", fix)
     if len(set(seeds)) != len(seeds):
         raise FieldError("lists a seed twice", fix)
     return tuple(seeds)
+
+
+def _seed(value: Any) -> tuple[int]:
+    seed = _int_value(value, 0, "42")
+    if seed > SEED_MAX:
+        raise FieldError(f"must be at most {SEED_MAX} (2**63 - 1)", "Write e.g. 42.")
+    return (seed,)
 
 
 def _size(value: Any) -> tuple[int, int]:
@@ -238,7 +250,7 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "prompt": _prompt,
     "id": _item_id,
     "word_type": _word_type,
-    "seed": lambda v: (_int_value(v, 0, "42"),),
+    "seed": _seed,
     "seeds": parse_seed_list,
     "steps": lambda v: _int_value(v, 0, "300"),
     "size": _size,
@@ -331,8 +343,12 @@ def read_txt(path: Path, text: str, problems: list[Problem]) -> list[RawEntry]:
 
 
 def read_csv(path: Path, text: str, problems: list[Problem]) -> list[RawEntry]:
-    """A header row naming the fields (`prompt` required), then one item a row; rows starting with # are comments."""
-    reader = csv.reader(io.StringIO(text, newline=""))
+    """A header row naming the fields (`prompt` required), then one item a row; rows starting with # are comments.
+
+    Parsed strictly: a quote that is never closed is an error at the row where it opens, not a cell that
+    silently swallows the rest of the file.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header: list[str] | None = None
     entries: list[RawEntry] = []
     last_line = 0
@@ -362,7 +378,9 @@ def read_csv(path: Path, text: str, problems: list[Problem]) -> list[RawEntry]:
             fields = {k: v for k, v in zip(header, row) if v.strip()}
             entries.append(RawEntry(str(path), start, fields, {k: start for k in fields}))
     except csv.Error as e:
-        problems.append(Problem(str(path), reader.line_num, f"is not valid CSV ({e})"))
+        hint = "; a quoted cell opened here is never closed" if "end of data" in str(e) else \
+            '; a quote (") inside a quoted cell must be doubled ("")'
+        problems.append(Problem(str(path), last_line + 1, f"is not valid CSV ({e}){hint}"))
     if header is None:
         problems.append(Problem(str(path), None, "has no header row; the first row names the columns, e.g. "
                                                  "'prompt,id,word_type'"))

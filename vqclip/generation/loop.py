@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import bad_arg, choices_hint
+from ..errors import bad_arg, check_seed, choices_hint
 from .cutouts import DEFAULT_AUGMENTATIONS, MakeCutouts, parse_augmentations
 from .ops import LOSSES, clamp_with_grad, prompt_loss, sample_one_hot, vector_quantize
 from .prompts import Prompt, check_weights_nonzero
@@ -71,8 +71,12 @@ class Settings:
             raise bad_arg("--noise", "must be 0 or more", self.noise, "Try --noise 0.1.")
         if self.init_weight < 0:
             raise bad_arg("--init-weight", "must be 0 or more", self.init_weight, "Try --init-weight 0.5.")
-        if self.init_image is not None and not os.path.isfile(self.init_image):
-            raise bad_arg("--init-image", "image file not found", self.init_image, "Check the path.")
+        if self.init_image is not None:
+            check_image_file(self.init_image, "--init-image")
+        for p in self.image_prompts:
+            check_image_file(p.text, "--image-prompt")
+        if self.seed is not None:
+            check_seed(self.seed)
         width, height = (int(v) for v in self.size)
         if width < factor or height < factor:
             raise bad_arg("--size", f"each side must hold at least one latent token ({factor} px for this VQGAN)",
@@ -170,6 +174,17 @@ def random_codes(h: int, w: int, codebook: torch.Tensor, generator: torch.Genera
     """(1, C, h, w) latent made of uniformly drawn codebook entries."""
     idx = torch.randint(codebook.shape[0], (h * w,), generator=generator).to(codebook.device)
     return codebook[idx].view(1, h, w, -1).movedim(3, 1)
+
+
+def check_image_file(path: str, arg: str) -> None:
+    """Refuse a missing or unreadable image before any output is written (decoding it fully, as the run will)."""
+    if not os.path.isfile(path):
+        raise bad_arg(arg, "image file not found", path, "Check the path.")
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({e}).") from e
 
 
 def load_image(path: str, size: tuple[int, int], device: torch.device, arg: str) -> torch.Tensor:

@@ -302,3 +302,33 @@ def test_python_dash_m_entry_points_exist():
 
     assert importlib.util.find_spec("vqclip.__main__") and importlib.util.find_spec("vqclip.cli.__main__")
     FakeModels()  # the stand-in is importable for other tests
+
+
+def test_missing_projection_hint_names_the_batch_flag(model_args, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("apple\n")
+    rc = main(["batch", str(tmp_path / "p.txt"), "--spaces", "clip,learn", "--out", str(tmp_path / "out")]
+              + model_args)
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "--projection-learn PATH" in err and "--projection PATH" not in err
+    assert "vqclip train --space learn --clip local-dir:" in err
+
+
+@pytest.mark.parametrize("text, match", [("size: 40\n", "size"), ("steps: abc\n", "steps"),
+                                         ("spaces: [clip]\n", "spaces")])
+def test_batch_config_values_are_checked_like_flags(tmp_path, capsys, text, match):
+    (tmp_path / "p.txt").write_text("apple\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(text)
+    rc = main(["batch", str(tmp_path / "p.txt"), "--config", str(cfg), "--out", str(tmp_path / "out"), "--dry-run"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert f"--config {cfg}: {match}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("extra", [["--seed", "-1"], ["--seed", str(2**63)], ["--seeds", f"0,{2**64}"]])
+def test_batch_seed_out_of_range_is_refused(tmp_path, capsys, extra):
+    (tmp_path / "p.txt").write_text("apple\n")
+    assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--dry-run"] + extra) == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "Traceback" not in err

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 
 from . import __version__
 from .cache import slug
-from .errors import bad_arg
+from .errors import MissingExtraError, VqclipError, bad_arg
 from .io import save_png, write_json
 
 IMAGE_NAME = "image.png"
@@ -48,6 +48,15 @@ def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
             video.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def discard_empty_run_dir(path: str | os.PathLike) -> bool:
+    """Remove a run folder that holds no files (empty sub-folders aside); True if it was removed."""
+    path = Path(path)
+    if not path.is_dir() or any(p.is_file() or p.is_symlink() for p in path.rglob("*")):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    return True
 
 
 def png_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,6 +108,16 @@ def save_frame(run_dir: str | os.PathLike, step: int, image) -> Path:
     return path
 
 
+def check_video_support(fmt: str) -> None:
+    """Refuse a video format whose writer is not installed (MP4 needs imageio-ffmpeg), before any work starts."""
+    if fmt == "mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError as e:
+            raise MissingExtraError('--video mp4 needs imageio-ffmpeg: pip install "vqclip[video]" '
+                              "(or use --video gif)") from e
+
+
 def write_video(run_dir: str | os.PathLike, fps: int = 12, fmt: str = "mp4") -> Path:
     """Assemble the saved frames into video.mp4 (needs imageio-ffmpeg) or video.gif."""
     import imageio.v3 as iio
@@ -107,20 +126,22 @@ def write_video(run_dir: str | os.PathLike, fps: int = 12, fmt: str = "mp4") -> 
 
     from .io import atomic_path
 
+    if not (isinstance(fps, int) and fps > 0):
+        raise bad_arg("--fps", "the frame rate must be a whole number above 0", fps, "Try --fps 12.")
+    check_video_support(fmt)
     frames = sorted((Path(run_dir) / FRAMES_DIR).glob("*.png"))
     if not frames:
         raise bad_arg("--video", "no frames were saved to make a video from", str(run_dir),
-                      "Add --save-every N (e.g. 10).")
+                      "Add --save-every N (e.g. 10), at most --steps.")
     out = Path(run_dir) / f"video.{fmt}"
     arrays = [np.asarray(Image.open(f).convert("RGB")) for f in frames]
     with atomic_path(out) as tmp:
         if fmt == "gif":
             iio.imwrite(tmp, arrays, extension=".gif", duration=1000 / fps, loop=0)
         else:
-            try:
-                import imageio_ffmpeg  # noqa: F401
-            except ImportError as e:
-                raise ImportError("MP4 video needs imageio-ffmpeg: pip install 'vqclip[video]' "
-                                  "(or use --video gif)") from e
             iio.imwrite(tmp, arrays, extension=".mp4", fps=fps, codec="libx264", macro_block_size=1)
+        if tmp.stat().st_size == 0:  # ffmpeg reports some failures only on its stderr, leaving an empty file
+            raise VqclipError(f"--video {fmt}: the video writer produced an empty file from {len(frames)} frames "
+                              f"in {Path(run_dir) / FRAMES_DIR}; the frames are kept. Try --video gif, or "
+                              "reinstall imageio-ffmpeg.")
     return out

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import bad_arg
+from ..errors import bad_arg, choices_hint
 from .common import add_cache_arg, add_clip_args, add_device_args
 
 VIDEO_FORMATS = ("mp4", "gif")
@@ -32,7 +32,8 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("space")
     g.add_argument("--projection", default=None, metavar="FILE",
-                   help="projection file for --space learn/forget (default: the cached one for this CLIP)")
+                   help="projection file for the learn/forget space (default: the cached one for this CLIP); "
+                        "without --space the file's own space is used, and --space clip with a file is an error")
     g = p.add_argument_group("optimisation")
     g.add_argument("--size", nargs=2, type=int, default=[480, 480], metavar=("W", "H"),
                    help="image size in pixels, snapped down to a multiple of the VQGAN factor (default 480 480)")
@@ -81,8 +82,57 @@ def load_models_from_args(args: argparse.Namespace):
     return models
 
 
-def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
-    """`--config FILE.yaml` sets the parser's defaults (omegaconf); flags on the command line still win."""
+_TYPE_RULES = {int: "a whole number", float: "a number", str: "text"}
+
+
+def _config_scalar(action: argparse.Action, key: str, value, where: str):
+    """One config value through the flag's own type and choices, as if it had been typed after the flag."""
+    kind = action.type or str
+    rule = _TYPE_RULES.get(kind, "a valid value")
+    example = f"`{key}: {action.default}`" if action.default not in (None, [], ()) else f"`{key}: VALUE`"
+    if isinstance(value, (bool, list, dict)) or value is None:
+        raise bad_arg(where, f"must be {rule}", value, f"Write e.g. {example} (see --help for --{key.replace('_', '-')}).")
+    try:
+        converted = kind(value if isinstance(value, str) else str(value))
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+        detail = f" ({e})" if isinstance(e, argparse.ArgumentTypeError) else ""
+        raise bad_arg(where, f"must be {rule}{detail}", value, f"Write e.g. {example}.") from None
+    if action.choices is not None and converted not in action.choices:
+        raise bad_arg(where, "not one of the choices", value, choices_hint(str(c) for c in action.choices))
+    return converted
+
+
+def config_value(action: argparse.Action, key: str, value, path: str):
+    """A YAML value for `action`, checked like the flag would check it; errors name the file and the key."""
+    where = f"--config {path}: {key}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise bad_arg(where, "must be true or false", value, f"Write `{key}: true` or `{key}: false`.")
+        return value
+    if value is None and action.default is None:
+        return None  # `lr: null` keeps the flag's "not given" meaning
+    if isinstance(action, argparse._AppendAction):
+        return [_config_scalar(action, key, v, where) for v in (value if isinstance(value, list) else [value])]
+    if isinstance(action.nargs, int) or action.nargs in ("+", "*"):
+        n = action.nargs
+        if not isinstance(value, list) or (isinstance(n, int) and len(value) != n) or (n == "+" and not value):
+            names = action.metavar if isinstance(action.metavar, tuple) else None
+            shape = f"a list of {n} values" if isinstance(n, int) else "a list of values"
+            example = f"[{', '.join(str(v) for v in action.default)}]" if isinstance(action.default, list) else "[...]"
+            raise bad_arg(where, shape + (f" ({' '.join(names)})" if names else ""), value,
+                          f"Write e.g. `{key}: {example}`.")
+        return [_config_scalar(action, key, v, where) for v in value]
+    if action.nargs == "?" and value is True and action.const is not None:
+        return action.const  # `video: true` = the bare flag
+    return _config_scalar(action, key, value, where)
+
+
+def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, str]:
+    """`--config FILE.yaml` sets the parser's defaults (omegaconf); flags on the command line still win.
+
+    Every value goes through the same type, choices and arity checks as its flag. Returns {dest: key in the file},
+    so later errors about an option can say that its value came from the file.
+    """
     from omegaconf import OmegaConf
 
     try:
@@ -92,13 +142,16 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> None:
     if not isinstance(cfg, dict):
         raise bad_arg("--config", "the file must hold a mapping of option names to values", path,
                       "Write e.g. `steps: 200` on its own line.")
-    valid = {a.dest for a in parser._actions} - {"help", "config", "func"}
-    cfg = {k.replace("-", "_"): v for k, v in cfg.items()}
-    unknown = sorted(set(cfg) - valid)
+    actions = {a.dest: a for a in parser._actions
+               if a.dest not in ("help", "config", "func") and not a.dest.startswith("_")}
+    keys = {str(k).replace("-", "_"): str(k) for k in cfg}
+    cfg = {str(k).replace("-", "_"): v for k, v in cfg.items()}
+    unknown = sorted(keys[k] for k in set(cfg) - set(actions))
     if unknown:
-        raise bad_arg("--config", "unknown option names in the file", ", ".join(unknown),
-                      "Valid names: " + ", ".join(sorted(valid)) + ".")
-    parser.set_defaults(**cfg)
+        raise bad_arg(f"--config {path}", "unknown option names in the file", ", ".join(unknown),
+                      "Valid names: " + ", ".join(sorted(actions)) + ".")
+    parser.set_defaults(**{dest: config_value(actions[dest], keys[dest], v, path) for dest, v in cfg.items()})
+    return {dest: keys[dest] for dest in cfg}
 
 
 def register(sub) -> None:
@@ -107,8 +160,8 @@ def register(sub) -> None:
                                    "forget space. Prompts: 'text:weight:stop' items separated by '|', e.g. "
                                    "\"an apple:1 | written text:-0.5\".")
     p.add_argument("prompt", nargs="?", default=None, metavar="PROMPT", help="text prompt(s)")
-    p.add_argument("--space", default="clip", choices=("clip", "learn", "forget"),
-                   help="embedding space of the CLIP loss (default clip)")
+    p.add_argument("--space", default=None, choices=("clip", "learn", "forget"),
+                   help="embedding space of the CLIP loss (default: the space of the --projection file, else clip)")
     add_settings_args(p)
     add_model_args(p)
     g = p.add_argument_group("output")
@@ -118,12 +171,34 @@ def register(sub) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace the run in an existing --out folder")
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="save a frame every N steps")
     g.add_argument("--video", nargs="?", const="mp4", default=None, choices=VIDEO_FORMATS,
-                   help="assemble saved frames into a video (mp4 by default, or gif)")
-    g.add_argument("--fps", type=int, default=12, help="video frame rate (default 12)")
+                   help="assemble the saved frames into video.mp4 (the default; needs imageio-ffmpeg: "
+                        "pip install \"vqclip[video]\") or video.gif. Needs --save-every N with N at most --steps; "
+                        "both are checked before the run starts, and a video that cannot be written is an error")
+    g.add_argument("--fps", type=int, default=12, help="video frame rate, above 0 (default 12)")
     g.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="YAML file of option values (e.g. `steps: 200`); command-line flags override it")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_generate, _parser=p)
+
+
+def check_output_args(args: argparse.Namespace) -> None:
+    """Refuse frame and video options that cannot work, before any model is loaded or folder created."""
+    from ..outputs import check_video_support
+
+    if args.save_every < 0:
+        raise bad_arg("--save-every", "must be 0 (off) or a positive number of steps", args.save_every,
+                      "Try --save-every 10.")
+    if not args.video:
+        return
+    if not args.save_every:
+        raise bad_arg("--video", "a video is made from saved frames", args.video, "Add --save-every N (e.g. 10).")
+    if args.save_every > args.steps:
+        raise bad_arg("--save-every", f"with --video it must be at most --steps ({args.steps}), or no frame is "
+                      "saved to make the video from", args.save_every,
+                      f"Use e.g. --save-every {max(1, args.steps // 10)}, or more --steps.")
+    if args.fps < 1:
+        raise bad_arg("--fps", "the frame rate must be above 0", args.fps, "Try --fps 12.")
+    check_video_support(args.video)
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -131,30 +206,28 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from ..generation import run
     from ..generation.loop import to_pil
-    from ..outputs import (build_record, check_run_dir, default_run_dir, prepare_run_dir, save_frame, write_run,
-                           write_video)
+    from ..outputs import (build_record, check_run_dir, default_run_dir, discard_empty_run_dir, prepare_run_dir,
+                           save_frame, write_run, write_video)
 
     if not args.prompt and not args.image_prompt:
         raise bad_arg("PROMPT", "a text prompt (or --image-prompt) is required", args.prompt,
                       'Try: vqclip generate "a photo of an apple".')
-    if args.save_every < 0:
-        raise bad_arg("--save-every", "must be 0 (off) or a positive number of steps", args.save_every,
-                      "Try --save-every 10.")
-    if args.video and not args.save_every:
-        raise bad_arg("--video", "a video is made from saved frames", args.video, "Add --save-every N (e.g. 10).")
+    check_output_args(args)
     prompt = args.prompt or ""
     settings = settings_from_args(args, prompt)
+    settings.resolved(1)  # every check that does not need the VQGAN, before loading it
     out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
     check_run_dir(out, args.overwrite)
 
     models = load_models_from_args(args)
     space = models.space(args.space, args.projection)
     settings, notices = settings.resolved(models.vqgan.factor)
+    created = not out.exists()
     prepare_run_dir(out, args.overwrite)
     for notice in notices:
         print(f"vqclip generate: note: {notice}", file=sys.stderr)
 
-    bar = tqdm(total=settings.steps, desc=f"{args.space}", unit="step", disable=args.quiet, dynamic_ncols=True)
+    bar = tqdm(total=settings.steps, desc=space.name, unit="step", disable=args.quiet, dynamic_ncols=True)
 
     def on_step(info):
         bar.update(1)
@@ -165,13 +238,21 @@ def run_generate(args: argparse.Namespace) -> int:
 
     try:
         result = run(settings, models.clip, models.vqgan, space, on_step)
+    except BaseException:
+        if created:
+            discard_empty_run_dir(out)  # a run that failed before writing anything leaves no empty folder
+        raise
     finally:
         bar.close()
     record = build_record(result, models.describe(), space.describe(), prompt,
-                          {"space_name": args.space, "load_seconds": round(models.load_seconds, 3)})
+                          {"space_name": space.name, "load_seconds": round(models.load_seconds, 3)})
     image_path = write_run(out, result, record)
-    if args.video and result.steps_done >= args.save_every:
-        write_video(out, args.fps, args.video)
+    if args.video:
+        if result.steps_done >= args.save_every:
+            write_video(out, args.fps, args.video)
+        else:
+            print(f"vqclip generate: note: no video: the run stopped after {result.steps_done} steps, before the "
+                  f"first frame (--save-every {args.save_every})", file=sys.stderr)
     print(f"{image_path}")
     if result.status == "interrupted":
         print(f"vqclip generate: {result.message}; wrote the current image and run.json", file=sys.stderr)

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import VqclipError, bad_arg
+from ..errors import MissingExtraError, VqclipError, bad_arg
 from .common import Encoder, encode_images, encode_texts
 from .textscore import format_cell, rate
 
@@ -49,7 +49,7 @@ def require_scipy():
     try:
         import scipy.io
     except ImportError as e:
-        raise ImportError('Reading IIIT5K .mat annotations needs scipy: pip install "vqclip[ocr]"  '
+        raise MissingExtraError('Reading IIIT5K .mat annotations needs scipy: pip install "vqclip[ocr]"  '
                           "(or: pip install scipy)") from e
     return scipy.io
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from ..cache import cache_dir, slug
+from ..errors import MissingExtraError
 from ..io import sha256_bytes, write_json
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def require_easyocr():
         import easyocr
         import easyocr_en_models
     except ImportError as e:
-        raise ImportError(f"OCR scoring needs the `ocr` extra ({e.name} is missing). Install it with: "
+        raise MissingExtraError(f"OCR scoring needs the `ocr` extra ({e.name} is missing). Install it with: "
                           f"{OCR_INSTALL}") from e
     return easyocr, easyocr_en_models
 

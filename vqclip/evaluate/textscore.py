@@ -7,6 +7,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
+from ..errors import MissingExtraError
 from .ocr import Detection
 
 DEFAULT_THRESHOLDS = (0.0, 0.25)  # the paper's OCR confidence cut-offs
@@ -285,7 +286,7 @@ def bar_chart(groups: Sequence[Mapping[str, Any]], path, thresholds: Sequence[fl
     try:
         from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
     except ImportError as e:
-        raise ImportError('The score chart needs matplotlib: pip install "vqclip[ocr]"  (or: pip install matplotlib)'
+        raise MissingExtraError('The score chart needs matplotlib: pip install "vqclip[ocr]"  (or: pip install matplotlib)'
                           ) from e
 
     from ..io import atomic_path

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import bad_arg
+from ..errors import MissingExtraError, bad_arg
 
 Color = tuple[int, int, int]
 Size = int | tuple[int, int]
@@ -135,7 +135,7 @@ def available_fonts(extra_dir: str | os.PathLike | None = None) -> list[str]:
                           "Point it at a folder of fonts.")
         fonts += [f for f in extra if f not in fonts]
     if not fonts:
-        raise ImportError("vqclip found no fonts to render words with: pip install 'vqclip[train]' "
+        raise MissingExtraError("vqclip found no fonts to render words with: pip install 'vqclip[train]' "
                           "(matplotlib ships the DejaVu fonts), or pass --font-dir FOLDER_OF_TTF_FILES.")
     return fonts
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from ..errors import bad_arg
@@ -15,16 +14,15 @@ def register(sub) -> None:
         "retrieval", help="word retrieval (x_t↔y_t, x_it↔x_t, x_it↔x_i, x_it↔y_t), class accuracy, visual comprehension",
         description="Compare CLIP and learned projections on held-out five-tuples: top-1 retrieval both ways, "
                     "split real / nonsense words (deduplicated by word), class accuracy of x_i and x_it, and "
-                    "classification of natural images by rendered class-name images (image encoder only).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "classification of natural images by rendered class-name images (image encoder only).")
     g = p.add_argument_group("spaces")
     g.add_argument("--projection", action="append", default=[], metavar="FILE",
                    help="a projection file to evaluate (repeatable)")
     g.add_argument("--spaces", default="auto",
                    help="comma list of clip, learn, forget (cached projections for this CLIP); auto = clip plus "
-                        "every cached projection found")
+                        "every cached projection found (default auto)")
     g.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
-                   help="which tuples to evaluate (the trainer never sees test)")
+                   help="which tuples to evaluate; the trainer never sees test (default test)")
     g.add_argument("--json", metavar="FILE", help="write all metrics as JSON")
     add_data_args(p)
     add_clip_args(p)

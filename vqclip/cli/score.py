@@ -24,7 +24,7 @@ def register(sub) -> None:
         description="Run EasyOCR (offline English weights) over generated images - single runs, batch folders or "
                     "plain image folders - and report, per space and word type, the share of images with any text "
                     "above each OCR confidence threshold and the share where the prompt word itself is legible, "
-                    "with 95%% Wilson intervals (paper §6). OCR results are cached by image content.")
+                    "with 95 % Wilson intervals (paper §6). OCR results are cached by image content.")
     p.add_argument("paths", nargs="+", metavar="PATH", help="run folders, batch folders, image folders or images")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="report folder (default: PATH/score for the first folder given)")

@@ -29,7 +29,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("natural images and words")
     g.add_argument("--images", metavar="PATH_OR_NAME",
                    help="an image folder ROOT/class_name/*.jpg (ImageNet layout) or a torchvision dataset that "
-                        f"downloads itself: {', '.join(TORCHVISION_DATASETS)} (NAME:test for another split)")
+                        f"downloads itself: {', '.join(TORCHVISION_DATASETS)} (NAME:test for another split). "
+                        "ImageNet cannot download itself: pass its train folder (ROOT/n01440764/*.JPEG), whose "
+                        "folder ids become class names")
     g.add_argument("--class-map", metavar="FILE",
                    help="map folder names (e.g. n01440764) to class names: JSON {id: name} or lines 'id name'")
     g.add_argument("--data-root", metavar="DIR", help="where torchvision datasets are kept (default <cache>/datasets)")
@@ -157,7 +159,7 @@ def register(sub) -> None:
         description="Build the five-tuples (natural image, class prompt, word image, word, image with the word "
                     "drawn on), extract CLIP features once (cached, resumable), train the projection W and write "
                     "it where `vqclip generate --space learn|forget` finds it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    )
     p.add_argument("--space", required=True, choices=tuple(PRESETS),
                    help="learn: keep what is written (-L1+L3+L4+L5, d=64); "
                         "forget: keep what is depicted (L1+L2-L5+L6, d=256)")
@@ -168,11 +170,12 @@ def register(sub) -> None:
                    help="signed loss-term weights overriding the preset, e.g. L1=-1,L3=1,L4=1,L5=1 "
                         "(or full-learn / full-forget for all six terms)")
     t.add_argument("--gamma", type=float, help=f"orthogonality penalty weight (default {DEFAULT_GAMMA})")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=1e-4)
-    t.add_argument("--step-size", type=int, default=4000, help="StepLR period in steps")
-    t.add_argument("--lr-decay", type=float, default=0.5, help="StepLR factor")
+    t.add_argument("--epochs", type=int, default=30, help="passes over the training tuples, at least 1 (default 30)")
+    t.add_argument("--batch-size", type=int, default=128,
+                   help="tuples per step; the in-batch negatives of InfoNCE, at least 2 (default 128)")
+    t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
+    t.add_argument("--step-size", type=int, default=4000, help="StepLR period in steps (default 4000)")
+    t.add_argument("--lr-decay", type=float, default=0.5, help="StepLR factor, in (0, 1] (default 0.5)")
     t.add_argument("--mask-duplicates", action="store_true",
                    help="do not count in-batch items of the same class (L2, L6) or word (L4, L5) as negatives")
     t.add_argument("--extract-only", action="store_true", help="build and cache the features, then stop")
@@ -210,6 +213,10 @@ def run(args) -> int:
     if args.dim is not None and args.dim < 1:
         raise bad_arg("--dim", "must be between 1 and the CLIP embedding size D", args.dim, "Use e.g. 64 or 256.")
     device = resolve_device(args.device)
+    config = TrainConfig(space=args.space, dim=args.dim, weights=args.weights, gamma=args.gamma, lr=args.lr,
+                         batch_size=args.batch_size, epochs=args.epochs, step_size=args.step_size,
+                         lr_decay=args.lr_decay, mask_duplicates=args.mask_duplicates, seed=args.seed,
+                         device=str(device)).check()  # before any image is read
 
     def check(clip):
         resolve_preset(args.space, args.dim, args.weights, args.gamma, clip.embed_dim)
@@ -225,10 +232,6 @@ def run(args) -> int:
     if args.extract_only:
         print(folder)
         return 0
-    config = TrainConfig(space=args.space, dim=args.dim, weights=args.weights, gamma=args.gamma, lr=args.lr,
-                         batch_size=args.batch_size, epochs=args.epochs, step_size=args.step_size,
-                         lr_decay=args.lr_decay, mask_duplicates=args.mask_duplicates, seed=args.seed,
-                         device=str(device))
 
     def on_epoch(r):
         val = f" val {r['val_loss']:.4f}" if "val_loss" in r else ""

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..errors import bad_arg
+from ..errors import bad_arg, check_seed
 from .losses import TERMS, resolve_preset, spelling_objective
 from .retrieval import retrieval_metrics, summary_scores
 
@@ -109,6 +109,23 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
 
+    def check(self) -> "TrainConfig":
+        """Refuse settings that cannot train, before any image is read or feature extracted."""
+        if self.epochs < 1:
+            raise bad_arg("--epochs", "must be at least 1", self.epochs, "Use e.g. 30.")
+        if self.batch_size < 2:
+            raise bad_arg("--batch-size", "must be at least 2 for a contrastive loss", self.batch_size,
+                          "Use e.g. 128.")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise bad_arg("--lr", "the learning rate must be a positive number", self.lr, "Use e.g. 1e-4.")
+        if self.step_size < 1:
+            raise bad_arg("--step-size", "the StepLR period must be at least 1 step", self.step_size,
+                          "Use e.g. 4000.")
+        if not (0 < self.lr_decay <= 1):
+            raise bad_arg("--lr-decay", "the StepLR factor must be in (0, 1]", self.lr_decay, "Use e.g. 0.5.")
+        check_seed(self.seed)
+        return self
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["weights"] = dict(self.weights) if isinstance(self.weights, Mapping) else self.weights
@@ -136,8 +153,6 @@ def _check_training_data(train: SpellingFeatures, weights: Mapping[str, float], 
     if len(train) < 2:
         raise bad_arg("--images", "training needs at least 2 five-tuples (InfoNCE contrasts items in a batch)",
                       f"{len(train)} training tuples", "Add images or lower --val-fraction / --test-fraction.")
-    if batch_size < 2:
-        raise bad_arg("--batch-size", "must be at least 2 for a contrastive loss", batch_size, "Use e.g. 128.")
     class_terms = [t for t in ("L2", "L6") if weights.get(t)]
     n_classes = int(torch.unique(train.class_ids).numel())
     if class_terms and n_classes < 2:
@@ -184,13 +199,11 @@ def train_projection(train: SpellingFeatures, val: SpellingFeatures | None = Non
                      config: TrainConfig | None = None,
                      callback: Callable[[dict], None] | None = None) -> TrainResult:
     """Train W on `train`, keep the epoch with the lowest objective on `val` (else the last), return it."""
-    config = config or TrainConfig()
+    config = (config or TrainConfig()).check()
     start = time.perf_counter()
     preset = resolve_preset(config.space, config.dim, config.weights, config.gamma, train.embed_dim)
     weights, gamma, dim = preset["weights"], preset["gamma"], preset["dim"]
     batch_size = _check_training_data(train, weights, config.batch_size)
-    if config.epochs < 1:
-        raise bad_arg("--epochs", "must be at least 1", config.epochs, "Use e.g. 30.")
     device = torch.device(config.device)
     train = train.to(device)  # one copy up front instead of a host-to-device copy per step
     val = val.to(device) if val is not None else None

@@ -193,3 +193,31 @@ def test_prompt_fields_are_parsed_from_the_right():
     assert (p.text, p.weight, p.stop) == ("http://example.com/a.png", 0.5, 0.2)
     a, b = parse_prompts("note: apples | written text:-0.5")
     assert (a.text, a.weight) == ("note: apples", 1.0) and (b.text, b.weight) == ("written text", -0.5)
+
+
+@pytest.mark.parametrize("spec", ["an apple:abc", "a:1:x", "apple:high | pear", "apple:x:0.5x"])
+def test_a_word_glued_to_the_last_colon_is_a_weight_typo(spec):
+    with pytest.raises(VqclipError, match="PROMPT: .*(mistyped weight|must be numbers)"):
+        parse_prompts(spec)
+
+
+@pytest.mark.parametrize("spec, text, weight", [
+    ("a photo: an apple", "a photo: an apple", 1.0),
+    ("https://x.y/z", "https://x.y/z", 1.0),
+    ("http://x.com:8080/a.png", "http://x.com:8080/a.png", 1.0),
+    ("note:two words", "note:two words", 1.0),
+    ("Re:Zero:1", "Re:Zero", 1.0),
+    ("a photo: an apple:-0.5", "a photo: an apple", -0.5),
+])
+def test_colons_in_prompt_text_still_work(spec, text, weight):
+    [p] = parse_prompts(spec)
+    assert (p.text, p.weight) == (text, weight)
+
+
+def test_an_image_prompt_path_with_a_colon_word_is_still_a_path(tmp_path):
+    from vqclip.generation import parse_image_prompt
+
+    path = tmp_path / "shot:final.png"
+    path.write_bytes(b"")
+    assert parse_image_prompt(str(path)).text == str(path)
+    assert parse_image_prompt(f"{path}:0.5").weight == 0.5

@@ -158,7 +158,10 @@ def register(sub) -> None:
     p = sub.add_parser("generate", help="generate one image from a prompt",
                        description="Generate an image with VQGAN+CLIP, the CLIP loss computed in the clip, learn or "
                                    "forget space. Prompts: 'text:weight:stop' items separated by '|', e.g. "
-                                   "\"an apple:1 | written text:-0.5\".")
+                                   "\"an apple:1 | written text:-0.5\". Numbers are read from the right, so the text may "
+                                   "hold ':' (\"a photo: an apple\", URLs); one word glued to the last ':' "
+                                   "(\"an apple:abc\") is refused as a mistyped weight - add a space after the ':' "
+                                   "or an explicit weight to keep it as text.")
     p.add_argument("prompt", nargs="?", default=None, metavar="PROMPT", help="text prompt(s)")
     p.add_argument("--space", default=None, choices=("clip", "learn", "forget"),
                    help="embedding space of the CLIP loss (default: the space of the --projection file, else clip)")

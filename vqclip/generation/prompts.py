@@ -11,6 +11,9 @@ from ..errors import VqclipError, bad_arg
 
 # A trailing field that starts like a number but is not one ("1.5x", "-0,5") is a typo, not prompt text.
 _NUMBER_LIKE = re.compile(r"^[-+]?(\d|\.\d)[\w.,+-]*$")
+# A single word glued to the last ':' ("an apple:abc", "a:1:x") is a mistyped weight, not prompt text.
+_WORD_AS_WEIGHT = re.compile(r"^[A-Za-z][\w.,+-]*$")
+_FIX = 'Write e.g. "an apple:1.5" or "an apple:1.5:0.8".'
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,17 @@ def _number(s: str) -> float | None:
 
 
 def parse_prompt(item: str, arg: str = "PROMPT") -> Prompt:
-    """`"an apple:1.5:-inf"` -> Prompt; text may itself contain ':' (e.g. URLs, "note: x")."""
+    """`"an apple:1.5:-inf"` -> Prompt. Up to two numbers (weight, stop) are read from the right.
+
+    The text may itself contain ':' (URLs, "a photo: an apple"). What follows the last ':' is
+
+    - a number: the weight (or, with a second number, weight then stop);
+    - prompt text when it starts with a space ("a photo: an apple"), holds a space ("note:two words"), or
+      starts with something other than a letter ("https://x.y/z", "x.com:8080/a");
+    - an error when it is one word glued to the ':' ("an apple:abc", "a:1:x") or a broken number ("1.5x"):
+      that is a mistyped weight. To keep such text, write a space after the ':' or give the weight
+      explicitly ("Re:Zero:1").
+    """
     raw = item
     item = item.strip()
     fields = item.rsplit(":", 2)
@@ -45,8 +58,11 @@ def parse_prompt(item: str, arg: str = "PROMPT") -> Prompt:
         value = _number(field)
         if value is None:
             if _NUMBER_LIKE.match(field):
-                raise bad_arg(arg, "weight and stop after ':' must be numbers", raw,
-                              'Write e.g. "an apple:1.5" or "an apple:1.5:0.8".')
+                raise bad_arg(arg, "weight and stop after ':' must be numbers", raw, _FIX)
+            if not numbers and _WORD_AS_WEIGHT.match(fields[-1]):
+                raise bad_arg(arg, f"a word right after the last ':' reads as a mistyped weight ({field!r})", raw,
+                              f'{_FIX} If ":{field}" belongs to the text, write a space after the \':\' or give '
+                              f'the weight: "{item}:1".')
             break
         numbers.insert(0, value)
         fields.pop()
@@ -77,7 +93,12 @@ def parse_prompts(spec: str | list[str], arg: str = "PROMPT") -> list[Prompt]:
 
 def parse_image_prompt(spec: str) -> Prompt:
     """`PATH[:weight[:stop]]` -> Prompt whose text is the path; the path must exist."""
-    prompt = parse_prompt(spec, "--image-prompt")
+    try:
+        prompt = parse_prompt(spec, "--image-prompt")
+    except VqclipError:
+        if os.path.isfile(spec):  # a path whose ':' look like a broken weight ("shot:final.png")
+            return Prompt(spec)
+        raise
     if not os.path.isfile(prompt.text):
         if os.path.isfile(spec):  # a path whose name ends in ':<number>'
             return Prompt(spec)

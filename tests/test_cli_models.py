@@ -102,3 +102,28 @@ def test_convert_refuses_a_malicious_checkpoint(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.startswith("vqclip models: error: --checkpoint:") and "system" in err and "not executed" in err
     assert not (tmp_path / "pwned").exists() and not converted_path("evil").exists()
+
+
+def test_convert_never_replaces_an_existing_file_silently(capsys, tmp_path):
+    config, ckpt = write_taming_files(tmp_path / "files", make_vqgan())
+    out = tmp_path / "tiny.safetensors"
+    out.write_bytes(b"precious")
+    args = ["models", "convert", "--config", str(config), "--checkpoint", str(ckpt), "--output", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--output: a file already exists there" in err and "--overwrite" in err
+    assert out.read_bytes() == b"precious"
+    assert main(args + ["--overwrite"]) == 0
+    assert out.read_bytes() != b"precious"
+    cache_args = ["models", "convert", "--config", str(config), "--checkpoint", str(ckpt), "--name", "mine"]
+    assert main(cache_args) == 0
+    assert main(cache_args) == 2 and "--name: a file already exists" in capsys.readouterr().err
+
+
+def test_convert_without_a_config_says_which_checkpoint_needs_one(capsys, tmp_path):
+    _, ckpt = write_taming_files(tmp_path / "files", make_vqgan())
+    assert main(["models", "convert", "--checkpoint", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert "got None" not in err
+    assert "--config: is needed: this checkpoint carries no config of its own" in err and str(ckpt) in err
+    assert "--config FILE.yaml" in err

@@ -43,6 +43,8 @@ def register(sub) -> None:
                     help="store it in the cache under NAME, so --vqgan NAME uses it (a registered name fills that "
                          "model's cache slot); default: the checkpoint's file name")
     cv.add_argument("--output", metavar="PATH", help="write here instead of the cache")
+    cv.add_argument("--overwrite", action="store_true",
+                    help="replace an existing file at --output (or the converted model already in the cache)")
     add_cache_arg(cv)
     cv.set_defaults(func=cmd_convert)
 
@@ -112,6 +114,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     out = Path(args.output).expanduser() if args.output else converted_path(name, args.cache_dir)
     if out.suffix != ".safetensors":
         raise bad_arg("--output", "must end in .safetensors", str(out), "Name the output file NAME.safetensors.")
+    if out.exists() and not args.overwrite:
+        where = "--output" if args.output else "--name"
+        raise bad_arg(where, "a file already exists there and is never replaced silently", str(out),
+                      f"Pass --overwrite to replace it, or choose another {where}.")
     writable_dir(out.parent, arg="--output" if args.output else "--cache-dir")
     convert_checkpoint(config, args.checkpoint, out, name=name, config_arg="--config", checkpoint_arg="--checkpoint")
     use = f"--vqgan {name}" if not args.output else f"--vqgan-checkpoint {out}"

@@ -210,9 +210,9 @@ def load_vqgan(config: str | os.PathLike | Mapping | VQGANConfig | None, checkpo
     else:
         cfg = _converted_config(ckpt, checkpoint_arg)
         if cfg is None:
-            raise bad_arg(config_arg, "a config YAML is needed for this checkpoint", None,
-                          f"Pass the model.yaml that belongs to {ckpt} (only files written by "
-                          "`vqclip models convert` carry their own config).")
+            raise bad_arg(config_arg, "is needed: this checkpoint carries no config of its own (only files written "
+                          "by `vqclip models convert` do)", str(ckpt),
+                          f"Pass the taming model.yaml that belongs to it: {config_arg} FILE.yaml.")
     state = generation_state(state_dict_of(read_checkpoint(ckpt, checkpoint_arg), checkpoint_arg, ckpt))
     model = VQGAN(cfg.ddconfig, cfg.n_embed, cfg.embed_dim, cfg.kind)
     load_state_strict(model, state, str(ckpt), checkpoint_arg)

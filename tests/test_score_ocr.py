@@ -217,3 +217,17 @@ def test_an_interrupted_scoring_keeps_what_it_gathered(tmp_path):
     reader = CountingReader()
     summary = score_paths(items, skipped, tmp_path / "out", reader, cache, batch_size=1, progress=False)
     assert reader.images == 1 and summary["n_cached"] == 2 and summary["partial"] is False
+
+
+def test_unknown_group_by_field_is_refused_before_ocr_listing_known_ones(tmp_path, monkeypatch, capsys):
+    from vqclip.cli import main
+
+    batch = tmp_path / "batch"
+    _make_batch(batch, [("learn", "apple", "real", Image.new("RGB", (32, 32), "white"))])
+    monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader",
+                        lambda device="auto": pytest.fail("OCR started before --group-by was checked"))
+    assert main(["score", str(batch), "--no-progress", "--group-by", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "--group-by: no image has this metadata field" in err and "nosuch" in err
+    assert "settings.steps" in err and "seed" in err and "Traceback" not in err
+    assert not (batch / "score").exists()

@@ -139,7 +139,7 @@ def test_synthetic_attacks_write_a_wrong_word_reproducibly(tmp_path):
     assert ds.format == "synthetic" and ds.recipe["seed"] == 3 and ds.recipe["style"]["font_files"]
     attacked = [s for s in ds.samples if s.attack]
     assert len(attacked) == 6 and all(s.attack != s.label and s.attack in OBJECTS for s in attacked)
-    assert any("unreadable" in s["reason"] for s in ds.skipped)
+    assert [s["path"] for s in ds.skipped if "unreadable" in s["reason"]] == [str(src / "cup" / "broken.png")]
     im = Image.open(attacked[0].path)
     assert im.size == (32, 32)
     clean = Image.open(attacked[0].path.with_name(attacked[0].path.name.replace("_attack", "_clean")))
@@ -171,3 +171,15 @@ def test_empty_and_invalid_datasets_are_clear_errors(tmp_path):
     with pytest.raises(VqclipError, match="--template"):
         evaluate_typographic(open_typographic_dataset(tmp_path / "ok"), PlantedEncoder(), planted_spaces(),
                              template="a photo of {name}", progress=False)
+
+
+@pytest.mark.parametrize("content, match", [
+    (["a.png", "b.png"], "item 0 is a str"),
+    ([], "lists no images"),
+    ({}, "lists no images"),
+])
+def test_annotation_file_format_problems_are_named(tmp_path, content, match):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "annotation.json").write_text(json.dumps(content))
+    with pytest.raises(VqclipError, match=match):
+        open_typographic_dataset(tmp_path)

@@ -63,3 +63,9 @@ def test_cli_compares_spaces_on_an_annotation_set_and_on_synthetic_attacks(tmp_p
     assert (syn / "images" / "00000_attack.png").stat().st_mtime_ns == stamp
     # an explicit space without a projection is a clear error naming the training command
     assert main(["eval", "typographic", "--dataset", str(ds), "--spaces", "clip,learn", *common]) == 2
+
+
+def test_a_missing_synthetic_source_names_the_synthetic_flag(tmp_path, capsys):
+    assert main(["eval", "typographic", "--synthetic", str(tmp_path / "nope"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--synthetic:" in err and "--images" not in err

@@ -83,7 +83,7 @@ def run(args) -> int:
 
         if args.size < 8:
             raise bad_arg("--size", "must be at least 8 pixels", args.size, "Try 384.")
-        source = open_images(args.synthetic, args.class_map)
+        source = open_images(args.synthetic, args.class_map, arg="--synthetic")
         words = read_word_arg(args.attack_words, "--attack-words") if args.attack_words else None
         where = Path(args.synthetic_out).expanduser() if args.synthetic_out else (
             cache_dir(args.cache_dir) / "typographic" / f"{slug(source.name)}-seed{args.seed}-{args.size}")

@@ -58,7 +58,7 @@ def default_out(paths: list[str]) -> Path:
 def run(args) -> int:
     from ..errors import VqclipError, bad_arg
     from ..evaluate.ocr import EasyOcrReader, OcrCache
-    from ..evaluate.scoring import score_paths
+    from ..evaluate.scoring import check_group_fields, score_paths
     from ..evaluate.sources import collect_images, read_words_file
 
     if not 0.0 <= args.max_distance <= 1.0:
@@ -71,12 +71,13 @@ def run(args) -> int:
     if not items:
         raise bad_arg("PATH", "no images found (skipped: %d)" % len(skipped), " ".join(args.paths),
                       "Point at run folders (run.json), batch folders (manifest.jsonl) or folders of images.")
+    group_by = ["space", "word_type"] + [g for g in args.group_by if g not in ("space", "word_type")]
+    check_group_fields(items, group_by[2:], words, args.space, not args.no_stem_words)
     try:
         reader = EasyOcrReader(device=args.device)
     except ImportError as e:  # one clear line (the install command), not a traceback
         raise VqclipError(str(e)) from e
     cache = OcrCache(reader.key, args.cache_dir)
-    group_by = ["space", "word_type"] + [g for g in args.group_by if g not in ("space", "word_type")]
     summary = score_paths(items, skipped, out, reader, cache, words, args.thresholds, args.max_distance, group_by,
                           args.space, not args.no_stem_words, args.batch_size, not args.no_progress,
                           extra={"inputs": [str(p) for p in args.paths]}, chart=not args.no_chart)

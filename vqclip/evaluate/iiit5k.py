@@ -100,7 +100,14 @@ def read_iiit5k(path: str | os.PathLike, images_root: str | os.PathLike | None =
     try:
         mat = sio.loadmat(str(path))
     except Exception as e:  # noqa: BLE001 - scipy raises several types for non-.mat or damaged files
-        raise bad_arg("--annotations", "not a readable MATLAB .mat file", str(path), f"({type(e).__name__}: {e})") from e
+        detail = f"{type(e).__name__}: {e}"
+        if "v7.3" in str(e) or "HDF" in str(e):
+            fix = ("MATLAB v7.3 (HDF5) files are not supported: re-save it as v7 (`save('testdata.mat', "
+                   "'testdata', '-v7')` in MATLAB or Octave)")
+        else:
+            fix = ("The file is damaged or not a .mat file: download IIIT5K again and pass its testdata.mat "
+                   "(or the folder holding it)")
+        raise bad_arg("--annotations", "not a readable MATLAB .mat file", str(path), f"{fix} ({detail}).") from e
     table = _struct_array(mat, path)
     root = Path(images_root).expanduser() if images_root else path.parent
     names = set(table.dtype.names)

@@ -7,11 +7,12 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import bad_arg
 from ..io import write_json, write_text
 from .ocr import OcrCache, OcrReader, OcrResult, ocr_images
 from .sources import ImageItem, describe_item
-from .textscore import (DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLDS, bar_chart, markdown_table, score_detections,
-                        summarise)
+from .textscore import (DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLDS, UNKNOWN, bar_chart, group_value, markdown_table,
+                        score_detections, summarise)
 
 OUTPUT_FILES = {"records": "scores.jsonl", "summary": "summary.json", "table": "table.md", "chart": "chart.png"}
 
@@ -27,6 +28,34 @@ def image_record(item: ImageItem, result: OcrResult, info: Mapping[str, Any], th
     rec.update(score_detections(result.detections, info.get("words") or [], thresholds, max_distance))
     rec["meta"] = {k: v for k, v in item.meta.items() if k not in rec}
     return rec
+
+
+def _field_paths(obj: Mapping[str, Any], prefix: str = "", depth: int = 3) -> set[str]:
+    """Dotted paths of the non-empty scalar values in a metadata mapping (`settings.steps`, `seed`, ...)."""
+    out: set[str] = set()
+    for key, value in obj.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            if depth > 1:
+                out |= _field_paths(value, path + ".", depth - 1)
+        elif value is not None and value != "" and not isinstance(value, (list, tuple)):
+            out.add(path)
+    return out
+
+
+def check_group_fields(items: Sequence[ImageItem], fields: Sequence[str],
+                       words: Mapping[str, str | None] | None = None, default_space: str | None = None,
+                       stem_words: bool = True) -> None:
+    """Refuse `--group-by` fields that no image carries (all would land in 'unknown'), before any OCR runs."""
+    records = [{"path": str(it.path), **describe_item(it, words, default_space, stem_words), "meta": it.meta}
+               for it in items]
+    missing = [f for f in fields if all(group_value(r, f) == UNKNOWN for r in records)]
+    if missing:
+        known = sorted(set().union(*(_field_paths({k: v for k, v in r.items() if k != "meta"}) |
+                                     _field_paths(r["meta"]) for r in records)) - {"path"})
+        shown = ", ".join(known[:60]) + (f" and {len(known) - 60} more" if len(known) > 60 else "")
+        raise bad_arg("--group-by", "no image has this metadata field, so every image would land in 'unknown'",
+                      ", ".join(missing), f"Fields these images carry: {shown or '(none)'}.")
 
 
 def score_items(items: Sequence[ImageItem], reader: OcrReader, cache: OcrCache | None = None,

@@ -89,18 +89,25 @@ def _load_annotation(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise bad_arg("--dataset", "the annotation file is not readable JSON", str(path), f"Fix the file ({e}).") from e
+    fix = 'Use {"IMG_1.JPG": {"true object": "cup", "typographic attack label": "good"}, ...}.'
+    kind = type(data).__name__
     if isinstance(data, list):  # the README calls it "a list of files": accept [{file: {...}}, ...] too
         merged: dict[str, Any] = {}
-        for entry in data:
+        for n, entry in enumerate(data):
             if isinstance(entry, Mapping) and "file" in entry:
                 merged[str(entry["file"])] = entry
             elif isinstance(entry, Mapping):
                 merged.update(entry)
+            else:
+                raise bad_arg("--dataset", "a JSON list in the annotation file must hold objects, "
+                              '{"FILE": {...}} or {"file": "FILE", "true object": ..., ...}',
+                              f"{path}: item {n} is a {type(entry).__name__}: {str(entry)[:60]}", fix)
         data = merged
     if not isinstance(data, Mapping):
         raise bad_arg("--dataset", "the annotation file must map file names to {\"true object\", "
-                      "\"typographic attack label\"}", f"{path}: {type(data).__name__}",
-                      'Use {"IMG_1.JPG": {"true object": "cup", "typographic attack label": "good"}, ...}.')
+                      "\"typographic attack label\"}", f"{path}: {kind}", fix)
+    if not data:
+        raise bad_arg("--dataset", "the annotation file lists no images", f"{path}: an empty {kind}", fix)
     return dict(data)
 
 
@@ -255,12 +262,12 @@ def build_synthetic_attacks(source, out_dir: str | os.PathLike, seed: int = 0, s
     for k, i in enumerate(tqdm(indices, desc="synthetic attacks", unit="img", disable=not progress, leave=False)):
         image = source.load(i)
         if image is None:
-            skipped.append({"path": f"{source.name}[{i}]", "reason": "unreadable source image"})
+            skipped.append({"path": source.where(i), "reason": "unreadable source image"})
             continue
         label = classes[source.class_ids[i]]
         wrong = [w for w in pool if w != label]
         if not wrong:
-            skipped.append({"path": f"{source.name}[{i}]", "reason": "no attack word differs from the label"})
+            skipped.append({"path": source.where(i), "reason": "no attack word differs from the label"})
             continue
         word = wrong[item_rng(seed, "attack", i).randrange(len(wrong))]
         clean_name, attack_name = f"images/{k:05d}_clean.png", f"images/{k:05d}_attack.png"

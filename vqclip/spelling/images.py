@@ -64,6 +64,11 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.class_ids)
 
+    def where(self, i: int) -> str:
+        """Where image `i` comes from, for a user to find it: its file path, else `<source name>[i]`."""
+        paths = getattr(self.loader, "paths", None)
+        return str(paths[i]) if paths is not None else f"{self.name}[{i}]"
+
     def load(self, i: int) -> Image.Image | None:
         try:
             image = self.loader(i)
@@ -141,11 +146,12 @@ def _folder_fingerprint(root: Path, files: list[tuple[str, int]]) -> str:
     return h.hexdigest()[:16]
 
 
-def image_folder(root: str | os.PathLike, class_map: str | os.PathLike | Mapping[str, str] | None = None) -> ImageSource:
-    """An ImageNet-layout folder: one sub-folder per class holding its images."""
+def image_folder(root: str | os.PathLike, class_map: str | os.PathLike | Mapping[str, str] | None = None,
+                 arg: str = "--images") -> ImageSource:
+    """An ImageNet-layout folder: one sub-folder per class holding its images; `arg` is the flag that named it."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise bad_arg("--images", "must be an image folder (ROOT/class_name/*.jpg) or a dataset name", str(root),
+        raise bad_arg(arg, "must be an image folder (ROOT/class_name/*.jpg) or a dataset name", str(root),
                       f"Check the path, or use one of: {', '.join(TORCHVISION_DATASETS)}.")
     folders = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     mapping = dict(class_map) if isinstance(class_map, Mapping) else (load_class_map(class_map) if class_map else None)
@@ -168,7 +174,7 @@ def image_folder(root: str | os.PathLike, class_map: str | os.PathLike | Mapping
         loose = [p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         hint = (" The images sit directly in the folder: put them in one sub-folder per class."
                 if loose else "")
-        raise bad_arg("--images", "the folder holds no images in class sub-folders (ROOT/class_name/*.jpg)",
+        raise bad_arg(arg, "the folder holds no images in class sub-folders (ROOT/class_name/*.jpg)",
                       str(root), f"Point it at an ImageNet-layout folder.{hint}")
     name = f"folder:{root.name}#{_folder_fingerprint(root, files)}"
     return ImageSource(name, classes, class_ids, _FileLoader(paths),
@@ -176,21 +182,22 @@ def image_folder(root: str | os.PathLike, class_map: str | os.PathLike | Mapping
                         "class_map": str(class_map) if class_map and not isinstance(class_map, Mapping) else None})
 
 
-def torchvision_dataset(spec: str, root: str | os.PathLike | None = None, download: bool = True) -> ImageSource:
+def torchvision_dataset(spec: str, root: str | os.PathLike | None = None, download: bool = True,
+                        arg: str = "--images") -> ImageSource:
     """`NAME` or `NAME:SPLIT` (e.g. cifar100, cifar100:test, caltech101); downloads into `root` when allowed."""
     from ..cache import cache_dir
 
     name, _, split = spec.lower().partition(":")
     if name == "imagenet":
-        raise bad_arg("--images", "ImageNet cannot be downloaded automatically", spec,
-                      "Download it from image-net.org and pass the train folder (ROOT/n01440764/*.JPEG) as --images.")
+        raise bad_arg(arg, "ImageNet cannot be downloaded automatically", spec,
+                      f"Download it from image-net.org and pass the train folder (ROOT/n01440764/*.JPEG) as {arg}.")
     if name not in TORCHVISION_DATASETS:
-        raise bad_arg("--images", "neither an existing folder nor a known dataset name", spec,
+        raise bad_arg(arg, "neither an existing folder nor a known dataset name", spec,
                       choices_hint([*TORCHVISION_DATASETS, "imagenet"]) + " Or pass an image folder path.")
     cls_name, splits, attr = TORCHVISION_DATASETS[name]
     split = split or "train"
     if split not in splits:
-        raise bad_arg("--images", f"{name} has no split {split!r}", spec, choices_hint(splits))
+        raise bad_arg(arg, f"{name} has no split {split!r}", spec, choices_hint(splits))
     import torchvision.datasets as tvd
 
     root = Path(root).expanduser() if root else cache_dir() / "datasets"
@@ -205,7 +212,7 @@ def torchvision_dataset(spec: str, root: str | os.PathLike | None = None, downlo
             ds = cls(str(target), download=True, **splits[split])
     except Exception as e:  # offline machines fail inside urllib / gdown with many error types
         raise VqclipError(
-            f"--images {spec}: could not load or download torchvision {cls_name} into {target} "
+            f"{arg} {spec}: could not load or download torchvision {cls_name} into {target} "
             f"({type(e).__name__}: {e}). This needs a network connection the first time: run once on a "
             "connected machine (the files are then reused from that folder), or pass an image folder "
             "(ROOT/class_name/*.jpg) instead.") from e
@@ -234,9 +241,9 @@ def _targets(ds) -> list[int]:
 
 
 def open_images(spec: str, class_map: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
-                download: bool = True) -> ImageSource:
-    """`--images`: an existing folder path, or a dataset name (see TORCHVISION_DATASETS)."""
+                download: bool = True, arg: str = "--images") -> ImageSource:
+    """`--images` (or the flag `arg`): an existing folder path, or a dataset name (see TORCHVISION_DATASETS)."""
     path = Path(spec).expanduser()
     if path.exists() or os.sep in spec or spec.startswith("."):
-        return image_folder(path, class_map)
-    return torchvision_dataset(spec, data_root, download)
+        return image_folder(path, class_map, arg)
+    return torchvision_dataset(spec, data_root, download, arg)

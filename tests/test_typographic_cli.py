@@ -17,7 +17,8 @@ def orthonormal(d, D, seed):
     return q.T.contiguous()  # (d, D)
 
 
-def test_cli_compares_spaces_on_an_annotation_set_and_on_synthetic_attacks(tmp_path, tiny_clip, tiny_clip_id):
+def test_cli_compares_spaces_on_an_annotation_set_and_on_synthetic_attacks(tmp_path, tiny_clip, tiny_clip_id,
+                                                                          capsys):
     ds = tmp_path / "photos"
     ds.mkdir()
     entries = {}
@@ -62,7 +63,9 @@ def test_cli_compares_spaces_on_an_annotation_set_and_on_synthetic_attacks(tmp_p
     assert main(args) == 0
     assert (syn / "images" / "00000_attack.png").stat().st_mtime_ns == stamp
     # an explicit space without a projection is a clear error naming the training command
+    capsys.readouterr()
     assert main(["eval", "typographic", "--dataset", str(ds), "--spaces", "clip,learn", *common]) == 2
+    assert f"vqclip train --space learn --clip {tiny_clip_id} " in capsys.readouterr().err  # runnable as printed
 
 
 def test_a_missing_synthetic_source_names_the_synthetic_flag(tmp_path, capsys):

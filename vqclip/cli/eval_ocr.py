@@ -54,7 +54,7 @@ def run(args) -> int:
         raise VqclipError(str(e)) from e
     clip = load_clip_from_args(args)
     spaces = resolve_eval_spaces(clip.identity, clip.embed_dim, split_spaces(args.spaces), args.projection,
-                                 args.cache_dir)
+                                 args.cache_dir, clip_flags=clip.cli_flags())
     report = evaluate_iiit5k(data, clip, spaces, lexicons, args.template, args.batch_size, args.max_images or None,
                              not args.no_progress)
     report["clip"] = clip.describe()

@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.set_defaults(func=run, clip=None, pretrained=None)
 
 
-def _spaces(args, identity: str, embed_dim: int) -> dict:
+def _spaces(args, identity: str, embed_dim: int, clip_flags: str | None = None) -> dict:
     """name -> Space for every space asked for; explicit names must exist, `auto` takes what is cached."""
     from ..spaces import identity_space, load_projection, projection_path, resolve_space
 
@@ -42,14 +42,15 @@ def _spaces(args, identity: str, embed_dim: int) -> dict:
             out["clip"] = identity_space()
             for space in ("learn", "forget"):
                 if projection_path(space, identity, args.cache_dir).is_file():
-                    out[space] = resolve_space(space, identity, embed_dim, cache=args.cache_dir)
+                    out[space] = resolve_space(space, identity, embed_dim, cache=args.cache_dir,
+                                               clip_flags=clip_flags)
         elif name in ("clip", "learn", "forget"):
-            out[name] = resolve_space(name, identity, embed_dim, cache=args.cache_dir)
+            out[name] = resolve_space(name, identity, embed_dim, cache=args.cache_dir, clip_flags=clip_flags)
         else:
             raise bad_arg("--spaces", "unknown space", name, "Use clip, learn, forget or auto.")
     for path in args.projection:
         sp = load_projection(path, None, embed_dim)
-        sp.check_clip(identity, embed_dim)
+        sp.check_clip(identity, embed_dim, clip_flags=clip_flags)
         label = f"{sp.name}:{Path(path).stem}"
         out[label] = sp
     if not out:
@@ -65,7 +66,7 @@ def run(args) -> int:
     holder = {}
 
     def check(clip):  # refuse bad projections before extracting anything
-        holder["spaces"] = _spaces(args, clip.identity, clip.embed_dim)
+        holder["spaces"] = _spaces(args, clip.identity, clip.embed_dim, clip.cli_flags())
 
     features, identity, folder, _ = features_from_args(args, on_clip=check)
     spaces = holder.get("spaces") or _spaces(args, identity, features.embed_dim)

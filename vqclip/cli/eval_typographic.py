@@ -91,7 +91,7 @@ def run(args) -> int:
                                           attack_words=words, progress=progress)
     clip = load_clip_from_args(args)
     spaces = resolve_eval_spaces(clip.identity, clip.embed_dim, split_spaces(args.spaces), args.projection,
-                                 args.cache_dir)
+                                 args.cache_dir, clip_flags=clip.cli_flags())
     report = evaluate_typographic(dataset, clip, spaces, args.template, args.batch_size, progress)
     report["clip"] = clip.describe()
     out = Path(args.out).expanduser() if args.out else Path("outputs") / "eval" / f"typographic-{slug(dataset.name)}"

@@ -92,18 +92,19 @@ def parse_projection_arg(text: str) -> tuple[str | None, Path]:
 
 
 def resolve_eval_spaces(clip_identity: str, embed_dim: int, spaces: Sequence[str] | None = None,
-                        projections: Sequence[str] = (), cache: str | os.PathLike | None = None
-                        ) -> dict[str, Space]:
+                        projections: Sequence[str] = (), cache: str | os.PathLike | None = None,
+                        clip_flags: str | None = None) -> dict[str, Space]:
     """Columns to compare: named spaces (`clip`, and learn/forget from the cache) plus any projection files.
 
     With `spaces` None: clip, every cached learn/forget projection for this CLIP, and the files given.
+    `clip_flags` (`ClipModel.cli_flags()`) make the training hint for a missing projection runnable.
     """
     out: dict[str, Space] = {}
     given: list[tuple[str, Space]] = []
     for text in projections:
         label, path = parse_projection_arg(text)
         sp = load_projection(path, None, embed_dim)
-        sp.check_clip(clip_identity, embed_dim)
+        sp.check_clip(clip_identity, embed_dim, clip_flags=clip_flags)
         given.append((label or sp.name, sp))
     explicit = spaces is not None
     names = list(spaces) if explicit else ["clip", "learn", "forget"]
@@ -118,7 +119,7 @@ def resolve_eval_spaces(clip_identity: str, embed_dim: int, spaces: Sequence[str
         if not explicit and not projection_path(name, clip_identity, cache).is_file():
             log.info("no cached %s projection for %s; leaving it out", name, clip_identity)
             continue
-        out[name] = resolve_space(name, clip_identity, embed_dim, None, cache)
+        out[name] = resolve_space(name, clip_identity, embed_dim, None, cache, clip_flags=clip_flags)
     for label, sp in given:
         key, n = label, 2
         while key in out:

@@ -40,6 +40,7 @@ class ClipTrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.1
     warmup: int = 50
+    caption_positives: bool = True  # identical captions in a batch are positives, not false negatives
     seed: int = 0
 
     def to_dict(self) -> dict:
@@ -52,6 +53,21 @@ def lr_at(step: int, config: ClipTrainConfig) -> float:
         return config.lr * (step + 1) / config.warmup
     progress = (step - config.warmup) / max(1, config.steps - config.warmup)
     return 0.5 * config.lr * (1 + math.cos(math.pi * progress))
+
+
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                     same: torch.Tensor | None = None) -> torch.Tensor:
+    """CLIP's symmetric InfoNCE; with `same` (B, B), every pair sharing a caption is a positive (soft targets).
+
+    A small world repeats captions ("a star") many times per batch; as plain negatives they would push apart
+    exactly the images the model should bring together.
+    """
+    logits = logit_scale * image_features @ text_features.T  # (B, B)
+    if same is None:
+        same = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    target = same.float() / same.float().sum(dim=1, keepdim=True)  # (B, B), rows sum to 1; `same` is symmetric
+    return 0.5 * (torch.sum(-target * logits.log_softmax(dim=1), dim=1).mean()
+                  + torch.sum(-target * logits.T.log_softmax(dim=1), dim=1).mean())
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -82,7 +98,6 @@ def train_small_clip(model_cfg: dict, images: torch.Tensor, captions: list[str],
     mean = torch.tensor(SMALL_PREPROCESS["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(SMALL_PREPROCESS["std"]).view(1, 3, 1, 1)
     opt = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr, betas=(0.9, 0.98), eps=1e-6)
-    loss_fn = open_clip.ClipLoss()
     gen = torch.Generator().manual_seed(config.seed)
     batch_size = min(config.batch_size, len(images))
     order, pos, history = torch.randperm(len(images), generator=gen), 0, []
@@ -98,7 +113,8 @@ def train_small_clip(model_cfg: dict, images: torch.Tensor, captions: list[str],
         x = (images[idx].float() / 255 - mean) / std  # (B, 3, H, W)
         img_f = model.encode_image(x, normalize=True)  # (B, D)
         txt_f = model.encode_text(tokens[idx], normalize=True)  # (B, D)
-        loss = loss_fn(img_f, txt_f, model.logit_scale.exp())
+        same = (tokens[idx][:, None, :] == tokens[idx][None, :, :]).all(-1) if config.caption_positives else None
+        loss = contrastive_loss(img_f, txt_f, model.logit_scale.exp(), same)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -70,6 +70,26 @@ def test_five_tuples_write_another_word_and_split_three_ways():
     assert class_prompt("star") == "an image of a star"
 
 
+def test_labels_go_in_the_band_the_object_left_clear():
+    from vqclip.testbed.world import write_on
+
+    w = World(label_box=0.5)
+    band = max(12, round(w.image_size * w.label_band))
+    for i in range(20):
+        rng = item_rng(0, "label", i)
+        clean, meta = draw_object(w, "star", rng)
+        labelled = write_on(w, clean, "apple", rng, meta)
+        changed = (np.asarray(labelled, np.int16) - np.asarray(clean, np.int16)).any(axis=2)  # (H, W)
+        rows = np.nonzero(changed.any(axis=1))[0]
+        assert len(rows), "the word is drawn"
+        if meta["label_side"] == "top":
+            assert rows.max() < band
+        else:
+            assert rows.min() >= w.image_size - band
+        r, (cx, cy) = meta["radius"], meta["center"]
+        assert (cy < w.image_size / 2) == (meta["label_side"] == "bottom") or r > 0.3 * w.image_size
+
+
 def test_attacks_write_a_different_class_name():
     w = World()
     a = attack_set(w, 36)
@@ -112,7 +132,7 @@ def test_small_clip_rejects_bad_settings():
 
 
 # ---------------------------------------------------------------------------------------------- directions
-def _rows(clip=(0.9, 0.2, 0.6), learn=(0.3, 0.1, 0.7), forget=(0.85, 0.7, 0.05)):
+def _rows(clip=(0.9, 0.2, 0.6), learn=(0.3, 0.1, 0.7), forget=(0.88, 0.7, 0.05)):
     keys = ("clean_accuracy", "attacked_accuracy", "word_retrieval")
     return {name: dict(zip(keys, v)) for name, v in (("clip", clip), ("learn", learn), ("forget", forget))}
 
@@ -121,12 +141,14 @@ def test_directions_pass_and_fail_on_the_numbers():
     from vqclip.testbed.run import Margins, check_directions
 
     assert all(c["passed"] for c in check_directions(_rows(), Margins()))
-    failed = {c["claim"] for c in check_directions(_rows(forget=(0.85, 0.3, 0.05)), Margins()) if not c["passed"]}
+    failed = {c["claim"] for c in check_directions(_rows(forget=(0.88, 0.3, 0.05)), Margins()) if not c["passed"]}
     assert failed == {"forget recovers most of the attack loss"}
     failed = {c["claim"] for c in check_directions(_rows(learn=(0.85, 0.1, 0.4)), Margins()) if not c["passed"]}
     assert failed == {"learn keeps or improves word retrieval", "learn loses object accuracy on clean images"}
     failed = {c["claim"] for c in check_directions(_rows(clip=(0.9, 0.85, 0.6)), Margins()) if not c["passed"]}
     assert "clip reads: attacked accuracy falls well below clean accuracy" in failed
+    failed = {c["claim"] for c in check_directions(_rows(forget=(0.8, 0.7, 0.05)), Margins()) if not c["passed"]}
+    assert failed == {"forget keeps clean accuracy"}
 
 
 def test_cli_rejects_bad_sizes(capsys):
@@ -134,3 +156,54 @@ def test_cli_rejects_bad_sizes(capsys):
 
     assert main(["testbed", "--quick", "--steps", "0", "--out", "unused"]) == 2
     assert "--steps: must be a positive integer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """The reduced testbed, once for the module: world, small CLIP, five-tuples, learn / forget, evaluations."""
+    from vqclip.testbed.run import TestbedConfig, run_testbed
+
+    out = tmp_path_factory.mktemp("testbed")
+    return out, run_testbed(TestbedConfig.quick(seed=0), out, progress=False)
+
+
+def test_quick_testbed_reproduces_the_papers_directions(quick_run):
+    _, result = quick_run
+    failed = [f"{c['claim']}: {c['detail']}" for c in result["checks"] if not c["passed"]]
+    assert not failed, "\n".join(failed)
+    assert result["all_passed"] and len(result["checks"]) == 5
+
+
+def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(quick_run):
+    import json
+
+    from vqclip.models.clip import load_clip
+    from vqclip.spaces import load_projection
+
+    out, result = quick_run
+    clip = load_clip(f"local-dir:{out / 'clip'}", device="cpu")
+    for space, dim in (("learn", 16), ("forget", 64)):  # the presets' d/D = 1/8 and 1/2 of D = 128
+        projection = load_projection(out / f"{space}.safetensors", space, clip.embed_dim)
+        projection.check_clip(clip.identity, clip.embed_dim)
+        assert projection.dim == dim == result["rows"][space]["dim"]
+    assert json.loads((out / "results.json").read_text())["rows"] == result["rows"]
+    report = (out / "results.md").read_text()
+    for space in ("clip", "learn", "forget"):
+        assert f"| {space} |" in report
+    annotation = json.loads((out / "attacks" / "annotation.json").read_text())
+    assert len(annotation) == 2 * result["config"]["n_attacks"]
+    assert all((out / "attacks" / name).is_file() for name in annotation)
+
+
+def test_cli_reuses_the_small_clip_and_reproduces_the_numbers(quick_run, capsys):
+    from vqclip.cli import main
+
+    out, result = quick_run
+    assert main(["testbed", "--quick", "--out", str(out), "--reuse-clip", "--no-progress", "--strict"]) == 0
+    printed = capsys.readouterr().out
+    assert "| forget |" in printed and "FAILED" not in printed
+    import json
+
+    again = json.loads((out / "results.json").read_text())
+    assert again["clip"]["reused"] and again["rows"] == result["rows"]  # same seed, same numbers

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..errors import bad_arg
-from .world import CLASSES, EXTRA_WORDS, World
+from .world import CLASSES, DEFAULT_MIX, EXTRA_WORDS, World
 
 SPACE_ORDER = ("clip", "learn", "forget")
 TYPO_TEMPLATE = "an image of a {}"  # the class prompt of the five-tuples; every class name starts with a consonant
@@ -26,18 +26,25 @@ TYPO_TEMPLATE = "an image of a {}"  # the class prompt of the five-tuples; every
 
 @dataclass
 class Margins:
-    """How far apart numbers must be for a direction to count as reproduced (fractions, not points)."""
+    """How far apart numbers must be for a direction to count as reproduced (fractions, not points).
 
-    reads: float = 0.2  # clip: clean − attacked accuracy at least this
-    forget_recovers: float = 0.5  # forget wins back at least this share of CLIP's attack loss
-    forget_keeps_clean: float = 0.1  # forget's clean accuracy at most this below CLIP's
-    learn_keeps_words: float = 0.05  # learn's word retrieval at most this below CLIP's
-    learn_drops_objects: float = 0.2  # learn's clean object accuracy at least this below CLIP's
+    Chosen after running the quick configuration on several seeds (docs/testbed.md lists every run and the one
+    that misses a margin).
+    """
+
+    reads: float = 0.25  # clip: clean − attacked accuracy at least this
+    forget_recovers: float = 0.5  # forget wins back at least this share ("most") of CLIP's attack loss
+    forget_keeps_clean: float = 0.08  # forget's clean accuracy at most this below CLIP's
+    learn_keeps_words: float = 0.1  # learn's word retrieval (x_t -> y_t) at most this below CLIP's
+    learn_drops_objects: float = 0.15  # learn's clean object accuracy at least this below CLIP's
 
 
-# The reduced world of the test suite: six shapes with short names and short words, so 32-px images stay legible.
+# The reduced world of the test suite: six shapes and fourteen short words, so that 1000 CLIP steps learn them all.
 QUICK_CLASSES = ("star", "moon", "ring", "cross", "heart", "bolt")
 QUICK_WORDS = ("apple", "house", "tiger", "cloud", "lemon", "horse", "bread", "train")
+# Six shapes are learned sooner than twelve: the quick world can show more labelled objects without the model
+# learning to read before it learns to see (then it trusts labels almost entirely; docs/testbed.md).
+QUICK_MIX = {"object": 0.35, "word": 0.2, "labelled": 0.2, "captioned": 0.25}
 
 
 @dataclass
@@ -52,17 +59,22 @@ class TestbedConfig:
     n_nonsense: int = 12
     nonsense_length: tuple[int, int] = (3, 8)
     label_box: float = 0.5
+    object_radius: tuple[float, float] = (0.2, 0.34)
+    label_band: float = 0.35
+    mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))  # shares of the kinds of training pairs
     # small CLIP
     n_pairs: int = 24000
-    clip_steps: int = 1500
+    clip_steps: int = 3000
     clip_batch: int = 128
-    clip_lr: float = 3e-3
-    clip_width: int = 12
+    clip_lr: float = 8e-3
+    clip_warmup: int = 300
+    clip_width: int = 8
+    clip_text_width: int = 32
     embed_dim: int = 128
     # projections (the standard trainer; None takes the preset, with d scaled to this CLIP's D)
-    n_tuples: int = 3000
+    n_tuples: int = 6000
     include_class_words: bool = False  # let the five-tuples write class names (the attack words) too
-    proj_epochs: int = 100
+    proj_epochs: int = 300
     proj_lr: float = 1e-3
     learn_dim: int | None = None
     forget_dim: int | None = None
@@ -75,14 +87,14 @@ class TestbedConfig:
 
     @classmethod
     def quick(cls, seed: int = 0, **overrides) -> "TestbedConfig":
-        """The reduced configuration for the test suite: a 6-class world at 32 px, about a minute on 2 CPU cores."""
-        base = dict(seed=seed, image_size=32, classes=QUICK_CLASSES, extra_words=QUICK_WORDS, n_nonsense=6,
-                    nonsense_length=(3, 5), label_box=0.0, n_pairs=8000, clip_steps=500, n_tuples=1200, n_attacks=240)
+        """The reduced configuration for the test suite: 6 classes, 20 words, 1000 CLIP steps (2.5 min on 2 cores)."""
+        base = dict(seed=seed, classes=QUICK_CLASSES, extra_words=QUICK_WORDS, n_nonsense=6, nonsense_length=(3, 5),
+                    label_box=0.0, mix=QUICK_MIX, n_pairs=8000, clip_steps=1000, n_tuples=3000, n_attacks=240)
         return cls(**{**base, **overrides})
 
     def __post_init__(self):
         self.classes, self.extra_words = tuple(self.classes), tuple(self.extra_words)
-        self.nonsense_length = tuple(self.nonsense_length)
+        self.nonsense_length, self.object_radius = tuple(self.nonsense_length), tuple(self.object_radius)
         if isinstance(self.margins, Mapping):
             self.margins = Margins(**self.margins)
         flags = {"n_pairs": "--pairs", "clip_steps": "--steps", "clip_batch": "clip_batch", "proj_epochs": "--epochs",
@@ -96,18 +108,21 @@ class TestbedConfig:
 
     def world(self) -> World:
         return World(seed=self.seed, image_size=self.image_size, classes=self.classes, extra_words=self.extra_words,
-                     n_nonsense=self.n_nonsense, nonsense_length=self.nonsense_length, label_box=self.label_box)
+                     n_nonsense=self.n_nonsense, nonsense_length=self.nonsense_length, label_box=self.label_box,
+                     object_radius=self.object_radius, label_band=self.label_band, mix=dict(self.mix))
 
     def clip_recipe(self) -> dict:
         """Everything that decides the small CLIP's weights (a saved CLIP is reused only when this matches)."""
-        keys = ("seed", "image_size", "classes", "extra_words", "n_nonsense", "nonsense_length", "label_box", "n_pairs",
-                "clip_steps", "clip_batch", "clip_lr", "clip_width", "embed_dim")
+        keys = ("seed", "image_size", "classes", "extra_words", "n_nonsense", "nonsense_length", "label_box",
+                "object_radius", "label_band", "mix", "n_pairs",
+                "clip_steps", "clip_batch", "clip_lr", "clip_warmup", "clip_width",
+                "clip_text_width", "embed_dim")
         d = self.to_dict()
         return {k: d[k] for k in keys}
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for k in ("classes", "extra_words", "nonsense_length"):
+        for k in ("classes", "extra_words", "nonsense_length", "object_radius"):
             d[k] = list(d[k])
         return d
 
@@ -137,9 +152,10 @@ def train_clip_stage(world: World, config: TestbedConfig, out: Path, progress: b
     with _bar(config.n_pairs, "world: training pairs", progress) as bar:
         images, captions, kinds = training_set(world, config.n_pairs, progress=bar.update)
     gen_seconds = time.perf_counter() - start
-    model_cfg = small_clip_config(image_size=config.image_size, embed_dim=config.embed_dim, width=config.clip_width)
+    model_cfg = small_clip_config(image_size=config.image_size, embed_dim=config.embed_dim, width=config.clip_width,
+                                  text_width=config.clip_text_width)
     train_cfg = ClipTrainConfig(steps=config.clip_steps, batch_size=config.clip_batch, lr=config.clip_lr,
-                                seed=config.seed)
+                                warmup=config.clip_warmup, seed=config.seed)
     with _bar(config.clip_steps, "small CLIP: contrastive training", progress) as bar:
         def on_step(rec):
             bar.update(1)
@@ -263,6 +279,7 @@ def measure(clip, spaces: Mapping[str, Any], features, attack_folder: Path, prog
             "word_retrieval_real": ret["x_t->y_t"]["real"],
             "word_retrieval_nonsense": ret["x_t->y_t"]["nonsense"],
             "string_to_image": ret["y_t->x_t"]["all"],
+            "word_on_object": ret["x_it->y_t"]["all"],
             "tuple_class_accuracy": ret["class(x_i)"]["all"],
             "visual_comprehension": ret.get("visual_comprehension", {}).get("image_only"),
         }
@@ -305,8 +322,9 @@ def check_directions(rows: Mapping[str, Mapping[str, float]], margins: Margins) 
 
 
 COLUMNS = (("clean_accuracy", "clean acc."), ("attacked_accuracy", "attacked acc."),
-           ("attack_win_rate", "attack word wins"), ("word_retrieval", "word retrieval"),
-           ("word_retrieval_real", "(real)"), ("word_retrieval_nonsense", "(nonsense)"))
+           ("attack_win_rate", "attack word wins"), ("word_retrieval", "word retrieval x_t→y_t"),
+           ("word_retrieval_real", "(real)"), ("word_retrieval_nonsense", "(nonsense)"),
+           ("string_to_image", "y_t→x_t"), ("word_on_object", "x_it→y_t"))
 
 
 def _pct(v) -> str:

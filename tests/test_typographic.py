@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -143,7 +144,7 @@ def test_synthetic_attacks_write_a_wrong_word_reproducibly(tmp_path):
     im = Image.open(attacked[0].path)
     assert im.size == (32, 32)
     clean = Image.open(attacked[0].path.with_name(attacked[0].path.name.replace("_attack", "_clean")))
-    assert list(im.getdata()) != list(clean.getdata())  # the word is really drawn
+    assert (np.asarray(im) != np.asarray(clean)).any()  # the word is really drawn
     # same recipe -> same words and pixels; rebuilding elsewhere matches, another seed differs
     again = build_synthetic_attacks(image_folder(src), tmp_path / "syn2", seed=3, size=32, style=style,
                                     progress=False)

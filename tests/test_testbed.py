@@ -156,6 +156,15 @@ def test_cli_rejects_bad_sizes(capsys):
 
     assert main(["testbed", "--quick", "--steps", "0", "--out", "unused"]) == 2
     assert "--steps: must be a positive integer" in capsys.readouterr().err
+    assert main(["testbed", "--quick", "--seed", "-1", "--out", "unused"]) == 2
+    assert "--seed: a seed must be a whole number from 0" in capsys.readouterr().err
+    # projection settings are checked before the CLIP trains, under the testbed's own flag names
+    assert main(["testbed", "--quick", "--learn-weights", "L9=1", "--out", "unused"]) == 2
+    assert "--learn-weights: unknown loss term; got 'L9'" in capsys.readouterr().err
+    assert main(["testbed", "--quick", "--forget-dim", "999", "--out", "unused"]) == 2
+    assert "--forget-dim: must be between 1 and the CLIP embedding size D=128; got 999" in capsys.readouterr().err
+    assert main(["testbed", "--quick", "--proj-lr", "0", "--out", "unused"]) == 2
+    assert "--proj-lr: the learning rate must be a positive number" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- end to end

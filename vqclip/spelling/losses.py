@@ -143,7 +143,7 @@ def parse_weights(text: str | Mapping[str, float], arg: str = "--weights") -> di
             m = re.fullmatch(r"(\w+)\s*=\s*([-+]?[0-9.]+(?:e[-+]?\d+)?)", part)
             if not m:
                 raise bad_arg(arg, "must be TERM=WEIGHT pairs separated by commas", text,
-                              "For example --weights L1=-1,L3=1,L4=1,L5=1 (or full-learn / full-forget).")
+                              f"For example {arg} L1=-1,L3=1,L4=1,L5=1 (or full-learn / full-forget).")
             items.append((m.group(1), m.group(2)))
     weights = {}
     for term, value in items:
@@ -160,8 +160,13 @@ def parse_weights(text: str | Mapping[str, float], arg: str = "--weights") -> di
 
 
 def resolve_preset(space: str, dim: int | None = None, weights: str | Mapping[str, float] | None = None,
-                   gamma: float | None = None, embed_dim: int | None = None) -> dict:
-    """The preset for `space` with any of dim, weights, gamma overridden; validates d in 1..D."""
+                   gamma: float | None = None, embed_dim: int | None = None,
+                   flags: Mapping[str, str] | None = None) -> dict:
+    """The preset for `space` with any of dim, weights, gamma overridden; validates d in 1..D.
+
+    `flags` renames the options errors blame, for commands that spell them differently (`{"dim": "--learn-dim"}`).
+    """
+    flag = {"dim": "--dim", "weights": "--weights", "gamma": "--gamma", **(flags or {})}
     if space not in PRESETS:
         raise bad_arg("--space", "training makes a learn or forget projection", space, choices_hint(PRESETS))
     preset = PRESETS[space]
@@ -170,10 +175,10 @@ def resolve_preset(space: str, dim: int | None = None, weights: str | Mapping[st
         # Smaller CLIPs than ViT-B/32 keep the paper's ratio d/D (1/8 learn, 1/2 forget) rather than d >= D.
         d = max(1, round(d * embed_dim / 512))
     if d < 1 or (embed_dim is not None and d > embed_dim):
-        raise bad_arg("--dim", f"must be between 1 and the CLIP embedding size D={embed_dim}", d,
+        raise bad_arg(flag["dim"], f"must be between 1 and the CLIP embedding size D={embed_dim}", d,
                       "At d = D a projection is only a rotation; the paper used 64 (learn) and 256 (forget).")
     g = float(preset["gamma"] if gamma is None else gamma)
     if g < 0:
-        raise bad_arg("--gamma", "must be >= 0", g, "Use e.g. 1.0 (0 switches the orthogonality penalty off).")
-    w = dict(preset["weights"]) if weights is None else parse_weights(weights)
+        raise bad_arg(flag["gamma"], "must be >= 0", g, "Use e.g. 1.0 (0 switches the orthogonality penalty off).")
+    w = dict(preset["weights"]) if weights is None else parse_weights(weights, flag["weights"])
     return {"space": space, "dim": d, "weights": w, "gamma": g}

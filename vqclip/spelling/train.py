@@ -109,21 +109,26 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
 
-    def check(self) -> "TrainConfig":
-        """Refuse settings that cannot train, before any image is read or feature extracted."""
+    def check(self, flags: Mapping[str, str] | None = None) -> "TrainConfig":
+        """Refuse settings that cannot train, before any image is read or feature extracted.
+
+        `flags` renames the options errors blame (field -> flag, e.g. `{"lr": "--proj-lr"}`).
+        """
+        flag = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "step_size": "--step-size",
+                "lr_decay": "--lr-decay", "seed": "--seed", **(flags or {})}
         if self.epochs < 1:
-            raise bad_arg("--epochs", "must be at least 1", self.epochs, "Use e.g. 30.")
+            raise bad_arg(flag["epochs"], "must be at least 1", self.epochs, "Use e.g. 30.")
         if self.batch_size < 2:
-            raise bad_arg("--batch-size", "must be at least 2 for a contrastive loss", self.batch_size,
+            raise bad_arg(flag["batch_size"], "must be at least 2 for a contrastive loss", self.batch_size,
                           "Use e.g. 128.")
         if not (math.isfinite(self.lr) and self.lr > 0):
-            raise bad_arg("--lr", "the learning rate must be a positive number", self.lr, "Use e.g. 1e-4.")
+            raise bad_arg(flag["lr"], "the learning rate must be a positive number", self.lr, "Use e.g. 1e-4.")
         if self.step_size < 1:
-            raise bad_arg("--step-size", "the StepLR period must be at least 1 step", self.step_size,
+            raise bad_arg(flag["step_size"], "the StepLR period must be at least 1 step", self.step_size,
                           "Use e.g. 4000.")
         if not (0 < self.lr_decay <= 1):
-            raise bad_arg("--lr-decay", "the StepLR factor must be in (0, 1]", self.lr_decay, "Use e.g. 0.5.")
-        check_seed(self.seed)
+            raise bad_arg(flag["lr_decay"], "the StepLR factor must be in (0, 1]", self.lr_decay, "Use e.g. 0.5.")
+        check_seed(self.seed, flag["seed"])
         return self
 
     def to_dict(self) -> dict:

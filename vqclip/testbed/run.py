@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..errors import VqclipError, bad_arg, check_seed
+from ..errors import bad_arg
 from .world import CLASSES, DEFAULT_MIX, EXTRA_WORDS, World
 
 SPACE_ORDER = ("clip", "learn", "forget")
@@ -97,9 +97,7 @@ class TestbedConfig:
         self.nonsense_length, self.object_radius = tuple(self.nonsense_length), tuple(self.object_radius)
         if isinstance(self.margins, Mapping):
             self.margins = Margins(**self.margins)
-        check_seed(self.seed)
-        flags = {"n_pairs": "--pairs", "clip_steps": "--steps", "clip_batch": "clip_batch", "proj_epochs": "--epochs",
-                 "n_attacks": "--attacks"}
+        flags = {"n_pairs": "--pairs", "clip_steps": "--steps", "clip_batch": "clip_batch", "n_attacks": "--attacks"}
         for name, flag in flags.items():
             if int(getattr(self, name)) < 1:
                 raise bad_arg(flag, "must be a positive integer", getattr(self, name), "Use the defaults or --quick.")
@@ -109,22 +107,16 @@ class TestbedConfig:
         self.check_projection_settings()
 
     def check_projection_settings(self) -> None:
-        """The trainer's own checks, up front (not after minutes of CLIP training), under the testbed's flags."""
+        """The trainer's own checks (epochs, lr, seed, d, weights, gamma) up front, not after minutes of CLIP
+        training, under the testbed's flag names."""
         from ..spelling.losses import resolve_preset
         from ..spelling.train import TrainConfig
 
+        TrainConfig(epochs=self.proj_epochs, lr=self.proj_lr, seed=self.seed).check({"lr": "--proj-lr"})
         for space, dim, weights in (("learn", self.learn_dim, self.learn_weights),
                                     ("forget", self.forget_dim, self.forget_weights)):
-            renamed = {"--dim": f"--{space}-dim", "--weights": f"--{space}-weights", "--lr": "--proj-lr"}
-            try:
-                TrainConfig(space=space, epochs=self.proj_epochs, lr=self.proj_lr, seed=self.seed).check()
-                resolve_preset(space, dim, weights, self.gamma, self.embed_dim)
-            except VqclipError as e:
-                if e.arg not in renamed:
-                    raise
-                error = VqclipError(str(e).replace(e.arg, renamed[e.arg]))
-                error.arg = renamed[e.arg]
-                raise error from None
+            resolve_preset(space, dim, weights, self.gamma, self.embed_dim,
+                           flags={"dim": f"--{space}-dim", "weights": f"--{space}-weights"})
 
     def world(self) -> World:
         return World(seed=self.seed, image_size=self.image_size, classes=self.classes, extra_words=self.extra_words,

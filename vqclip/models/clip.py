@@ -20,6 +20,7 @@ DEFAULT_CLIP = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 LOCAL_DIR = "local-dir:"
 HF_HUB = "hf-hub:"
+QUICKGELU_SUFFIX = "-quickgelu"
 
 
 def _dir_fingerprint(path: Path) -> str:
@@ -38,6 +39,45 @@ def _dir_fingerprint(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _tag_cfg(name: str, pretrained: str | None) -> dict:
+    """open_clip's pretrained config of (model name, tag), or {} for a file, a schema model or no weights."""
+    import open_clip
+
+    if not pretrained or name.startswith((LOCAL_DIR, HF_HUB)):
+        return {}
+    return dict(open_clip.get_pretrained_cfg(name.replace("/", "-"), pretrained) or {})
+
+
+def canonical_name(name: str, pretrained: str | None) -> str:
+    """`ViT-B-32-quickgelu` with a tag that `ViT-B-32` carries with QuickGELU builds the same model: `ViT-B-32`.
+
+    Both spellings then share one identity, so projections and feature caches are found either way.
+    """
+    base = name[:-len(QUICKGELU_SUFFIX)] if name.endswith(QUICKGELU_SUFFIX) else None
+    if base and pretrained and _tag_cfg(base, pretrained).get("quick_gelu", False):
+        return base
+    return name
+
+
+def tag_build_kwargs(name: str, pretrained: str | None) -> dict:
+    """`open_clip.create_model` keyword arguments that build `name` with the activation its pretrained tag needs.
+
+    OpenAI's weights (and some others) were trained with QuickGELU, which open_clip's plain configs such as
+    `ViT-B-32` do not use: the tag's own `quick_gelu` flag decides, as its `-quickgelu` model name would.
+    A weights file or a schema model (`hf-hub:`, `local-dir:`) carries its own config: nothing to add.
+    """
+    from open_clip.factory import get_model_config
+
+    tag = _tag_cfg(name, pretrained)
+    if not tag:
+        return {}
+    wanted = bool(tag.get("quick_gelu", False))
+    configured = bool((get_model_config(name.replace("/", "-")) or {}).get("quick_gelu", False))
+    if wanted == configured:
+        return {}
+    return {"force_quick_gelu": True} if wanted else {"quick_gelu": False}  # the latter: a model kwarg, which wins
+
+
 def clip_identity(name: str, pretrained: str | None) -> str:
     """The stable identity string that projections record: `NAME/TAG`, `hf-hub:ORG/REPO` or a content hash."""
     if name.startswith(HF_HUB):
@@ -45,11 +85,11 @@ def clip_identity(name: str, pretrained: str | None) -> str:
     if name.startswith(LOCAL_DIR):
         path = Path(name[len(LOCAL_DIR):]).expanduser()
         return f"local-dir:{path.name}#{_dir_fingerprint(path)}"
-    if pretrained and os.path.isfile(pretrained):
+    if pretrained and not _tag_cfg(name, pretrained) and os.path.isfile(pretrained):
         with open(pretrained, "rb") as f:
             head = hashlib.sha256(f.read(1 << 20)).hexdigest()[:16]
         return f"{name}/file#{head}"
-    return f"{name}/{pretrained or 'random'}"
+    return f"{canonical_name(name, pretrained)}/{pretrained or 'random'}"
 
 
 def _user_weights(name: str, pretrained: str | None) -> tuple[str, str] | None:
@@ -126,6 +166,7 @@ class ClipModel(nn.Module):
         self.tokenizer = tokenizer
         self.identity = identity
         self.source = source  # (name, pretrained) as the user gave them; the identity keeps only a hash of paths
+        self.quick_gelu = uses_quick_gelu(model)
         self.device = device
         self.precision = precision
         cfg = open_clip.get_model_preprocess_cfg(model)
@@ -171,7 +212,28 @@ class ClipModel(nn.Module):
 
     def describe(self) -> dict:
         return {"identity": self.identity, "embed_dim": self.embed_dim, "input_size": list(self.input_size),
-                "mean": list(self.mean), "std": list(self.std), "precision": self.precision}
+                "mean": list(self.mean), "std": list(self.std), "precision": self.precision,
+                "quick_gelu": self.quick_gelu}
+
+
+def create_open_clip(name: str, pretrained: str | None, **kwargs) -> nn.Module:
+    """`open_clip.create_model`, built with the activation the pretrained tag was trained with."""
+    import warnings
+
+    import open_clip
+
+    build = tag_build_kwargs(name, pretrained)
+    with warnings.catch_warnings():
+        if build.get("quick_gelu") is False:  # open_clip checks its config before our override: not a mismatch
+            warnings.filterwarnings("ignore", message="QuickGELU mismatch", category=UserWarning)
+        return open_clip.create_model(name, pretrained=pretrained, **build, **kwargs)
+
+
+def uses_quick_gelu(model: nn.Module) -> bool:
+    """Whether the built model's transformer blocks use QuickGELU (recorded with runs and feature caches)."""
+    from open_clip.transformer import QuickGELU
+
+    return any(isinstance(m, QuickGELU) for m in model.modules())
 
 
 def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, device: str = "auto",
@@ -191,7 +253,7 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
     _validate_identifier(name, pretrained)
     try:
         logging.disable(logging.ERROR)  # open_clip logs the failure before raising it; we re-raise it once
-        model = open_clip.create_model(name, pretrained=pretrained, device=dev, cache_dir=cache_dir)
+        model = create_open_clip(name, pretrained, device=dev, cache_dir=cache_dir)
     except Exception as e:
         user_file = _user_weights(name, pretrained)
         if user_file is None and not isinstance(e, (RuntimeError, OSError, ValueError)):

@@ -82,6 +82,13 @@ def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
     if old.get("clip_model") != meta["clip_model"] or old.get("embed_dim") != meta["embed_dim"]:
         raise bad_arg("--features", f"the cache folder holds features of CLIP {old.get('clip_model')!r}",
                       meta["clip_model"], f"Use another folder or remove {folder}.")
+    built = meta.get("clip_quick_gelu")
+    if built is not None and bool(old.get("clip_quick_gelu", False)) != built:
+        # Before vqclip followed the pretrained tag, OpenAI weights were built with GELU: other features.
+        raise bad_arg("--features", f"the cache folder holds features of CLIP {meta['clip_model']!r} built "
+                      f"{'without' if built else 'with'} QuickGELU, which its pretrained tag "
+                      f"{'needs' if built else 'does not use'}", str(folder),
+                      f"Remove {folder} so the features are extracted again with the right model.")
     if old.get("recipe_key") != meta["recipe_key"]:
         raise bad_arg("--features", "the cache folder holds features of another data recipe",
                       f"{old.get('recipe_key')} != {meta['recipe_key']}", f"Use another folder or remove {folder}.")
@@ -137,7 +144,8 @@ def extract_features(clip, dataset: SpellingDataset, out: str | Path | None = No
                       (batch_size, shard_size, num_workers), "Use e.g. 64, 4096, 4.")
     folder = Path(out) if out else feature_dir(clip.identity, dataset, cache)
     n, dim = len(dataset), clip.embed_dim
-    meta = {"format": FORMAT, "clip_model": clip.identity, "embed_dim": dim, "recipe_key": dataset.key(),
+    meta = {"format": FORMAT, "clip_model": clip.identity, "clip_quick_gelu": getattr(clip, "quick_gelu", None),
+            "embed_dim": dim, "recipe_key": dataset.key(),
             "recipe": dataset.recipe(), "tuples": n, "shard_size": shard_size, "classes": dataset.classes,
             "prompts": dataset.prompts, "split_sizes": dataset.split_sizes(), "vqclip_version": __version__,
             "complete": False}

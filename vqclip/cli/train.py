@@ -28,10 +28,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("natural images and words")
     g.add_argument("--images", metavar="PATH_OR_NAME",
-                   help="an image folder ROOT/class_name/*.jpg (ImageNet layout) or a torchvision dataset that "
-                        f"downloads itself: {', '.join(TORCHVISION_DATASETS)} (NAME:test for another split). "
-                        "ImageNet cannot download itself: pass its train folder (ROOT/n01440764/*.JPEG), whose "
-                        "folder ids become class names")
+                   help="an image folder ROOT/class_name/*.jpg (ImageNet layout), imagenetv2 (the default: "
+                        "ImageNetV2 matched-frequency, 1000 classes x 10 images, ~1.26 GB, downloaded once), or a "
+                        f"torchvision dataset that downloads itself: {', '.join(TORCHVISION_DATASETS)} (NAME:test "
+                        "for another split). ImageNet cannot download itself: pass its train folder "
+                        "(ROOT/n01440764/*.JPEG), whose folder ids become class names")
     g.add_argument("--class-map", metavar="FILE",
                    help="map folder names (e.g. n01440764) to class names: JSON {id: name} or lines 'id name'")
     g.add_argument("--data-root", metavar="DIR", help="where torchvision datasets are kept (default <cache>/datasets)")
@@ -124,14 +125,15 @@ def features_from_args(args, clip=None, on_clip=None):
         dtype = torch.float16 if meta["tuples"] * meta["embed_dim"] > 50_000_000 else torch.float32
         return load_features(args.features, meta["clip_model"], dtype=dtype), meta["clip_model"], \
             Path(args.features), 0.0
-    if not args.images:
-        raise bad_arg("--images", "is required (or pass --features DIR)", None,
-                      "Give an image folder ROOT/class_name/*.jpg or a dataset name such as cifar100.")
     from ..spelling.dataset import build_dataset
     from ..spelling.images import open_images
+    from ..spelling.sources import DEFAULT_IMAGES, download_note
 
     config, style = _data_config(args), _style_from_args(args)  # validate before loading anything heavy
-    source = open_images(args.images, args.class_map, args.data_root or _default_data_root(args))
+    if not args.images and not args.no_progress:
+        print(f"no --images: training on ImageNetV2 matched-frequency ({download_note(args.cache_dir, args.data_root)})",
+              file=sys.stderr)
+    source = open_images(args.images or DEFAULT_IMAGES, args.class_map, args.data_root or _default_data_root(args))
     clip = clip or load_clip_args(args)
     if on_clip:
         on_clip(clip)

@@ -132,11 +132,9 @@ def _imagenet_names(folders: list[str]) -> dict[str, str] | None:
     """A full ImageNet-1k folder of WordNet ids, sorted, gets open_clip's cleaned class names."""
     if len(folders) != 1000 or not all(WNID.fullmatch(f) for f in folders):
         return None
-    try:
-        from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
-    except ImportError:
-        return None
-    return dict(zip(sorted(folders), IMAGENET_CLASSNAMES))
+    from .sources import imagenet_class_names
+
+    return dict(zip(sorted(folders), imagenet_class_names()))
 
 
 def _folder_fingerprint(root: Path, files: list[tuple[str, int]]) -> str:
@@ -193,7 +191,7 @@ def torchvision_dataset(spec: str, root: str | os.PathLike | None = None, downlo
                       f"Download it from image-net.org and pass the train folder (ROOT/n01440764/*.JPEG) as {arg}.")
     if name not in TORCHVISION_DATASETS:
         raise bad_arg(arg, "neither an existing folder nor a known dataset name", spec,
-                      choices_hint([*TORCHVISION_DATASETS, "imagenet"]) + " Or pass an image folder path.")
+                      choices_hint([*TORCHVISION_DATASETS, "imagenet", "imagenetv2"]) + " Or pass an image folder path.")
     cls_name, splits, attr = TORCHVISION_DATASETS[name]
     split = split or "train"
     if split not in splits:
@@ -242,8 +240,16 @@ def _targets(ds) -> list[int]:
 
 def open_images(spec: str, class_map: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
                 download: bool = True, arg: str = "--images") -> ImageSource:
-    """`--images` (or the flag `arg`): an existing folder path, or a dataset name (see TORCHVISION_DATASETS)."""
+    """`--images` (or the flag `arg`): an existing folder path, `imagenetv2` (fetched on first use, see
+    sources.py), or a torchvision dataset name (see TORCHVISION_DATASETS)."""
+    from .sources import NAMES, imagenetv2_source
+
     path = Path(spec).expanduser()
     if path.exists() or os.sep in spec or spec.startswith("."):
         return image_folder(path, class_map, arg)
+    if spec.lower() in NAMES:
+        if class_map:
+            raise bad_arg("--class-map", "ImageNetV2 brings its own class names", str(class_map),
+                          "Leave --class-map out (it is for image folders).")
+        return imagenetv2_source(data_root, download=download, arg=arg)
     return torchvision_dataset(spec, data_root, download, arg)

@@ -46,3 +46,16 @@ def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own empty vqclip cache."""
     monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _no_drive_downloads(request, monkeypatch):
+    """Tests never reach Google Drive: the default folder fetcher fails as on an offline machine (slow tests aside)."""
+    if "slow" in request.keywords:
+        return
+    from vqclip.models import registry
+
+    def offline(url, output, progress):
+        raise OSError(f"Failed to resolve 'drive.google.com' (network disabled in tests; {url})")
+
+    monkeypatch.setattr(registry, "gdown_folder", offline)

@@ -35,7 +35,7 @@ def test_list_shows_every_model_size_hash_and_cache_state(capsys, tmp_path):
 
 def test_list_reflects_the_cache(capsys, fake_registry):
     assert main(["models", "list", "--json"]) == 0
-    (row,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    (row,) = [r for r in map(json.loads, capsys.readouterr().out.splitlines()) if r["type"] == "vqgan"]
     assert row["name"] == "tiny_vq" and row["status"] == "not cached" and row["verification"] == "sha256"
     assert main(["models", "download", "tiny_vq", "--quiet", "--remove-original"]) == 0
     out = capsys.readouterr().out
@@ -49,7 +49,7 @@ def test_list_reflects_the_cache(capsys, fake_registry):
 def test_download_unknown_name_lists_valid_ones_and_fetches_nothing(capsys, fake_registry):
     assert main(["models", "download", "tiny_vq", "tiny_vk", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "NAME: not a known VQGAN name; got 'tiny_vk'" in err and "tiny_vq" in err
+    assert "NAME: not a known VQGAN or projection name; got 'tiny_vk'" in err and "tiny_vq" in err
     assert not converted_path("tiny_vq").exists()
 
 

@@ -97,7 +97,40 @@ def train_command(space: str, clip_identity: str, clip_flags: str | None = None,
         else:
             clip_flags = f"--clip {shlex.quote(name)} --pretrained {shlex.quote(tag)}"
     where = f" --cache-dir {shlex.quote(str(cache))}" if cache is not None else ""
-    return f"vqclip train --space {space} {clip_flags}{where} --images IMAGE_FOLDER_OR_DATASET"
+    return f"vqclip train --space {space} {clip_flags}{where}"  # images: the default public training set
+
+
+class MissingProjection(VqclipError):
+    """No learn/forget projection for a CLIP: none in the cache, and none registered or the registered one failed.
+
+    The message gives the `vqclip train` command that makes one; `explained` adds what it costs here.
+    """
+
+    def __init__(self, space: str, clip_identity: str, path: Path, reason: str, clip_flags: str | None = None,
+                 cache: str | os.PathLike | None = None, projection_arg: str = "--projection",
+                 cost: str | None = None, alternative: str | None = None):
+        self.space, self.clip_identity, self.path, self.reason = space, clip_identity, path, reason
+        self.clip_flags, self.cache, self.projection_arg = clip_flags, cache, projection_arg
+        self.cost, self.alternative = cost, alternative
+        super().__init__(self._message())
+        self.arg = "--space"
+
+    def train_command(self) -> str:
+        return train_command(self.space, self.clip_identity, self.clip_flags, self.cache)
+
+    def _message(self) -> str:
+        from .spelling.sources import download_note
+
+        cost = self.cost or download_note(self.cache)
+        alternative = f"; or {self.alternative}" if self.alternative else ""
+        return (f"--space {self.space}: no {self.space} projection for CLIP {self.clip_identity!r} in the cache "
+                f"({self.path}); {self.reason}. Train one with: {self.train_command()}  — {cost}{alternative}; "
+                f"or pass a file with {self.projection_arg} PATH.")
+
+    def explained(self, cost: str | None = None, alternative: str | None = None) -> "MissingProjection":
+        """The same error with what training costs on this machine and another way out (e.g. --auto-train)."""
+        return MissingProjection(self.space, self.clip_identity, self.path, self.reason, self.clip_flags,
+                                 self.cache, self.projection_arg, cost or self.cost, alternative or self.alternative)
 
 
 def projection_path(space: str, clip_identity: str, root: str | os.PathLike | None = None) -> Path:
@@ -196,14 +229,42 @@ def _find_matrix(obj: Any, path: Path, arg: str = "--projection") -> torch.Tenso
                   "The file should hold a tensor W (d x D or D x d) or {'W': tensor}.")
 
 
+def cached_or_registered(space: str, clip_identity: str, cache: str | os.PathLike | None = None, *,
+                         download: bool = True, progress: bool = True, clip_flags: str | None = None,
+                         projection_arg: str = "--projection") -> Path:
+    """The projection file for (space, CLIP): the one in the cache, else the registered one fetched on first use.
+
+    Raises MissingProjection when there is neither, or when the registered one cannot be had.
+    """
+    from .models.registry import PROJECTION_ASSETS, ensure_projection, registered_projection
+
+    path = projection_path(space, clip_identity, cache)
+    if path.is_file():
+        return path
+    asset = registered_projection(clip_identity, space)
+    if asset is None:
+        known = sorted({a.clip_model for a in PROJECTION_ASSETS.values()})
+        reason = f"none is registered for this CLIP (the paper's released ones are for {', '.join(known)})"
+        raise MissingProjection(space, clip_identity, path, reason, clip_flags, cache, projection_arg)
+    try:
+        return ensure_projection(asset, cache, download=download, progress=progress)
+    except VqclipError as e:
+        text = str(e)
+        text = text[len(e.arg) + 2:] if e.arg and text.startswith(f"{e.arg}: ") else text.rstrip(".")
+        reason = getattr(e, "short", None) or f"the paper's released one cannot be used ({text})"
+        raise MissingProjection(space, clip_identity, path, reason, clip_flags, cache, projection_arg) from None
+
+
 def resolve_space(space: str | None, clip_identity: str, embed_dim: int,
                   projection: str | os.PathLike | None = None, cache: str | os.PathLike | None = None, *,
-                  clip_flags: str | None = None, projection_arg: str = "--projection") -> Space:
-    """The space to optimise in: identity for `clip`, else `projection` or the cached one for this CLIP.
+                  clip_flags: str | None = None, projection_arg: str = "--projection", download: bool = True,
+                  progress: bool = True) -> Space:
+    """The space to optimise in: identity for `clip`, else `projection` or the cached (or registered) one.
 
     `space` None means "not chosen": the projection file's own space, or `clip` without a file. An explicit
     `clip` with a projection file is refused rather than silently using (or ignoring) the file. `clip_flags`
-    and `projection_arg` make the hints name the flags of the command being run.
+    and `projection_arg` make the hints name the flags of the command being run. A registered projection (the
+    paper's, for ViT-B-32/openai) is downloaded and converted on first use unless `download` is False.
     """
     if space is None:
         if projection is None:
@@ -220,13 +281,8 @@ def resolve_space(space: str | None, clip_identity: str, embed_dim: int,
                           f"Leave --space out to use the file's own space, or drop {projection_arg}.")
         return identity_space()
     if projection is None:
-        path = projection_path(space, clip_identity, cache)
-        if not path.is_file():
-            raise VqclipError(
-                f"--space {space}: no {space} projection for CLIP {clip_identity!r} in the cache ({path}). "
-                f"Train one with: {train_command(space, clip_identity, clip_flags, cache)}  — or pass a file with "
-                f"{projection_arg} PATH.")
-        projection = path
+        projection = cached_or_registered(space, clip_identity, cache, download=download, progress=progress,
+                                          clip_flags=clip_flags, projection_arg=projection_arg)
     sp = load_projection(projection, space, embed_dim, projection_arg)
     sp.check_clip(clip_identity, embed_dim, projection_arg, clip_flags)
     return sp

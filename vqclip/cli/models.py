@@ -1,4 +1,4 @@
-"""`vqclip models {list,download,convert}`: the registry of named VQGAN checkpoints and the local cache."""
+"""`vqclip models {list,download,convert}`: the registry of named VQGAN checkpoints and projections, and the cache."""
 
 from __future__ import annotations
 
@@ -10,21 +10,27 @@ from .common import add_cache_arg
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="list, download and convert VQGAN checkpoints",
-                       description="Named VQGAN checkpoints: list them with their cache status, download "
-                                   "(verified, resumable) and convert taming checkpoints to pickle-free .safetensors.")
+    p = sub.add_parser("models", help="list, download and convert VQGAN checkpoints and registered projections",
+                       description="Named VQGAN checkpoints and the paper's released learn/forget projections: list "
+                                   "them with their cache status, download them (verified; VQGAN downloads resume) "
+                                   "and convert them to pickle-free .safetensors.")
     models = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
-    ls = models.add_parser("list", help="registered models, sizes, verification and cache status")
+    ls = models.add_parser("list", help="registered models and projections, sizes, verification and cache status")
     add_cache_arg(ls)
-    ls.add_argument("--json", action="store_true", help="print one JSON object per model instead of a table")
+    ls.add_argument("--json", action="store_true",
+                    help="print one JSON object per model and projection (with \"type\": vqgan or projection) instead of tables")
     ls.set_defaults(func=cmd_list)
 
-    dl = models.add_parser("download", help="download, verify and convert registered models",
+    dl = models.add_parser("download", help="download, verify and convert registered models and projections",
                            description="Download a registered model's config and checkpoint (resuming a partial "
                                        "download), verify them, and convert the checkpoint to .safetensors. Files "
-                                       "already in the cache (e.g. copied in by hand) are verified, not fetched.")
-    dl.add_argument("names", nargs="+", metavar="NAME", help="registered model name(s); see `vqclip models list`")
+                                       "already in the cache (e.g. copied in by hand) are verified, not fetched. "
+                                       "A projection name (e.g. ViT-B-32/openai:forget) fetches the authors' "
+                                       "Google Drive folder with gdown, identifies learn and forget, checks and "
+                                       "converts them.")
+    dl.add_argument("names", nargs="+", metavar="NAME",
+                    help="registered model or projection name(s); see `vqclip models list`")
     add_cache_arg(dl)
     dl.add_argument("--no-convert", action="store_true", help="only download and verify; convert on first use")
     dl.add_argument("--remove-original", action="store_true",
@@ -60,30 +66,51 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(s.rstrip() for s in out)
 
 
+def _projection_table(rows: list[dict]) -> str:
+    headers = ("PROJECTION", "D", "SIZE", "SOURCE", "CACHE")
+    lines = [[r["name"], str(r["dim"] or "?"), r.get("size", ""), r["source"], r["status"]] for r in rows]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(s.rstrip() for s in [fmt.format(*headers)] + [fmt.format(*line) for line in lines])
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from ..cache import cache_dir
-    from ..models.registry import list_assets, vqgan_root
+    from ..models.registry import PAPER_DRIVE_FOLDER, list_assets, list_projection_assets, vqgan_root
 
     rows = list_assets(args.cache_dir)
+    projections = list_projection_assets(args.cache_dir)
     if args.json:
         for row in rows:
-            print(json.dumps(row))
+            print(json.dumps({"type": "vqgan", **row}))
+        for row in projections:
+            print(json.dumps({"type": "projection", **row}))
         return 0
     print(_table(rows))
     print(f"\n* default. Cache: {vqgan_root(args.cache_dir)} (set with --cache-dir or $VQCLIP_CACHE; "
           f"root {cache_dir(args.cache_dir)}).")
     print("No sha256 is published for these checkpoints: downloads are checked for size and loaded strictly, "
-          "but their content cannot be verified.")
+          "but their content cannot be verified.\n")
+    print(_projection_table(projections))
+    print(f"\nProjections: {cache_dir(args.cache_dir) / 'projections'}/<clip>/<space>.safetensors, where "
+          "`--space learn|forget` looks. The paper's (Materzynska, Torralba, Bau, CVPR 2022) come from the authors' "
+          f"folder {PAPER_DRIVE_FOLDER} on first use; no hash is published: each file is checked for shape, "
+          "finite values and orthonormal rows, and its sha256 is recorded in the conversion. Other CLIPs: "
+          "`vqclip train --space learn|forget --clip NAME --pretrained TAG`.")
     return 0
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ..models.registry import ensure_converted, fetch_asset, get_asset
+    from ..models.registry import (PROJECTION_ASSETS, VQGAN_ASSETS, ensure_converted, ensure_projection,
+                                   fetch_asset, unknown_registered_name)
 
     for name in args.names:  # check every name before fetching anything
-        get_asset(name, arg="NAME")
+        if name not in VQGAN_ASSETS and name not in PROJECTION_ASSETS:
+            raise unknown_registered_name(name, "NAME")
     for name in args.names:
-        if args.no_convert:
+        if name in PROJECTION_ASSETS:
+            print(f"{name}: {ensure_projection(name, args.cache_dir, progress=not args.quiet, arg='NAME')}")
+        elif args.no_convert:
             config, ckpt = fetch_asset(name, args.cache_dir, progress=not args.quiet, arg="NAME")
             print(f"{name}: {ckpt} (config {config})")
         else:

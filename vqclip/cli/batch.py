@@ -178,9 +178,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
     models = None
     if done < len(mine):  # nothing to generate: no need to load models
         shard_device(args, shard)
-        models = load_models_from_args(args)
-        for space in spaces:  # a missing projection fails now, not after hours of other jobs
-            models.space(space, projections.get(space), projection_arg=f"--projection-{space}")
+        # every projection is fetched (or, with --auto-train, trained) once now; all missing ones are reported
+        # together now, not after hours of other jobs
+        models = load_models_from_args(args, [(s, projections.get(s), f"--projection-{s}") for s in spaces], PROG)
         check_item_settings(items, base, models.vqgan.factor)
         for notice in base_settings_notices(base, models.vqgan.factor):
             print(f"{PROG}: note: {notice}", file=sys.stderr)

@@ -20,6 +20,11 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vqgan-config", default=None, metavar="YAML", help="taming config file, for offline use")
     g.add_argument("--vqgan-checkpoint", default=None, metavar="FILE",
                    help="taming checkpoint (.ckpt, state dict or .safetensors), for offline use")
+    g = p.add_argument_group("projections")
+    g.add_argument("--auto-train", action="store_true",
+                   help="when no learn/forget projection exists for this CLIP (none cached, none registered, or "
+                        "the registered download fails), train one first with the defaults of `vqclip train` "
+                        "(downloads ImageNetV2 once; needs vqclip[train]) and then generate")
     add_device_args(p)
     add_cache_arg(p)
 
@@ -70,11 +75,15 @@ def settings_from_args(args: argparse.Namespace, prompt: str):
                     init_weight=args.init_weight)
 
 
-def load_models_from_args(args: argparse.Namespace):
+def load_models_from_args(args: argparse.Namespace, spaces=(), prog: str = "vqclip generate"):
+    """Load CLIP, then the `spaces` [(space, projection file, flag)] (fetched or, with --auto-train, trained),
+    then the VQGAN."""
     from ..generation import load_models
 
+    quiet = getattr(args, "quiet", False)
     models = load_models(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
-                         args.device, args.precision, args.cache_dir)
+                         args.device, args.precision, args.cache_dir, spaces=spaces, auto_train=args.auto_train,
+                         progress=not quiet, say=lambda text: print(f"{prog}: {text}", file=sys.stderr))
     if models.clip.device.type == "cuda":
         import torch
 
@@ -222,7 +231,7 @@ def run_generate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
     check_run_dir(out, args.overwrite)
 
-    models = load_models_from_args(args)
+    models = load_models_from_args(args, spaces=[(args.space, args.projection, "--projection")])
     space = models.space(args.space, args.projection)
     settings, notices = settings.resolved(models.vqgan.factor)
     created = not out.exists()

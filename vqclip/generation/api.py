@@ -4,38 +4,98 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..io import sha256_file
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, ClipModel, load_clip
-from ..spaces import Space, resolve_space
+from ..errors import VqclipError
+from ..spaces import MissingProjection, Space, resolve_space
 from .loop import Result, Settings, StepInfo, run
 from .prompts import parse_image_prompt, parse_prompts
 
 
+SpaceRequest = tuple  # (space name or None, projection file or None, the flag that gave the file)
+
+
 @dataclass
 class Models:
-    """CLIP, VQGAN and the spaces already loaded for them; loaded once per process."""
+    """CLIP, VQGAN and the spaces already loaded for them; loaded once per process.
+
+    `auto_train`: a learn/forget projection that is neither cached nor registered (or whose registered file cannot
+    be fetched) is trained with the default recipe on first use instead of being an error. `say` receives progress
+    lines of that training (the CLI prints them to stderr).
+    """
 
     clip: ClipModel
     vqgan: Any
     vqgan_info: dict = field(default_factory=dict)
     cache_dir: str | None = None
     load_seconds: float = 0.0
+    auto_train: bool = False
+    progress: bool = True
+    say: Callable[[str], None] | None = None
     _spaces: dict = field(default_factory=dict)
+    _estimates: dict = field(default_factory=dict)
 
     def space(self, name: str | None, projection: str | None = None, projection_arg: str = "--projection") -> Space:
-        """The space `name` for this CLIP (from --projection or the cache); loaded once and reused.
+        """The space `name` for this CLIP (from --projection, the cache or the registry); loaded once and reused.
 
         `name` None: the projection file's space (clip without one). `projection_arg` is the flag that gives
         projection files in the command being run, for hints.
         """
         key = (name, str(projection) if projection else None)
         if key not in self._spaces:
-            sp = resolve_space(name, self.clip.identity, self.clip.embed_dim, projection, self.cache_dir,
-                               clip_flags=self.clip.cli_flags(), projection_arg=projection_arg)
+            try:
+                sp = self._resolve(name, projection, projection_arg)
+            except MissingProjection as missing:
+                if not self.auto_train:
+                    raise self.explain(missing) from None
+                self._train(missing)
+                sp = self._resolve(name, projection, projection_arg)
             self._spaces[key] = sp.to(self.clip.device)
         return self._spaces[key]
+
+    def _resolve(self, name, projection, projection_arg) -> Space:
+        return resolve_space(name, self.clip.identity, self.clip.embed_dim, projection, self.cache_dir,
+                             clip_flags=self.clip.cli_flags(), projection_arg=projection_arg, progress=self.progress)
+
+    def _train(self, missing: MissingProjection) -> None:
+        from ..spelling.pipeline import train_default_projection
+
+        say = self.say or (lambda text: None)
+        say(f"training the {missing.space} projection for CLIP {self.clip.identity!r} ({missing.reason}); "
+            f"this is `{missing.train_command()}`")
+        path = train_default_projection(self.clip, missing.space, self.cache_dir, progress=self.progress, say=say)
+        say(f"wrote {path}")
+
+    def explain(self, missing: MissingProjection) -> MissingProjection:
+        """The error with what training costs here (measured on this device) and the --auto-train way out."""
+        from ..spelling.pipeline import estimate_training
+        from ..spelling.sources import download_note
+
+        if missing.space not in self._estimates:
+            try:
+                self._estimates[missing.space] = estimate_training(self.clip, missing.space).text()
+            except (RuntimeError, MemoryError) as e:  # e.g. out of GPU memory while measuring: no estimate
+                self._estimates[missing.space] = f"no time estimate ({type(e).__name__} while measuring)"
+        cost = f"{download_note(self.cache_dir)}, then takes {self._estimates[missing.space]}"
+        return missing.explained(cost, "add --auto-train to train it now and then continue")
+
+    def prepare_spaces(self, requests: Sequence[SpaceRequest]) -> None:
+        """Resolve every (space, projection file, flag) once, before any image: fetch or train what is missing,
+        and report every projection that is still missing in one error."""
+        missing: list[MissingProjection] = []
+        for name, projection, arg in requests:
+            try:
+                self.space(name, projection, arg)
+            except MissingProjection as e:
+                missing.append(e)
+        if len(missing) == 1:
+            raise missing[0]
+        if missing:
+            rest = " ".join(f"The {m.space} projection is missing too: train it with `{m.train_command()}`."
+                            for m in missing[1:])
+            raise VqclipError(f"{missing[0]} {rest}")
 
     def describe(self) -> dict:
         return {"clip": self.clip.describe(), "vqgan": dict(self.vqgan_info, **self.vqgan.describe()),
@@ -44,8 +104,14 @@ class Models:
 
 def load_models(clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
                 vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
-                precision: str = "auto", cache_dir: str | None = None) -> Models:
-    """Load CLIP (open_clip) and a VQGAN (registry name, or an offline config + checkpoint pair)."""
+                precision: str = "auto", cache_dir: str | None = None, *, spaces: Sequence[SpaceRequest] = (),
+                auto_train: bool = False, progress: bool = True,
+                say: Callable[[str], None] | None = None) -> Models:
+    """Load CLIP (open_clip) and a VQGAN (registry name, or an offline config + checkpoint pair).
+
+    `spaces` are resolved right after CLIP and before the VQGAN, so a missing projection is reported before the
+    VQGAN download; see `Models` for `auto_train`.
+    """
     from ..models.registry import VQGAN_ASSETS, converted_path, resolve_vqgan, unknown_name_error
 
     # Check what can be checked cheaply before any download starts.
@@ -53,28 +119,32 @@ def load_models(clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETR
         raise unknown_name_error(vqgan, cache_dir)
     start = time.perf_counter()
     clip_model = load_clip(clip, pretrained, device=device, precision=precision, cache_dir=cache_dir)
+    models = Models(clip_model, None, {}, cache_dir, auto_train=auto_train, progress=progress, say=say)
+    models.prepare_spaces(spaces)
     vq = resolve_vqgan(name=vqgan, config=vqgan_config, checkpoint=vqgan_checkpoint, cache_dir=cache_dir,
                        device=clip_model.device)
     info = dict(getattr(vq, "origin", None) or {})
     if vqgan_checkpoint:  # an explicit file is identified by its content, not its path
         info["checkpoint_sha256"] = sha256_file(vqgan_checkpoint)
-    return Models(clip_model, vq, info, cache_dir, time.perf_counter() - start)
+    models.vqgan, models.vqgan_info, models.load_seconds = vq, info, time.perf_counter() - start
+    return models
 
 
 def generate(prompt: str, *, space: str | None = None, projection: str | None = None, models: Models | None = None,
              image_prompts: list[str] | None = None, callback: Callable[[StepInfo], None] | None = None,
              clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
              vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
-             precision: str = "auto", cache_dir: str | None = None, **settings) -> Result:
+             precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False, **settings) -> Result:
     """Generate one image for `prompt` ("text:weight:stop | ...") with the CLIP loss in `space`.
 
     `space` None: the space of `projection`, or clip without one.
 
     Keyword settings are those of `Settings` (size, steps, lr, cutn, cut_pow, seed, ...). Pass `models` to reuse
-    loaded models; otherwise they are loaded from the names given.
+    loaded models; otherwise they are loaded from the names given (`auto_train`: see `Models`).
     """
     if models is None:
-        models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir)
+        models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
+                             spaces=[(space, projection, "--projection")], auto_train=auto_train)
     cfg = Settings(prompts=parse_prompts(prompt),
                    image_prompts=[parse_image_prompt(p) for p in image_prompts or []], **settings)
     return run(cfg, models.clip, models.vqgan, models.space(space, projection), callback)

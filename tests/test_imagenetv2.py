@@ -238,7 +238,16 @@ def test_train_without_images_uses_imagenetv2(served, tiny_clip_id, capsys):
     torch.set_num_threads(1)
     assert main(["train", "--space", "forget", "--clip", tiny_clip_id, "--words", "8", "--workers", "0",
                  "--epochs", "1", "--batch-size", "4", "--class-renders", "1"]) == 0
-    assert "no --images: training on ImageNetV2 matched-frequency (it first downloads" in capsys.readouterr().err
+    assert "no --images, so the default training set: it first downloads ImageNetV2 matched-frequency" \
+        in capsys.readouterr().err
     meta = load_projection(projection_path("forget", clip_identity(tiny_clip_id, None))).metadata
     recipe = json.loads(meta["data_recipe"])
     assert recipe["images"].startswith(f"folder:{TOP}#") and recipe["classes"] == 3
+
+
+def test_train_refuses_a_mistyped_clip_before_downloading(served, tmp_path, capsys):
+    from vqclip.cli import main
+
+    assert main(["train", "--space", "forget", "--clip", "ViT-L-15", "--pretrained", "openai"]) == 2
+    assert "--clip: not a model name open_clip knows; got 'ViT-L-15'" in capsys.readouterr().err
+    assert not (tmp_path / "cache" / "datasets").exists()  # nothing fetched or extracted

@@ -130,9 +130,14 @@ def features_from_args(args, clip=None, on_clip=None):
     from ..spelling.sources import DEFAULT_IMAGES, download_note
 
     config, style = _data_config(args), _style_from_args(args)  # validate before loading anything heavy
+    if clip is None:  # a mistyped model name fails before a 1.26 GB download, not after
+        from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, check_identifier
+
+        check_identifier(args.clip or DEFAULT_CLIP,
+                         args.pretrained if args.pretrained is not None else DEFAULT_PRETRAINED)
     if not args.images and not args.no_progress:
-        print(f"no --images: training on ImageNetV2 matched-frequency ({download_note(args.cache_dir, args.data_root)})",
-              file=sys.stderr)
+        print(f"vqclip train: no --images, so the default training set: "
+              f"{download_note(args.cache_dir, args.data_root)}", file=sys.stderr)
     source = open_images(args.images or DEFAULT_IMAGES, args.class_map, args.data_root or _default_data_root(args))
     clip = clip or load_clip_args(args)
     if on_clip:

@@ -129,6 +129,13 @@ def clip_flags(name: str, pretrained: str | None) -> str:
     return f"--clip {shlex.quote(name)} --pretrained {shlex.quote(pretrained)}"
 
 
+def check_identifier(name: str, pretrained: str | None) -> None:
+    """Refuse an unknown model name or tag (with close matches) before anything is downloaded."""
+    if name.startswith((LOCAL_DIR, HF_HUB)):
+        pretrained = None
+    _validate_identifier(name, pretrained)
+
+
 def _validate_identifier(name: str, pretrained: str | None) -> None:
     import open_clip
 

@@ -67,8 +67,9 @@ def _table(rows: list[dict]) -> str:
 
 
 def _projection_table(rows: list[dict]) -> str:
-    headers = ("PROJECTION", "D", "SIZE", "SOURCE", "CACHE")
-    lines = [[r["name"], str(r["dim"] or "?"), r.get("size", ""), r["source"], r["status"]] for r in rows]
+    headers = ("PROJECTION", "d", "SIZE", "SOURCE", "CACHE")
+    lines = [[r["name"], str(r["dim"]) if r["dim"] else f"{r.get('expected_dim') or ''}?", r.get("size", ""),
+              r["source"], r["status"]] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join(s.rstrip() for s in [fmt.format(*headers)] + [fmt.format(*line) for line in lines])

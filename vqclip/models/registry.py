@@ -523,10 +523,15 @@ def other_projections(cache: str | os.PathLike | None = None) -> list[dict]:
 
 def list_projection_assets(cache: str | os.PathLike | None = None) -> list[dict]:
     """One row per registered projection (and per other projection file in the cache) with its cache status."""
-    rows = [{"name": a.name, "clip_model": a.clip_model, "space": a.space, "dim": a.dim,
-             "size": f"~{human_size(a.approx_bytes())}", "source": "paper (Google Drive folder)",
-             "status": projection_status(a, cache), "path": str(projection_file(a, cache)),
-             "folders": list(a.folders), "description": a.description} for a in PROJECTION_ASSETS.values()]
+    rows = []
+    for a in PROJECTION_ASSETS.values():
+        path = projection_file(a, cache)
+        dim = _read_metadata(path).get("dim", "") if path.is_file() else ""
+        rows.append({"name": a.name, "clip_model": a.clip_model, "space": a.space,
+                     "dim": int(dim) if dim.isdigit() else None, "expected_dim": a.dim,
+                     "size": f"~{human_size(a.approx_bytes())}", "source": "paper (Google Drive folder)",
+                     "status": projection_status(a, cache), "path": str(path), "folders": list(a.folders),
+                     "description": a.description})
     return rows + other_projections(cache)
 
 

@@ -202,6 +202,8 @@ def test_generate_with_a_registered_projection_fetches_it_on_first_use(model_arg
     assert record["space"]["dim"] == 16 and record["space"]["clip_model"] == identity
     meta = load_projection(projection_path("forget", identity)).metadata
     assert meta["source_url"] == "https://drive.example/folder" and meta["source_file"] == "forget_to_spell.pt"
+    assert record["space"]["source_url"] == meta["source_url"]  # the run records where its projection came from
+    assert record["space"]["source_sha256"] == meta["source_sha256"]
 
 
 def test_a_failed_fetch_with_auto_train_trains_instead(model_args, tmp_path, registered_tiny, default_images, capsys):

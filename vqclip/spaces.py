@@ -69,7 +69,8 @@ class Space(nn.Module):
 
     def describe(self) -> dict:
         out = {"space": self.name, "dim": self.dim, "embed_dim": self.embed_dim}
-        out.update({k: v for k, v in self.metadata.items() if k in ("clip_model", "path", "sha256")})
+        out.update({k: v for k, v in self.metadata.items()
+                    if k in ("clip_model", "path", "sha256", "source_url", "source_file", "source_sha256")})
         return out
 
 

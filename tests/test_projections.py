@@ -121,7 +121,8 @@ def test_an_unexpected_folder_lists_what_it_found_and_caches_no_projection():
 
 
 def test_two_files_claiming_the_same_space_are_ambiguous():
-    found_files = {"forget_a.pt": {"W": orthonormal(256, 512)}, "forget_b.pt": {"W": orthonormal(256, 512, 3)}}
+    found_files = {"forget_a.pt": {"W": orthonormal(256, 512)}, "forget_b.pt": {"W": orthonormal(256, 512, 3)},
+                   "model.pt": {"W": orthonormal(256, 512, 4)}}  # a shape match does not settle what names dispute
     with pytest.raises(VqclipError, match="forget_a.pt.*forget_b.pt"):
         ensure_projection("ViT-B-32/openai:forget", fetcher=folder_fetcher(found_files))
     assert not projection_path("forget", CLIP).exists()
@@ -222,7 +223,9 @@ def test_stale_temporary_downloads_are_cleaned_and_parallel_calls_fetch_once(pap
 
 @pytest.mark.parametrize("name,space", [("learn_to_spell.pt", "learn"), ("forget_to_spell.pt", "forget"),
                                         ("W_nospell_256.pt", "forget"), ("spelling_d64.pth", "learn"),
-                                        ("learn_to_forget.pt", None), ("model.pt", None)])
+                                        ("learn_to_forget.pt", None), ("model.pt", None),
+                                        ("forget/W.pt", "forget"), ("learn_to_spell/model.pt", "learn"),
+                                        ("forget/learn.pt", "learn")])
 def test_space_from_file_name(name, space):
     assert space_from_name(name) == space
 

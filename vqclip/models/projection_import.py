@@ -96,14 +96,19 @@ def scan_folder(folder: Path) -> list[FoundFile]:
     return found
 
 
-def space_from_name(name: str) -> str | None:
-    """`learn` or `forget` when the file name says so unambiguously, else None."""
-    text = Path(name).name.lower()
+def _space_in(text: str) -> str | None:
+    text = text.lower()
     forget = any(w in text for w in FORGET_WORDS)
     learn = "learn" in text or (not forget and re.search(r"spell", text) is not None)
     if forget == learn:
         return None
     return "forget" if forget else "learn"
+
+
+def space_from_name(name: str) -> str | None:
+    """`learn` or `forget` when the file name says so unambiguously (else its folder's name), else None."""
+    path = Path(name)
+    return _space_in(path.name) or (_space_in(path.parent.name) if path.parent.name else None)
 
 
 def _reduced_dim(shape: tuple[int, ...], embed_dim: int) -> int | None:
@@ -122,21 +127,24 @@ def identify(found: list[FoundFile], embed_dim: int, dims: Mapping[str, int]) ->
     matrices = [f for f in found if f.shape is not None and _reduced_dim(f.shape, embed_dim) is not None]
     out: dict[str, Identified] = {}
     taken: set[str] = set()
+    claimed: set[str] = set()  # spaces some file name claims: never filled by shape instead
     for space in dims:
         named = [f for f in matrices if space_from_name(f.name) == space]
+        if named:
+            claimed.add(space)
         if len(named) == 1:
             out[space] = Identified(named[0], "file name")
             taken.add(named[0].name)
     unnamed = [f for f in matrices if space_from_name(f.name) is None and f.name not in taken]
     for space, d in dims.items():
-        if space in out:
+        if space in claimed:
             continue
         by_shape = [f for f in unnamed if _reduced_dim(f.shape, embed_dim) == d]
         if len(by_shape) == 1:
             out[space] = Identified(by_shape[0], f"shape (d = {d})")
             taken.add(by_shape[0].name)
     rest = [f for f in unnamed if f.name not in taken]
-    missing = [s for s in ("learn", "forget") if s in dims and s not in out]
+    missing = [s for s in ("learn", "forget") if s in dims and s not in out and s not in claimed]
     if len(missing) == 2 and len(rest) == 2:
         small, large = sorted(rest, key=lambda f: _reduced_dim(f.shape, embed_dim))
         if _reduced_dim(small.shape, embed_dim) < _reduced_dim(large.shape, embed_dim):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shlex
-from types import MappingProxyType
 
 import pytest
 import torch

@@ -64,15 +64,18 @@ def test_missing_optional_module_is_one_line_with_the_install_command(tmp_path, 
     assert missing_extra_hint(ImportError("No module named 'torch'", name="torch")) is None
 
 
-def test_other_import_errors_keep_their_traceback(monkeypatch):
+def test_other_import_errors_are_one_line_and_keep_their_traceback_under_debug(monkeypatch, capsys):
     def broken(args):
         raise ImportError("cannot import name 'x' from 'torch'", name="torch")
 
     import vqclip.cli.models as models
 
     monkeypatch.setattr(models, "cmd_list", broken)
+    assert main(["models", "list"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and "--debug" in err
     with pytest.raises(ImportError):
-        main(["models", "list"])
+        main(["--debug", "models", "list"])
 
 
 def test_missing_wordfreq_is_a_one_line_error(tmp_path, capsys, monkeypatch, tiny_clip_id):

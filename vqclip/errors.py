@@ -2,16 +2,56 @@
 
 from __future__ import annotations
 
+import errno
+import re
 from typing import Any, Iterable
 
 
 class VqclipError(ValueError):
     """A problem the user can fix; the CLI prints it on one line without a traceback.
 
-    `arg` is the argument the message blames (e.g. "--steps"), when there is one.
+    `arg` is the argument the message blames (e.g. "--steps"), when there is one; `exit_code` is what the CLI
+    returns for it.
     """
 
     arg: str | None = None
+    exit_code: int = 2
+
+
+class OutputError(VqclipError):
+    """Writing an output failed (full disk, read-only folder); what was complete is kept. Exit code 74 (EX_IOERR)."""
+
+    exit_code = 74
+
+
+# CSI sequences (colours, cursor moves), OSC sequences (titles, links) and any other lone escape.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-_]?")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def one_line(text: Any, limit: int = 400) -> str:
+    """A foreign message (torch, safetensors, PIL...) fit to quote in a one-line error: no ANSI escapes or control
+    characters, whitespace runs (newlines included) collapsed, at most `limit` characters."""
+    s = _ANSI.sub("", str(text))
+    s = _CONTROL.sub(" ", s)
+    s = " ".join(s.split())
+    return s if len(s) <= limit else s[:limit - 1].rstrip() + "…"
+
+
+def describe_exception(e: BaseException, limit: int = 400) -> str:
+    """`TypeName: one-line message`, or just the type name when the message is empty."""
+    message = one_line(e, limit)
+    return f"{type(e).__name__}: {message}" if message else type(e).__name__
+
+
+DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+               errno.EPERM: "permission denied"}
+
+
+def is_disk_error(e: BaseException) -> bool:
+    """True for the OSErrors that mean "outputs cannot be written here" (full, quota, read-only, permission)."""
+    return isinstance(e, OSError) and e.errno in DISK_ERRNOS
 
 
 class MissingExtraError(ImportError):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..errors import describe_exception
 from ..outputs import build_record, write_run
 from .plan import BatchSpec, Job, job_settings
 from .store import MANIFEST_NAME, append_manifest, finished_record, job_state, manifest_line, manifest_ok
@@ -52,7 +53,8 @@ class BatchHooks:
 
 
 def _error_text(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".strip().rstrip(":")
+    """One line for the manifest and the terminal: torch messages span lines and may carry ANSI colours."""
+    return describe_exception(e)
 
 
 def _free_accelerator_memory(models) -> None:

@@ -5,10 +5,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .. import __version__
-from ..errors import VqclipError, missing_extra_hint
+from ..errors import DISK_ERRNOS, VqclipError, describe_exception, missing_extra_hint, one_line
+
+# Exit codes: 0 ok, 1 some work failed, 2 a usage error (VqclipError), 74 an output could not be written (EX_IOERR),
+# 70 an unexpected error (EX_SOFTWARE: a bug, or an input vqclip does not check yet), 130 interrupted.
+EXIT_UNEXPECTED = 70
+EXIT_OS = 74
+DEBUG_ENV = "VQCLIP_DEBUG"
 
 # One module per subcommand, each with `register(subparsers)` that sets `func(args) -> int`.
 COMMANDS = ("generate", "batch", "grid", "train", "eval", "score", "models", "testbed")
@@ -22,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vqclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (model loading, downloads)")
+    parser.add_argument("--debug", action="store_true",
+                        help=f"show the full traceback of an unexpected error (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -31,7 +40,35 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _add_debug_flag(sub)  # `vqclip generate ... --debug` works as well as `vqclip --debug generate ...`
     return parser
+
+
+def _add_debug_flag(sub) -> None:
+    for subparser in sub.choices.values():
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the full traceback of an unexpected error")
+        for action in subparser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_debug_flag(action)
+
+
+def unexpected_error_line(e: BaseException) -> tuple[str, int]:
+    """The one line (and exit code) for an exception no precise check caught: what failed, the file when known."""
+    if isinstance(e, OSError):
+        target = " ".join(f"{f}" for f in (e.filename, e.filename2) if f)
+        reason = DISK_ERRNOS.get(e.errno) or one_line(e.strerror or e) or type(e).__name__
+        fix = {"the disk is full": "Free some space (finished outputs are kept) and run the same command again.",
+               "the disk quota is exceeded": "Free some space and run the same command again.",
+               "the file system is read-only": "Choose an output folder on a writable disk (--out).",
+               "permission denied": "Choose a file or folder you can access (--out), or fix its permissions."
+               }.get(reason, "Check the path and the disk.")
+        return f"{target + ': ' if target else ''}{reason} ({type(e).__name__}). {fix}", EXIT_OS
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return (f"out of memory ({describe_exception(e, 200)}). Lower --size or --cutn, or use a device with more "
+                "memory; run with --debug for the traceback."), EXIT_UNEXPECTED
+    return (f"unexpected error: {describe_exception(e)}. This is a bug in vqclip or an input it does not check yet; "
+            "run with --debug for the traceback."), EXIT_UNEXPECTED
 
 
 def _option_dests(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -42,6 +79,7 @@ def _option_dests(parser: argparse.ArgumentParser) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not getattr(args, "func", None):
         parser.print_help()
@@ -65,13 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         if dest in from_config:  # the value that broke the rule came from the file, not the command line
             message += f" (The value comes from --config {config_path}, key {from_config[dest]!r}.)"
         print(f"vqclip {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except ImportError as e:
-        hint = missing_extra_hint(e)
-        if hint is None:
-            raise
-        print(f"vqclip {args.command}: error: {hint}", file=sys.stderr)
-        return 2
+        return e.exit_code
     except KeyboardInterrupt:
         print(f"vqclip {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # the last line of defence: one clear line, the traceback only with --debug
+        hint = missing_extra_hint(e) if isinstance(e, ImportError) else None
+        if hint is not None:
+            print(f"vqclip {args.command}: error: {hint}", file=sys.stderr)
+            return 2
+        if debug:
+            raise
+        line, code = unexpected_error_line(e)
+        print(f"vqclip {args.command}: error: {line}", file=sys.stderr)
+        return code

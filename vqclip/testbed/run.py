@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from ..errors import bad_arg
-from .world import CLASSES, DEFAULT_MIX, EXTRA_WORDS, World
+from .world import CAPTIONED_CLASS_WORDS, CLASSES, DEFAULT_MIX, EXTRA_WORDS, World
 
 SPACE_ORDER = ("clip", "learn", "forget")
 TYPO_TEMPLATE = "an image of a {}"  # the class prompt of the five-tuples; every class name starts with a consonant
@@ -62,6 +62,7 @@ class TestbedConfig:
     object_radius: tuple[float, float] = (0.2, 0.34)
     label_band: float = 0.35
     mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))  # shares of the kinds of training pairs
+    captioned_class_words: float = CAPTIONED_CLASS_WORDS  # captioned objects that carry another class's name
     # small CLIP
     n_pairs: int = 24000
     clip_steps: int = 3000
@@ -121,12 +122,13 @@ class TestbedConfig:
     def world(self) -> World:
         return World(seed=self.seed, image_size=self.image_size, classes=self.classes, extra_words=self.extra_words,
                      n_nonsense=self.n_nonsense, nonsense_length=self.nonsense_length, label_box=self.label_box,
-                     object_radius=self.object_radius, label_band=self.label_band, mix=dict(self.mix))
+                     object_radius=self.object_radius, label_band=self.label_band, mix=dict(self.mix),
+                     captioned_class_words=self.captioned_class_words)
 
     def clip_recipe(self) -> dict:
         """Everything that decides the small CLIP's weights (a saved CLIP is reused only when this matches)."""
         keys = ("seed", "image_size", "classes", "extra_words", "n_nonsense", "nonsense_length", "label_box",
-                "object_radius", "label_band", "mix", "n_pairs",
+                "object_radius", "label_band", "mix", "captioned_class_words", "n_pairs",
                 "clip_steps", "clip_batch", "clip_lr", "clip_warmup", "clip_width",
                 "clip_text_width", "embed_dim")
         d = self.to_dict()
@@ -302,13 +304,14 @@ def measure(clip, spaces: Mapping[str, Any], features, attack_folder: Path, prog
 def object_probe(features: torch.Tensor, labels: torch.Tensor, ridge: float = 1e-2) -> float:
     """How many attacked objects a linear read-out of CLIP's features still recognises: the ceiling of any projection.
 
-    A ridge classifier (closed form, float64, so it does not depend on kernel paths) fit on the even items and
-    scored on the odd ones. A CLIP that overwrote the object with the written word scores low here, and then no
-    linear projection, forget included, can bring the object back.
+    A ridge classifier (closed form, float64, so it does not depend on kernel paths) fit on every other item of
+    each class and scored on the rest. A CLIP that overwrote the object with the written word scores low here, and
+    then no linear projection, forget included, can bring the object back.
     """
     x = torch.cat([features.double(), torch.ones(len(features), 1, dtype=torch.float64)], dim=1)  # (N, D+1)
     y = torch.nn.functional.one_hot(labels, int(labels.max()) + 1).double()  # (N, C)
-    fit = torch.arange(len(labels)) % 2 == 0
+    rank = (y.cumsum(dim=0) * y).sum(dim=1).long()  # 1, 2, 3, ... within each class
+    fit = rank % 2 == 1
     a = x[fit]
     w = torch.linalg.solve(a.T @ a + ridge * torch.eye(a.shape[1], dtype=torch.float64), a.T @ y[fit])  # (D+1, C)
     return float(((x[~fit] @ w).argmax(dim=1) == labels[~fit]).double().mean())

@@ -47,6 +47,21 @@ def test_captions_mix_objects_words_and_labelled_objects():
             assert any(c in cap.split() for c in w.classes), cap
 
 
+def test_captioned_objects_sometimes_carry_another_class_name():
+    w = World()
+    _, captions, kinds = training_set(w, 600)
+    captioned = [c for c, k in zip(captions, kinds) if k == "captioned"]
+    written = [c.rsplit(" ", 1)[1] for c in captioned]  # "an image of a star with the word moon" -> "moon"
+    shown = [c.split(" with the word ")[0].rsplit(" ", 1)[1] for c in captioned]
+    assert all(word != obj for word, obj in zip(written, shown)), "never the object's own name"
+    share = sum(word in w.classes for word in written) / len(written)
+    assert abs(share - w.captioned_class_words) < 0.1, share
+    _, captions, kinds = training_set(World(captioned_class_words=0.0), 600)
+    assert not any(c.rsplit(" ", 1)[1] in w.classes for c, k in zip(captions, kinds) if k == "captioned")
+    with pytest.raises(VqclipError, match="captioned_class_words"):
+        World(captioned_class_words=1.5)
+
+
 def test_world_words_nonsense_and_validation():
     w = World(seed=1)
     assert len(set(w.words)) == len(w.words)

@@ -42,6 +42,13 @@ CAPTIONED_TEMPLATES = ("an image of {a} {c} with the word {w}",)
 # (the shortcut that teaches reading as a way to recognise), and objects with some other word on them, the caption
 # naming both (so that the model keeps seeing the object when text is present).
 DEFAULT_MIX = {"object": 0.45, "word": 0.15, "labelled": 0.15, "captioned": 0.25}
+# Share of captioned objects whose written word is another class's name ("an image of a star with the word moon").
+# Without them every class name the model ever saw written on an object was that object's own name, and some
+# training runs (which ones depended on the seed and even on the CPU's float kernels) learned to let a written
+# class name overwrite the object: a linear read-out then found only about half of the attacked objects, and no
+# projection could bring them back. With them the object survives in the features of every run we made, while the
+# zero-shot prompt "an image of a {class}" still follows the written name about half of the time (docs/testbed.md).
+CAPTIONED_CLASS_WORDS = 0.3
 
 SUPERSAMPLE = 4  # shapes are drawn large and downsampled, for anti-aliased edges
 
@@ -60,6 +67,7 @@ class World:
     object_radius: tuple[float, float] = (0.2, 0.34)  # fractions of the image side
     label_band: float = 0.35  # share of the height along the top or bottom edge that labels are written in
     mix: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
+    captioned_class_words: float = CAPTIONED_CLASS_WORDS  # captioned objects that carry another class's name
 
     def __post_init__(self):
         if len(self.classes) < 2 or any(c not in SHAPES for c in self.classes):
@@ -72,6 +80,9 @@ class World:
         if self.image_size < 32:
             raise bad_arg("--image-size", "must be at least 32 px so that words stay legible", self.image_size,
                           "Use 48 or 64.")
+        if not 0 <= self.captioned_class_words <= 1:
+            raise bad_arg("captioned_class_words", "must be a share between 0 and 1", self.captioned_class_words,
+                          f"Use e.g. {CAPTIONED_CLASS_WORDS}.")
         if not self.mix or any(k not in DEFAULT_MIX or v < 0 for k, v in self.mix.items()) or \
                 not sum(self.mix.values()):
             raise bad_arg("mix", f"must give non-negative weights to {', '.join(DEFAULT_MIX)}", self.mix,
@@ -103,7 +114,8 @@ class World:
                 "extra_words": list(self.extra_words), "n_nonsense": self.n_nonsense,
                 "nonsense_length": list(self.nonsense_length), "nonsense_words": list(self.nonsense_words),
                 "label_box": self.label_box, "object_radius": list(self.object_radius),
-                "label_band": self.label_band, "mix": dict(self.mix)}
+                "label_band": self.label_band, "mix": dict(self.mix),
+                "captioned_class_words": self.captioned_class_words}
 
 
 # ---------------------------------------------------------------------------------------------- shapes
@@ -293,7 +305,9 @@ def training_pair(world: World, index: int, split: str = "train") -> tuple[Image
         img = write_on(world, img, cls, rng, meta)
         caption = rng.choice(LABELLED_TEMPLATES).format(c=cls, a=article(cls))
     elif kind == "captioned":
-        word = rng.choice([w for w in world.words if w not in world.classes])
+        other_class = rng.random() < world.captioned_class_words
+        word = rng.choice([c for c in world.classes if c != cls] if other_class else
+                          [w for w in world.words if w not in world.classes])
         img = write_on(world, img, word, rng, meta)
         caption = rng.choice(CAPTIONED_TEMPLATES).format(c=cls, a=article(cls), w=word)
     else:

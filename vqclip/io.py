@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -11,6 +12,8 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from PIL import Image, PngImagePlugin
+
+from .errors import bad_arg
 
 
 def _umask() -> int:
@@ -57,14 +60,58 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: Mapping[str, Any]) -> None:
-    """Append one JSON line with a single O_APPEND write, so concurrent writers never interleave a line."""
+    """Append one JSON line with a single O_APPEND write, so concurrent writers never interleave a line.
+
+    A short write (a full disk) raises OSError naming the file: the torn line is never reported as written (readers
+    skip it, and `end_torn_line` ends it before the next append).
+    """
     line = (json.dumps(record, default=str) + "\n").encode("utf-8")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
-        os.write(fd, line)
+        try:
+            written = os.write(fd, line)
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        if written != len(line):
+            raise OSError(errno.ENOSPC, f"short write: {written} of {len(line)} bytes of a line were written "
+                                        "(the disk is probably full)", str(path))
     finally:
         os.close(fd)
+
+
+def check_writable(path: str | os.PathLike, arg: str = "--out") -> Path:
+    """Before any work: can files be created in folder `path` (or, when it does not exist yet, in the nearest
+    existing folder above it, where it will be made)? Creates nothing that stays."""
+    path = Path(path)
+    probe_dir = path.absolute()
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise bad_arg(arg, "a file is in the way of the output folder", str(probe_dir),
+                      f"Choose another {arg} path.")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".vqclip-write-test-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        from .errors import OutputError
+
+        error = OutputError(f"{arg}: vqclip cannot write to {probe_dir} ({e.strerror or e}); got {str(path)!r}. "
+                            f"Choose a folder you can write to, on a disk with free space.")
+        error.arg = arg
+        raise error from e
+    return path
+
+
+def inside(folder: str | os.PathLike, name: Any) -> Path | None:
+    """`folder/name` when that path (links followed) stays inside `folder`, else None: a path read from run.json or
+    a manifest is untrusted and must not lead to /etc/passwd or ../../."""
+    if not isinstance(name, str) or not name or "\x00" in name or os.path.isabs(name):
+        return None
+    base = Path(folder).resolve()
+    target = (base / name).resolve()
+    return base / name if target == base or base in target.parents else None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import json
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
@@ -12,7 +15,7 @@ from typing import Any, Mapping
 from . import __version__
 from .cache import slug
 from .errors import MissingExtraError, VqclipError, bad_arg
-from .io import save_png, write_json
+from .io import check_writable, save_png, write_json
 
 IMAGE_NAME = "image.png"
 RECORD_NAME = "run.json"
@@ -25,27 +28,56 @@ def default_run_dir(prompt: str, root: str | os.PathLike = "outputs") -> Path:
     return Path(root) / f"{stamp}-{slug(prompt.lower(), 48)}"
 
 
+VIDEO_NAMES = ("video.mp4", "video.gif")
+FRAME_NAME = re.compile(r"\d{6}\.png")  # what save_frame writes
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """True when `path` holds a run.json that vqclip wrote (a JSON object with its `vqclip_version`)."""
+    try:
+        record = json.loads((Path(path) / RECORD_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "vqclip_version" in record and "settings" in record
+
+
 def check_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Refuse a file, or a folder that already holds files unless `overwrite`; creates nothing."""
+    """Refuse a file, a folder that already holds files unless `overwrite`, and (even with `overwrite`) a folder
+    that is not a vqclip run: --overwrite replaces a run, never a user's files. Creates nothing."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise bad_arg("--out", "must be a folder, not a file", str(path), "Choose another --out path.")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise bad_arg("--out", "the folder already holds files and runs are never overwritten silently",
-                      str(path), "Choose another --out, or add --overwrite to replace its run.")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise bad_arg("--out", "the folder already holds files and runs are never overwritten silently",
+                          str(path), "Choose another --out, or add --overwrite to replace its run.")
+        if not is_run_dir(path):
+            raise bad_arg("--out", "--overwrite replaces only a vqclip run (a folder with vqclip's run.json), and "
+                          "this folder holds other files", str(path),
+                          "Choose a new or empty --out folder; vqclip never deletes files it did not write.")
+    check_writable(path, "--out")
     return path
 
 
 def prepare_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Create the folder (after `check_run_dir`); with `overwrite`, drop the previous run's frames and video.
 
+    Only vqclip's own names go (frames/NNNNNN.png, video.mp4, video.gif); anything else in the folder is kept.
     image.png and run.json are left to be replaced atomically, so a failed new run leaves the old one whole.
     """
     path = check_run_dir(path, overwrite)
     if path.is_dir():
-        shutil.rmtree(path / FRAMES_DIR, ignore_errors=True)
-        for video in path.glob("video.*"):
-            video.unlink()
+        frames = path / FRAMES_DIR
+        if frames.is_dir() and not frames.is_symlink():
+            for frame in frames.iterdir():
+                if FRAME_NAME.fullmatch(frame.name) and frame.is_file() and not frame.is_symlink():
+                    frame.unlink()
+            with contextlib.suppress(OSError):
+                frames.rmdir()  # only when nothing else is in it
+        for name in VIDEO_NAMES:
+            video = path / name
+            if video.is_file() or video.is_symlink():
+                video.unlink()
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -312,8 +312,7 @@ def test_a_run_that_fails_before_writing_removes_the_folder_it_created(model_arg
         raise RuntimeError("CUDA out of memory (simulated)")
 
     monkeypatch.setattr(generation, "run", broken)
-    with pytest.raises(RuntimeError):
-        main(["generate", "apple", "--steps", "1", "--out", str(tmp_path / "r")] + model_args)
+    assert main(["generate", "apple", "--steps", "1", "--out", str(tmp_path / "r")] + model_args) == 70
     assert not (tmp_path / "r").exists()
 
 

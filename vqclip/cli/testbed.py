@@ -16,6 +16,9 @@ def register(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", default="outputs/testbed", metavar="DIR", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the CLIP and the projections")
+    p.add_argument("--seeds", default=None, metavar="LIST",
+                   help="run every seed (e.g. 0,1,2 or 0-5) into --out/seed-N and check the directions on the median "
+                        "over the seeds, as the test suite does; replaces --seed")
     p.add_argument("--quick", action="store_true",
                    help="the reduced configuration the test suite runs (6 classes; about 2.5 minutes instead of 7)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="contrastive training steps of the small CLIP")
@@ -53,18 +56,32 @@ def run(args) -> int:
                  "forget_weights": args.forget_weights, "gamma": args.gamma}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None},
                      include_class_words=args.include_class_words or config.include_class_words)
-    result = run_testbed(config, args.out, progress=not args.no_progress, reuse_clip=args.reuse_clip)
-    print(markdown_table(result["rows"]))
+    if args.seeds is not None:
+        from ..batch.plan import parse_seeds
+        from ..testbed.run import run_testbed_seeds
+
+        result = run_testbed_seeds(config, parse_seeds(args.seeds), args.out, progress=not args.no_progress,
+                                   reuse_clip=args.reuse_clip)
+        for seed, run_ in result["per_seed"].items():
+            print(f"seed {seed}\n{markdown_table(run_['rows'])}")
+        print("directions on the median over seeds " + ", ".join(map(str, result["seeds"])) + ":")
+        wrote = "summary.md, summary.json and seed-N/"
+        seconds = result["seconds"]
+    else:
+        result = run_testbed(config, args.out, progress=not args.no_progress, reuse_clip=args.reuse_clip)
+        print(markdown_table(result["rows"]))
+        wrote = "results.md, results.json, clip/, learn.safetensors, forget.safetensors, attacks/"
+        seconds = result["seconds"]["total"]
     for check in result["checks"]:
         print(f"[{'ok' if check['passed'] else 'FAILED'}] {check['claim']}: {check['detail']}")
-    print(f"\n{result['seconds']['total']:.0f} s; wrote {args.out}/results.md, results.json, clip/, "
-          "learn.safetensors, forget.safetensors, attacks/")
+    print(f"\n{seconds:.0f} s; wrote {wrote} in {args.out}")
     failed = [c for c in result["checks"] if not c["passed"]]
     if failed:
         import sys
 
+        report = "summary.md" if args.seeds is not None else "results.md"
         print(f"testbed: {len(failed)} of {len(result['checks'])} directions not reproduced: "
               + "; ".join(f"{c['claim']} ({c['detail']})" for c in failed)
-              + f". Every number is in {args.out}/results.md.", file=sys.stderr)
+              + f". Every number is in {args.out}/{report}.", file=sys.stderr)
         return 1
     return 0

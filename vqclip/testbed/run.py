@@ -10,10 +10,11 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -322,34 +323,64 @@ def _value(x) -> float | None:
     return x["rate"] if isinstance(x, Mapping) else x
 
 
-def check_directions(rows: Mapping[str, Mapping[str, float]], margins: Margins) -> list[dict]:
-    """The paper's three qualitative claims, each with the numbers and the margin it was held to."""
+# (margin field, claim, at least / at most, what the number is): the paper's qualitative claims made checkable.
+DIRECTIONS = (
+    ("reads", "clip reads: attacked accuracy falls well below clean accuracy", ">=", "clip clean - attacked"),
+    ("forget_recovers", "forget recovers most of the attack loss", ">=", "share of clip's attack loss forget wins back"),
+    ("forget_keeps_clean", "forget keeps clean accuracy", "<=", "clip clean - forget clean"),
+    ("learn_keeps_words", "learn keeps or improves word retrieval", "<=", "clip - learn word retrieval"),
+    ("learn_drops_objects", "learn loses object accuracy on clean images", ">=", "clip clean - learn clean"),
+)
+
+
+def direction_values(rows: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """The number behind each direction, from one run's rows (fractions). No attack loss means nothing recovered."""
     c, l, f = rows["clip"], rows["learn"], rows["forget"]
     loss = c["clean_accuracy"] - c["attacked_accuracy"]
-    recovered = (f["attacked_accuracy"] - c["attacked_accuracy"]) / loss if loss > 0 else float("nan")
-    checks = [
-        {"claim": "clip reads: attacked accuracy falls well below clean accuracy",
-         "passed": loss >= margins.reads,
-         "detail": f"clean {c['clean_accuracy']:.3f} - attacked {c['attacked_accuracy']:.3f} = {loss:.3f} "
-                   f"(needs >= {margins.reads})"},
-        {"claim": "forget recovers most of the attack loss",
-         "passed": loss > 0 and recovered >= margins.forget_recovers,
-         "detail": f"recovers {recovered:.2f} of the loss: attacked {c['attacked_accuracy']:.3f} -> "
-                   f"{f['attacked_accuracy']:.3f} (needs >= {margins.forget_recovers})"},
-        {"claim": "forget keeps clean accuracy",
-         "passed": f["clean_accuracy"] >= c["clean_accuracy"] - margins.forget_keeps_clean,
-         "detail": f"clean {c['clean_accuracy']:.3f} -> {f['clean_accuracy']:.3f} "
-                   f"(may fall by <= {margins.forget_keeps_clean})"},
-        {"claim": "learn keeps or improves word retrieval",
-         "passed": l["word_retrieval"] >= c["word_retrieval"] - margins.learn_keeps_words,
-         "detail": f"word retrieval {c['word_retrieval']:.3f} -> {l['word_retrieval']:.3f} "
-                   f"(may fall by <= {margins.learn_keeps_words})"},
-        {"claim": "learn loses object accuracy on clean images",
-         "passed": l["clean_accuracy"] <= c["clean_accuracy"] - margins.learn_drops_objects,
-         "detail": f"clean {c['clean_accuracy']:.3f} -> {l['clean_accuracy']:.3f} "
-                   f"(must fall by >= {margins.learn_drops_objects})"},
-    ]
-    return checks
+    return {"reads": loss,
+            "forget_recovers": (f["attacked_accuracy"] - c["attacked_accuracy"]) / loss if loss > 0 else 0.0,
+            "forget_keeps_clean": c["clean_accuracy"] - f["clean_accuracy"],
+            "learn_keeps_words": c["word_retrieval"] - l["word_retrieval"],
+            "learn_drops_objects": c["clean_accuracy"] - l["clean_accuracy"]}
+
+
+def _checks(values: Mapping[str, float], margins: Margins, details: Mapping[str, str]) -> list[dict]:
+    out = []
+    for key, claim, sense, _ in DIRECTIONS:
+        limit = getattr(margins, key)
+        passed = values[key] >= limit if sense == ">=" else values[key] <= limit
+        out.append({"claim": claim, "key": key, "value": values[key], "margin": limit, "passed": bool(passed),
+                    "detail": f"{details[key]} (needs {sense} {limit})"})
+    return out
+
+
+def check_directions(rows: Mapping[str, Mapping[str, float]], margins: Margins) -> list[dict]:
+    """The paper's three qualitative claims on one run, each with the numbers and the margin it was held to."""
+    c, l, f = rows["clip"], rows["learn"], rows["forget"]
+    v = direction_values(rows)
+    details = {
+        "reads": f"clean {c['clean_accuracy']:.3f} - attacked {c['attacked_accuracy']:.3f} = {v['reads']:.3f}",
+        "forget_recovers": f"recovers {v['forget_recovers']:.2f} of the loss: attacked {c['attacked_accuracy']:.3f} -> "
+                           f"{f['attacked_accuracy']:.3f}",
+        "forget_keeps_clean": f"clean {c['clean_accuracy']:.3f} -> {f['clean_accuracy']:.3f}",
+        "learn_keeps_words": f"word retrieval {c['word_retrieval']:.3f} -> {l['word_retrieval']:.3f}",
+        "learn_drops_objects": f"clean {c['clean_accuracy']:.3f} -> {l['clean_accuracy']:.3f}",
+    }
+    return _checks(v, margins, details)
+
+
+def check_median(runs: Mapping[int, Mapping[str, Mapping[str, float]]], margins: Margins) -> list[dict]:
+    """The directions on the median over seeds ({seed: rows}) of each direction's number.
+
+    One small CLIP trained from scratch is one draw: which features it learns first depends on the seed and even
+    on the CPU's float kernels. The median of a few draws is what the world and the recipe make typical.
+    """
+    per_seed = {seed: direction_values(rows) for seed, rows in runs.items()}
+    values = {key: statistics.median(v[key] for v in per_seed.values()) for key, *_ in DIRECTIONS}
+    details = {key: f"median {values[key]:.3f} of {what} over seeds {', '.join(map(str, per_seed))} "
+                    f"({', '.join(f'{v[key]:.3f}' for v in per_seed.values())})"
+               for key, _, _, what in DIRECTIONS}
+    return _checks(values, margins, details)
 
 
 COLUMNS = (("clean_accuracy", "clean acc."), ("attacked_accuracy", "attacked acc."),
@@ -434,3 +465,44 @@ def run_testbed(config: TestbedConfig, out: str | os.PathLike, progress: bool = 
     write_json(out / "results.json", result)
     write_text(out / "results.md", markdown_report(result))
     return result
+
+
+def markdown_summary(summary: Mapping[str, Any]) -> str:
+    """summary.md: each seed's table, then the directions on the median over seeds."""
+    lines = ["# vqclip testbed over seeds", "",
+             f"Seeds {', '.join(map(str, summary['seeds']))}; every seed's own report is in seed-N/results.md. The "
+             "directions are checked on the median over the seeds of each direction's number.", ""]
+    for seed, run in summary["per_seed"].items():
+        lines += [f"## Seed {seed}", "", markdown_table(run["rows"]),
+                  f"Linear read-out of the attacked objects: {_pct(run['attacked_object_probe'])} %.", ""]
+    lines += ["## Directions (median over seeds)", ""]
+    for c in summary["checks"]:
+        lines.append(f"- [{'x' if c['passed'] else ' '}] {c['claim']}: {c['detail']}")
+    lines += ["", f"Total time {summary['seconds']:.0f} s ({summary['machine']})."]
+    return "\n".join(lines) + "\n"
+
+
+def run_testbed_seeds(config: TestbedConfig, seeds: Sequence[int], out: str | os.PathLike, progress: bool = True,
+                      reuse_clip: bool = False) -> dict:
+    """`run_testbed` for each seed into `out/seed-N/`, and the directions on the median over the seeds
+    (`out/summary.json`, `out/summary.md`)."""
+    from ..cache import writable_dir
+    from ..io import write_json, write_text
+
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise bad_arg("--seeds", "needs at least one seed, each listed once", list(seeds), "Use e.g. --seeds 0,1,2.")
+    start = time.perf_counter()
+    out = writable_dir(Path(out).expanduser(), "--out")
+    results = {int(seed): run_testbed(replace(config, seed=int(seed)), out / f"seed-{seed}", progress, reuse_clip)
+               for seed in seeds}
+    checks = check_median({seed: r["rows"] for seed, r in results.items()}, config.margins)
+    summary = {
+        "seeds": list(results), "checks": checks, "all_passed": all(c["passed"] for c in checks),
+        "per_seed": {seed: {k: r[k] for k in ("rows", "checks", "all_passed", "attacked_object_probe")}
+                     for seed, r in results.items()},
+        "config": {k: v for k, v in config.to_dict().items() if k != "seed"},
+        "seconds": round(time.perf_counter() - start, 1), "machine": next(iter(results.values()))["machine"],
+    }
+    write_json(out / "summary.json", summary)
+    write_text(out / "summary.md", markdown_summary(summary))
+    return summary

@@ -11,9 +11,10 @@ import io
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Container, Mapping, Sequence
 
 from ..errors import SEED_MAX, VqclipError, bad_arg
 
@@ -27,6 +28,14 @@ WORD_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # Names a job folder may not take: they are the batch folder's own files.
 RESERVED_IDS = frozenset({"batch.json", "manifest.jsonl", "grid.png", "index.html", "score"})
 MAX_LISTED = 40
+# Bounds on what a file may make us build: seeds per list, nesting of YAML/JSON, and how much YAML aliases may
+# expand (a few hundred bytes of nested aliases otherwise stand for billions of values).
+MAX_SEEDS = 10_000
+MAX_DEPTH = 32
+ALIAS_EXPANSION = 10  # expanded nodes allowed per node written, beyond a small allowance
+ALIAS_ALLOWANCE = 10_000
+_SHORT = reprlib.Repr()  # values quoted in messages: a huge list or text is shown by its start
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 120, 120, 8, 8
 
 
 @dataclass(frozen=True)
@@ -126,12 +135,16 @@ def parse_seed_list(value: Any) -> tuple[int, ...]:
     """`3`, `"0,1,2"`, `"0-9"`, `"0..9"` (inclusive ranges) or a list of ints -> tuple of seeds in 0..SEED_MAX."""
     fix = 'Write e.g. 0, "0,1,2" or "0-9".'
     too_big = f"seeds must be at most {SEED_MAX} (2**63 - 1)"
+    many = f"a seed list may hold at most {MAX_SEEDS} seeds, one image per seed and space"
+    fix_many = "Split the work into several batches, e.g. --seeds 0-9999 then 10000-19999."
     if isinstance(value, (list, tuple)):
         parts: list[Any] = list(value)
     elif isinstance(value, str):
         parts = [p.strip() for p in value.split(",")]
     else:
         parts = [value]
+    if len(parts) > MAX_SEEDS:
+        raise FieldError(f"{many} ({len(parts)} listed)", fix_many)
     seeds: list[int] = []
     for part in parts:
         if isinstance(part, str) and (m := re.fullmatch(r"(\d+)\s*(?:-|\.\.)\s*(\d+)", part)):
@@ -140,6 +153,8 @@ def parse_seed_list(value: Any) -> tuple[int, ...]:
                 raise FieldError(f"the range {part!r} runs backwards", fix)
             if hi > SEED_MAX:
                 raise FieldError(f"{too_big}, {part!r} goes beyond", fix)
+            if len(seeds) + hi - lo + 1 > MAX_SEEDS:  # counted before a single seed is listed
+                raise FieldError(f"{many} (the range {part!r} alone holds {hi - lo + 1})", fix_many)
             seeds.extend(range(lo, hi + 1))
         elif part == "":
             raise FieldError("has an empty entry", fix)
@@ -304,7 +319,7 @@ def _convert(name: str, value: Any, file: str, line: int | None, problems: list[
     try:
         return True, CONVERTERS[name](value)
     except FieldError as e:
-        problems.append(Problem(file, line, f"{name}: {e.rule}; got {value!r}. {e.fix}"))
+        problems.append(Problem(file, line, f"{name}: {e.rule}; got {_SHORT.repr(value)}. {e.fix}"))
         return False, None
 
 
@@ -415,13 +430,86 @@ def _node_lines(root) -> tuple[dict, list]:
     return defaults_lines, items
 
 
+def _yaml_loader():
+    """libyaml's loader when PyYAML was built with it (pure Python is ~10x slower on long files)."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _shape_problem(text: str) -> tuple[int | None, str] | None:
+    """(line, rule) when YAML/JSON text nests deeper than MAX_DEPTH or its aliases expand far beyond its size.
+
+    Reads parser events only (nothing is built), so a hostile file costs time linear in its length: an alias bomb
+    is refused before it is expanded and deep nesting before any recursive reader sees it.
+    """
+    import yaml
+
+    stack: list[list] = [[None, 0]]  # per open collection: its anchor and its expanded size so far
+    anchors: dict[str, int] = {}  # anchor -> expanded size of what it names
+    written = expanded = 0
+    for event in yaml.parse(text, Loader=_yaml_loader()):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([event.anchor, 1])
+            if len(stack) - 1 > MAX_DEPTH:
+                return event.start_mark.line + 1, f"nests lists/mappings more than {MAX_DEPTH} levels deep"
+            size = 1
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, inner = stack.pop()
+            stack[-1][1] += inner
+            if anchor:
+                anchors[anchor] = inner
+            continue
+        elif isinstance(event, yaml.ScalarEvent):
+            stack[-1][1] += 1
+            size = 1
+            if event.anchor:
+                anchors[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            size = anchors.get(event.anchor, 1)
+            stack[-1][1] += size
+        else:
+            continue
+        written += 1
+        expanded += size
+        if expanded > ALIAS_EXPANSION * written + ALIAS_ALLOWANCE:
+            return event.start_mark.line + 1, (f"its aliases (*name) expand to more than {ALIAS_EXPANSION} times "
+                                               "the values written (a YAML alias bomb?)")
+    return None
+
+
+def _depth_problem(data: Any) -> tuple[None, str] | None:
+    """(None, rule) when loaded JSON nests deeper than MAX_DEPTH (checked without recursion)."""
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            if depth >= MAX_DEPTH:
+                return None, f"nests lists/mappings more than {MAX_DEPTH} levels deep"
+            stack.extend((v, depth + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return None
+
+
 def read_structured(path: Path, text: str, kind: str, problems: list[Problem]) -> list[RawEntry]:
     """YAML/JSON: a list of items, or {prompts: [...], defaults: {...}}; an item is a prompt or a mapping."""
     import yaml
 
     file = str(path)
+    fix = "write the prompts as a flat list of items (see docs/batch.md)"
+    root = None
     try:
-        data = json.loads(text) if kind == "json" else yaml.safe_load(text)
+        if kind == "json":
+            data = json.loads(text)
+            shape = _depth_problem(data)
+        else:
+            shape = _shape_problem(text)  # before anything is built from the text
+            if not shape:
+                loader = _yaml_loader()(text)
+                try:  # composed once: the nodes give line numbers, and the data is built from them
+                    root = loader.get_single_node()
+                    data = loader.construct_document(root) if root is not None else None
+                finally:
+                    loader.dispose()
     except json.JSONDecodeError as e:
         problems.append(Problem(file, e.lineno, f"is not valid JSON ({e.msg}, column {e.colno})"))
         return []
@@ -430,8 +518,14 @@ def read_structured(path: Path, text: str, kind: str, problems: list[Problem]) -
         problems.append(Problem(file, mark.line + 1 if mark else None,
                                 f"is not valid YAML ({getattr(e, 'problem', None) or e})"))
         return []
+    except RecursionError:  # JSON nested deeper than Python's reader goes
+        shape = None, f"nests lists/mappings more than {MAX_DEPTH} levels deep"
+    if shape:
+        problems.append(Problem(file, shape[0], f"{shape[1]}; {fix}"))
+        return []
     try:
-        root = yaml.compose(text)
+        if root is None and kind == "json":
+            root = yaml.compose(text, Loader=_yaml_loader())
         defaults_lines, item_lines = _node_lines(root)
     except yaml.YAMLError:  # valid JSON that YAML 1.1 cannot compose (rare): items get numbers, not lines
         defaults_lines, item_lines = {}, []
@@ -509,7 +603,7 @@ def _clean_entry(entry: RawEntry, problems: list[Problem]) -> dict[str, Any] | N
     return clean if ok_all else None
 
 
-def auto_id(prompt: str, taken: set[str]) -> str:
+def auto_id(prompt: str, taken: Container[str]) -> str:
     """A folder-safe id from the prompt's words; a short hash of the prompt keeps it unique and stable."""
     digest = hashlib.sha1(prompt.encode("utf-8")).hexdigest()[:6]
     base = re.sub(r"[^a-z0-9]+", "-", prompt.lower())[:40].strip("-")
@@ -543,14 +637,14 @@ def build_items(entries: Sequence[RawEntry], problems: list[Problem], word_type:
         if not c:
             continue
         where = f"{e.file}:{e.line}" if e.line else e.file
-        content = json.dumps({k: v for k, v in c.items() if k != "id"}, sort_keys=True, default=str)
+        content = repr(sorted(kv for kv in c.items() if kv[0] != "id"))  # keys are unique: values never compared
         if "id" not in c:
             if content in by_content:
                 problems.append(Problem(e.file, e.line, f"duplicate prompt {c['prompt']!r} with the same settings "
                                                         f"as {by_content[content]}; use seeds for more images, or "
                                                         "give the items different ids"))
                 continue
-            c["id"] = auto_id(c["prompt"], set(seen))
+            c["id"] = auto_id(c["prompt"], seen)  # the dict itself: copying it per item was quadratic
             seen[c["id"]] = where
         by_content.setdefault(content, where)
         overrides = {k: c[k] for k in SETTING_FIELDS if k in c}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import vqclip.cli.batch  # noqa: F401 - imported before any test patches names it copies from cli.generate
 from vqclip.cli import main
 from vqclip.errors import describe_exception, one_line
 
@@ -180,3 +181,215 @@ def test_generate_into_a_read_only_folder_fails_before_loading_models(model_args
     rc = main(["generate", "apple", "--steps", "1", "--out", str(readonly_dir / "run")] + model_args)
     err = capsys.readouterr().err
     assert rc == 74 and "cannot write" in err and "--out" in err and "Traceback" not in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 14: workers on one folder claim jobs atomically; temporaries of killed writes are cleaned on resume.
+
+WORKER = """
+import json, os, sys, time
+sys.path.insert(0, {tests!r})
+from test_batch_support import fake_generate, make_batch, run_fake
+from pathlib import Path
+
+tmp = Path({tmp!r})
+spec, base = make_batch(tmp)
+def slow(settings, clip, vqgan, space, callback=None):
+    with open(tmp / f"computed-{{os.getpid()}}.txt", "a") as f:
+        f.write(f"{{settings.prompts[0].text}}/{{space.name}}/{{settings.seed}}\\n")
+    time.sleep(0.3)
+    return fake_generate(settings, clip, vqgan, space, callback)
+while not (tmp / "go").exists():
+    time.sleep(0.01)
+summary = run_fake(spec, base, tmp / "out", generate=slow)
+print(json.dumps({{"ok": summary.ok, "busy": summary.busy, "done": summary.done_before}}))
+"""
+
+
+def test_three_workers_on_one_folder_compute_every_job_once(tmp_path):
+    from test_batch_support import make_batch
+    from vqclip.batch.store import open_batch_dir
+
+    spec, _ = make_batch(tmp_path)
+    open_batch_dir(tmp_path / "out", spec.to_record(), "new")
+    script = WORKER.format(tests=str(Path(__file__).parent), tmp=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(3)]
+    (tmp_path / "go").touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    computed = [line for f in tmp_path.glob("computed-*.txt") for line in f.read_text().split()]
+    assert len(computed) == len(spec.jobs) == 12 and len(set(computed)) == 12  # no job computed twice
+    from vqclip.io import read_jsonl
+
+    lines = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert sorted(line["id"] for line in lines) == sorted(j.id for j in spec.jobs)  # one line per job
+    summaries = [json.loads(r[0].strip().splitlines()[-1]) for r in results]
+    assert sum(s["ok"] for s in summaries) == 12
+    assert not list((tmp_path / "out" / ".claims").glob("*.lock"))  # every claim released
+
+
+def test_a_stale_claim_is_reclaimed_and_a_live_one_is_respected(tmp_path):
+    from vqclip.batch.store import claim_job, claim_path
+
+    folder = tmp_path / "b"
+    live = claim_job(folder, "apple/clip-s0")
+    assert live is not None and claim_job(folder, "apple/clip-s0") is None  # held by a live process (this one)
+    live.release()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    import socket
+
+    path = claim_path(folder, "pear/clip-s0")
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead.stdout), "job": "pear/clip-s0"}))
+    taken = claim_job(folder, "pear/clip-s0")  # its owner is dead: taken over
+    assert taken is not None and json.loads(path.read_text())["pid"] == os.getpid()
+    taken.release()
+    other = claim_path(folder, "fig/clip-s0")
+    other.write_text(json.dumps({"host": "another-host", "pid": 1, "job": "fig/clip-s0"}))
+    assert claim_job(folder, "fig/clip-s0") is None  # another host's fresh claim cannot be checked: respected
+    os.utime(other, (0, 0))
+    assert claim_job(folder, "fig/clip-s0") is not None  # untouched for longer than STALE_SECONDS: taken over
+
+
+def test_resume_removes_only_vqclips_own_temporaries(tmp_path):
+    from test_batch_support import make_batch, run_fake
+
+    spec, base = make_batch(tmp_path)
+    out = tmp_path / "out"
+    run_fake(spec, base, out, jobs=spec.jobs[:2])
+    job_dir = out / spec.jobs[2].folder
+    job_dir.mkdir(parents=True)
+    ours = [job_dir / ".image.png.k3j_x9a2.part.png", out / ".run.json.abcdefgh.part.json",
+            out / ".vqclip-write-test-a1b2c3d4"]
+    theirs = [job_dir / "image.part.png", out / ".notes.txt", out / "my.part.png", out / ".x.short.part.png"]
+    for p in ours + theirs:
+        p.write_bytes(b"x")
+    run_fake(spec, base, out)
+    assert not any(p.exists() for p in ours) and all(p.exists() for p in theirs)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 12: sizes and cutout counts that cannot fit are refused before any model is loaded.
+
+@pytest.mark.parametrize("extra, flag", [(["--size", "100000", "100000"], "--size"),
+                                         (["--cutn", "100000000"], "--cutn")])
+def test_a_run_that_cannot_fit_in_memory_is_refused_with_the_estimate(model_args, tmp_path, capsys, monkeypatch,
+                                                                      extra, flag):
+    import vqclip.cli.generate as generate
+
+    monkeypatch.setattr(generate, "load_models_from_args", lambda *a, **k: pytest.fail("models were loaded"))
+    rc = main(["generate", "apple", "--steps", "1", "--out", str(tmp_path / "r")] + model_args + extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: {flag}: " in err and "needs at least" in err and "free" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+    (tmp_path / "p.txt").write_text("apple\n")
+    rc = main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "b")] + model_args + extra)
+    err = capsys.readouterr().err
+    assert rc == 2 and f"error: {flag}: " in err and "needs at least" in err and not (tmp_path / "b").exists()
+
+
+def test_the_memory_estimate_grows_with_size_and_cutn():
+    from vqclip.cli.common import estimate_run_bytes
+
+    small, big = sum(estimate_run_bytes((480, 480), 32)), sum(estimate_run_bytes((960, 960), 32))
+    assert 0 < small < big and sum(estimate_run_bytes((480, 480), 64)) > small
+    assert sum(estimate_run_bytes((480, 480), 32)) < 2 * 2**30  # an ordinary run is never refused on a laptop
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 13: SIGTERM stops generate and batch like Ctrl-C.
+
+def _wait_for(predicate, proc, seconds=240):
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if predicate():
+            return True
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.05)
+    return False
+
+
+def test_sigterm_writes_the_current_image_and_an_interrupted_run_json(model_args, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vqclip", "generate", "apple", "--steps", "100000", "--seed", "1",
+                             "--save-every", "1", "--out", str(out)] + model_args,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: (out / "frames" / "000002.png").is_file(), proc), proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "interrupted" and record["steps_done"] >= 2 and (out / "image.png").is_file()
+
+
+def test_sigterm_stops_a_batch_cleanly_and_releases_its_claim(model_args, tmp_path):
+    (tmp_path / "p.txt").write_text("apple\npear\n")
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "vqclip", "batch", str(tmp_path / "p.txt"), "--steps", "100000",
+                             "--out", str(out)] + model_args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: any((out / ".claims").glob("*.lock")), proc), proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err and "Run the same command again to resume" in err
+    assert not list((out / ".claims").glob("*.lock")) and not (out / "manifest.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Item 4 (batch): a read-only folder is refused first; a full disk stops the batch and keeps finished jobs.
+
+def test_batch_into_a_read_only_folder_fails_before_loading_models(model_args, readonly_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    import vqclip.cli.batch as batch
+
+    monkeypatch.setattr(batch, "load_models_from_args", lambda *a, **k: pytest.fail("models were loaded"))
+    (tmp_path / "p.txt").write_text("apple\n")
+    rc = main(["batch", str(tmp_path / "p.txt"), "--out", str(readonly_dir / "b")] + model_args)
+    err = capsys.readouterr().err
+    assert rc == 74 and "cannot write" in err and "Traceback" not in err
+
+
+def test_a_full_disk_stops_the_batch_and_keeps_finished_jobs(tmp_path, monkeypatch):
+    import vqclip.batch.runner as runner
+    from test_batch_support import make_batch, run_fake
+
+    spec, base = make_batch(tmp_path)
+    real = runner.write_run
+    calls = []
+
+    def filling(folder, result, record):
+        calls.append(folder)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(folder / "image.png"))
+        return real(folder, result, record)
+
+    monkeypatch.setattr(runner, "write_run", filling)
+    out = tmp_path / "out"
+    summary = run_fake(spec, base, out)
+    assert summary.ok == 2 and len(calls) == 3 and "the disk is full" in summary.stopped
+    from vqclip.io import read_jsonl
+
+    assert [line["status"] for line in read_jsonl(out / "manifest.jsonl")] == ["ok", "ok"]  # no "failed" lines
+    assert not list((out / ".claims").glob("*.lock"))
+
+
+def test_a_really_full_disk_ends_batch_with_one_line_and_keeps_images(model_args, small_disk, tmp_path, capsys):
+    (tmp_path / "p.txt").write_text("".join(f"word{i}\n" for i in range(12)))
+    out = small_disk / "b"
+    filler = small_disk / "filler"
+    filler.write_bytes(b"\0" * (256 * 1024 - 48 * 1024))
+    rc = main(["batch", str(tmp_path / "p.txt"), "--steps", "1", "--out", str(out)] + model_args)
+    err = capsys.readouterr().err
+    assert rc == 74 and "Traceback" not in err and "the disk is full" in err and "are kept" in err
+    from vqclip.io import read_jsonl
+
+    for line in read_jsonl(out / "manifest.jsonl"):
+        assert line["status"] == "ok" and (out / line["image"]).is_file()

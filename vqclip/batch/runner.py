@@ -9,15 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import describe_exception
+from ..errors import DISK_ERRNOS, describe_exception, is_disk_error
 from ..outputs import build_record, write_run
 from .plan import BatchSpec, Job, job_settings
-from .store import MANIFEST_NAME, append_manifest, finished_record, job_state, manifest_line, manifest_ok
+from .store import (MANIFEST_NAME, append_manifest, claim_job, finished_record, job_state, manifest_line,
+                    manifest_ok)
 
 
 # Which BatchSummary counter each job outcome adds to.
 OUTCOME_COUNTERS = {"done": "done_before", "recovered": "recovered", "ok": "ok", "failed": "failed",
-                    "skipped": "skipped_failed"}
+                    "skipped": "skipped_failed", "busy": "busy"}
 
 
 @dataclass
@@ -30,13 +31,16 @@ class BatchSummary:
     ok: int = 0
     failed: int = 0
     skipped_failed: int = 0
+    busy: int = 0  # claimed by another live worker on the same folder
     interrupted: bool = False
+    stopped: str | None = None  # why the batch stopped early (a full disk, a read-only folder), finished jobs kept
     seconds: float = 0.0
     failures: list[tuple[str, str]] = field(default_factory=list)  # (job id, error)
 
     @property
     def remaining(self) -> int:
-        return self.total - self.done_before - self.recovered - self.ok - self.failed - self.skipped_failed
+        return (self.total - self.done_before - self.recovered - self.ok - self.failed - self.skipped_failed
+                - self.busy)
 
 
 class BatchHooks:
@@ -49,7 +53,7 @@ class BatchHooks:
         pass
 
     def on_job_end(self, job: Job, outcome: str, line: Mapping[str, Any] | None) -> None:
-        """`outcome`: done (finished before), recovered, ok, failed, skipped."""
+        """`outcome`: done (finished before), recovered, ok, failed, skipped, busy (another worker has it)."""
 
 
 def _error_text(e: BaseException) -> str:
@@ -107,6 +111,13 @@ def run_batch(jobs: Sequence[Job], spec: BatchSpec, base, models, folder: str | 
                                      generate, hooks, extra)
         except KeyboardInterrupt:
             outcome, line = "interrupted", None
+        except OSError as e:
+            if not is_disk_error(e):
+                raise
+            # every later write would fail the same way: stop, keeping every finished job (all writes are atomic)
+            summary.stopped = (f"could not write {e.filename or 'a file'} for job {job.id}: "
+                               f"{DISK_ERRNOS[e.errno]}")
+            break
         if outcome == "interrupted":
             summary.interrupted = True
             break
@@ -122,23 +133,44 @@ def run_batch(jobs: Sequence[Job], spec: BatchSpec, base, models, folder: str | 
 def _one_job(job: Job, fp: str, spec: BatchSpec, base, models, models_info: dict, folder: Path,
              ok_lines: Mapping, failed_before: set, generate: Callable, hooks: BatchHooks,
              extra: Mapping[str, Any]) -> tuple[str, dict | None]:
-    """Run (or skip, or recover) one job and append its manifest line; returns (outcome, line)."""
+    """Claim, then run (or skip, or recover) one job and append its manifest line; returns (outcome, line)."""
     state = job_state(folder, job, fp, ok_lines)
     if state == "done":
         return "done", None
-    if state == "recover":  # the image and run.json are whole; only the manifest line was lost
-        line = manifest_line(job, fp, "ok", finished_record(folder, job, fp), extra=dict(extra, recovered=True))
-        append_manifest(folder, line)
-        return "recovered", line
-    if (job.id, fp) in failed_before:
+    if state != "recover" and (job.id, fp) in failed_before:
         return "skipped", None
+    claim = claim_job(folder, job.id)
+    if claim is None:
+        return "busy", None  # another live worker on this folder runs it
+    try:
+        if finished_record(folder, job, fp) is not None:  # finished by another worker since this run started
+            if (job.id, fp) in manifest_ok(folder):
+                return "done", None
+            state = "recover"
+        if state == "recover":  # the image and run.json are whole; only the manifest line was lost
+            line = manifest_line(job, fp, "ok", finished_record(folder, job, fp),
+                                 extra=dict(extra, recovered=True))
+            append_manifest(folder, line)
+            return "recovered", line
+        return _run_job(job, fp, spec, base, models, models_info, folder, generate, hooks, extra, claim)
+    finally:
+        claim.release()
+
+
+def _run_job(job: Job, fp: str, spec: BatchSpec, base, models, models_info: dict, folder: Path, generate: Callable,
+             hooks: BatchHooks, extra: Mapping[str, Any], claim) -> tuple[str, dict | None]:
     settings = job_settings(base, job.item, job.seed)
     if not models_info:
         models_info.update(models.describe())
     hooks.on_job_start(job, settings)
+
+    def on_step(info):
+        claim.refresh()  # a long job keeps its claim fresh, so other workers never take it over
+        hooks.on_step(info)
+
     try:
         space = models.space(job.space, spec.projections.get(job.space))
-        result = generate(settings, models.clip, models.vqgan, space, hooks.on_step)
+        result = generate(settings, models.clip, models.vqgan, space, on_step)
     except KeyboardInterrupt:
         return "interrupted", None
     except Exception as e:  # one failing job is recorded and the batch goes on

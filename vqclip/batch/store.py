@@ -8,13 +8,18 @@ processes can work on one batch folder.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
+import re
+import socket
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from ..cache import slug
 from ..errors import VqclipError, bad_arg
-from ..io import append_jsonl, read_jsonl, write_json
+from ..io import append_jsonl, inside, read_jsonl, write_json
 from ..outputs import IMAGE_NAME, RECORD_NAME
 from .plan import FORMAT, Job, item_conflicts, merge_records, record_differences
 
@@ -98,6 +103,7 @@ def open_batch_dir(folder: str | os.PathLike, record: Mapping[str, Any], action:
             except FileNotFoundError:  # another shard of the same command moved it first
                 pass
     end_torn_line(manifest)
+    clean_temporaries(folder)
     merged = merge_records(old, record) if old is not None and action != "replace" else dict(record)
     if old is None or _comparable(old) != _comparable(merged):
         merged["vqclip_version"] = _version()
@@ -147,10 +153,13 @@ def finished_record(folder: str | os.PathLike, job: Job, fingerprint: str) -> di
         record = json.loads((run_dir / RECORD_NAME).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
-    batch = record.get("batch") or {}
-    if record.get("status") != "finished" or batch.get("fingerprint") != fingerprint:
+    if not isinstance(record, dict):
         return None
-    return record if (run_dir / str(record.get("image") or IMAGE_NAME)).is_file() else None
+    batch = record.get("batch")
+    if record.get("status") != "finished" or not isinstance(batch, dict) or batch.get("fingerprint") != fingerprint:
+        return None
+    image = inside(run_dir, record.get("image") or IMAGE_NAME)  # an image outside the job folder is not its image
+    return record if image is not None and image.is_file() else None
 
 
 def job_state(folder: str | os.PathLike, job: Job, fingerprint: str, ok_lines: Mapping[tuple[str, str], dict]) -> str:
@@ -181,3 +190,134 @@ def manifest_line(job: Job, fingerprint: str, status: str, record: Mapping[str, 
 
 def append_manifest(folder: str | os.PathLike, line: Mapping[str, Any]) -> None:
     append_jsonl(Path(folder) / MANIFEST_NAME, line)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cooperating workers: a job is claimed with a lock file taken atomically (O_EXCL), so several `vqclip batch`
+# processes on one folder (one machine, or several sharing a file system) split the jobs without duplicates.
+
+CLAIMS_DIR = ".claims"
+STALE_SECONDS = 600.0  # a claim whose owner cannot be checked (another host) is stale after this long untouched
+REFRESH_SECONDS = 30.0  # a running job touches its claim this often
+TEMP_STALE_SECONDS = 120.0
+# What vqclip's own atomic writes and write probes leave behind when killed: `.image.png.k3j_x9a2.part.png`.
+TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.part(\.[A-Za-z0-9]+)?|\.vqclip-write-test-[a-z0-9_]{8}")
+
+
+def claim_path(folder: str | os.PathLike, job_id: str) -> Path:
+    digest = hashlib.sha256(job_id.encode("utf-8")).hexdigest()[:12]
+    return Path(folder) / CLAIMS_DIR / f"{slug(job_id, 60)}-{digest}.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True
+    return True
+
+
+def _claim_owner(path: Path) -> dict | None:
+    try:
+        owner = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # gone, or being written this instant
+    return owner if isinstance(owner, dict) else None
+
+
+def claim_is_stale(path: Path, stale_after: float = STALE_SECONDS) -> bool:
+    """A claim is stale when its owner on this host is dead, or when it has not been touched for `stale_after`."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    owner = _claim_owner(path)
+    if owner and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        return not _pid_alive(owner["pid"])
+    return age > stale_after
+
+
+def _break_stale(path: Path, stale_after: float) -> bool:
+    """Remove a stale claim; one process at a time (its own O_EXCL file), re-checking staleness once alone."""
+    breaker = path.with_name(path.name + ".breaking")
+    try:
+        os.close(os.open(breaker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        try:  # a breaker killed in this tiny window leaves its file behind
+            if time.time() - breaker.stat().st_mtime > 60:
+                breaker.unlink()
+        except FileNotFoundError:
+            pass
+        return False
+    try:
+        if claim_is_stale(path, stale_after):
+            path.unlink(missing_ok=True)
+            return True
+        return False
+    finally:
+        breaker.unlink(missing_ok=True)
+
+
+class Claim:
+    """A job claimed by this process: refresh it while the job runs, release it when done."""
+
+    def __init__(self, path: Path, owner: dict):
+        self.path, self.owner, self.touched = path, owner, time.monotonic()
+
+    def refresh(self) -> None:
+        if time.monotonic() - self.touched >= REFRESH_SECONDS:
+            self.touched = time.monotonic()
+            try:
+                os.utime(self.path)
+            except OSError:  # a full or flaky disk must not stop the job; the claim may go stale, that is all
+                pass
+
+    def release(self) -> None:
+        if _claim_owner(self.path) == self.owner:  # never remove a claim another worker took over
+            self.path.unlink(missing_ok=True)
+
+
+def claim_job(folder: str | os.PathLike, job_id: str, stale_after: float = STALE_SECONDS) -> Claim | None:
+    """Claim `job_id` for this process, or None when another live worker holds it."""
+    path = claim_path(folder, job_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "job": job_id,
+             "claimed": _dt.datetime.now().astimezone().isoformat(timespec="seconds"), "nonce": os.urandom(6).hex()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            if not claim_is_stale(path, stale_after) or not _break_stale(path, stale_after):
+                return None
+            continue
+        try:
+            os.write(fd, json.dumps(owner).encode("utf-8"))
+        finally:
+            os.close(fd)
+        return Claim(path, owner)
+    return None
+
+
+def clean_temporaries(folder: str | os.PathLike, min_age: float = TEMP_STALE_SECONDS) -> list[Path]:
+    """Remove vqclip's own temporary files left by killed writes (only its names): all of them when no other
+    worker holds a claim in the folder, else only those older than `min_age` (a live worker may be writing)."""
+    folder = Path(folder)
+    claims = folder / CLAIMS_DIR
+    busy = claims.is_dir() and any(not claim_is_stale(p) for p in claims.glob("*.lock"))
+    now, removed = time.time(), []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if d != CLAIMS_DIR]
+        for name in filenames:
+            path = Path(dirpath) / name
+            if not TEMP_NAME.fullmatch(name) or path.is_symlink():
+                continue
+            try:
+                if busy and now - path.stat().st_mtime < min_age:
+                    continue
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(path)
+    return removed

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import bad_arg
+from ..io import check_writable
+from .common import check_memory, sigterm_as_interrupt
 from .generate import add_model_args, add_settings_args, load_models_from_args, settings_from_args
 
 PROG = "vqclip batch"
@@ -146,7 +148,7 @@ class ProgressBars:
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
-    from ..batch import BatchSpec, check_batch_dir, load_prompt_files, make_plan, open_batch_dir, run_batch
+    from ..batch import BatchSpec, check_batch_dir, load_prompt_files, make_plan
     from ..batch.plan import base_settings_record, check_item_settings, model_identity
     from ..batch.shard import resolve_shard, shard_jobs
     from ..batch.store import job_state, manifest_ok
@@ -175,6 +177,19 @@ def run_batch_command(args: argparse.Namespace) -> int:
         print(f"{PROG}: {out} ({action}): {plan_text}")
         return 0
 
+    check_writable(out, "--out")  # a read-only or missing disk is refused before any model is loaded
+    sizes = [(base.size, base.cutn, "")] + [
+        (item.overrides.get("size", base.size), item.overrides.get("cutn", base.cutn), f" (item {item.id!r})")
+        for item in items if "size" in item.overrides or "cutn" in item.overrides]
+    check_memory(sizes, args.device)
+    with sigterm_as_interrupt():
+        return _run(args, out, record, action, spec, base, items, spaces, projections, shard, jobs, mine, done)
+
+
+def _run(args, out, record, action, spec, base, items, spaces, projections, shard, jobs, mine, done) -> int:
+    from ..batch import open_batch_dir, run_batch
+    from ..batch.plan import check_item_settings
+
     models = None
     if done < len(mine):  # nothing to generate: no need to load models
         shard_device(args, shard)
@@ -193,9 +208,15 @@ def run_batch_command(args: argparse.Namespace) -> int:
     finally:
         bars.close()
     print(out)
+    busy = f"{summary.busy} run by other workers, " if summary.busy else ""
     print(f"{PROG}: {out}: {summary.ok} generated, {summary.done_before} already finished, {summary.recovered} "
-          f"recovered, {summary.failed} failed, {summary.skipped_failed} skipped (failed before), "
+          f"recovered, {summary.failed} failed, {summary.skipped_failed} skipped (failed before), {busy}"
           f"{summary.remaining} left ({summary.seconds:.1f} s; share {shard} of {len(jobs)} jobs)", file=sys.stderr)
+    if summary.stopped:
+        print(f"{PROG}: error: stopped early: {summary.stopped}; the {summary.ok + summary.recovered} jobs finished "
+              "in this run (and every earlier one) are kept. Free some space and run the same command again to "
+              "resume.", file=sys.stderr)
+        return 74
     if summary.interrupted:
         print(f"{PROG}: interrupted; finished jobs are recorded. Run the same command again to resume.",
               file=sys.stderr)

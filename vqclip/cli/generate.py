@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 from ..errors import bad_arg, choices_hint
-from .common import add_cache_arg, add_clip_args, add_device_args
+from .common import (add_cache_arg, add_clip_args, add_device_args, check_memory, output_errors,
+                     sigterm_as_interrupt)
 
 VIDEO_FORMATS = ("mp4", "gif")
 
@@ -214,12 +215,7 @@ def check_output_args(args: argparse.Namespace) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from ..generation import run
-    from ..generation.loop import to_pil
-    from ..outputs import (build_record, check_run_dir, default_run_dir, discard_empty_run_dir, prepare_run_dir,
-                           save_frame, write_run, write_video)
+    from ..outputs import check_run_dir, default_run_dir
 
     if not args.prompt and not args.image_prompt:
         raise bad_arg("PROMPT", "a text prompt (or --image-prompt) is required", args.prompt,
@@ -229,7 +225,18 @@ def run_generate(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, prompt)
     settings.resolved(1)  # every check that does not need the VQGAN, before loading it
     out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
-    check_run_dir(out, args.overwrite)
+    check_run_dir(out, args.overwrite)  # also: can files be written there, before any work
+    check_memory([(settings.size, settings.cutn, "")], args.device)
+    with sigterm_as_interrupt():
+        return _generate(args, settings, prompt, out)
+
+
+def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int:
+    from tqdm import tqdm
+
+    from ..generation import run
+    from ..generation.loop import to_pil
+    from ..outputs import build_record, discard_empty_run_dir, prepare_run_dir, save_frame, write_run, write_video
 
     models = load_models_from_args(args, spaces=[(args.space, args.projection, "--projection")])
     space = models.space(args.space, args.projection)
@@ -246,7 +253,9 @@ def run_generate(args: argparse.Namespace) -> int:
         if info.step % 10 == 0 or info.step == info.steps:
             bar.set_postfix(loss=f"{info.loss:.4f}")
         if args.save_every and info.step % args.save_every == 0:
-            save_frame(out, info.step, to_pil(info.image))
+            with output_errors(out, f"frames up to step {info.step - args.save_every} are kept; no image was "
+                                    "written"):
+                save_frame(out, info.step, to_pil(info.image))
 
     try:
         result = run(settings, models.clip, models.vqgan, space, on_step)
@@ -258,10 +267,12 @@ def run_generate(args: argparse.Namespace) -> int:
         bar.close()
     record = build_record(result, models.describe(), space.describe(), prompt,
                           {"space_name": space.name, "load_seconds": round(models.load_seconds, 3)})
-    image_path = write_run(out, result, record)
+    with output_errors(out, "the image of this run could not be kept"):
+        image_path = write_run(out, result, record)
     if args.video:
         if result.steps_done >= args.save_every:
-            write_video(out, args.fps, args.video)
+            with output_errors(out, "image.png, run.json and the frames are kept"):
+                write_video(out, args.fps, args.video)
         else:
             print(f"vqclip generate: note: no video: the run stopped after {result.steps_done} steps, before the "
                   f"first frame (--save-every {args.save_every})", file=sys.stderr)

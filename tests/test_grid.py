@@ -71,7 +71,8 @@ def test_pages_split_a_large_grid_and_stale_pages_go(batch, tmp_path):
     _, _, out = batch
     target = tmp_path / "g" / "grid.png"
     target.parent.mkdir()
-    (target.parent / "grid-009.png").write_bytes(b"old")
+    earlier = make_grid(out, target, style=GridStyle(thumb=32, max_rows=1, max_cols=1))  # a larger grid before
+    assert len(earlier["pages"]) == 12 and (target.parent / "grid-009.png").exists()
     (target.parent / "grid-notes.png").write_bytes(b"keep")
     written = make_grid(out, target, style=GridStyle(thumb=32, max_rows=1, max_cols=4))
     names = [p.name for p in written["pages"]]

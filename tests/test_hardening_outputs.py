@@ -393,3 +393,95 @@ def test_a_really_full_disk_ends_batch_with_one_line_and_keeps_images(model_args
 
     for line in read_jsonl(out / "manifest.jsonl"):
         assert line["status"] == "ok" and (out / line["image"]).is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Items 2, 10 and 15: grids replace only their own pages, stay inside the folder, and draw Hebrew and Arabic.
+
+@pytest.fixture()
+def batch_folder(tmp_path):
+    from test_batch_support import make_batch, run_fake
+
+    spec, base = make_batch(tmp_path, prompt_text="apple\nשלום\nمرحبا\n", spaces=("clip",), seeds=(0,), size=(16, 16))
+    out = tmp_path / "batch"
+    run_fake(spec, base, out)
+    return out
+
+
+def test_grid_keeps_a_users_files_beside_its_output(batch_folder, tmp_path, capsys):
+    pics = tmp_path / "pics"
+    pics.mkdir()
+    mine = {name: f"user {name}".encode() for name in ("grid.png", "grid-001.png", "grid-002.png", "index.html")}
+    for name, data in mine.items():
+        (pics / name).write_bytes(data)
+    rc = main(["grid", str(batch_folder), "--out", str(pics / "grid.png"), "--html", str(pics / "index.html")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--overwrite" in err and "Traceback" not in err
+    assert snapshot(pics) == mine
+    rc = main(["grid", str(batch_folder), "--out", str(pics / "grid.png"), "--max-rows", "1"])  # 3 pages
+    assert rc == 2 and snapshot(pics) == mine
+    # with --overwrite the named pages are replaced; a user's file the grid does not need is still never removed
+    (pics / "grid-009.png").write_bytes(b"user page 9")
+    assert main(["grid", str(batch_folder), "--out", str(pics / "grid.png"), "--overwrite"]) == 0
+    assert (pics / "grid-001.png").read_bytes() == mine["grid-001.png"]
+    assert (pics / "grid-009.png").read_bytes() == b"user page 9"
+    assert (pics / "grid.png").read_bytes() != mine["grid.png"]
+
+
+def test_a_grid_replaces_its_own_pages_and_removes_only_those(batch_folder, tmp_path):
+    out = tmp_path / "g" / "grid.png"
+    assert main(["grid", str(batch_folder), "--out", str(out), "--max-rows", "1", "--html",
+                 str(tmp_path / "g" / "index.html")]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["grid-001.png", "grid-002.png", "grid-003.png",
+                                                            "index.html"]
+    (out.parent / "grid-other.png").write_bytes(b"mine")
+    assert main(["grid", str(batch_folder), "--out", str(out), "--html", str(tmp_path / "g" / "index.html")]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["grid-other.png", "grid.png", "index.html"]
+
+
+def test_image_paths_outside_the_folder_are_refused(batch_folder, tmp_path, capsys):
+    from vqclip.batch.store import finished_record
+    from vqclip.grid import collect
+    from vqclip.io import read_jsonl
+
+    secret = tmp_path / "secret.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), "red").save(secret)
+    lines = read_jsonl(batch_folder / "manifest.jsonl")
+    lines[0]["image"] = "../secret.png"
+    lines[1]["image"] = str(secret)
+    (batch_folder / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    cells = {c.fields["prompt"]: c for c in collect(batch_folder).cells}
+    refused = [c for c in cells.values() if c.status == "refused"]
+    assert len(refused) == 2 and all(c.image is None for c in refused)
+    runs = tmp_path / "runs" / "r1"
+    runs.mkdir(parents=True)
+    (runs / "run.json").write_text(json.dumps({"prompt": "x", "image": "../../secret.png", "status": "finished"}))
+    assert [c.status for c in collect(tmp_path / "runs").cells] == ["refused"]
+
+    class Job:  # a run.json of a batch job that names an image outside its job folder is not finished
+        folder = "j"
+
+    (batch_folder / "j").mkdir()
+    (batch_folder / "j" / "run.json").write_text(json.dumps({"status": "finished", "batch": {"fingerprint": "f"},
+                                                              "image": "../../secret.png"}))
+    assert finished_record(batch_folder, Job, "f") is None
+    (batch_folder / "j" / "run.json").write_text(json.dumps({"status": "finished", "batch": "f"}))
+    assert finished_record(batch_folder, Job, "f") is None  # a wrong-typed record is not finished either
+
+
+def test_hebrew_and_arabic_labels_get_a_font_that_draws_them(batch_folder):
+    from vqclip.grid import _has_glyph, arrange, collect, font_files, grid_title, layout_page, paginate
+    from vqclip.grid import GridStyle, render_page
+
+    if not font_files():
+        pytest.skip("no font with Hebrew/Arabic coverage installed (install fonts-dejavu or matplotlib)")
+    found = collect(batch_folder)
+    arr = arrange(found.cells)
+    style = GridStyle(thumb=32)
+    page = layout_page(paginate(arr, style)[0], arr, style, grid_title(found, arr))
+    assert page.font_file is not None
+    assert all(_has_glyph(page.font_file, c) for c in "שלוםمرحبا")
+    assert not all(_has_glyph(None, c) for c in "שלום")  # Pillow's own font would have drawn boxes
+    render_page(page, arr, style)

@@ -6,6 +6,8 @@ with Pillow and writes a static, offline HTML gallery. Missing or failed cells a
 
 from __future__ import annotations
 
+import functools
+import glob
 import html
 import json
 import os
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .errors import bad_arg, choices_hint
-from .io import atomic_path, read_jsonl, write_text
+from .io import atomic_path, check_writable, inside, read_jsonl, write_text
 from .spaces import SPACES
 
 SETTING_FIELDS = ("steps", "size", "lr", "optimizer", "method", "loss", "cutn", "cut_pow", "augment", "noise",
@@ -24,7 +26,8 @@ SETTING_FIELDS = ("steps", "size", "lr", "optimizer", "method", "loss", "cutn", 
 FIELDS = ("prompt", "space", "seed", "word_type") + SETTING_FIELDS
 # Fields added to the columns, in this order, when cells would otherwise share a place in the grid.
 AUTO_ORDER = ("space", "seed", "prompt") + SETTING_FIELDS + ("word_type",)
-STATUS_NOTES = {"missing": "not run yet", "failed": "failed", "lost": "image file missing"}
+STATUS_NOTES = {"missing": "not run yet", "failed": "failed", "lost": "image file missing",
+                "refused": "image path leads outside the folder (refused)"}
 
 
 @dataclass
@@ -93,9 +96,10 @@ def _batch_cell(folder: Path, job: Mapping[str, Any], item: Mapping[str, Any], b
     if line is None:
         cell.note = STATUS_NOTES["missing"]
     elif line.get("status") == "ok" and line.get("image"):
-        image = folder / str(line["image"])
-        cell.image, cell.status = (image, "ok") if image.is_file() else (None, "lost")
-        cell.note = None if cell.status == "ok" else STATUS_NOTES["lost"]
+        image = inside(folder, line["image"])  # manifests are untrusted: never follow one out of the folder
+        cell.image, cell.status = ((image, "ok") if image is not None and image.is_file() else
+                                   (None, "lost" if image is not None else "refused"))
+        cell.note = None if cell.status == "ok" else STATUS_NOTES[cell.status]
     else:
         cell.status, cell.note = "failed", f"failed: {line.get('error') or line.get('status')}"
     if line:
@@ -117,7 +121,8 @@ def collect_batch(folder: Path) -> Collection:
     for job_id, line in lines.items():  # finished jobs of a plan written after batch.json was read
         if job_id in planned or line.get("status") != "ok" or not line.get("image"):
             continue
-        run = _read_json(folder / str(line.get("record") or "")) or {}
+        record_path = inside(folder, line.get("record"))
+        run = (_read_json(record_path) if record_path is not None else None) or {}
         item = {"id": line.get("item") or job_id.split("/")[0], "prompt": line.get("prompt", ""),
                 "word_type": line.get("word_type")}
         job = {"id": job_id, "space": line.get("space"), "seed": line.get("seed")}
@@ -144,10 +149,12 @@ def collect_runs(folder: Path) -> Collection:
         prompt = str(run.get("prompt", ""))
         fields = {"prompt": prompt, "space": space or "clip", "seed": run.get("seed"),
                   "word_type": run.get("word_type"), **_settings_fields(settings)}
-        image = Path(dirpath) / str(run.get("image") or "image.png")
+        image = inside(dirpath, run.get("image") or "image.png")  # run.json is untrusted: stay in its folder
         cell = Cell(fields, prompt_text=prompt, settings=settings,
                     info={k: run.get(k) for k in ("loss", "steps_done") if run.get(k) is not None})
-        if not image.is_file():
+        if image is None:
+            cell.status, cell.note = "refused", STATUS_NOTES["refused"]
+        elif not image.is_file():
             cell.status, cell.note = "lost", STATUS_NOTES["lost"]
         else:
             cell.image = image
@@ -321,6 +328,7 @@ class Page:
     col_label_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     row_labels: list[str] = field(default_factory=list)
     col_labels: list[str] = field(default_factory=list)
+    font_file: str | None = None  # None: Pillow's own font; else a font that covers the labels' scripts
 
 
 def paginate(arr: Arrangement, style: GridStyle) -> list[Page]:
@@ -331,11 +339,74 @@ def paginate(arr: Arrangement, style: GridStyle) -> list[Page]:
     return [Page(r, c, n + 1, len(chunks)) for n, (r, c) in enumerate(chunks)]
 
 
-def _fonts(style: GridStyle):
+FONT_ENV = "VQCLIP_FONT"
+# Fonts tried for labels Pillow's own font cannot draw (it covers Latin only): DejaVu Sans (Latin, Greek, Cyrillic,
+# Hebrew, Arabic, many symbols) and Noto where the system has them, then matplotlib's bundled DejaVu Sans. Emoji
+# stay boxes unless a font that has them is installed here or named by $VQCLIP_FONT.
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSansHebrew-Regular.ttf", "/usr/share/fonts/truetype/noto/NotoSansArabic-Regular.ttf",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf", "/Library/Fonts/Arial Unicode.ttf",
+    "C:/Windows/Fonts/segoeui.ttf", "C:/Windows/Fonts/arial.ttf",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def font_files() -> tuple[str, ...]:
+    """Font files that exist here, in the order they are tried ($VQCLIP_FONT first)."""
+    import importlib.util
+
+    paths = [os.environ[FONT_ENV]] if os.environ.get(FONT_ENV) else []
+    paths += FONT_CANDIDATES
+    spec = importlib.util.find_spec("matplotlib")  # found, not imported
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        paths.append(os.path.join(root, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf"))
+    return tuple(dict.fromkeys(p for p in paths if os.path.isfile(p)))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_font(path: str | None, size: int):
     from PIL import ImageFont
 
-    return (ImageFont.load_default(size=style.font_size), ImageFont.load_default(size=max(9, style.font_size * 4 // 5)),
-            ImageFont.load_default(size=style.font_size + 3))
+    if path is None:
+        return ImageFont.load_default(size=size)
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError:  # a broken font file falls back to Pillow's own font
+        return ImageFont.load_default(size=size)
+
+
+@functools.lru_cache(maxsize=8192)
+def _has_glyph(path: str | None, char: str) -> bool:
+    """A glyph is missing when the font draws it exactly as its .notdef box (what U+FFFF, a non-character, gets)."""
+    font = _load_font(path, 24)
+    try:
+        mask, missing = font.getmask(char), font.getmask("\uffff")
+    except Exception:  # noqa: BLE001 - a character the font engine rejects is not covered
+        return False
+    return not (mask.size == missing.size and bytes(mask) == bytes(missing))
+
+
+def pick_font_file(texts: Iterable[str]) -> str | None:
+    """The font (None: Pillow's own) that can draw the most characters of `texts`; earlier fonts win ties."""
+    chars = {c for t in texts for c in str(t) if not c.isspace() and c != "…"}
+    if all(ord(c) < 0x250 for c in chars):  # Latin: Pillow's own font draws it
+        return None
+    best, best_count = None, sum(_has_glyph(None, c) for c in chars)
+    for path in font_files():
+        count = sum(_has_glyph(path, c) for c in chars)
+        if count > best_count:
+            best, best_count = path, count
+        if count == len(chars):
+            break
+    return best
+
+
+def _fonts(style: GridStyle, font_file: str | None = None):
+    return (_load_font(font_file, style.font_size), _load_font(font_file, max(9, style.font_size * 4 // 5)),
+            _load_font(font_file, style.font_size + 3))
 
 
 def wrap_text(text: str, font, width: int, max_lines: int) -> list[str]:
@@ -374,13 +445,15 @@ def _line_height(font) -> int:
 
 def layout_page(page: Page, arr: Arrangement, style: GridStyle, title: str) -> Page:
     """Compute the page size and the boxes of labels and cells (pure geometry; nothing is drawn)."""
-    font, _, big = _fonts(style)
-    pad, thumb, label_w = style.pad, style.thumb, style.label_w()
-    lh = _line_height(font)
-    col_w = thumb + pad
     page.title = title + (f"  |  page {page.number}/{page.count}" if page.count > 1 else "")
     page.col_labels = [arr.col_label(c) for c in page.cols]
     page.row_labels = [arr.row_label(r) for r in page.rows]
+    page.font_file = pick_font_file([page.title, *page.col_labels, *page.row_labels,
+                                     *(arr.row_notes.get(r, "") for r in page.rows)])
+    font, _, big = _fonts(style, page.font_file)
+    pad, thumb, label_w = style.pad, style.thumb, style.label_w()
+    lh = _line_height(font)
+    col_w = thumb + pad
     header_lines = max([len(wrap_text(t, font, col_w - pad, 3)) for t in page.col_labels] or [1])
     title_lines = wrap_text(page.title, big, max(label_w + col_w * len(page.cols), 200), 2)
     title_h = pad + len(title_lines) * _line_height(big) + pad
@@ -414,7 +487,7 @@ def render_page(page: Page, arr: Arrangement, style: GridStyle):
     """Draw a laid-out page: title, column labels, row labels, thumbnails and empty cells with their notes."""
     from PIL import Image, ImageDraw, ImageOps
 
-    font, small, big = _fonts(style)
+    font, small, big = _fonts(style, page.font_file)
     image = Image.new("RGB", page.size, "white")
     draw = ImageDraw.Draw(image)
     _draw_lines(draw, (style.pad, style.pad, page.size[0] - style.pad, page.size[1]),
@@ -472,27 +545,69 @@ def page_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{n:03d}{out.suffix}") for n in range(1, count + 1)]
 
 
-def _remove_stale_pages(out: Path, keep: Sequence[Path]) -> None:
-    """Pages left by an earlier, larger grid of the same name would mislead; remove only those."""
-    pattern = re.compile(re.escape(out.stem) + r"(-\d{3})?" + re.escape(out.suffix) + "$")
-    for p in out.parent.glob(f"{out.stem}*{out.suffix}"):
-        if pattern.fullmatch(p.name) and p not in keep:
+# Every page carries this PNG text chunk naming the grid it belongs to: {"grid": "grid.png", "page": 2, "pages": 4}.
+# It is how a later grid of the same name knows which files it may replace or remove: those it wrote, no others.
+PAGE_CHUNK = "vqclip-grid"
+
+
+def grid_page_owner(path: Path) -> str | None:
+    """The grid file name recorded in a page vqclip wrote, or None for any other file (or an unreadable one)."""
+    from PIL import Image
+
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with Image.open(path) as im:  # text chunks before the image data are read without decoding pixels
+            value = im.info.get(PAGE_CHUNK)
+        record = json.loads(value) if isinstance(value, str) else None
+    except Exception:  # noqa: BLE001 - any file we cannot read as our page is simply not ours
+        return None
+    return str(record.get("grid")) if isinstance(record, dict) else None
+
+
+def _check_replaceable(out: Path, paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to replace a file that is not a page of this same grid, unless `overwrite`."""
+    if overwrite:
+        return
+    for path in paths:
+        if (path.exists() or path.is_symlink()) and grid_page_owner(path) != out.name:
+            raise bad_arg("--out", "a file that is not a page of this grid is in the way (grids replace only the "
+                          "pages they wrote)", str(path), "Choose another --out, or pass --overwrite to replace it.")
+
+
+def _remove_stale_pages(out: Path, keep: Sequence[Path]) -> list[Path]:
+    """Pages left by an earlier, larger grid of the same name would mislead; remove those (recorded as pages of
+    this grid in their own text chunk), never a user's file that merely has a similar name."""
+    pattern = re.compile(re.escape(out.stem) + r"(-\d{3})?" + re.escape(out.suffix))
+    removed = []
+    for p in out.parent.glob(f"{glob.escape(out.stem)}*{glob.escape(out.suffix)}"):
+        if pattern.fullmatch(p.name) and p not in keep and grid_page_owner(p) == out.name:
             p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
-def write_grid(found: Collection, arr: Arrangement, out: str | os.PathLike, style: GridStyle = GridStyle()
-               ) -> list[Path]:
-    """Render every page and save it (atomically); returns the page files."""
+def write_grid(found: Collection, arr: Arrangement, out: str | os.PathLike, style: GridStyle = GridStyle(),
+               overwrite: bool = False) -> list[Path]:
+    """Render every page and save it (atomically); returns the page files.
+
+    An existing file is replaced only when it is a page of this same grid, or with `overwrite`.
+    """
+    from PIL import PngImagePlugin
+
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise bad_arg("--out", "the grid is written as PNG", str(out), "Give a path ending in .png.")
     pages = paginate(arr, style)
     paths = page_paths(out, len(pages))
+    _check_replaceable(out, paths, overwrite)
     title = grid_title(found, arr)
     for page, path in zip(pages, paths):
         image = render_page(layout_page(page, arr, style, title), arr, style)
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(PAGE_CHUNK, json.dumps({"grid": out.name, "page": page.number, "pages": page.count}))
         with atomic_path(path) as tmp:
-            image.save(tmp, format="PNG")
+            image.save(tmp, format="PNG", pnginfo=info)
     _remove_stale_pages(out, paths)
     return paths
 
@@ -569,6 +684,7 @@ def render_html(found: Collection, arr: Arrangement, base: Path, thumb: int = 16
     return ("<!DOCTYPE html>\n"
             '<html xmlns="http://www.w3.org/1999/xhtml" lang="en">\n<head>\n<meta charset="utf-8" />\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1" />\n'
+            f'<meta name="generator" content="{HTML_GENERATOR}" />\n'
             f"<title>{_e(title)}</title>\n<style>{HTML_STYLE.replace('THUMB', str(thumb))}</style>\n</head>\n<body>\n"
             f"<h1>{_e(found.title)}</h1>\n<p class=\"sub\">rows: {_e(arr.row_field)} · columns: "
             f"{_e(', '.join(arr.col_fields))} · {_e(summary)}</p>\n"
@@ -576,10 +692,28 @@ def render_html(found: Collection, arr: Arrangement, base: Path, thumb: int = 16
             "\n</tbody>\n</table>\n</body>\n</html>\n")
 
 
-def write_html(found: Collection, arr: Arrangement, path: str | os.PathLike, thumb: int = 160) -> Path:
+HTML_GENERATOR = "vqclip grid"
+
+
+def _is_our_gallery(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2048)
+    except OSError:
+        return False
+    return f'<meta name="generator" content="{HTML_GENERATOR}" />'.encode() in head
+
+
+def write_html(found: Collection, arr: Arrangement, path: str | os.PathLike, thumb: int = 160,
+               overwrite: bool = False) -> Path:
+    """Write the gallery; an existing file is replaced only when vqclip wrote it (its generator tag), or with
+    `overwrite`."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm", ".xhtml"):
         raise bad_arg("--html", "the gallery is an HTML file", str(path), "Give a path ending in .html.")
+    if (path.exists() or path.is_symlink()) and not overwrite and not _is_our_gallery(path):
+        raise bad_arg("--html", "a file vqclip did not write is in the way", str(path),
+                      "Choose another --html path, or pass --overwrite to replace it.")
     write_text(path, render_html(found, arr, path.parent, thumb))
     return path
 
@@ -587,18 +721,25 @@ def write_html(found: Collection, arr: Arrangement, path: str | os.PathLike, thu
 def make_grid(folder: str | os.PathLike, out: str | os.PathLike | None = None, rows: str = "prompt",
               cols: Sequence[str] = ("space",), where: Mapping[str, str] | None = None,
               style: GridStyle = GridStyle(), html_path: str | os.PathLike | None = None,
-              png: bool = True) -> dict[str, Any]:
-    """Collect, arrange and write the grid pages (and the HTML gallery); returns what was written."""
+              png: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Collect, arrange and write the grid pages (and the HTML gallery); returns what was written.
+
+    Only files this grid wrote are replaced or removed, unless `overwrite`.
+    """
     if style.thumb < 16 or style.font_size < 6:
         raise bad_arg("--thumb/--font-size", "too small to read", f"{style.thumb}/{style.font_size}",
                       "Use --thumb 64 or more and --font-size 10 or more.")
+    if png:
+        check_writable((Path(out) if out else Path(folder) / "grid.png").parent, "--out")
+    if html_path is not None:
+        check_writable(Path(html_path).parent, "--html")
     found = collect(folder)
     arr = arrange(found.cells, rows, cols, where)
     written = {"pages": [], "html": None, "rows": len(arr.rows), "cols": len(arr.cols),
                "col_fields": arr.col_fields, "missing": sum(c.status != "ok" for c in arr.table.values()) +
                len(arr.rows) * len(arr.cols) - len(arr.table)}
     if png:
-        written["pages"] = write_grid(found, arr, Path(out) if out else found.folder / "grid.png", style)
+        written["pages"] = write_grid(found, arr, Path(out) if out else found.folder / "grid.png", style, overwrite)
     if html_path is not None:
-        written["html"] = write_html(found, arr, html_path, style.thumb)
+        written["html"] = write_html(found, arr, html_path, style.thumb, overwrite)
     return written

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--html", nargs="?", const="", default=None, metavar="FILE.html",
                    help="also write a static HTML gallery (default DIR/index.html)")
     p.add_argument("--no-png", action="store_true", help="only the HTML gallery (with --html)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in the way of the grid or gallery that vqclip did not write (pages and "
+                        "galleries of the same grid are always replaced)")
     p.set_defaults(func=run_grid)
 
 
@@ -49,7 +52,7 @@ def run_grid(args: argparse.Namespace) -> int:
                       max_rows=args.max_rows, max_cols=args.max_cols)
     html_path = None if args.html is None else Path(args.html or Path(args.folder) / "index.html")
     written = make_grid(args.folder, args.out, args.rows, cols, parse_where(args.where), style, html_path,
-                        png=not args.no_png)
+                        png=not args.no_png, overwrite=args.overwrite)
     for page in written["pages"]:
         print(page)
     if written["html"]:

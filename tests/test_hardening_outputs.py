@@ -485,3 +485,75 @@ def test_hebrew_and_arabic_labels_get_a_font_that_draws_them(batch_folder):
     assert all(_has_glyph(page.font_file, c) for c in "שלוםمرحبا")
     assert not all(_has_glyph(None, c) for c in "שלום")  # Pillow's own font would have drawn boxes
     render_page(page, arr, style)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Done-when: the CLI over a table of hostile inputs: no traceback, one error line, nothing of the user's changed.
+
+def _user_files(root: Path, batch_folder: Path) -> None:
+    """A user's folder: a non-run folder with frames and a video, their own grid pages, a secret file."""
+    from PIL import Image
+
+    (root / "holiday" / "frames").mkdir(parents=True)
+    (root / "holiday" / "frames" / "000001.png").write_bytes(b"my frame")
+    (root / "holiday" / "video.mp4").write_bytes(b"my film")
+    (root / "pics").mkdir()
+    for name in ("grid.png", "grid-001.png", "grid-002.png"):
+        (root / "pics" / name).write_bytes(b"my " + name.encode())
+    Image.new("RGB", (8, 8), "blue").save(root / "secret.png")
+    (root / "p.txt").write_text("apple\n")
+
+
+HOSTILE = [  # (name, argv with {user}, {batch}, {ro} and {model} placeholders, exit codes, words in the error)
+    ("overwrite a folder that is not a run", "generate apple --out {user}/holiday --overwrite {model}", {2},
+     "replaces only a vqclip run"),
+    ("grid over a user's pages", "grid {batch} --out {user}/pics/grid.png", {2}, "--overwrite"),
+    ("grid pages over a user's pages", "grid {batch} --out {user}/pics/grid.png --max-rows 1", {2}, "--overwrite"),
+    ("gallery over a user's page", "grid {batch} --no-png --html {user}/pics/grid.png.html", {0}, None),
+    ("huge image", "generate apple --out {user}/r1 {model} --size 100000 100000", {2}, "needs at least"),
+    ("huge cutn", "generate apple --out {user}/r2 {model} --cutn 100000000", {2}, "needs at least"),
+    ("huge batch image", "batch {user}/p.txt --out {user}/b1 {model} --size 100000 100000", {2}, "needs at least"),
+    ("read-only generate", "generate apple --out {ro}/r {model}", {74}, "cannot write"),
+    ("read-only batch", "batch {user}/p.txt --out {ro}/b {model}", {74}, "cannot write"),
+    ("read-only grid", "grid {batch} --out {ro}/grid.png", {74}, "cannot write"),
+    ("read-only gallery", "grid {batch} --no-png --html {ro}/index.html", {74}, "cannot write"),
+    ("read-only score", "score {batch} --out {ro}/score", {74}, "cannot write"),
+    ("read-only train", "train --space learn --images {user} --out {ro}/p.safetensors", {74}, "cannot write"),
+    ("manifest image outside the folder", "grid {batch} --out {batch}/g.png", {0}, None),
+    ("wrong-typed batch.json", "grid {broken}", {2, 70}, None),
+]
+
+
+@pytest.mark.parametrize("name, argv, codes, words", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_inputs_end_in_one_line_and_change_nothing_of_the_users(name, argv, codes, words, model_args,
+                                                                        batch_folder, readonly_dir, tmp_path, capsys):
+    import shlex
+
+    user = tmp_path / "user"
+    user.mkdir()
+    _user_files(user, batch_folder)
+    lines = (batch_folder / "manifest.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["image"] = "../user/secret.png"
+    (batch_folder / "manifest.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "batch.json").write_text(json.dumps({"format": 1, "jobs": "not a list", "items": [1, 2]}))
+    (broken / "manifest.jsonl").write_text('{"id": 5, "status": "ok", "image": 7}\n[1, 2]\n"text"\n')
+    before = snapshot(user)
+    batch_before = snapshot(batch_folder)
+    args = shlex.split(argv.format(user=user, batch=batch_folder, ro=readonly_dir, model=" ".join(model_args),
+                                   broken=broken))
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc in codes, err
+    assert "Traceback" not in err and "\x1b" not in err
+    if rc:
+        assert len([line for line in err.splitlines() if "error:" in line]) == 1, err
+        assert words is None or words in err, err
+    after = snapshot(user)
+    created = set(after) - set(before)
+    assert {k: after[k] for k in before} == before  # nothing of the user's changed or vanished
+    assert all(n.startswith(("r1", "r2", "b1", "pics/grid.png.html")) for n in created), created
+    changed = {k for k in batch_before if snapshot(batch_folder).get(k) != batch_before[k]}
+    assert changed <= {"grid.png", "g.png"}

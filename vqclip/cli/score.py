@@ -60,12 +60,14 @@ def run(args) -> int:
     from ..evaluate.ocr import EasyOcrReader, OcrCache
     from ..evaluate.scoring import check_group_fields, score_paths
     from ..evaluate.sources import collect_images, read_words_file
+    from ..io import check_writable
 
     if not 0.0 <= args.max_distance <= 1.0:
         raise bad_arg("--max-distance", "must be between 0 and 1", args.max_distance, "Try 0.3 (the default).")
     if args.batch_size < 1:
         raise bad_arg("--batch-size", "must be at least 1", args.batch_size, "Try 8.")
     out = Path(args.out).expanduser() if args.out else default_out(args.paths)
+    check_writable(out, "--out")  # before OCR runs over every image
     words = read_words_file(args.words) if args.words else None
     items, skipped = collect_images(args.paths, exclude=[out])
     if not items:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import bad_arg
+from ..io import check_writable
 from .common import add_cache_arg, add_clip_args, add_device_args
 
 
@@ -205,6 +206,8 @@ def _target(args, identity: str) -> Path:
     if target.exists() and not args.overwrite and not args.extract_only:
         raise bad_arg("--out", "a projection already exists there", str(target),
                       "Pass --overwrite to replace it, or --out another file.")
+    if not args.extract_only:
+        check_writable(target.parent, "--out" if args.out else "--cache-dir")  # before features and training
     return target
 
 
@@ -224,6 +227,11 @@ def run(args) -> int:
                          batch_size=args.batch_size, epochs=args.epochs, step_size=args.step_size,
                          lr_decay=args.lr_decay, mask_duplicates=args.mask_duplicates, seed=args.seed,
                          device=str(device)).check()  # before any image is read
+
+    if args.json:
+        check_writable(Path(args.json).parent, "--json")
+    if args.out and not args.extract_only:
+        check_writable(Path(args.out).parent, "--out")  # before any image is read
 
     def check(clip):
         resolve_preset(args.space, args.dim, args.weights, args.gamma, clip.embed_dim)

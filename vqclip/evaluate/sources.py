@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from ..errors import bad_arg
-from ..io import read_jsonl
+from ..io import inside, read_jsonl
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MANIFEST = "manifest.jsonl"
@@ -83,7 +83,9 @@ def read_run(folder: Path) -> tuple[list[ImageItem], list[dict]]:
     run = _read_json(folder / RUN_JSON)
     if run is None:
         return [], [{"path": str(folder / RUN_JSON), "reason": "run.json is not a readable JSON object"}]
-    image = folder / str(run.get("image") or "image.png")
+    image = inside(folder, run.get("image") or "image.png")  # run.json is untrusted: never leave its folder
+    if image is None:
+        return [], [{"path": str(folder / RUN_JSON), "reason": "image named in run.json is outside the run folder"}]
     if not image.is_file():
         return [], [{"path": str(image), "reason": "image named in run.json is missing"}]
     return [ImageItem(image, {"source": "run", **run})], []
@@ -107,7 +109,10 @@ def read_batch(folder: Path) -> tuple[list[ImageItem], list[dict]]:
         if not line.get("image"):
             skipped.append({"path": where, "reason": "manifest line has no image"})
             continue
-        image = folder / str(line["image"])
+        image = inside(folder, line["image"])  # manifests are untrusted: never leave the batch folder
+        if image is None:
+            skipped.append({"path": where, "reason": "image path in manifest.jsonl leads outside the folder"})
+            continue
         if not image.is_file():
             skipped.append({"path": where, "reason": "listed in manifest.jsonl but missing"})
             continue

@@ -557,3 +557,22 @@ def test_hostile_inputs_end_in_one_line_and_change_nothing_of_the_users(name, ar
     assert all(n.startswith(("r1", "r2", "b1", "pics/grid.png.html")) for n in created), created
     changed = {k for k in batch_before if snapshot(batch_folder).get(k) != batch_before[k]}
     assert changed <= {"grid.png", "g.png"}
+
+
+def test_score_sources_refuse_image_paths_outside_the_folder(batch_folder, tmp_path):
+    from vqclip.evaluate.sources import read_batch, read_run
+    from vqclip.io import read_jsonl
+
+    lines = read_jsonl(batch_folder / "manifest.jsonl")
+    lines[0]["image"] = "../../../../etc/passwd"
+    lines[1]["image"] = "/etc/passwd"
+    (batch_folder / "manifest.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    items, skipped = read_batch(batch_folder)
+    assert len(items) == len(lines) - 2 and all(batch_folder in i.path.parents for i in items)
+    assert sum("outside the folder" in s["reason"] for s in skipped) == 2
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"prompt": "x", "image": "../secret.png"}))
+    (tmp_path / "secret.png").write_bytes(b"x")
+    items, skipped = read_run(run)
+    assert items == [] and "outside the run folder" in skipped[0]["reason"]

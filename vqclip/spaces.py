@@ -173,6 +173,30 @@ def _orient(W: torch.Tensor, embed_dim: int | None, path: str, arg: str = "--pro
                   f"{path}: shape {tuple(W.shape)}", "Use a projection trained for this CLIP model.")
 
 
+def check_projection_matrix(W: torch.Tensor, path: str, arg: str = "--projection",
+                            fix: str = "Re-train the projection with `vqclip train`.") -> None:
+    """Refuse a W that cannot project: empty, non-finite, a zero row, or rows that are linearly dependent.
+
+    Such a W maps every embedding to zero or to a lower-dimensional subspace, so the loss goes flat (an all-zero
+    W "finishes" generation with loss 0) instead of failing.
+    """
+    if W.ndim != 2 or 0 in W.shape:
+        raise bad_arg(arg, "W must be a non-empty 2-D matrix", f"{path}: shape {tuple(W.shape)}", fix)
+    if not torch.isfinite(W).all():
+        raise bad_arg(arg, "W holds NaN or infinite values", path, fix)
+    norms = W.double().norm(dim=1)  # (d,)
+    tiny = norms <= 1e-6 * float(norms.max()) if float(norms.max()) > 0 else torch.ones_like(norms, dtype=torch.bool)
+    if tiny.any():
+        zero = int(tiny.sum())
+        raise bad_arg(arg, f"W has {zero} row(s) of zeros, which project every embedding to the same value", path,
+                      fix)
+    s = torch.linalg.svdvals(W.double())  # descending
+    if float(s[-1]) <= 1e-6 * float(s[0]):
+        rank = int((s > 1e-6 * s[0]).sum())
+        raise bad_arg(arg, f"W's {W.shape[0]} rows are linearly dependent (rank {rank}): the projection loses "
+                      "dimensions it claims to keep", path, fix)
+
+
 def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim: int | None = None,
                     arg: str = "--projection") -> Space:
     """Load a vqclip `.safetensors` projection or a reference-code torch file holding `W`.
@@ -202,8 +226,7 @@ def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim
         raise bad_arg(arg, "could not read the file as a projection", str(path),
                       f"Re-download or re-train it ({type(e).__name__}: {e}).") from e
     W = _orient(W.float(), embed_dim, str(path), arg)
-    if not torch.isfinite(W).all():
-        raise bad_arg(arg, "W holds NaN or infinite values", str(path), "Re-train the projection.")
+    check_projection_matrix(W, str(path), arg)
     file_space = meta.get("space")
     if space and file_space and space != file_space:
         raise bad_arg("--space", f"the projection file is a {file_space!r} projection", space,
@@ -281,12 +304,31 @@ def resolve_space(space: str | None, clip_identity: str, embed_dim: int,
                           f"clip with {projection_arg} {projection}",
                           f"Leave --space out to use the file's own space, or drop {projection_arg}.")
         return identity_space()
-    if projection is None:
-        projection = cached_or_registered(space, clip_identity, cache, download=download, progress=progress,
-                                          clip_flags=clip_flags, projection_arg=projection_arg)
-    sp = load_projection(projection, space, embed_dim, projection_arg)
-    sp.check_clip(clip_identity, embed_dim, projection_arg, clip_flags)
+    if projection is not None:
+        sp = load_projection(projection, space, embed_dim, projection_arg)
+        sp.check_clip(clip_identity, embed_dim, projection_arg, clip_flags)
+        return sp
+    projection = cached_or_registered(space, clip_identity, cache, download=download, progress=progress,
+                                      clip_flags=clip_flags, projection_arg=projection_arg)
+    try:
+        sp = load_projection(projection, space, embed_dim, projection_arg)
+        sp.check_clip(clip_identity, embed_dim, projection_arg, clip_flags)
+    except VqclipError as e:  # the user passed no file: blame the cached one, not a flag they never gave
+        raise cached_file_error(e, projection, "the cached projection",
+                                f"it is fetched again (a registered one) or you re-train it, or pass your own "
+                                f"with {projection_arg} FILE") from None
     return sp
+
+
+def cached_file_error(error: VqclipError, path: str | os.PathLike, what: str, again: str) -> VqclipError:
+    """Re-word an error about a file vqclip found in its cache: name the file and say to delete it, not a flag."""
+    text = str(error)
+    if error.arg and text.startswith(f"{error.arg}: "):
+        text = text[len(error.arg) + 2:]
+    rule = text.split("; got ", 1)[0].rstrip(".")
+    out = VqclipError(f"{what} {path}: {rule}. Delete that file and run again: {again}.")
+    out.arg = str(path)
+    return out
 
 
 def orthogonality_error(W: torch.Tensor) -> float:

@@ -233,6 +233,15 @@ def codebook_logits(z0: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         return -d / d.std().clamp_min(1e-6)
 
 
+def nonfinite_message(value: float, step: int, lr: float) -> str:
+    """What happened when the loss of (0-based) `step` is NaN or inf, and what to do: true for the first step too."""
+    if step == 0:  # nothing has been updated yet: the learning rate cannot be the cause
+        return (f"the loss was {value} at the first step, before any update; the image is the unoptimised start. "
+                "The learning rate is not the cause: check the models' weights, the projection and the prompts.")
+    return (f"the loss became {value} at step {step + 1}; stopped and kept the image of step {step}, the last with a "
+            f"finite loss. Lower --lr (now {lr}) or check the projection and prompts.")
+
+
 def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], None] | None = None) -> Result:
     """Optimise a VQGAN latent so that CLIP cutouts of its image match the prompts in `space`."""
     settings, _ = settings.resolved(vqgan.factor)
@@ -272,8 +281,7 @@ def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], N
             value = total.item()
             if not math.isfinite(value):
                 status = "nonfinite"
-                message = (f"the loss became {value} at step {step + 1}; stopped and kept the image from the step "
-                           f"before. Lower --lr (now {settings.lr}) or check the projection and prompts.")
+                message = nonfinite_message(value, step, settings.lr)
                 if last_good is not None:
                     with torch.no_grad():
                         for p, good in zip(latent.params, last_good):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from safetensors import SafetensorError
 
 from ..errors import VqclipError, bad_arg
 
@@ -135,6 +136,13 @@ def restricted_pickle_module() -> types.ModuleType:
     return module
 
 
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def is_safetensors(path: str | os.PathLike) -> bool:
     """True when the file starts like a safetensors file (8-byte header length, then a JSON object)."""
     try:
@@ -154,6 +162,16 @@ def _unreadable(arg: str, path: Path, problem: str) -> VqclipError:
                    "(`vqclip models download NAME` verifies what it fetches) or pass the right file.")
 
 
+def one_line(error: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message` for an error quoted inside ours (torch messages span many lines, some
+    are empty, and may carry terminal colour codes)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", str(error))
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "no message"
+    return f"{type(error).__name__}: {first[:limit]}"
+
+
 def _torch_load(path: Path, arg: str) -> Any:
     """torch.load with weights_only=True, falling back to the restricted unpickler for trainer objects."""
     try:
@@ -162,16 +180,18 @@ def _torch_load(path: Path, arg: str) -> Any:
     except pickle.UnpicklingError as first:
         # Raised by torch's weights-only unpickler for any global outside its allow-list (Lightning callbacks,
         # omegaconf) and also for a damaged pickle stream: the restricted reader tells the two apart.
-        reason = str(first).splitlines()[0][:200]
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile) as e:
-        raise _unreadable(arg, path, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+        reason = one_line(first)
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, SafetensorError) as e:
+        # SafetensorError: torch hands files in its own safetensors layout to safetensors, which raises that
+        raise _unreadable(arg, path, "an empty file" if _empty(path) else one_line(e)) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle_module())
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{arg}: {e}; got {str(path)!r}.") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError,
-            KeyError, IndexError, zipfile.BadZipFile) as e:
-        raise _unreadable(arg, path, f"{type(e).__name__}: {str(e)[:200]}; weights-only reader: {reason}") from e
+            KeyError, IndexError, zipfile.BadZipFile, SafetensorError) as e:
+        raise _unreadable(arg, path, "an empty file" if _empty(path) else
+                          f"{one_line(e)}; weights-only reader: {reason}") from e
 
 
 def read_checkpoint(path: str | os.PathLike, arg: str = "--vqgan-checkpoint") -> Any:
@@ -185,7 +205,7 @@ def read_checkpoint(path: str | os.PathLike, arg: str = "--vqgan-checkpoint") ->
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own SafetensorError for damaged files
-            raise _unreadable(arg, path, f"{type(e).__name__}: {e}") from e
+            raise _unreadable(arg, path, one_line(e)) from e
     return _torch_load(path, arg)
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from ..devices import autocast, resolve_device, resolve_precision
 from ..errors import VqclipError, bad_arg
+from .checkpoints import one_line
 
 DEFAULT_CLIP = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -161,6 +162,19 @@ def _validate_identifier(name: str, pretrained: str | None) -> None:
                           f"Tags for {name}: {', '.join(tags) or '(none)'}; or give the path of a checkpoint file.")
 
 
+def _check_preprocess(mean: tuple, std: tuple, size: tuple, identity: str) -> None:
+    """Refuse a preprocessing config that makes every input NaN or inf (a `std` of 0) or cannot be resized to."""
+    import math
+
+    ok = len(mean) == len(std) == 3 and all(math.isfinite(v) for v in mean + std) and all(v > 0 for v in std) \
+        and all(isinstance(v, int) and 0 < v <= 4096 for v in size)
+    if not ok:
+        raise VqclipError(f"CLIP {identity}: its preprocessing config must give 3 finite means, 3 positive "
+                          f"standard deviations and an input size of 1-4096 pixels; got mean {list(mean)}, std "
+                          f"{list(std)}, size {list(size)}. Fix preprocess_cfg in the model's "
+                          "open_clip_config.json (OpenAI CLIP: std 0.2686, 0.2613, 0.2758).")
+
+
 class ClipModel(nn.Module):
     """A frozen open_clip model behind one small interface; embeddings come back L2-normalised in fp32."""
 
@@ -181,6 +195,7 @@ class ClipModel(nn.Module):
         self.input_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
         self.mean: tuple[float, ...] = tuple(float(m) for m in cfg["mean"])
         self.std: tuple[float, ...] = tuple(float(s) for s in cfg["std"])
+        _check_preprocess(self.mean, self.std, self.input_size, identity)
         self.register_buffer("_mean", torch.tensor(self.mean, device=device).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std, device=device).view(1, -1, 1, 1), persistent=False)
         with torch.no_grad():
@@ -263,22 +278,60 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
         model = create_open_clip(name, pretrained, device=dev, cache_dir=cache_dir)
     except Exception as e:
         user_file = _user_weights(name, pretrained)
-        if user_file is None and not isinstance(e, (RuntimeError, OSError, ValueError)):
+        damaged = _damaged_file_error(e)
+        if user_file is None and not damaged and not isinstance(e, (RuntimeError, OSError, ValueError)):
             raise  # not a loading problem of a file or a download: a bug worth its traceback
         if user_file is not None:
             arg, path = user_file
             raise VqclipError(f"{arg}: could not load {path} as weights for CLIP {name!r} "
-                              f"({type(e).__name__}: {str(e)[:300] or 'no details'}). {_load_failure_cause(e, name, arg)}"
-                              ) from e
+                              f"({one_line(e, 300)}). {_load_failure_cause(e, name, arg)}") from e
         where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+        if damaged:  # the user named a tag; the file that failed is one a download left in the cache
+            folder = _hub_folder(name, pretrained, where)
+            raise VqclipError(
+                f"cached CLIP weights of {name!r}/{pretrained!r} in {folder}: the file is damaged or truncated "
+                f"({one_line(e)}). Delete {folder} and run again to download it anew (or pass a good copy with "
+                "--pretrained PATH).") from e
         raise VqclipError(
-            f"--clip: could not load {name!r} (pretrained={pretrained!r}): {e}. If this machine is offline, "
-            f"download the weights elsewhere and pass the file with --pretrained PATH, copy the hub cache to {where}, "
-            "or save the model in open_clip's format and use --clip local-dir:PATH.") from e
+            f"--clip: could not load {name!r} (pretrained={pretrained!r}): {one_line(e, 300)}. If this machine is "
+            f"offline, download the weights elsewhere and pass the file with --pretrained PATH, copy the hub cache "
+            f"to {where}, or save the model in open_clip's format and use --clip local-dir:PATH.") from e
     finally:
         logging.disable(logging.NOTSET)
+    user = _user_weights(name, pretrained)
+    check_weights(model, f"{user[0]} {user[1]}" if user else f"cached CLIP weights of {name!r}/{pretrained!r}")
     tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
     return ClipModel(model, tokenizer, clip_identity(name, pretrained), dev, prec, source=(name, pretrained))
+
+
+def _damaged_file_error(error: Exception) -> bool:
+    """Whether an exception from loading weights says the file itself is damaged (not missing, not offline)."""
+    import pickle
+    import zipfile
+
+    from safetensors import SafetensorError
+
+    if isinstance(error, (SafetensorError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile)):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(s in text for s in ("PytorchStreamReader", "invalid load key",
+                                                                       "failed finding central directory"))
+
+
+def _hub_folder(name: str, pretrained: str | None, where: str) -> str:
+    """The hub-cache folder open_clip downloads a tag's weights to (`models--ORG--REPO`), or the cache root."""
+    hub = str(_tag_cfg(name, pretrained).get("hf_hub", "")).strip("/")
+    return str(Path(where).expanduser() / ("models--" + hub.replace("/", "--"))) if hub else where
+
+
+def check_weights(model: nn.Module, where: str) -> None:
+    """Refuse weights holding NaN or infinity: every embedding would be NaN and every loss too."""
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""
+        raise VqclipError(f"{where}: CLIP weights hold NaN or infinite values in {', '.join(sorted(bad)[:4])}{more}; "
+                          "the file is damaged or from a diverged training run. Download it again or pass other "
+                          "weights.")
 
 
 def save_local_dir(model: nn.Module, model_cfg: dict, path: str | os.PathLike, preprocess_cfg: dict | None = None) -> Path:

@@ -90,6 +90,43 @@ class VQGANConfig(NamedTuple):
     kind: str
 
 
+# Upper bounds far above every published VQGAN (ch 128, ch_mult up to 5 levels, 16384 codes): a config beyond them
+# would only allocate until memory runs out.
+_INT_LIMITS = {"z_channels": 4096, "resolution": 65536, "in_channels": 64, "out_ch": 64, "ch": 4096,
+               "num_res_blocks": 64, "n_embed": 1 << 22, "embed_dim": 4096}
+
+
+def check_config_values(ddconfig: Mapping, n_embed: Any, embed_dim: Any, source: str, arg: str) -> VQGANConfig | None:
+    """Refuse ddconfig values the model cannot be built from (`ch_mult: []`, `ch: "abc"`, zero or negative sizes)."""
+    fix = "Use the model.yaml published with the checkpoint, or fix the value in the file."
+
+    def whole(name: str, value: Any, low: int = 1) -> int:
+        high = _INT_LIMITS.get(name, 1 << 16)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise bad_arg(arg, f"`{name}` must be a whole number from {low} to {high} (got {value!r})", source, fix)
+        return value
+
+    sizes = {k: whole(k, ddconfig[k]) for k in ("z_channels", "resolution", "in_channels", "out_ch", "ch")}
+    sizes["num_res_blocks"] = whole("num_res_blocks", ddconfig["num_res_blocks"])
+    mult = ddconfig["ch_mult"]
+    if not isinstance(mult, (list, tuple)) or not 1 <= len(mult) <= 8:
+        raise bad_arg(arg, f"`ch_mult` must be a list of 1 to 8 channel multipliers (got {mult!r})", source, fix)
+    for m in mult:
+        whole("ch_mult entry", m)
+        if m * sizes["ch"] > _INT_LIMITS["ch"]:
+            raise bad_arg(arg, f"`ch` x `ch_mult` must stay at most {_INT_LIMITS['ch']} channels (got "
+                               f"{sizes['ch']} x {m})", source, fix)
+    attn = ddconfig["attn_resolutions"]
+    if not isinstance(attn, (list, tuple)) or any(isinstance(a, bool) or not isinstance(a, int) or a < 1
+                                                  for a in attn):
+        raise bad_arg(arg, f"`attn_resolutions` must be a list of positive whole numbers (got {attn!r})", source, fix)
+    dropout = ddconfig.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise bad_arg(arg, f"`dropout` must be a number in [0, 1) (got {dropout!r})", source, fix)
+    return None if n_embed is None else VQGANConfig(dict(ddconfig), whole("n_embed", n_embed),
+                                                     whole("embed_dim", embed_dim), "")
+
+
 def parse_taming_config(cfg: Any, source: str = "<config>", arg: str = "--vqgan-config") -> VQGANConfig:
     """Validate a taming config dict (`model.target`, `model.params.{ddconfig,n_embed,embed_dim}`)."""
     fix = ("Use the model.yaml published with the checkpoint (taming-transformers format: model.target and "
@@ -114,11 +151,8 @@ def parse_taming_config(cfg: Any, source: str = "<config>", arg: str = "--vqgan-
     if cls not in TARGET_KINDS:
         raise bad_arg(arg, f"`model.target` must name one of {', '.join(TARGET_KINDS)} (got {target!r})", source,
                       "vqclip loads taming VQModel and GumbelVQ checkpoints; other model classes are not supported.")
-    try:
-        n_embed, embed_dim = int(params["n_embed"]), int(params["embed_dim"])
-    except (TypeError, ValueError):
-        raise bad_arg(arg, "`model.params.n_embed` and `embed_dim` must be integers", source, fix) from None
-    return VQGANConfig(dict(ddconfig), n_embed, embed_dim, TARGET_KINDS[cls])
+    checked = check_config_values(ddconfig, params["n_embed"], params["embed_dim"], source, arg)
+    return VQGANConfig(dict(ddconfig), checked.n_embed, checked.embed_dim, TARGET_KINDS[cls])
 
 
 def read_taming_config(path: str | os.PathLike, arg: str = "--vqgan-config") -> VQGANConfig:
@@ -141,6 +175,16 @@ def generation_state(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
     from .checkpoints import strip_prefix
 
     return {k: v for k, v in strip_prefix(state).items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str, arg: str) -> None:
+    """Refuse weights holding NaN or infinity: every decoded image would be NaN, and no step could fix it."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        more = f" (+{len(bad) - 4} more)" if len(bad) > 4 else ""
+        raise bad_arg(arg, f"the checkpoint holds NaN or infinite weights in {', '.join(sorted(bad)[:4])}{more}",
+                      source, "The file is damaged or from a diverged training run: download it again or pass "
+                              "another checkpoint.")
 
 
 def load_state_strict(model: VQGAN, state: Mapping[str, torch.Tensor], source: str,
@@ -182,8 +226,13 @@ def _converted_config(path: Path, arg: str) -> VQGANConfig | None:
         return None
     try:
         c = json.loads(meta["config"])
-        return VQGANConfig(dict(c["ddconfig"]), int(c["n_embed"]), int(c["embed_dim"]), str(c["kind"]))
-    except (ValueError, KeyError, TypeError) as e:
+        cfg = VQGANConfig(dict(c["ddconfig"]), c["n_embed"], c["embed_dim"], str(c["kind"]))
+        missing = [k for k in DDCONFIG_KEYS if k not in cfg.ddconfig]
+        if missing or cfg.kind not in TARGET_KINDS.values():
+            raise KeyError(missing or cfg.kind)
+        check_config_values(cfg.ddconfig, cfg.n_embed, cfg.embed_dim, str(path), arg)
+        return cfg
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise bad_arg(arg, "the converted file's config metadata is damaged", str(path),
                       "Convert the original checkpoint again with `vqclip models convert`.") from e
 
@@ -214,6 +263,7 @@ def load_vqgan(config: str | os.PathLike | Mapping | VQGANConfig | None, checkpo
                           "by `vqclip models convert` do)", str(ckpt),
                           f"Pass the taming model.yaml that belongs to it: {config_arg} FILE.yaml.")
     state = generation_state(state_dict_of(read_checkpoint(ckpt, checkpoint_arg), checkpoint_arg, ckpt))
+    check_finite(state, str(ckpt), checkpoint_arg)
     model = VQGAN(cfg.ddconfig, cfg.n_embed, cfg.embed_dim, cfg.kind)
     load_state_strict(model, state, str(ckpt), checkpoint_arg)
     meta = safetensors_metadata(ckpt) if ckpt.suffix == ".safetensors" else {}

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..errors import bad_arg, check_seed
+from ..errors import VqclipError, bad_arg, check_seed
 from .losses import TERMS, resolve_preset, spelling_objective
 from .retrieval import retrieval_metrics, summary_scores
 
@@ -158,6 +158,13 @@ def _check_training_data(train: SpellingFeatures, weights: Mapping[str, float], 
     if len(train) < 2:
         raise bad_arg("--images", "training needs at least 2 five-tuples (InfoNCE contrasts items in a batch)",
                       f"{len(train)} training tuples", "Add images or lower --val-fraction / --test-fraction.")
+    source = train.metadata.get("folder") or "the training features"
+    for name in ("x_i", "x_t", "x_it", "y_t", "class_features", "class_image_features"):
+        t = getattr(train, name)
+        if t is not None and not bool(torch.isfinite(t).all()):
+            raise bad_arg("--features", f"the features {name} hold NaN or infinite values: a projection trained on "
+                          "them would be NaN too", str(source), "Extract the features again (remove the "
+                          "feature cache folder, or pass another --features folder).")
     class_terms = [t for t in ("L2", "L6") if weights.get(t)]
     n_classes = int(torch.unique(train.class_ids).numel())
     if class_terms and n_classes < 2:
@@ -224,6 +231,10 @@ def train_projection(train: SpellingFeatures, val: SpellingFeatures | None = Non
         batches = _batches(len(train), batch_size, gen)
         for idx in batches:
             loss, parts = spelling_objective(W, _batch(train, idx, device), weights, gamma, config.mask_duplicates)
+            if not bool(torch.isfinite(loss)):  # refuse rather than write a NaN projection and exit 0
+                raise VqclipError(f"training: the loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; no "
+                                  f"projection was written. Lower --lr (now {config.lr}) or --gamma, or check the "
+                                  "features for extreme values.")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -243,6 +254,9 @@ def train_projection(train: SpellingFeatures, val: SpellingFeatures | None = Non
         if callback:
             callback(record)
     W_best = best[2].cpu()
+    if not bool(torch.isfinite(W_best).all()):
+        raise VqclipError("training: the projection W holds NaN or infinite values; no projection was written. "
+                          f"Lower --lr (now {config.lr}).")
     metrics: dict[str, Any] = {"best_epoch": best[1]}
     if use_val:
         metrics["val_loss"] = best[0]

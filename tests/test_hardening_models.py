@@ -215,3 +215,15 @@ def test_nan_space_from_the_first_step_reports_the_truth(tiny_clip, tiny_vqgan):
     r = run(Settings(prompts=parse_prompts("an apple"), size=(32, 32), steps=3, cutn=2, seed=0), tiny_clip,
             tiny_vqgan, NaNSpace("clip"))
     assert r.status == "nonfinite" and r.steps_done == 0 and "first step" in r.message
+
+
+def test_damaged_cached_vqgan_conversion_names_the_file_not_the_flag(tmp_path):
+    from vqclip.models.registry import converted_path, resolve_vqgan
+
+    path = converted_path("mine", tmp_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    with pytest.raises(VqclipError) as e:
+        resolve_vqgan("mine", cache_dir=tmp_path)
+    text = _one_line_error(e)
+    assert str(path) in text and "Delete that file" in text and not text.startswith("--vqgan")

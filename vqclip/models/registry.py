@@ -380,7 +380,14 @@ def ensure_converted(name: str, cache: str | os.PathLike | None = None, download
     with _locked(asset_dir(name, cache)):
         if not out.is_file():  # another process may have finished while this one waited
             config, ckpt = fetch_asset(name, cache, download, progress, opener, arg)
-            convert_checkpoint(config, ckpt, out, name=asset.name)
+            try:
+                convert_checkpoint(config, ckpt, out, name=asset.name)
+            except VqclipError as e:  # files vqclip downloaded: name them, not flags the user never passed
+                from ..spaces import cached_file_error
+
+                blamed = config if (e.arg or "").endswith("config") else ckpt
+                raise cached_file_error(e, blamed, f"the downloaded file of {asset.name}",
+                                        "it is downloaded again") from None
         if remove_original:
             cached_file(asset, asset.checkpoint, cache).unlink(missing_ok=True)
     return out
@@ -406,9 +413,11 @@ def resolve_vqgan(name: str | None = None, config: str | os.PathLike | None = No
             raise unknown_name_error(name, cache_dir)
     try:
         model = load_vqgan(None, path, device=device, checkpoint_arg="--vqgan")
-    except VqclipError as e:
-        raise VqclipError(f"{e} The cached conversion is damaged: delete {path} and run again to rebuild it.") \
-            from None
+    except VqclipError as e:  # a file vqclip wrote to its cache: name it, not --vqgan (often never passed)
+        from ..spaces import cached_file_error
+
+        again = "it is rebuilt" if name in VQGAN_ASSETS else "then convert the model again with `vqclip models convert`"
+        raise cached_file_error(e, path, f"the cached conversion of {name}", again) from None
     model.origin["name"] = name
     return model
 

@@ -520,7 +520,9 @@ HOSTILE = [  # (name, argv with {user}, {batch}, {ro} and {model} placeholders, 
     ("read-only score", "score {batch} --out {ro}/score", {74}, "cannot write"),
     ("read-only train", "train --space learn --images {user} --out {ro}/p.safetensors", {74}, "cannot write"),
     ("manifest image outside the folder", "grid {batch} --out {batch}/g.png", {0}, None),
-    ("wrong-typed batch.json", "grid {broken}", {2, 70}, None),
+    ("wrong-typed batch.json and manifest lines", "grid {broken} --out {broken}/g.png", {0}, None),
+    ("resume a batch whose batch.json is wrong-typed", "batch {user}/p.txt --out {broken} {model}", {2},
+     "is not a vqclip.batch/1 record"),
 ]
 
 
@@ -538,7 +540,7 @@ def test_hostile_inputs_end_in_one_line_and_change_nothing_of_the_users(name, ar
     (batch_folder / "manifest.jsonl").write_text("\n".join([json.dumps(first)] + lines[1:]) + "\n")
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "batch.json").write_text(json.dumps({"format": 1, "jobs": "not a list", "items": [1, 2]}))
+    (broken / "batch.json").write_text(json.dumps({"format": "vqclip.batch/1", "jobs": "not a list", "items": [1, 2]}))
     (broken / "manifest.jsonl").write_text('{"id": 5, "status": "ok", "image": 7}\n[1, 2]\n"text"\n')
     before = snapshot(user)
     batch_before = snapshot(batch_folder)
@@ -555,6 +557,7 @@ def test_hostile_inputs_end_in_one_line_and_change_nothing_of_the_users(name, ar
     created = set(after) - set(before)
     assert {k: after[k] for k in before} == before  # nothing of the user's changed or vanished
     assert all(n.startswith(("r1", "r2", "b1", "pics/grid.png.html")) for n in created), created
+    assert set(snapshot(broken)) <= {"batch.json", "manifest.jsonl", "g.png"}
     changed = {k for k in batch_before if snapshot(batch_folder).get(k) != batch_before[k]}
     assert changed <= {"grid.png", "g.png"}
 

@@ -68,7 +68,7 @@ def _settings_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
 def _read_json(path: Path) -> dict | None:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON, nested too deep
         return None
     return obj if isinstance(obj, dict) else None
 
@@ -87,9 +87,9 @@ def _manifest_view(folder: Path) -> dict[str, dict]:
 
 def _batch_cell(folder: Path, job: Mapping[str, Any], item: Mapping[str, Any], base: Mapping[str, Any],
                 line: Mapping[str, Any] | None) -> Cell:
-    settings = {**base, **(item.get("overrides") or {})}
-    fields = {"prompt": item.get("id", job.get("item")), "space": job["space"], "seed": job["seed"],
-              "word_type": item.get("word_type"), **_settings_fields(settings)}
+    settings = {**base, **_dict(item.get("overrides"))}
+    fields = {"prompt": _scalar(item.get("id", job.get("item"))), "space": job["space"], "seed": job["seed"],
+              "word_type": _scalar(item.get("word_type")), **_settings_fields(settings)}
     cell = Cell(fields, prompt_text=str(item.get("prompt", "")), settings=settings, status="missing")
     if line and job.get("fingerprint") and line.get("fingerprint") not in (None, job["fingerprint"]):
         line = None  # written by an earlier batch with other settings
@@ -107,26 +107,41 @@ def _batch_cell(folder: Path, job: Mapping[str, Any], item: Mapping[str, Any], b
     return cell
 
 
+def _dict(value: Any) -> dict:
+    """`value` when it is a JSON object, else {}: batch.json, run.json and manifest lines are untrusted input."""
+    return value if isinstance(value, dict) else {}
+
+
+def _scalar(value: Any) -> Any:
+    """A field value usable as a grid key (hashable, printable), whatever type the file gave."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
+
+
 def collect_batch(folder: Path) -> Collection:
-    """Cells of every planned job of a batch folder, found or not."""
+    """Cells of every planned job of a batch folder, found or not; malformed jobs and lines are left out."""
     record = _read_json(folder / "batch.json") or {}
-    items = record.get("items") or {}
-    base = record.get("settings") or {}
+    items = _dict(record.get("items"))
+    base = _dict(record.get("settings"))
     lines = _manifest_view(folder)
     cells, planned = [], set()
-    for job in record.get("jobs") or []:
+    jobs = record.get("jobs") if isinstance(record.get("jobs"), list) else []
+    for job in jobs:
+        if not isinstance(job, dict) or not isinstance(job.get("id"), str):
+            continue
+        job = {**job, "space": _scalar(job.get("space")), "seed": _scalar(job.get("seed"))}
         planned.add(job["id"])
-        item = items.get(job.get("item")) or {"id": job.get("item"), "prompt": job.get("item")}
+        item = _dict(items.get(job.get("item")) if isinstance(job.get("item"), str) else None) or \
+            {"id": _scalar(job.get("item")), "prompt": str(job.get("item"))}
         cells.append(_batch_cell(folder, job, item, base, lines.get(job["id"])))
     for job_id, line in lines.items():  # finished jobs of a plan written after batch.json was read
         if job_id in planned or line.get("status") != "ok" or not line.get("image"):
             continue
         record_path = inside(folder, line.get("record"))
         run = (_read_json(record_path) if record_path is not None else None) or {}
-        item = {"id": line.get("item") or job_id.split("/")[0], "prompt": line.get("prompt", ""),
-                "word_type": line.get("word_type")}
-        job = {"id": job_id, "space": line.get("space"), "seed": line.get("seed")}
-        cells.append(_batch_cell(folder, job, item, run.get("settings") or base, line))
+        item = {"id": _scalar(line.get("item")) or job_id.split("/")[0], "prompt": str(line.get("prompt", "")),
+                "word_type": _scalar(line.get("word_type"))}
+        job = {"id": job_id, "space": _scalar(line.get("space")), "seed": _scalar(line.get("seed"))}
+        cells.append(_batch_cell(folder, job, item, _dict(run.get("settings")) or base, line))
     n_items = len({c.fields["prompt"] for c in cells})
     title = f"{folder.name}: {n_items} prompts"
     return Collection(folder, cells, title, "batch")
@@ -145,10 +160,10 @@ def collect_runs(folder: Path) -> Collection:
             continue
         recorded = run.get("space")
         space = run.get("space_name") or (recorded.get("space") if isinstance(recorded, dict) else recorded)
-        settings = run.get("settings") or {}
+        settings = _dict(run.get("settings"))
         prompt = str(run.get("prompt", ""))
-        fields = {"prompt": prompt, "space": space or "clip", "seed": run.get("seed"),
-                  "word_type": run.get("word_type"), **_settings_fields(settings)}
+        fields = {"prompt": prompt, "space": _scalar(space) or "clip", "seed": _scalar(run.get("seed")),
+                  "word_type": _scalar(run.get("word_type")), **_settings_fields(settings)}
         image = inside(dirpath, run.get("image") or "image.png")  # run.json is untrusted: stay in its folder
         cell = Cell(fields, prompt_text=prompt, settings=settings,
                     info={k: run.get(k) for k in ("loss", "steps_done") if run.get(k) is not None})
@@ -654,7 +669,7 @@ def _html_cell(cell: Cell | None, base: Path, thumb: int) -> str:
     if cell is None:
         return '<td><div class="empty">no image</div></td>'
     caption = f"{_e(cell.fields.get('space'))} · seed {_e(cell.fields.get('seed'))}"
-    if "loss" in cell.info:
+    if isinstance(cell.info.get("loss"), (int, float)) and not isinstance(cell.info.get("loss"), bool):
         caption += f" · loss {float(cell.info['loss']):.4f}"
     details = f"<details><summary>settings</summary>{_settings_list(cell)}</details>"
     if cell.image is None:

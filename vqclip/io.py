@@ -115,7 +115,7 @@ def inside(folder: str | os.PathLike, name: Any) -> Path | None:
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """Read a JSON-lines file, ignoring a torn last line left by a crash."""
+    """Read a JSON-lines file of records (objects), ignoring a torn last line left by a crash and non-record lines."""
     records = []
     p = Path(path)
     if not p.exists():
@@ -125,9 +125,11 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         if not line:
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
             continue
+        if isinstance(record, dict):  # a line that is not a record (a list, a number) is skipped like a torn one
+            records.append(record)
     return records
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..cache import slug
-from ..errors import VqclipError, bad_arg
+from ..errors import VqclipError, bad_arg, one_line
 from ..io import append_jsonl, inside, read_jsonl, write_json
 from ..outputs import IMAGE_NAME, RECORD_NAME
 from .plan import FORMAT, Job, item_conflicts, merge_records, record_differences
@@ -34,10 +34,13 @@ def read_batch_record(folder: str | os.PathLike) -> dict | None:
         return None
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise bad_arg("--out", "batch.json in the folder cannot be read", str(path),
-                      f"Fix or remove it, or pass --overwrite ({e}).") from e
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
+                      f"Fix or remove it, or pass --overwrite ({one_line(e, 200)}).") from e
+    jobs, items = (record.get("jobs"), record.get("items")) if isinstance(record, dict) else (None, None)
+    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(jobs, list) or \
+            not all(isinstance(j, dict) and isinstance(j.get("id"), str) for j in jobs) or \
+            not isinstance(items, dict):
         raise bad_arg("--out", f"batch.json in the folder is not a {FORMAT} record", str(path),
                       "Choose another --out, or pass --overwrite.")
     return record

@@ -579,3 +579,14 @@ def test_score_sources_refuse_image_paths_outside_the_folder(batch_folder, tmp_p
     (tmp_path / "secret.png").write_bytes(b"x")
     items, skipped = read_run(run)
     assert items == [] and "outside the run folder" in skipped[0]["reason"]
+
+
+def test_generate_on_a_full_disk_says_what_is_kept_in_one_line(model_args, small_disk, capsys):
+    (small_disk / "filler").write_bytes(b"\0" * (256 * 1024 - 8 * 1024))
+    out = small_disk / "run"
+    rc = main(["generate", "apple", "--steps", "3", "--seed", "1", "--save-every", "1", "--out", str(out)]
+              + model_args)
+    err = capsys.readouterr().err
+    assert rc == 74 and "Traceback" not in err and "the disk is full" in err and "Free some space" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not any(p.name.endswith(".part.png") for p in small_disk.rglob("*"))  # no torn temporaries left

@@ -35,7 +35,9 @@ def read_words_file(path: str | os.PathLike) -> dict[str, str | None]:
     if not p.is_file():
         raise bad_arg("--words", "file not found", str(p), "Give a text file with one `word[,type]` per line.")
     words: dict[str, str | None] = {}
-    for line in p.read_text(encoding="utf-8").splitlines():
+    from ..spelling.words import read_user_text
+
+    for line in read_user_text(p, "--words", "a word list (`word[,type]` a line)").splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

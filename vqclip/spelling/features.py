@@ -202,22 +202,70 @@ def _old_shard_size(folder: Path) -> int | None:
         return None
 
 
+MAX_SHARDS = 1_000_000
+
+
+def _damaged(folder: Path, file: str, rule: str) -> VqclipError:
+    """The one-line error for a feature cache file that breaks a rule: name the file, say how to rebuild it."""
+    return bad_arg("--features", f"{file}: {rule}", str(folder),
+                   f"The feature cache is damaged: remove {folder} (or pass another folder) and run again to "
+                   "extract the features anew.")
+
+
 def read_meta(folder: str | Path) -> dict:
+    """meta.json of a feature cache folder, checked for every key and type the loader relies on."""
     folder = Path(folder)
     path = folder / "meta.json"
     if not path.is_file():
         raise bad_arg("--features", "not a vqclip feature cache folder (no meta.json)", str(folder),
                       "Pass a folder made by `vqclip train`, or leave --features out to extract.")
-    meta = json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise _damaged(folder, "meta.json", f"is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(meta, dict):
+        raise _damaged(folder, "meta.json", "must hold a JSON object")
     if meta.get("format") != FORMAT:
         raise bad_arg("--features", f"unknown feature cache format (expected {FORMAT})", meta.get("format"),
                       "Re-extract the features with this vqclip version.")
+
+    def whole(key: str) -> int:
+        v = meta.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise _damaged(folder, "meta.json", f"`{key}` must be a whole number of at least 1 (got {v!r})")
+        return v
+
+    whole("embed_dim"), whole("tuples"), whole("shard_size")
+    if not isinstance(meta.get("clip_model"), str):
+        raise _damaged(folder, "meta.json", "`clip_model` must be the CLIP identity string")
+    classes = meta.get("classes")
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise _damaged(folder, "meta.json", "`classes` must be a non-empty list of class names")
+    if math.ceil(meta["tuples"] / meta["shard_size"]) > MAX_SHARDS:
+        raise _damaged(folder, "meta.json", f"`tuples` / `shard_size` make more than {MAX_SHARDS} shards")
     return meta
+
+
+def _check_tensors(folder: Path, file: str, tensors: dict, shapes: dict[str, tuple]) -> None:
+    """Every named tensor is present with its shape (None: any size on that axis) and holds finite values."""
+    for key, shape in shapes.items():
+        t = tensors.get(key)
+        if t is None:
+            raise _damaged(folder, file, f"lacks the tensor {key!r}")
+        if t.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, t.shape)):
+            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
+            raise _damaged(folder, file, f"{key} has shape {tuple(t.shape)}, expected {want}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise _damaged(folder, file, f"{key} holds NaN or infinite values")
 
 
 def load_features(folder: str | Path, clip_identity: str | None = None, embed_dim: int | None = None,
                   dtype: torch.dtype = torch.float32) -> SpellingFeatures:
-    """Read a complete cache folder into SpellingFeatures (unreadable images dropped); checks the CLIP."""
+    """Read a complete cache folder into SpellingFeatures (unreadable images dropped); checks the CLIP.
+
+    Every file is checked before use (shapes, index ranges, finite values), so a damaged cache is a one-line
+    error naming the file, never a traceback or features silently wrong.
+    """
     from .words import WordList
 
     folder = Path(folder)
@@ -227,23 +275,46 @@ def load_features(folder: str | Path, clip_identity: str | None = None, embed_di
                       "Pass the same --clip/--pretrained, or extract features for this model.")
     if embed_dim is not None and meta["embed_dim"] != embed_dim:
         raise bad_arg("--features", f"these features have D={meta['embed_dim']}", embed_dim, "Use matching CLIP.")
-    n, shard_size = meta["tuples"], meta["shard_size"]
+    n, shard_size, dim = meta["tuples"], meta["shard_size"], meta["embed_dim"]
     n_shards = math.ceil(n / shard_size)
-    shards = [_load(_shard_path(folder, k)) for k in range(n_shards)]
-    missing = [k for k, s in enumerate(shards) if s is None]
+    missing = [k for k in range(n_shards) if not _shard_path(folder, k).is_file()]
     plan, text = _load(folder / "plan.safetensors"), _load(folder / "text.safetensors")
     if missing or plan is None or text is None:
         raise VqclipError(f"--features: the feature cache {folder} is incomplete ({n_shards - len(missing)} of "
                           f"{n_shards} shards): re-run the same command to resume the extraction.")
+    shards = []
+    for k in range(n_shards):
+        rows = min(shard_size, n - k * shard_size)
+        shard = _load(_shard_path(folder, k))
+        if shard is None:
+            raise _damaged(folder, _shard_path(folder, k).name, "is not a readable safetensors file")
+        _check_tensors(folder, _shard_path(folder, k).name, shard,
+                       {"x_i": (rows, dim), "x_t": (rows, dim), "x_it": (rows, dim), "valid": (rows,)})
+        shards.append(shard)
+    _check_tensors(folder, "plan.safetensors", plan, {k: (n,) for k in ("word_ids", "class_ids", "is_real", "split")})
+    n_classes = len(meta["classes"])
+    _check_tensors(folder, "text.safetensors", text, {"y_t": (None, dim), "class_prompts": (n_classes, dim),
+                                                      "class_images": (n_classes, dim)})
+    for key, limit, what in (("word_ids", len(text["y_t"]), "words in text.safetensors"),
+                             ("class_ids", n_classes, "classes in meta.json")):
+        ids = plan[key]
+        if ids.is_floating_point() or (n and (int(ids.min()) < 0 or int(ids.max()) >= limit)):
+            raise _damaged(folder, "plan.safetensors", f"{key} must index the {limit} {what}")
     cat = {k: torch.cat([s[k] for s in shards]) for k in ("x_i", "x_t", "x_it", "valid")}
     valid = cat["valid"].bool()
     if not valid.any():
         raise bad_arg("--images", "none of the images could be read", f"0 of {n}", "Check the image files.")
-    words = WordList.load(folder / "words.json")
+    try:
+        words = WordList.load(folder / "words.json")
+    except VqclipError as e:
+        raise _damaged(folder, "words.json", str(e).split(": ", 1)[-1].split("; got ")[0]) from None
+    if len(words) != len(text["y_t"]):
+        raise _damaged(folder, "words.json", f"lists {len(words)} words but text.safetensors encodes "
+                                             f"{len(text['y_t'])}")
     f = SpellingFeatures(
         x_i=cat["x_i"][valid].to(dtype), x_t=cat["x_t"][valid].to(dtype), x_it=cat["x_it"][valid].to(dtype),
-        y_t=text["y_t"][plan["word_ids"][valid]].to(dtype), class_ids=plan["class_ids"][valid],
-        class_features=text["class_prompts"].float(), word_ids=plan["word_ids"][valid],
+        y_t=text["y_t"][plan["word_ids"][valid]].to(dtype), class_ids=plan["class_ids"][valid].long(),
+        class_features=text["class_prompts"].float(), word_ids=plan["word_ids"][valid].long(),
         is_real=plan["is_real"][valid].bool(), split=plan["split"][valid],
         class_image_features=text["class_images"].float(), words=words.words, classes=meta["classes"],
         metadata={**meta, "folder": str(folder), "skipped_images": int((~valid).sum())})

@@ -103,14 +103,19 @@ def load_class_map(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if not path.is_file():
         raise bad_arg("--class-map", "file not found", str(path), "Pass a JSON or text file mapping folders to names.")
-    text = path.read_text(encoding="utf-8")
+    from .words import read_user_text
+
+    text = read_user_text(path, "--class-map", "a class map (JSON, or `folder name` lines)")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise bad_arg("--class-map", "not valid JSON", str(path), f"Fix the file ({e}).") from e
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise bad_arg("--class-map", "not valid JSON", str(path), f"Fix the file ({e}).") from None
         if isinstance(data, list):  # ImageNet's class_index.json style: {"0": ["n01440764", "tench"]}
             data = {str(i): v for i, v in enumerate(data)}
+        if not isinstance(data, dict):
+            raise bad_arg("--class-map", "a JSON class map must be an object {folder: name} or a list", str(path),
+                          'Write e.g. {"n01440764": "tench"}.')
         out = {}
         for k, v in data.items():
             if isinstance(v, (list, tuple)) and len(v) == 2:

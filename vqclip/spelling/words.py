@@ -87,6 +87,23 @@ def nonsense_words(n: int, rng: random.Random, min_len: int = 3, max_len: int = 
     return out
 
 
+def read_user_text(path: str | os.PathLike, arg: str, what: str) -> str:
+    """The UTF-8 text of a file the user named; a binary or non-UTF-8 file is a one-line error naming `arg`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise bad_arg(arg, f"cannot be read ({e.strerror or type(e).__name__})", str(path),
+                      "Check the path and its permissions.") from None
+    if b"\x00" in data[:65536]:
+        raise bad_arg(arg, f"is a binary file, not {what}", str(path), "Pass a UTF-8 text file.")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise bad_arg(arg, f"is not UTF-8 text ({e.reason} at byte {e.start}), so not {what}", str(path),
+                      "Save it as UTF-8.") from None
+
+
 @dataclass
 class WordList:
     """Words with their real (True) / nonsense (False) flag, in a fixed order."""
@@ -120,12 +137,14 @@ class WordList:
         path = Path(path)
         if not path.is_file():
             raise bad_arg("--word-list", "file not found", str(path), "Pass a words.json or a text file.")
-        text = path.read_text(encoding="utf-8")
+        text = read_user_text(path, "--word-list", "a word list (one word a line, or a words.json)")
         if path.suffix == ".json":
             try:
                 data = json.loads(text)
                 items = [(d["word"], bool(d["real"])) for d in data["words"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                if any(not isinstance(w, str) for w, _ in items):
+                    raise TypeError("a word is not text")
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
                 raise bad_arg("--word-list", "a JSON word list needs {'words': [{'word', 'real'}, ...]}", str(path),
                               "Use a words.json saved by vqclip, or a text file.") from e
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -102,6 +103,12 @@ class EasyOcrReader:
         return [[_to_detection(r) for r in res] for res in results]
 
 
+def _plausible(d: Detection) -> bool:
+    """A detection as EasyOCR makes them: confidence in [0, 1], a box of 4 finite points, some text."""
+    return (math.isfinite(d.confidence) and 0.0 <= d.confidence <= 1.0 and len(d.box) == 4
+            and all(math.isfinite(v) for point in d.box for v in point) and len(d.text) <= 10_000)
+
+
 class OcrCache:
     """Detections keyed by image content (sha256) under `<cache>/ocr/<reader key>/`, one JSON file per image."""
 
@@ -115,11 +122,14 @@ class OcrCache:
         p = self._path(sha)
         try:
             data = json.loads(p.read_text(encoding="utf-8"))
-            return [Detection.from_dict(d) for d in data["detections"]]
+            if data.get("sha256") != sha or not isinstance(data["detections"], list):
+                return None  # written for another image, or by something else: OCR runs again
+            detections = [Detection.from_dict(d) for d in data["detections"]]
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError):  # a damaged entry is re-read, never trusted
-            return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            return None  # a damaged entry is re-read, never trusted
+        return detections if all(_plausible(d) for d in detections) else None
 
     def put(self, sha: str, detections: Sequence[Detection]) -> None:
         write_json(self._path(sha), {"sha256": sha, "detections": [d.to_dict() for d in detections]})

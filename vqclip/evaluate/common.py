@@ -27,6 +27,24 @@ class Encoder(Protocol):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor: ...  # N strings -> (N, D)
 
 
+def inside(root: Path, name: str) -> Path | None:
+    """`root / name` when `name` is a relative path that stays inside `root`, else None.
+
+    Annotation files are untrusted: an absolute name or one climbing out with `..` (`/etc/passwd`,
+    `../../secret.png`) is refused. Checked on the written path, so a symlink the folder's owner placed still works.
+    """
+    name = str(name).replace("\\", "/")
+    if not name or name.startswith("/") or os.path.isabs(name) or "\x00" in name or (len(name) > 1 and name[1] == ":"):
+        return None
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    depth = 0
+    for part in parts:
+        depth += -1 if part == ".." else 1
+        if depth < 0:
+            return None
+    return root / "/".join(parts) if parts else None
+
+
 def to_input(image: Image.Image, input_size: tuple[int, int]) -> torch.Tensor:
     """PIL image -> (3, H, W) float in [0, 1], resized and centre-cropped like CLIP's preprocessing."""
     import numpy as np

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import MissingExtraError, VqclipError, bad_arg
-from .common import Encoder, encode_images, encode_texts
+from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import format_cell, rate
 
 LEXICONS = ("small", "medium", "full")
@@ -117,6 +117,10 @@ def read_iiit5k(path: str | os.PathLike, images_root: str | os.PathLike | None =
         image = root / name
         if not name or not word:
             skipped.append({"path": str(image), "reason": "entry lacks ImgName or GroundTruth"})
+            continue
+        image = inside(root, name)
+        if image is None:  # untrusted annotations: never follow a name out of the images folder
+            skipped.append({"path": name, "reason": f"ImgName leaves the images folder {root}"})
             continue
         if not image.is_file():
             skipped.append({"path": str(image), "reason": "image file missing"})

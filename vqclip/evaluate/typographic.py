@@ -22,7 +22,7 @@ import torch
 
 from ..errors import VqclipError, bad_arg
 from ..io import write_json
-from .common import Encoder, encode_images, encode_texts
+from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import rate
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,10 @@ def read_annotation_dataset(root: str | os.PathLike, annotation: str | os.PathLi
     entries = _load_annotation(annotation)
     samples, skipped, listed = [], [], set()
     for name, info in entries.items():
-        path = root / name
+        path = inside(root, name)
+        if path is None:  # untrusted annotations: never follow a name out of the dataset folder
+            skipped.append({"path": str(name), "reason": f"the file name leaves the dataset folder {root}"})
+            continue
         listed.add(path.resolve())
         if not isinstance(info, Mapping):
             skipped.append({"path": str(path), "reason": "annotation entry is not an object"})

@@ -340,3 +340,43 @@ def test_inside_keeps_names_in_their_folder(tmp_path, name, ok):
     from vqclip.evaluate.common import inside
 
     assert (inside(tmp_path, name) is not None) == ok
+
+
+# ------------------------------------------------------------------------------------------ decompression bombs
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    """A ~50 kB PNG that declares 400 M pixels (beyond Pillow's error limit)."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (20000, 20000)).save(path, optimize=True)
+    assert path.stat().st_size < 200_000
+    return path
+
+
+def test_decompression_bombs_are_refused_before_decoding(tmp_path, bomb):
+    from vqclip.evaluate.ocr import load_rgb
+    from vqclip.generation.loop import check_image_file
+    from vqclip.untrusted import open_image
+
+    with pytest.raises(OSError, match="too large to decode"):
+        open_image(bomb)
+    warned = tmp_path / "big.png"  # above Pillow's warning limit, below its error limit: refused all the same
+    Image.new("1", (10000, 10000)).save(warned, optimize=True)
+    with pytest.raises(OSError, match="decompression bomb"):
+        open_image(warned)
+    with pytest.raises(VqclipError, match="--init-image: could not read the image"):
+        check_image_file(str(bomb), "--init-image")
+    with pytest.raises(ValueError, match="unreadable image"):
+        load_rgb(bomb)
+    small = tmp_path / "ok.png"
+    Image.new("RGB", (64, 32)).save(small)
+    with open_image(small) as im:
+        assert im.size == (64, 32)
+
+
+def test_generate_with_a_bomb_as_init_image_is_one_line(world, capsys, bomb):
+    code = main(_gen(world, "--vqgan-config", str(world.config), "--vqgan-checkpoint", str(world.ckpt),
+                     "--init-image", str(bomb)))
+    err = capsys.readouterr().err
+    assert code not in (0, None) and len(err.strip().splitlines()) == 1 and "--init-image" in err
+    assert "unexpected error" not in err

@@ -3,7 +3,6 @@ about cached files that name the file instead of a flag the user never passed.""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import MissingExtraError, VqclipError, bad_arg
+from ..untrusted import open_image
 from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import format_cell, rate
 
@@ -183,9 +184,7 @@ def evaluate_iiit5k(data: Iiit5k, encoder: Encoder, spaces: Mapping[str, Any], l
         if lex not in LEXICONS:
             raise bad_arg("--lexicon", "unknown lexicon", lex, "Use small, medium and/or full.")
     crops = data.crops[:max_images] if max_images else data.crops
-    from PIL import Image
-
-    feats, kept, failed = encode_images([(lambda p=c.path: Image.open(p)) for c in crops], encoder, batch_size,
+    feats, kept, failed = encode_images([(lambda p=c.path: open_image(p)) for c in crops], encoder, batch_size,
                                         progress, desc="IIIT5K")
     skipped = list(data.skipped) + [{"path": str(crops[i].path), "reason": r} for i, r in failed.items()]
     crops = [crops[i] for i in kept]

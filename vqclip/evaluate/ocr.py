@@ -16,6 +16,7 @@ import numpy as np
 from ..cache import cache_dir, slug
 from ..errors import MissingExtraError
 from ..io import sha256_bytes, write_json
+from ..untrusted import open_image
 
 log = logging.getLogger(__name__)
 
@@ -152,13 +153,11 @@ def load_rgb(path: str | os.PathLike) -> tuple[bytes, np.ndarray]:
     """File bytes and (H, W, 3) uint8 RGB array; raises ValueError for empty or unreadable images."""
     from io import BytesIO
 
-    from PIL import Image
-
     data = Path(path).read_bytes()
     if not data:
         raise ValueError("empty file (0 bytes)")
     try:
-        with Image.open(BytesIO(data)) as im:
+        with open_image(BytesIO(data)) as im:
             arr = np.asarray(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - PIL raises many types (truncated, bomb, bad header)
         raise ValueError(f"unreadable image ({type(e).__name__}: {e})") from e

@@ -22,6 +22,7 @@ import torch
 
 from ..errors import VqclipError, bad_arg
 from ..io import write_json
+from ..untrusted import open_image
 from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import rate
 
@@ -369,9 +370,7 @@ def check_template(template: str) -> str:
 
 
 def _opener(path: Path):
-    from PIL import Image
-
-    return lambda: Image.open(path)
+    return lambda: open_image(path)
 
 
 def typographic_table(report: Mapping[str, Any], reference: bool = True) -> str:

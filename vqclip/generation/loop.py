@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import bad_arg, check_seed, choices_hint
+from ..untrusted import open_image
 from .cutouts import DEFAULT_AUGMENTATIONS, MakeCutouts, parse_augmentations
 from .ops import LOSSES, clamp_with_grad, prompt_loss, sample_one_hot, vector_quantize
 from .prompts import Prompt, check_weights_nonzero
@@ -181,7 +182,7 @@ def check_image_file(path: str, arg: str) -> None:
     if not os.path.isfile(path):
         raise bad_arg(arg, "image file not found", path, "Check the path.")
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im.load()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({e}).") from e
@@ -192,9 +193,9 @@ def load_image(path: str, size: tuple[int, int], device: torch.device, arg: str)
     from PIL import ImageOps
 
     try:
-        with Image.open(path) as im:
+        with open_image(path) as im:
             im = ImageOps.fit(im.convert("RGB"), tuple(size), Image.Resampling.LANCZOS)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({e}).") from e
     x = torch.from_numpy(__import__("numpy").asarray(im).copy()).float().div(255)
     return x.permute(2, 0, 1).unsqueeze(0).to(device)

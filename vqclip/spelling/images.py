@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 from PIL import Image
 
 from ..errors import VqclipError, bad_arg, choices_hint
+from ..untrusted import open_image
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class _FileLoader:
     paths: list[str]
 
     def __call__(self, i: int) -> Image.Image:
-        return Image.open(self.paths[i])
+        return open_image(self.paths[i])
 
 
 @dataclass

@@ -226,3 +226,15 @@ def test_damaged_cached_vqgan_conversion_names_the_file_not_the_flag(tmp_path):
         resolve_vqgan("mine", cache_dir=tmp_path)
     text = _one_line_error(e)
     assert str(path) in text and "Delete that file" in text and not text.startswith("--vqgan")
+
+
+class _NotATensor:
+    pass
+
+
+def test_torch_errors_quoted_about_a_projection_are_one_line(tmp_path):
+    # torch's weights-only refusal spans many lines; quoted whole it broke the one-line rule
+    torch.save({"W": _NotATensor()}, tmp_path / "p.pt")
+    with pytest.raises(VqclipError) as e:
+        load_projection(tmp_path / "p.pt", "learn", 8)
+    assert "could not read the file as a projection" in _one_line_error(e)

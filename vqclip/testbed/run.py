@@ -323,13 +323,18 @@ def _value(x) -> float | None:
     return x["rate"] if isinstance(x, Mapping) else x
 
 
-# (margin field, claim, at least / at most, what the number is): the paper's qualitative claims made checkable.
+# (margin field, claim, at least / at most, what the number is, how the margin reads): the paper's qualitative
+# claims made checkable.
 DIRECTIONS = (
-    ("reads", "clip reads: attacked accuracy falls well below clean accuracy", ">=", "clip clean - attacked"),
-    ("forget_recovers", "forget recovers most of the attack loss", ">=", "share of clip's attack loss forget wins back"),
-    ("forget_keeps_clean", "forget keeps clean accuracy", "<=", "clip clean - forget clean"),
-    ("learn_keeps_words", "learn keeps or improves word retrieval", "<=", "clip - learn word retrieval"),
-    ("learn_drops_objects", "learn loses object accuracy on clean images", ">=", "clip clean - learn clean"),
+    ("reads", "clip reads: attacked accuracy falls well below clean accuracy", ">=", "clip clean - attacked",
+     "needs >= {}"),
+    ("forget_recovers", "forget recovers most of the attack loss", ">=", "share of clip's attack loss forget wins back",
+     "needs >= {}"),
+    ("forget_keeps_clean", "forget keeps clean accuracy", "<=", "clip clean - forget clean", "may fall by <= {}"),
+    ("learn_keeps_words", "learn keeps or improves word retrieval", "<=", "clip - learn word retrieval",
+     "may fall by <= {}"),
+    ("learn_drops_objects", "learn loses object accuracy on clean images", ">=", "clip clean - learn clean",
+     "must fall by >= {}"),
 )
 
 
@@ -346,11 +351,11 @@ def direction_values(rows: Mapping[str, Mapping[str, float]]) -> dict[str, float
 
 def _checks(values: Mapping[str, float], margins: Margins, details: Mapping[str, str]) -> list[dict]:
     out = []
-    for key, claim, sense, _ in DIRECTIONS:
+    for key, claim, sense, _, rule in DIRECTIONS:
         limit = getattr(margins, key)
         passed = values[key] >= limit if sense == ">=" else values[key] <= limit
         out.append({"claim": claim, "key": key, "value": values[key], "margin": limit, "passed": bool(passed),
-                    "detail": f"{details[key]} (needs {sense} {limit})"})
+                    "detail": f"{details[key]} ({rule.format(limit)})"})
     return out
 
 
@@ -379,7 +384,7 @@ def check_median(runs: Mapping[int, Mapping[str, Mapping[str, float]]], margins:
     values = {key: statistics.median(v[key] for v in per_seed.values()) for key, *_ in DIRECTIONS}
     details = {key: f"median {values[key]:.3f} of {what} over seeds {', '.join(map(str, per_seed))} "
                     f"({', '.join(f'{v[key]:.3f}' for v in per_seed.values())})"
-               for key, _, _, what in DIRECTIONS}
+               for key, _, _, what, _ in DIRECTIONS}
     return _checks(values, margins, details)
 
 

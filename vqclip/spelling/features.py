@@ -235,7 +235,8 @@ def read_meta(folder: str | Path) -> dict:
             raise _damaged(folder, "meta.json", f"`{key}` must be a whole number of at least 1 (got {v!r})")
         return v
 
-    whole("embed_dim"), whole("tuples"), whole("shard_size")
+    for key in ("embed_dim", "tuples", "shard_size"):
+        whole(key)
     if not isinstance(meta.get("clip_model"), str):
         raise _damaged(folder, "meta.json", "`clip_model` must be the CLIP identity string")
     classes = meta.get("classes")

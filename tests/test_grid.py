@@ -152,6 +152,11 @@ def test_grid_of_plain_generate_runs(tmp_path):
     assert found.kind == "runs" and arr.rows == ["apple"] and arr.cols == [("clip",), ("forget",)]
     assert main(["grid", str(tmp_path / "runs"), "--thumb", "32"]) == 0
     assert (tmp_path / "runs" / "grid.png").is_file()
+    # a run folder is untrusted: a decompression bomb in it is drawn as an unreadable cell, not decoded
+    from PIL import Image
+
+    Image.new("1", (20000, 20000)).save(tmp_path / "runs" / "apple-forget" / "image.png", optimize=True)
+    assert main(["grid", str(tmp_path / "runs"), "--thumb", "32", "--overwrite"]) == 0
 
 
 def test_wrap_text_breaks_long_words_and_ellipsises():

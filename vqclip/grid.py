@@ -20,6 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .errors import bad_arg, choices_hint
 from .io import atomic_path, check_writable, inside, read_jsonl, write_text
 from .spaces import SPACES
+from .untrusted import open_image
 
 SETTING_FIELDS = ("steps", "size", "lr", "optimizer", "method", "loss", "cutn", "cut_pow", "augment", "noise",
                   "init_image", "init_weight")
@@ -527,12 +528,10 @@ def render_page(page: Page, arr: Arrangement, style: GridStyle):
 
 
 def _draw_cell(image, draw, box, cell: Cell | None, small, ImageOps) -> None:
-    from PIL import Image
-
     x0, y0, x1, y1 = box
     if cell is not None and cell.image is not None:
         try:
-            with Image.open(cell.image) as im:
+            with open_image(cell.image) as im:  # a run folder is untrusted: refuse decompression bombs
                 thumb = ImageOps.contain(im.convert("RGB"), (x1 - x0, y1 - y0))
             image.paste(thumb, (x0 + (x1 - x0 - thumb.width) // 2, y0 + (y1 - y0 - thumb.height) // 2))
             if cell.note:  # e.g. an interrupted run: show it, but say so
@@ -567,12 +566,10 @@ PAGE_CHUNK = "vqclip-grid"
 
 def grid_page_owner(path: Path) -> str | None:
     """The grid file name recorded in a page vqclip wrote, or None for any other file (or an unreadable one)."""
-    from PIL import Image
-
     if path.is_symlink() or not path.is_file():
         return None
     try:
-        with Image.open(path) as im:  # text chunks before the image data are read without decoding pixels
+        with open_image(path) as im:  # text chunks before the image data are read without decoding pixels
             value = im.info.get(PAGE_CHUNK)
         record = json.loads(value) if isinstance(value, str) else None
     except Exception:  # noqa: BLE001 - any file we cannot read as our page is simply not ours

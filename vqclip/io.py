@@ -144,7 +144,9 @@ def save_png(image: Image.Image, path: str | os.PathLike, text: Mapping[str, Any
 
 def png_text(path: str | os.PathLike) -> dict[str, str]:
     """The text chunks of a PNG file."""
-    with Image.open(path) as im:
+    from .untrusted import open_image
+
+    with open_image(path) as im:
         return dict(getattr(im, "text", {}) or {})
 
 

@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from vqclip.errors import VqclipError
-from vqclip.models.checkpoints import one_line, read_checkpoint
+from vqclip.errors import quote_error
+from vqclip.models.checkpoints import read_checkpoint
 from vqclip.models.tiny import make_clip_dir, make_vqgan, write_taming_files
 from vqclip.models.vqgan import load_vqgan, save_converted
 from vqclip.spaces import load_projection, projection_path, resolve_space, save_projection
@@ -50,8 +51,8 @@ def test_truncated_safetensors_with_a_config_is_a_clear_error(tmp_path):
 
 
 def test_quoted_errors_are_one_line_without_colour_codes():
-    assert one_line(RuntimeError("")) == "RuntimeError: no message"
-    assert one_line(RuntimeError("\n\x1b[31mbad\x1b[0m thing\nmore")) == "RuntimeError: bad thing"
+    assert quote_error(RuntimeError("")) == "RuntimeError: no message"
+    assert quote_error(RuntimeError("\n\x1b[31mbad\x1b[0m thing\nmore")) == "RuntimeError: bad thing"
 
 
 @pytest.mark.parametrize("key,value", [("ch_mult", []), ("ch", "abc"), ("ch", 0), ("z_channels", -4),

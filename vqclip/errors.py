@@ -38,6 +38,14 @@ def one_line(text: Any, limit: int = 400) -> str:
     return s if len(s) <= limit else s[:limit - 1].rstrip() + "…"
 
 
+def quote_error(error: BaseException, limit: int = 200) -> str:
+    """`Type: first line of the message`, for an error quoted inside ours (torch messages span many lines, some are
+    empty, and may carry terminal colour codes)."""
+    text = _ANSI.sub("", str(error))
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "no message"
+    return f"{type(error).__name__}: {one_line(first, limit)}"
+
+
 def describe_exception(e: BaseException, limit: int = 400) -> str:
     """`TypeName: one-line message`, or just the type name when the message is empty."""
     message = one_line(e, limit)

@@ -14,7 +14,7 @@ from torch import nn
 
 from .cache import cache_dir, slug
 from .errors import VqclipError, bad_arg, choices_hint
-from .models.checkpoints import one_line
+from .errors import quote_error
 
 SPACES = ("clip", "learn", "forget")
 FORMAT = "vqclip.projection/1"
@@ -225,7 +225,7 @@ def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim
         raise
     except Exception as e:  # corrupt or truncated files raise many different errors
         raise bad_arg(arg, "could not read the file as a projection", str(path),
-                      f"Re-download or re-train it ({one_line(e)}).") from e
+                      f"Re-download or re-train it ({quote_error(e)}).") from e
     W = _orient(W.float(), embed_dim, str(path), arg)
     check_projection_matrix(W, str(path), arg)
     file_space = meta.get("space")

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import MissingExtraError, VqclipError, bad_arg
-from ..models.checkpoints import one_line
+from ..errors import quote_error
 from ..untrusted import open_image
 from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import format_cell, rate
@@ -102,7 +102,7 @@ def read_iiit5k(path: str | os.PathLike, images_root: str | os.PathLike | None =
     try:
         mat = sio.loadmat(str(path))
     except Exception as e:  # noqa: BLE001 - scipy raises several types for non-.mat or damaged files
-        detail = one_line(e)
+        detail = quote_error(e)
         if "v7.3" in str(e) or "HDF" in str(e):
             fix = ("MATLAB v7.3 (HDF5) files are not supported: re-save it as v7 (`save('testdata.mat', "
                    "'testdata', '-v7')` in MATLAB or Octave)")

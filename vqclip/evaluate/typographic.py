@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..errors import VqclipError, bad_arg
-from ..models.checkpoints import one_line
+from ..errors import quote_error
 from ..io import write_json
 from ..untrusted import open_image
 from .common import Encoder, encode_images, encode_texts, inside
@@ -90,7 +90,7 @@ def _load_annotation(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise bad_arg("--dataset", "the annotation file is not readable JSON", str(path), f"Fix the file ({one_line(e)}).") from e
+        raise bad_arg("--dataset", "the annotation file is not readable JSON", str(path), f"Fix the file ({quote_error(e)}).") from e
     fix = 'Use {"IMG_1.JPG": {"true object": "cup", "typographic attack label": "good"}, ...}.'
     kind = type(data).__name__
     if isinstance(data, list):  # the README calls it "a list of files": accept [{file: {...}}, ...] too

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import bad_arg, check_seed, choices_hint
-from ..models.checkpoints import one_line
+from ..errors import quote_error
 from ..untrusted import open_image
 from .cutouts import DEFAULT_AUGMENTATIONS, MakeCutouts, parse_augmentations
 from .ops import LOSSES, clamp_with_grad, prompt_loss, sample_one_hot, vector_quantize
@@ -186,7 +186,7 @@ def check_image_file(path: str, arg: str) -> None:
         with open_image(path) as im:
             im.load()
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({one_line(e)}).") from e
+        raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({quote_error(e)}).") from e
 
 
 def load_image(path: str, size: tuple[int, int], device: torch.device, arg: str) -> torch.Tensor:
@@ -197,7 +197,7 @@ def load_image(path: str, size: tuple[int, int], device: torch.device, arg: str)
         with open_image(path) as im:
             im = ImageOps.fit(im.convert("RGB"), tuple(size), Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({one_line(e)}).") from e
+        raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({quote_error(e)}).") from e
     x = torch.from_numpy(__import__("numpy").asarray(im).copy()).float().div(255)
     return x.permute(2, 0, 1).unsqueeze(0).to(device)
 

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from safetensors import SafetensorError
 
-from ..errors import VqclipError, bad_arg
+from ..errors import VqclipError, bad_arg, quote_error
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -162,16 +162,6 @@ def _unreadable(arg: str, path: Path, problem: str) -> VqclipError:
                    "(`vqclip models download NAME` verifies what it fetches) or pass the right file.")
 
 
-def one_line(error: BaseException, limit: int = 200) -> str:
-    """`Type: first line of the message` for an error quoted inside ours (torch messages span many lines, some
-    are empty, and may carry terminal colour codes)."""
-    import re
-
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", str(error))
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "") or "no message"
-    return f"{type(error).__name__}: {first[:limit]}"
-
-
 def _torch_load(path: Path, arg: str) -> Any:
     """torch.load with weights_only=True, falling back to the restricted unpickler for trainer objects."""
     try:
@@ -180,10 +170,10 @@ def _torch_load(path: Path, arg: str) -> Any:
     except pickle.UnpicklingError as first:
         # Raised by torch's weights-only unpickler for any global outside its allow-list (Lightning callbacks,
         # omegaconf) and also for a damaged pickle stream: the restricted reader tells the two apart.
-        reason = one_line(first)
+        reason = quote_error(first)
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, SafetensorError) as e:
         # SafetensorError: torch hands files in its own safetensors layout to safetensors, which raises that
-        raise _unreadable(arg, path, "an empty file" if _empty(path) else one_line(e)) from e
+        raise _unreadable(arg, path, "an empty file" if _empty(path) else quote_error(e)) from e
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle_module())
     except UnsafeCheckpointError as e:
@@ -191,7 +181,7 @@ def _torch_load(path: Path, arg: str) -> Any:
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError,
             KeyError, IndexError, zipfile.BadZipFile, SafetensorError) as e:
         raise _unreadable(arg, path, "an empty file" if _empty(path) else
-                          f"{one_line(e)}; weights-only reader: {reason}") from e
+                          f"{quote_error(e)}; weights-only reader: {reason}") from e
 
 
 def read_checkpoint(path: str | os.PathLike, arg: str = "--vqgan-checkpoint") -> Any:
@@ -205,7 +195,7 @@ def read_checkpoint(path: str | os.PathLike, arg: str = "--vqgan-checkpoint") ->
         try:
             return load_file(str(path))
         except Exception as e:  # safetensors raises its own SafetensorError for damaged files
-            raise _unreadable(arg, path, one_line(e)) from e
+            raise _unreadable(arg, path, quote_error(e)) from e
     return _torch_load(path, arg)
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..devices import autocast, resolve_device, resolve_precision
 from ..errors import VqclipError, bad_arg
-from .checkpoints import one_line
+from ..errors import quote_error
 
 DEFAULT_CLIP = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -284,16 +284,16 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
         if user_file is not None:
             arg, path = user_file
             raise VqclipError(f"{arg}: could not load {path} as weights for CLIP {name!r} "
-                              f"({one_line(e, 300)}). {_load_failure_cause(e, name, arg)}") from e
+                              f"({quote_error(e, 300)}). {_load_failure_cause(e, name, arg)}") from e
         where = cache_dir or os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
         if damaged:  # the user named a tag; the file that failed is one a download left in the cache
             folder = _hub_folder(name, pretrained, where)
             raise VqclipError(
                 f"cached CLIP weights of {name!r}/{pretrained!r} in {folder}: the file is damaged or truncated "
-                f"({one_line(e)}). Delete {folder} and run again to download it anew (or pass a good copy with "
+                f"({quote_error(e)}). Delete {folder} and run again to download it anew (or pass a good copy with "
                 "--pretrained PATH).") from e
         raise VqclipError(
-            f"--clip: could not load {name!r} (pretrained={pretrained!r}): {one_line(e, 300)}. If this machine is "
+            f"--clip: could not load {name!r} (pretrained={pretrained!r}): {quote_error(e, 300)}. If this machine is "
             f"offline, download the weights elsewhere and pass the file with --pretrained PATH, copy the hub cache "
             f"to {where}, or save the model in open_clip's format and use --clip local-dir:PATH.") from e
     finally:

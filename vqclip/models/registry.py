@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 from ..cache import cache_dir, slug, writable_dir
 from ..errors import VqclipError, bad_arg
-from .checkpoints import one_line
+from ..errors import quote_error
 
 DEFAULT_VQGAN = "vqgan_imagenet_f16_16384"
 CUSTOM = "custom"
@@ -225,7 +225,7 @@ def check_asset_config(asset: VQGANAsset, path: Path, arg: str = "--vqgan") -> N
     try:
         cfg = read_taming_config(path, arg=arg)
     except VqclipError as e:
-        raise bad_arg(arg, f"the cached config of {asset.name} is not a taming config ({one_line(e)})", str(path),
+        raise bad_arg(arg, f"the cached config of {asset.name} is not a taming config ({quote_error(e)})", str(path),
                       f"Delete {path} and run the command again.") from None
     factor = 2 ** (len(cfg.ddconfig["ch_mult"]) - 1)
     if (cfg.n_embed, cfg.kind, factor) != (asset.n_embed, asset.kind, asset.factor):
@@ -283,7 +283,7 @@ def _reason(e: BaseException) -> str:
         return f"HTTP {e.code} {e.reason}"
     if isinstance(e, urllib.error.URLError):
         return f"{e.reason}"
-    return one_line(e)
+    return quote_error(e)
 
 
 def download_file(remote: RemoteFile, dest: str | os.PathLike, progress: bool = True, opener: Opener | None = None,

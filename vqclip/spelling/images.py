@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 from PIL import Image
 
 from ..errors import VqclipError, bad_arg, choices_hint
-from ..models.checkpoints import one_line
+from ..errors import quote_error
 from ..untrusted import open_image
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def load_class_map(path: str | os.PathLike) -> dict[str, str]:
         try:
             data = json.loads(text)
         except (json.JSONDecodeError, RecursionError) as e:
-            raise bad_arg("--class-map", "not valid JSON", str(path), f"Fix the file ({one_line(e)}).") from None
+            raise bad_arg("--class-map", "not valid JSON", str(path), f"Fix the file ({quote_error(e)}).") from None
         if isinstance(data, list):  # ImageNet's class_index.json style: {"0": ["n01440764", "tench"]}
             data = {str(i): v for i, v in enumerate(data)}
         if not isinstance(data, dict):
@@ -218,7 +218,7 @@ def torchvision_dataset(spec: str, root: str | os.PathLike | None = None, downlo
     except Exception as e:  # offline machines fail inside urllib / gdown with many error types
         raise VqclipError(
             f"{arg} {spec}: could not load or download torchvision {cls_name} into {target} "
-            f"({one_line(e)}). This needs a network connection the first time: run once on a "
+            f"({quote_error(e)}). This needs a network connection the first time: run once on a "
             "connected machine (the files are then reused from that folder), or pass an image folder "
             "(ROOT/class_name/*.jpg) instead.") from e
     raw = _class_names(ds, attr)

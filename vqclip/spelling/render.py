@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import MissingExtraError, bad_arg
-from ..models.checkpoints import one_line
+from ..errors import quote_error
 
 Color = tuple[int, int, int]
 Size = int | tuple[int, int]
@@ -173,7 +173,7 @@ def load_font(path: str, px: int) -> ImageFont.FreeTypeFont:
         return ImageFont.truetype(str(path), int(px))
     except (OSError, ValueError) as e:
         raise bad_arg("--font", "must be a TrueType/OpenType font file that Pillow can load", str(path),
-                      f"Pass another font file or folder ({one_line(e)}).") from e
+                      f"Pass another font file or folder ({quote_error(e)}).") from e
 
 
 def make_rng(rng: random.Random | int | str | None, style: TextStyle | None = None) -> random.Random:

@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 from ..cache import cache_dir
 from ..errors import VqclipError, bad_arg
-from ..models.checkpoints import one_line
+from ..errors import quote_error
 from ..models.registry import RemoteFile, _locked, download_file
 
 IMAGENETV2_URL = ("https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
@@ -154,7 +154,7 @@ def extract_tarball(archive: Path, dest: Path, progress: bool = True, arg: str =
         raise
     except (tarfile.TarError, EOFError, OSError, zlib.error, ValueError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise bad_arg(arg, f"the archive is truncated or corrupt ({one_line(e)}); nothing was extracted",
+        raise bad_arg(arg, f"the archive is truncated or corrupt ({quote_error(e)}); nothing was extracted",
                       str(archive), f"Delete {archive} and download it again from {IMAGENETV2_URL}.") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

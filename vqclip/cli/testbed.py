@@ -12,15 +12,15 @@ def register(sub) -> None:
                     "it from scratch, build five-tuples, train learn / forget projections with the standard trainer, "
                     "and evaluate clean / attacked accuracy and word retrieval in clip, learn and forget spaces. "
                     "Writes the model, projections, attack set and a results table (Markdown + JSON) to --out. "
-                    "Exits with status 1 when a direction is not reproduced.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default="outputs/testbed", metavar="DIR", help="output folder")
-    p.add_argument("--seed", type=int, default=0, help="seed of the world, the CLIP and the projections")
+                    "Exits with status 1 when a direction is not reproduced.")
+    p.add_argument("--out", default="outputs/testbed", metavar="DIR", help="output folder (default: outputs/testbed)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the world, the CLIP and the projections (default: 0)")
     p.add_argument("--seeds", default=None, metavar="LIST",
                    help="run every seed (e.g. 0,1,2 or 0-5) into --out/seed-N and check the directions on the median "
                         "over the seeds, as the test suite does; replaces --seed")
     p.add_argument("--quick", action="store_true",
-                   help="the reduced configuration the test suite runs (6 classes; about 2.5 minutes instead of 7)")
+                   help="the reduced configuration the test suite runs (6 classes; about 2.5 minutes a seed on 2 cores "
+                        "instead of 7)")
     p.add_argument("--steps", type=int, default=None, metavar="N", help="contrastive training steps of the small CLIP")
     p.add_argument("--pairs", type=int, default=None, metavar="N", help="image-caption pairs to train the CLIP on")
     p.add_argument("--tuples", type=int, default=None, metavar="N", help="five-tuples for the projections")

@@ -8,7 +8,7 @@ from vqclip.cli import build_parser, main
 from vqclip.errors import MissingExtraError, missing_extra_hint
 
 COMMANDS = [["generate"], ["batch"], ["grid"], ["train"], ["eval", "retrieval"], ["eval", "typographic"],
-            ["eval", "ocr"], ["score"], ["models", "convert"], ["models", "download"], ["models", "list"]]
+            ["eval", "ocr"], ["score"], ["models", "convert"], ["models", "download"], ["models", "list"], ["testbed"]]
 
 
 def _help(capsys, argv) -> str:

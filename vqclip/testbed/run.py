@@ -29,8 +29,8 @@ TYPO_TEMPLATE = "an image of a {}"  # the class prompt of the five-tuples; every
 class Margins:
     """How far apart numbers must be for a direction to count as reproduced (fractions, not points).
 
-    Chosen after running the quick configuration on several seeds (docs/testbed.md lists every run and the one
-    that misses a margin).
+    Chosen after running the quick configuration on several seeds. The test suite holds the median over seeds
+    0-2 to them; docs/testbed.md lists every run, including the single runs that miss one.
     """
 
     reads: float = 0.25  # clip: clean − attacked accuracy at least this

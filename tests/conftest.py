@@ -41,6 +41,25 @@ def tiny_vqgan():
     return make_vqgan()
 
 
+@pytest.fixture()
+def tiny_model_flags(tiny_clip_id, tmp_path) -> list[str]:
+    """The CLI flags that run a command on the tiny CLIP and a tiny VQGAN written in taming format, on the CPU."""
+    from vqclip.models.tiny import write_taming_files
+
+    config, ckpt = write_taming_files(tmp_path / "vqgan")
+    return ["--clip", tiny_clip_id, "--vqgan-config", str(config), "--vqgan-checkpoint", str(ckpt), "--device", "cpu",
+            "--cutn", "2", "--quiet"]
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models and matrices: extra threads only add contention on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own empty vqclip cache."""

@@ -22,21 +22,12 @@ from vqclip.spaces import load_projection, projection_path
 from vqclip.spelling import pipeline
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: extra threads only add contention on a shared CPU
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()
-def model_args(tiny_clip_id, tmp_path):
-    from vqclip.models.tiny import write_taming_files
-
-    config, ckpt = write_taming_files(tmp_path / "vqgan")
-    return ["--clip", tiny_clip_id, "--vqgan-config", str(config), "--vqgan-checkpoint", str(ckpt), "--device", "cpu",
-            "--size", "16", "16", "--cutn", "2", "--steps", "1", "--quiet"]
+def model_args(tiny_model_flags):
+    return tiny_model_flags + ["--size", "16", "16", "--steps", "1"]
 
 
 @pytest.fixture()

@@ -167,12 +167,8 @@ def test_shards_union_equals_a_single_process_run(tmp_path):
 # The CLI on tiny models.
 
 @pytest.fixture()
-def model_args(tiny_clip_id, tmp_path):
-    from vqclip.models.tiny import write_taming_files
-
-    config, ckpt = write_taming_files(tmp_path / "vqgan")
-    return ["--clip", tiny_clip_id, "--vqgan-config", str(config), "--vqgan-checkpoint", str(ckpt), "--device", "cpu",
-            "--size", "16", "16", "--cutn", "2", "--steps", "1", "--quiet"]
+def model_args(tiny_model_flags):
+    return tiny_model_flags + ["--size", "16", "16", "--steps", "1"]
 
 
 @pytest.fixture()

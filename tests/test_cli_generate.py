@@ -8,10 +8,8 @@ from vqclip.models.tiny import write_taming_files
 
 
 @pytest.fixture()
-def model_args(tiny_clip_id, tmp_path):
-    config, ckpt = write_taming_files(tmp_path / "vqgan")
-    return ["--clip", tiny_clip_id, "--vqgan-config", str(config), "--vqgan-checkpoint", str(ckpt),
-            "--device", "cpu", "--size", "32", "32", "--cutn", "2", "--quiet"]
+def model_args(tiny_model_flags):
+    return tiny_model_flags + ["--size", "32", "32"]
 
 
 def test_generate_writes_png_with_metadata_and_run_json(model_args, tmp_path, capsys):

@@ -65,12 +65,8 @@ def test_foreign_messages_are_quoted_on_one_line_without_escapes():
 # Shared fixtures: tiny models, a snapshot of a folder tree, a read-only and a full file system.
 
 @pytest.fixture()
-def model_args(tiny_clip_id, tmp_path):
-    from vqclip.models.tiny import write_taming_files
-
-    config, ckpt = write_taming_files(tmp_path / "vqgan")
-    return ["--clip", tiny_clip_id, "--vqgan-config", str(config), "--vqgan-checkpoint", str(ckpt),
-            "--device", "cpu", "--size", "32", "32", "--cutn", "2", "--quiet"]
+def model_args(tiny_model_flags):
+    return tiny_model_flags + ["--size", "32", "32"]
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

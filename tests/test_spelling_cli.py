@@ -15,12 +15,7 @@ from vqclip.cli import main
 COLORS = {"apple": (200, 30, 30), "banana": (230, 220, 40), "grape": (100, 30, 140)}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: extra threads only add contention on a shared CPU
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

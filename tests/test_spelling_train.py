@@ -42,13 +42,7 @@ def _mean_cos(W, a, b):
     return float((p(a) * p(b)).sum(-1).mean())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These matrices are tiny: extra threads only add contention on a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
-    _add_debug_flag(sub)  # `vqclip generate ... --debug` works as well as `vqclip --debug generate ...`
+    _add_debug_flag(sub)  # `vqclip generate ... --debug -v` works as well as `vqclip --debug -v generate ...`
     return parser
 
 
@@ -48,6 +48,9 @@ def _add_debug_flag(sub) -> None:
     for subparser in sub.choices.values():
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                help="show the full traceback of an unexpected error")
+        if "--verbose" not in subparser._option_string_actions:
+            subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                                   help="log details (model loading, downloads)")
         for action in subparser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _add_debug_flag(action)

@@ -13,6 +13,51 @@ from ..devices import DEVICES, PRECISIONS
 from ..errors import bad_arg
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
 
+# The heading of the epilog every command's --help ends with (tests/test_cli_help.py checks that each has one).
+EXAMPLE_HEADING = "example:"
+EXAMPLES_HEADING = "examples:"
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, except that the "example(s):" epilog keeps its line breaks (one command per line)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith((EXAMPLE_HEADING, EXAMPLES_HEADING)):
+            return "\n".join(indent + line for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
+def examples(*lines: str) -> str:
+    """The --help epilog: command lines to copy, under an "example:" heading; a line starting with # is a comment.
+
+    Pass it with the formatter: `sub.add_parser(name, epilog=examples(...), formatter_class=HelpFormatter)`,
+    or use `command_parser`, which does both."""
+    if not lines:
+        raise ValueError("examples() needs at least one command line")
+    commands = sum(1 for line in lines if not line.lstrip().startswith("#"))
+    heading = EXAMPLE_HEADING if commands == 1 else EXAMPLES_HEADING
+    return "\n".join([heading, *(f"  {line}" for line in lines)])
+
+
+_examples_epilog = examples  # command_parser's keyword of the same name hides the function
+
+
+def command_parser(sub, name: str, *, help: str, description: str, examples: Sequence[str] | str,
+                   **kwargs) -> argparse.ArgumentParser:
+    """`sub.add_parser(name, ...)` with the shared help conventions: an example epilog (a string from
+    `examples()`, or the command lines themselves) kept as written."""
+    epilog = examples if isinstance(examples, str) else _examples_epilog(*examples)
+    return sub.add_parser(name, help=help, description=description, epilog=epilog, formatter_class=HelpFormatter,
+                          **kwargs)
+
+
+def add_quiet_arg(p, help: str = "no progress bars or progress messages") -> None:
+    """-q/--quiet, the one flag every command uses to silence progress output (dest `quiet`).
+
+    `--no-progress`, the old spelling of train, eval, score and testbed, still works but is not shown."""
+    p.add_argument("-q", "--quiet", action="store_true", help=help)
+    p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
+
 
 def add_clip_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLIP model")

@@ -1,0 +1,322 @@
+"""The grid as labelled PNG pages drawn with Pillow; pages record which grid they belong to."""
+
+from __future__ import annotations
+
+import functools
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ..errors import bad_arg
+from ..io import atomic_path
+from ..untrusted import open_image
+from .arrange import Arrangement, grid_title
+from .collect import STATUS_NOTES, Cell, Collection
+
+
+@dataclass(frozen=True)
+class GridStyle:
+    """Sizes of a grid page in pixels."""
+
+    thumb: int = 160
+    font_size: int = 14
+    label_width: int | None = None  # default: about 1.5 thumbnails, 140..320 px
+    pad: int = 6
+    max_rows: int = 16
+    max_cols: int = 12
+
+    def label_w(self) -> int:
+        return self.label_width or max(140, min(320, int(self.thumb * 1.5)))
+
+
+@dataclass
+class Page:
+    """One page of a grid: a slice of the rows and columns, and where every part is drawn."""
+
+    rows: list[Any]
+    cols: list[tuple]
+    number: int
+    count: int
+    size: tuple[int, int] = (0, 0)
+    title: str = ""
+    cell_boxes: dict[tuple[int, int], tuple[int, int, int, int]] = field(default_factory=dict)
+    row_label_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    col_label_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
+    row_labels: list[str] = field(default_factory=list)
+    col_labels: list[str] = field(default_factory=list)
+    font_file: str | None = None  # None: Pillow's own font; else a font that covers the labels' scripts
+
+
+def paginate(arr: Arrangement, style: GridStyle) -> list[Page]:
+    """Split the table into pages of at most max_rows × max_cols cells."""
+    row_chunks = [arr.rows[i:i + style.max_rows] for i in range(0, len(arr.rows), style.max_rows)] or [[]]
+    col_chunks = [arr.cols[i:i + style.max_cols] for i in range(0, len(arr.cols), style.max_cols)] or [[]]
+    chunks = [(r, c) for r in row_chunks for c in col_chunks]
+    return [Page(r, c, n + 1, len(chunks)) for n, (r, c) in enumerate(chunks)]
+
+
+FONT_ENV = "VQCLIP_FONT"
+# Fonts tried for labels Pillow's own font cannot draw (it covers Latin only): DejaVu Sans (Latin, Greek, Cyrillic,
+# Hebrew, Arabic, many symbols) and Noto where the system has them, then matplotlib's bundled DejaVu Sans. Emoji
+# stay boxes unless a font that has them is installed here or named by $VQCLIP_FONT.
+FONT_CANDIDATES = (
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf", "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+    "/usr/share/fonts/truetype/noto/NotoSansHebrew-Regular.ttf", "/usr/share/fonts/truetype/noto/NotoSansArabic-Regular.ttf",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf", "/Library/Fonts/Arial Unicode.ttf",
+    "C:/Windows/Fonts/segoeui.ttf", "C:/Windows/Fonts/arial.ttf",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def font_files() -> tuple[str, ...]:
+    """Font files that exist here, in the order they are tried ($VQCLIP_FONT first)."""
+    import importlib.util
+
+    paths = [os.environ[FONT_ENV]] if os.environ.get(FONT_ENV) else []
+    paths += FONT_CANDIDATES
+    spec = importlib.util.find_spec("matplotlib")  # found, not imported
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        paths.append(os.path.join(root, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf"))
+    return tuple(dict.fromkeys(p for p in paths if os.path.isfile(p)))
+
+
+@functools.lru_cache(maxsize=64)
+def _load_font(path: str | None, size: int):
+    from PIL import ImageFont
+
+    if path is None:
+        return ImageFont.load_default(size=size)
+    try:
+        return ImageFont.truetype(path, size)
+    except OSError:  # a broken font file falls back to Pillow's own font
+        return ImageFont.load_default(size=size)
+
+
+@functools.lru_cache(maxsize=8192)
+def _has_glyph(path: str | None, char: str) -> bool:
+    """A glyph is missing when the font draws it exactly as its .notdef box (what U+FFFF, a non-character, gets)."""
+    font = _load_font(path, 24)
+    try:
+        mask, missing = font.getmask(char), font.getmask("\uffff")
+    except Exception:  # noqa: BLE001 - a character the font engine rejects is not covered
+        return False
+    return not (mask.size == missing.size and bytes(mask) == bytes(missing))
+
+
+def pick_font_file(texts: Iterable[str]) -> str | None:
+    """The font (None: Pillow's own) that can draw the most characters of `texts`; earlier fonts win ties."""
+    chars = {c for t in texts for c in str(t) if not c.isspace() and c != "…"}
+    if all(ord(c) < 0x250 for c in chars):  # Latin: Pillow's own font draws it
+        return None
+    best, best_count = None, sum(_has_glyph(None, c) for c in chars)
+    for path in font_files():
+        count = sum(_has_glyph(path, c) for c in chars)
+        if count > best_count:
+            best, best_count = path, count
+        if count == len(chars):
+            break
+    return best
+
+
+def _fonts(style: GridStyle, font_file: str | None = None):
+    return (_load_font(font_file, style.font_size), _load_font(font_file, max(9, style.font_size * 4 // 5)),
+            _load_font(font_file, style.font_size + 3))
+
+
+def wrap_text(text: str, font, width: int, max_lines: int) -> list[str]:
+    """Greedy word wrap to `width` pixels; words longer than a line are broken; overflow ends with '…'."""
+    lines: list[str] = []
+    for paragraph in str(text).splitlines() or [""]:
+        line = ""
+        for word in paragraph.split(" "):
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while font.getlength(word) > width and len(word) > 1:  # break a long word
+                cut = 1
+                while cut < len(word) and font.getlength(word[:cut + 1]) <= width:
+                    cut += 1
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and font.getlength(last + "…") > width:
+            last = last[:-1]
+        lines[-1] = last + "…"
+    return lines
+
+
+def _line_height(font) -> int:
+    top, bottom = font.getbbox("Ågy")[1::2]
+    return int((bottom - top) * 1.25) + 1
+
+
+def layout_page(page: Page, arr: Arrangement, style: GridStyle, title: str) -> Page:
+    """Compute the page size and the boxes of labels and cells (pure geometry; nothing is drawn)."""
+    page.title = title + (f"  |  page {page.number}/{page.count}" if page.count > 1 else "")
+    page.col_labels = [arr.col_label(c) for c in page.cols]
+    page.row_labels = [arr.row_label(r) for r in page.rows]
+    page.font_file = pick_font_file([page.title, *page.col_labels, *page.row_labels,
+                                     *(arr.row_notes.get(r, "") for r in page.rows)])
+    font, _, big = _fonts(style, page.font_file)
+    pad, thumb, label_w = style.pad, style.thumb, style.label_w()
+    lh = _line_height(font)
+    col_w = thumb + pad
+    header_lines = max([len(wrap_text(t, font, col_w - pad, 3)) for t in page.col_labels] or [1])
+    title_lines = wrap_text(page.title, big, max(label_w + col_w * len(page.cols), 200), 2)
+    title_h = pad + len(title_lines) * _line_height(big) + pad
+    header_h = header_lines * lh + pad
+    top = title_h + header_h
+    left = pad + label_w + pad
+    width = left + col_w * len(page.cols)
+    height = top + (thumb + pad) * len(page.rows) + pad
+    page.size = (max(width, 200), height)
+    page.col_label_boxes = [(left + j * col_w, title_h, left + j * col_w + thumb, top - pad // 2)
+                            for j in range(len(page.cols))]
+    page.row_label_boxes = [(pad, top + i * (thumb + pad), pad + label_w, top + i * (thumb + pad) + thumb)
+                            for i in range(len(page.rows))]
+    page.cell_boxes = {(i, j): (left + j * col_w, top + i * (thumb + pad), left + j * col_w + thumb,
+                                top + i * (thumb + pad) + thumb)
+                       for i in range(len(page.rows)) for j in range(len(page.cols))}
+    return page
+
+
+def _draw_lines(draw, box, lines: Sequence[str], font, fill, center: bool = False, valign: str = "top") -> None:
+    x0, y0, x1, y1 = box
+    lh = _line_height(font)
+    y = y0 if valign == "top" else y0 + max(0, (y1 - y0 - lh * len(lines)) // 2)
+    for line in lines:
+        x = x0 + max(0, (x1 - x0 - int(font.getlength(line))) // 2) if center else x0
+        draw.text((x, y), line, font=font, fill=fill)
+        y += lh
+
+
+def render_page(page: Page, arr: Arrangement, style: GridStyle):
+    """Draw a laid-out page: title, column labels, row labels, thumbnails and empty cells with their notes."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    font, small, big = _fonts(style, page.font_file)
+    image = Image.new("RGB", page.size, "white")
+    draw = ImageDraw.Draw(image)
+    _draw_lines(draw, (style.pad, style.pad, page.size[0] - style.pad, page.size[1]),
+                wrap_text(page.title, big, page.size[0] - 2 * style.pad, 2), big, (20, 20, 20))
+    for box, text in zip(page.col_label_boxes, page.col_labels):
+        lines = wrap_text(text, font, box[2] - box[0] + style.pad, 3)
+        _draw_lines(draw, (box[0] - style.pad // 2, box[1], box[2] + style.pad // 2, box[3]), lines, font,
+                    (20, 20, 20), center=True)
+    for i, (box, row) in enumerate(zip(page.row_label_boxes, page.rows)):
+        note = arr.row_notes.get(row, "")
+        max_lines = max(1, (box[3] - box[1]) // _line_height(font) - (1 if note else 0))
+        lines = wrap_text(page.row_labels[i], font, box[2] - box[0], max_lines)
+        _draw_lines(draw, box, lines, font, (20, 20, 20), valign="middle")
+        if note:
+            y = box[1] + (box[3] - box[1] + _line_height(font) * len(lines)) // 2
+            _draw_lines(draw, (box[0], y, box[2], box[3]), wrap_text(note, small, box[2] - box[0], 1), small,
+                        (110, 110, 110))
+    for (i, j), box in page.cell_boxes.items():
+        cell = arr.table.get((page.rows[i], page.cols[j]))
+        _draw_cell(image, draw, box, cell, small, ImageOps)
+    return image
+
+
+def _draw_cell(image, draw, box, cell: Cell | None, small, ImageOps) -> None:
+    x0, y0, x1, y1 = box
+    if cell is not None and cell.image is not None:
+        try:
+            with open_image(cell.image) as im:  # a run folder is untrusted: refuse decompression bombs
+                thumb = ImageOps.contain(im.convert("RGB"), (x1 - x0, y1 - y0))
+            image.paste(thumb, (x0 + (x1 - x0 - thumb.width) // 2, y0 + (y1 - y0 - thumb.height) // 2))
+            if cell.note:  # e.g. an interrupted run: show it, but say so
+                _draw_lines(draw, (x0 + 2, y1 - _line_height(small) - 2, x1, y1),
+                            wrap_text(cell.note, small, x1 - x0 - 4, 1), small, (200, 30, 30))
+            return
+        except OSError as e:
+            cell = Cell(cell.fields, status="lost", note=f"unreadable image ({e})")
+    draw.rectangle(box, fill=(238, 238, 238), outline=(190, 190, 190))
+    note = "no image" if cell is None else cell.note or STATUS_NOTES.get(cell.status, cell.status)
+    _draw_lines(draw, (x0 + 4, y0 + 4, x1 - 4, y1 - 4), wrap_text(note, small, x1 - x0 - 8, 6), small,
+                (120, 120, 120), center=True, valign="middle")
+
+
+def page_paths(out: Path, count: int) -> list[Path]:
+    """`grid.png` for one page, else `grid-001.png`, `grid-002.png`, ..."""
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{n:03d}{out.suffix}") for n in range(1, count + 1)]
+
+
+# Every page carries this PNG text chunk naming the grid it belongs to: {"grid": "grid.png", "page": 2, "pages": 4}.
+# It is how a later grid of the same name knows which files it may replace or remove: those it wrote, no others.
+PAGE_CHUNK = "vqclip-grid"
+
+
+def grid_page_owner(path: Path) -> str | None:
+    """The grid file name recorded in a page vqclip wrote, or None for any other file (or an unreadable one)."""
+    if path.is_symlink() or not path.is_file():
+        return None
+    try:
+        with open_image(path) as im:  # text chunks before the image data are read without decoding pixels
+            value = im.info.get(PAGE_CHUNK)
+        record = json.loads(value) if isinstance(value, str) else None
+    except Exception:  # noqa: BLE001 - any file we cannot read as our page is simply not ours
+        return None
+    return str(record.get("grid")) if isinstance(record, dict) else None
+
+
+def _check_replaceable(out: Path, paths: Sequence[Path], overwrite: bool) -> None:
+    """Refuse to replace a file that is not a page of this same grid, unless `overwrite`."""
+    if overwrite:
+        return
+    for path in paths:
+        if (path.exists() or path.is_symlink()) and grid_page_owner(path) != out.name:
+            raise bad_arg("--out", "a file that is not a page of this grid is in the way (grids replace only the "
+                          "pages they wrote)", str(path), "Choose another --out, or pass --overwrite to replace it.")
+
+
+def _remove_stale_pages(out: Path, keep: Sequence[Path]) -> list[Path]:
+    """Pages left by an earlier, larger grid of the same name would mislead; remove those (recorded as pages of
+    this grid in their own text chunk), never a user's file that merely has a similar name."""
+    pattern = re.compile(re.escape(out.stem) + r"(-\d{3})?" + re.escape(out.suffix))
+    removed = []
+    for p in out.parent.glob(f"{glob.escape(out.stem)}*{glob.escape(out.suffix)}"):
+        if pattern.fullmatch(p.name) and p not in keep and grid_page_owner(p) == out.name:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def write_grid(found: Collection, arr: Arrangement, out: str | os.PathLike, style: GridStyle = GridStyle(),
+               overwrite: bool = False) -> list[Path]:
+    """Render every page and save it (atomically); returns the page files.
+
+    An existing file is replaced only when it is a page of this same grid, or with `overwrite`.
+    """
+    from PIL import PngImagePlugin
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise bad_arg("--out", "the grid is written as PNG", str(out), "Give a path ending in .png.")
+    pages = paginate(arr, style)
+    paths = page_paths(out, len(pages))
+    _check_replaceable(out, paths, overwrite)
+    title = grid_title(found, arr)
+    for page, path in zip(pages, paths):
+        image = render_page(layout_page(page, arr, style, title), arr, style)
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt(PAGE_CHUNK, json.dumps({"grid": out.name, "page": page.number, "pages": page.count}))
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)
+    _remove_stale_pages(out, paths)
+    return paths

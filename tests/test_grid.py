@@ -176,3 +176,35 @@ def test_grid_cli_errors(tmp_path, capsys):
     assert "holds no runs" in capsys.readouterr().err
     assert main(["grid", str(tmp_path / "b"), "--no-png"]) == 2
     assert "--html" in capsys.readouterr().err
+
+
+def test_runs_whose_grid_fields_coincide_each_keep_a_place(tmp_path):
+    """Issue 15: two runs of the same prompt, space, seed and settings (e.g. made with two CLIP models) are two
+    cells, not one: the run folder joins the columns when no other field tells them apart."""
+    from vqclip.batch.plan import job_settings
+    from vqclip.outputs import build_record, write_run
+    from test_batch_support import FakeModels
+
+    spec, base = make_batch(tmp_path, spaces=("clip",), seeds=(0,))
+    models = FakeModels()
+    folders = ["apple-clip-a", "apple-clip-b", "pear-clip"]
+    for name in folders:
+        item = spec.items[1] if name.startswith("pear") else spec.items[0]
+        result = fake_generate(job_settings(base, item, 5), None, None, models.space("clip"))
+        record = build_record(result, models.describe(), models.space("clip").describe(), item.prompt,
+                              {"space_name": "clip"})
+        write_run(tmp_path / "runs" / name, result, record)
+    found = collect(tmp_path / "runs")
+    arr = arrange(found.cells)
+    placed = {str(cell.image.parent.name) for cell in arr.table.values()}
+    assert placed == set(folders) and arr.duplicates == 0
+    assert arr.col_fields == ["space", "run"]
+    assert [arr.col_label(c) for c in arr.cols] == ["clip · run apple-clip-a", "clip · run apple-clip-b",
+                                                     "clip · run pear-clip"]
+    written = make_grid(tmp_path / "runs", style=GridStyle(thumb=32), html_path=tmp_path / "runs" / "index.html")
+    assert written["cols"] == 3 and written["rows"] == 2
+    html = (tmp_path / "runs" / "index.html").read_text(encoding="utf-8")
+    assert "3 ok" in html and html.count("<img ") == 3
+    # a chosen layout that cannot tell the runs apart still gives each image a place
+    arr = arrange(found.cells, rows="seed", cols=["space"])
+    assert len(arr.table) == 3 and arr.col_fields[-1] == "run"

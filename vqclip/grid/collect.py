@@ -17,9 +17,12 @@ from ..io import inside, read_jsonl
 
 SETTING_FIELDS = ("steps", "size", "lr", "optimizer", "method", "loss", "cutn", "cut_pow", "augment", "noise",
                   "init_image", "init_weight")
-FIELDS = ("prompt", "space", "seed", "word_type") + SETTING_FIELDS
-# Fields added to the columns, in this order, when cells would otherwise share a place in the grid.
-AUTO_ORDER = ("space", "seed", "prompt") + SETTING_FIELDS + ("word_type",)
+# "run" names the image itself (the job id in a batch, the run folder below the root otherwise): two runs that
+# agree on every other field (e.g. made with two CLIP models, or the same command twice) still differ in it.
+FIELDS = ("prompt", "space", "seed", "word_type") + SETTING_FIELDS + ("run",)
+# Fields added to the columns, in this order, when cells would otherwise share a place in the grid; "run" comes last
+# and is unique, so every image gets a place.
+AUTO_ORDER = ("space", "seed", "prompt") + SETTING_FIELDS + ("word_type", "run")
 STATUS_NOTES = {"missing": "not run yet", "failed": "failed", "lost": "image file missing",
                 "refused": "image path leads outside the folder (refused)"}
 
@@ -83,7 +86,7 @@ def _batch_cell(folder: Path, job: Mapping[str, Any], item: Mapping[str, Any], b
                 line: Mapping[str, Any] | None) -> Cell:
     settings = {**base, **_dict(item.get("overrides"))}
     fields = {"prompt": _scalar(item.get("id", job.get("item"))), "space": job["space"], "seed": job["seed"],
-              "word_type": _scalar(item.get("word_type")), **_settings_fields(settings)}
+              "word_type": _scalar(item.get("word_type")), **_settings_fields(settings), "run": job["id"]}
     cell = Cell(fields, prompt_text=str(item.get("prompt", "")), settings=settings, status="missing")
     if line and job.get("fingerprint") and line.get("fingerprint") not in (None, job["fingerprint"]):
         line = None  # written by an earlier batch with other settings
@@ -157,7 +160,8 @@ def collect_runs(folder: Path) -> Collection:
         settings = _dict(run.get("settings"))
         prompt = str(run.get("prompt", ""))
         fields = {"prompt": prompt, "space": _scalar(space) or "clip", "seed": _scalar(run.get("seed")),
-                  "word_type": _scalar(run.get("word_type")), **_settings_fields(settings)}
+                  "word_type": _scalar(run.get("word_type")), **_settings_fields(settings),
+                  "run": Path(dirpath).relative_to(folder).as_posix() if Path(dirpath) != folder else folder.name}
         image = inside(dirpath, run.get("image") or "image.png")  # run.json is untrusted: stay in its folder
         cell = Cell(fields, prompt_text=prompt, settings=settings,
                     info={k: run.get(k) for k in ("loss", "steps_done") if run.get(k) is not None})

@@ -208,3 +208,13 @@ def test_runs_whose_grid_fields_coincide_each_keep_a_place(tmp_path):
     # a chosen layout that cannot tell the runs apart still gives each image a place
     arr = arrange(found.cells, rows="seed", cols=["space"])
     assert len(arr.table) == 3 and arr.col_fields[-1] == "run"
+
+
+def test_grid_cli_says_what_it_placed_unless_quiet(batch, capsys):
+    _, _, out = batch
+    assert main(["grid", str(out), "--thumb", "32"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("grid.png")
+    assert "2 rows x 6 columns (space, seed): 12 ok" in captured.err
+    assert main(["grid", str(out), "--thumb", "32", "-q"]) == 0
+    assert capsys.readouterr().err == ""

@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
+from .common import add_quiet_arg, command_parser
+
+
 def register(sub) -> None:
-    p = sub.add_parser(
-        "grid", help="comparison grid (PNG) and HTML gallery of a batch folder or a folder of runs",
+    p = command_parser(
+        sub, "grid", help="comparison grid (PNG) and HTML gallery of a batch folder or a folder of runs",
+        examples=["vqclip grid outputs/batch --html", "vqclip grid outputs --where seed=0 --cols space --out cmp.png"],
         description="Draw a labelled grid of the images of a `vqclip batch` folder (or of `vqclip generate` runs "
                     "below a folder): rows are prompts, columns are spaces by default; any other field that varies "
                     "(e.g. the seed) is added to the columns. Missing or failed images are drawn as empty cells with "
-                    "a note, so a batch still running can be viewed. Large grids are split into pages.")
+                    "a note, so a batch still running can be viewed. Every image gets a place: runs that agree on every "
+                    "field are told apart by their run folder. Large grids are split into pages.")
     p.add_argument("folder", metavar="DIR", help="batch folder (batch.json, manifest.jsonl) or a folder of runs")
     p.add_argument("--rows", default="prompt", metavar="FIELD",
-                   help="field of the rows (default prompt): prompt, space, seed, word_type or a setting "
-                        "such as steps, size, lr, cutn")
+                   help="field of the rows (default prompt): prompt, space, seed, word_type, run (the job or "
+                        "run folder) or a setting such as steps, size, lr, cutn")
     p.add_argument("--cols", default="space", metavar="FIELDS",
                    help="comma list of column fields (default space); fields that still vary are appended")
     p.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
@@ -35,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace files in the way of the grid or gallery that vqclip did not write (pages and "
                         "galleries of the same grid are always replaced)")
+    add_quiet_arg(p, help="print only the files written, not the summary line")
     p.set_defaults(func=run_grid)
 
 
@@ -57,4 +64,8 @@ def run_grid(args: argparse.Namespace) -> int:
         print(page)
     if written["html"]:
         print(written["html"])
+    if not args.quiet:
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(written["statuses"].items()))
+        print(f"vqclip grid: {written['rows']} rows x {written['cols']} columns ({', '.join(written['col_fields'])}): "
+              f"{counts}", file=sys.stderr)
     return 0

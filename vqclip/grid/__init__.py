@@ -49,7 +49,11 @@ def make_grid(folder: str | os.PathLike, out: str | os.PathLike | None = None, r
     arr = arrange(found.cells, rows, cols, where)
     written = {"pages": [], "html": None, "rows": len(arr.rows), "cols": len(arr.cols),
                "col_fields": arr.col_fields, "missing": sum(c.status != "ok" for c in arr.table.values()) +
-               len(arr.rows) * len(arr.cols) - len(arr.table)}
+               len(arr.rows) * len(arr.cols) - len(arr.table), "statuses": {}}
+    for cell in arr.table.values():
+        written["statuses"][cell.status] = written["statuses"].get(cell.status, 0) + 1
+    if len(arr.table) < len(arr.rows) * len(arr.cols):  # places no image or plan fills
+        written["statuses"]["empty"] = len(arr.rows) * len(arr.cols) - len(arr.table)
     if png:
         written["pages"] = write_grid(found, arr, Path(out) if out else found.folder / "grid.png", style, overwrite)
     if html_path is not None:

@@ -1,5 +1,6 @@
 """Help texts and the CLI's one-line errors for missing optional extras."""
 
+import argparse
 import sys
 
 import pytest
@@ -9,6 +10,87 @@ from vqclip.errors import MissingExtraError, missing_extra_hint
 
 COMMANDS = [["generate"], ["batch"], ["grid"], ["train"], ["eval", "retrieval"], ["eval", "typographic"],
             ["eval", "ocr"], ["score"], ["models", "convert"], ["models", "download"], ["models", "list"], ["testbed"]]
+
+
+def _leaf_commands(parser=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every runnable subcommand, found by walking the parser (so a new command is checked without editing this)."""
+    parser = parser or build_parser()
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _leaf_commands(sub, prefix + (name,)) or [prefix + (name,)]
+    return out
+
+
+def _command_groups(parser=None, prefix=()) -> list[tuple[str, ...]]:
+    """Every subcommand, runnable or a group such as `eval` and `models`."""
+    parser = parser or build_parser()
+    out = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += [prefix + (name,)] + _command_groups(sub, prefix + (name,))
+    return out
+
+
+def _subparser(argv):
+    parser = build_parser()
+    for name in argv:
+        parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+    return parser
+
+
+def test_the_walk_finds_every_command():
+    leaves = {" ".join(c) for c in _leaf_commands()}
+    assert {"train", "score", "testbed", "eval retrieval", "eval ocr", "models list", "models convert"} <= leaves
+    assert "eval" not in leaves and "models" not in leaves
+
+
+@pytest.mark.parametrize("argv", _command_groups(), ids=" ".join)
+def test_every_command_help_has_an_example_and_no_empty_default(capsys, argv):
+    with pytest.raises(SystemExit):
+        main(list(argv) + ["--help"])
+    raw = capsys.readouterr().out
+    text = " ".join(raw.split())
+    assert "(default: None)" not in text and "default None" not in text
+    heading = next((line for line in raw.splitlines() if line.startswith(("example:", "examples:"))), None)
+    assert heading is not None, f"vqclip {' '.join(argv)} --help has no example"
+    after = raw.split(heading, 1)[1]
+    commands = [line.strip() for line in after.splitlines() if line.strip() and not line.strip().startswith("#")]
+    assert commands and all(c.startswith("vqclip " + " ".join(argv)) for c in commands), commands
+
+
+@pytest.mark.parametrize("argv", _leaf_commands(), ids=" ".join)
+def test_every_command_takes_quiet_and_verbose_after_its_name(argv):
+    parser = _subparser(argv)
+    options = parser._option_string_actions
+    for flag in ("-q", "--quiet", "-v", "--verbose", "--debug"):
+        assert flag in options, f"vqclip {' '.join(argv)} has no {flag}"
+    assert options["-q"].dest == "quiet" and options["-v"].dest == "verbose"
+    if "--no-progress" in options:  # the old spelling: a hidden alias of --quiet
+        assert options["--no-progress"].dest == "quiet" and options["--no-progress"].help == argparse.SUPPRESS
+
+
+def test_quiet_and_verbose_parse_before_and_after_the_subcommand():
+    parser = build_parser()
+    for argv in (["-v", "score", "x", "-q"], ["score", "x", "-v", "--quiet"], ["score", "x", "-v", "--no-progress"]):
+        args = parser.parse_args(argv)
+        assert args.verbose is True and args.quiet is True, argv
+    args = parser.parse_args(["score", "x"])
+    assert args.verbose is False and args.quiet is False
+
+
+def test_verbose_after_the_subcommand_turns_on_info_logging(monkeypatch):
+    import logging
+
+    import vqclip.cli.models as models
+
+    seen = {}
+    monkeypatch.setattr(models, "cmd_list", lambda args: seen.setdefault("level", logging.getLogger().level) and 0)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # let basicConfig configure the root logger again
+    assert main(["models", "list", "-v"]) == 0
+    assert seen["level"] == logging.INFO
 
 
 def _help(capsys, argv) -> str:

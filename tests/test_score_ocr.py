@@ -122,7 +122,7 @@ def test_score_cli_end_to_end_on_a_batch_folder(tmp_path, monkeypatch, easyocr_r
                         ("forget", "zorbl", "nonsense", blank)])
     (batch / "0002_forget_zorbl" / "image.png").write_bytes(b"")  # a broken output is skipped and counted
     monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader", lambda device="auto": easyocr_reader)
-    assert main(["score", str(batch), "--no-progress", "--group-by", "settings.steps"]) == 0
+    assert main(["score", str(batch), "-q", "--group-by", "settings.steps"]) == 0
     out = batch / "score"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_scored"] == 2 and summary["n_skipped"] == 2 and summary["n_cached"] == 0
@@ -142,7 +142,7 @@ def test_score_cli_end_to_end_on_a_batch_folder(tmp_path, monkeypatch, easyocr_r
     assert (out / "chart.png").stat().st_size > 1000
     # re-scoring is served from the cache: the OCR engine is not touched
     monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader", lambda device="auto": _NoRead(easyocr_reader.key))
-    assert main(["score", str(batch), "--no-progress"]) == 0
+    assert main(["score", str(batch), "-q"]) == 0
     assert json.loads((out / "summary.json").read_text())["n_cached"] == 2
 
 
@@ -167,7 +167,7 @@ def test_score_plain_folder_uses_words_file_and_folder_spaces(tmp_path, monkeypa
     monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader", lambda device="auto": CountingReader("appla"))
     out = tmp_path / "report"
     assert main(["score", str(tmp_path / "imgs"), "--words", str(tmp_path / "words.txt"), "--out", str(out),
-                 "--no-progress", "--no-chart"]) == 0
+                 "-q", "--no-chart"]) == 0
     records = [json.loads(l) for l in (out / "scores.jsonl").read_text().splitlines()]
     assert {(r["space"], r["words"][0], r["word_type"]) for r in records} == {
         ("clip", "apple", "real"), ("clip", "zorbl", "nonsense"), ("forget", "apple", "real"),
@@ -176,12 +176,12 @@ def test_score_plain_folder_uses_words_file_and_folder_spaces(tmp_path, monkeypa
     assert apple["legibility"]["legible"] and not apple["legibility"]["exact"]  # "appla" is 1 edit from apple
     assert not (out / "chart.png").exists()
     # a report left inside the image folder is not scored as images next time
-    assert main(["score", str(tmp_path / "imgs"), "--no-progress"]) == 0
-    assert main(["score", str(tmp_path / "imgs"), "--out", str(tmp_path / "r3"), "--no-progress"]) == 0
+    assert main(["score", str(tmp_path / "imgs"), "-q"]) == 0
+    assert main(["score", str(tmp_path / "imgs"), "--out", str(tmp_path / "r3"), "-q"]) == 0
     assert json.loads((tmp_path / "r3" / "summary.json").read_text())["n_scored"] == 4
     # no images at all is a clear error, not an empty report
     (tmp_path / "none").mkdir()
-    assert main(["score", str(tmp_path / "none"), "--no-progress"]) == 2
+    assert main(["score", str(tmp_path / "none"), "-q"]) == 2
 
 
 def test_score_cli_without_the_ocr_extra_prints_the_install_command(tmp_path, monkeypatch, capsys):
@@ -189,7 +189,7 @@ def test_score_cli_without_the_ocr_extra_prints_the_install_command(tmp_path, mo
 
     Image.new("RGB", (32, 32), "white").save(tmp_path / "a.png")
     monkeypatch.setitem(sys.modules, "easyocr_en_models", None)
-    assert main(["score", str(tmp_path), "--no-progress"]) == 2
+    assert main(["score", str(tmp_path), "-q"]) == 2
     err = capsys.readouterr().err
     assert 'pip install "vqclip[ocr]"' in err and "Traceback" not in err
 
@@ -226,7 +226,7 @@ def test_unknown_group_by_field_is_refused_before_ocr_listing_known_ones(tmp_pat
     _make_batch(batch, [("learn", "apple", "real", Image.new("RGB", (32, 32), "white"))])
     monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader",
                         lambda device="auto": pytest.fail("OCR started before --group-by was checked"))
-    assert main(["score", str(batch), "--no-progress", "--group-by", "nosuch"]) == 2
+    assert main(["score", str(batch), "-q", "--group-by", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "--group-by: no image has this metadata field" in err and "nosuch" in err
     assert "settings.steps" in err and "seed" in err and "Traceback" not in err

@@ -33,7 +33,7 @@ def images(tmp_path) -> Path:
 
 
 def _data_args(images, clip_id):
-    return ["--images", str(images), "--clip", clip_id, "--words", "12", "--workers", "0", "--no-progress",
+    return ["--images", str(images), "--clip", clip_id, "--words", "12", "--workers", "0", "-q",
             "--val-fraction", "0.2", "--test-fraction", "0.2", "--class-renders", "1"]
 
 
@@ -84,7 +84,7 @@ def test_train_then_eval_then_generator_lookup(tmp_path, images, tiny_clip_id, c
     # training straight from a feature folder, without naming the CLIP
     target = tmp_path / "from_features.safetensors"
     assert main(["train", "--space", "learn", "--features", summary["features"], "--epochs", "1",
-                 "--batch-size", "4", "--out", str(target), "--no-progress"]) == 0
+                 "--batch-size", "4", "--out", str(target), "-q"]) == 0
     assert target.is_file()
 
 

@@ -71,7 +71,7 @@ def add_device_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("device")
     g.add_argument("--device", default="auto", help=f"one of {', '.join(DEVICES)} or cuda:N (default auto)")
     g.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="CLIP precision: auto = bf16/fp16 autocast on CUDA, fp32 elsewhere")
+                   help="CLIP precision: auto = bf16/fp16 autocast on CUDA, fp32 elsewhere (default auto)")
 
 
 def add_compare_spaces_args(p: argparse.ArgumentParser) -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args
+from .common import add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args, add_quiet_arg, command_parser
 
 
 def register(evals) -> None:
-    p = evals.add_parser(
-        "ocr", help="OCR by retrieval on IIIT5K word crops, per space (paper §6)",
+    p = command_parser(
+        evals, "ocr", help="OCR by retrieval on IIIT5K word crops, per space (paper §6)",
         description="For each cropped word image of IIIT5K, pick the lexicon word whose text embedding is nearest "
                     "in each space (small = 50 words, medium = 1000 words, full = every test word) and report word "
-                    "accuracy. Reads the released testdata.mat; images are found relative to it.")
+                    "accuracy. Reads the released testdata.mat; images are found relative to it.",
+        examples=["vqclip eval ocr --annotations IIIT5K/testdata.mat --lexicon small,full --max-images 500"])
     p.add_argument("--annotations", required=True, metavar="MAT_OR_DIR",
                    help="IIIT5K testdata.mat, or the folder holding it and its test/ images")
     p.add_argument("--images-root", default=None, metavar="DIR",
@@ -21,10 +22,10 @@ def register(evals) -> None:
                    help="lexicons to evaluate, comma-separated from small, medium, full (default all three)")
     p.add_argument("--template", default="{}", help='text template for each word (default "{}": the raw word)')
     add_compare_spaces_args(p)
-    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N word images (0 = all)")
+    p.add_argument("--max-images", type=int, default=0, help="evaluate only the first N word images (default 0 = all)")
     p.add_argument("--batch-size", type=int, default=64, help="images per CLIP batch (default 64)")
     p.add_argument("--out", default=None, metavar="DIR", help="report folder (default outputs/eval/ocr-iiit5k)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_arg(p, "no progress bar")
     add_clip_args(p)
     add_device_args(p)
     add_cache_arg(p)
@@ -56,7 +57,7 @@ def run(args) -> int:
     spaces = resolve_eval_spaces(clip.identity, clip.embed_dim, split_spaces(args.spaces), args.projection,
                                  args.cache_dir, clip_flags=clip.cli_flags())
     report = evaluate_iiit5k(data, clip, spaces, lexicons, args.template, args.batch_size, args.max_images or None,
-                             not args.no_progress)
+                             not args.quiet)
     report["clip"] = clip.describe()
     table = iiit5k_table(report)
     out = Path(args.out).expanduser() if args.out else Path("outputs") / "eval" / "ocr-iiit5k"

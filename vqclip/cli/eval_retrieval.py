@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import bad_arg
-from .common import add_cache_arg, add_clip_args, add_device_args
+from .common import add_cache_arg, add_clip_args, add_device_args, command_parser
 from .train import add_data_args, features_from_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "retrieval", help="word retrieval (x_t↔y_t, x_it↔x_t, x_it↔x_i, x_it↔y_t), class accuracy, visual comprehension",
+    p = command_parser(
+        sub, "retrieval", help="word retrieval (x_t↔y_t, x_it↔x_t, x_it↔x_i, x_it↔y_t), class accuracy, visual comprehension",
         description="Compare CLIP and learned projections on held-out five-tuples: top-1 retrieval both ways, "
                     "split real / nonsense words (deduplicated by word), class accuracy of x_i and x_it, and "
-                    "classification of natural images by rendered class-name images (image encoder only).")
+                    "classification of natural images by rendered class-name images (image encoder only).",
+        examples=["vqclip eval retrieval --images /data/imagenet/val   # clip plus every cached projection",
+                  "vqclip eval retrieval --images photos/ --spaces clip --projection learn.safetensors --json r.json"])
     g = p.add_argument_group("spaces")
     g.add_argument("--projection", action="append", default=[], metavar="FILE",
                    help="a projection file to evaluate (repeatable)")

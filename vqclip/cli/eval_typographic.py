@@ -5,17 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .common import add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args
+from .common import add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args, add_quiet_arg, command_parser
 
 
 def register(evals) -> None:
-    p = evals.add_parser(
-        "typographic", help="typographic-attack robustness of each space (paper §6)",
+    p = command_parser(
+        evals, "typographic", help="typographic-attack robustness of each space (paper §6)",
         description="Zero-shot classification of photos with a misleading word written on them, in the original "
                     "CLIP space and in learned projections side by side. Datasets: the paper's real photos "
                     "(annotation.json), PAINT / RTA-100 folders (label=OBJECT_text=WORD.ext), or synthetic attacks "
                     "written on any labelled image folder. Protocols: classes = object labels only, and classes = "
-                    "object + attack labels.")
+                    "object + attack labels.",
+        examples=["vqclip eval typographic --dataset typographic_attack_dataset/",
+                  "vqclip eval typographic --synthetic cifar10:test --max-images 500 --spaces clip,forget"])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--dataset", metavar="DIR", help="typographic-attack folder (annotation.json or label=_text= names)")
     src.add_argument("--synthetic", metavar="IMAGES",
@@ -37,7 +39,7 @@ def register(evals) -> None:
     g.add_argument("--attack-words", default=None, metavar="FILE_OR_LIST",
                    help="words to write (a file, one per line, or a comma-separated list); default: other class names")
     g.add_argument("--class-map", default=None, metavar="FILE", help="folder name -> class name map for --synthetic")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_arg(p, "no progress bars")
     add_clip_args(p)
     add_device_args(p)
     add_cache_arg(p)
@@ -75,7 +77,7 @@ def run(args) -> int:
     check_template(args.template)
     if args.batch_size < 1:
         raise bad_arg("--batch-size", "must be at least 1", args.batch_size, "Try 32.")
-    progress = not args.no_progress
+    progress = not args.quiet
     if args.dataset:
         dataset = open_typographic_dataset(args.dataset, args.format)
     else:

@@ -6,42 +6,52 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_cache_arg
+from .common import add_cache_arg, add_quiet_arg, command_parser
 
 
 def register(sub) -> None:
-    p = sub.add_parser("models", help="list, download and convert VQGAN checkpoints and registered projections",
+    p = command_parser(sub, "models", help="list, download and convert VQGAN checkpoints and registered projections",
+                       examples=["vqclip models list", "vqclip models download vqgan_imagenet_f16_16384"],
                        description="Named VQGAN checkpoints and the paper's released learn/forget projections: list "
                                    "them with their cache status, download them (verified; VQGAN downloads resume) "
                                    "and convert them to pickle-free .safetensors.")
     models = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
-    ls = models.add_parser("list", help="registered models and projections, sizes, verification and cache status")
+    ls = command_parser(models, "list", help="registered models and projections, sizes, verification and cache status",
+                        description="Registered VQGAN checkpoints and projections, with their size, how they are "
+                                    "verified and whether they are in the cache.",
+                        examples=["vqclip models list", "vqclip models list --json --cache-dir /data/vqclip-cache"])
     add_cache_arg(ls)
     ls.add_argument("--json", action="store_true",
                     help="print one JSON object per model and projection (with \"type\": vqgan or projection) instead of tables")
+    add_quiet_arg(ls, "accepted by every command; list shows no progress")
     ls.set_defaults(func=cmd_list)
 
-    dl = models.add_parser("download", help="download, verify and convert registered models and projections",
-                           description="Download a registered model's config and checkpoint (resuming a partial "
-                                       "download), verify them, and convert the checkpoint to .safetensors. Files "
-                                       "already in the cache (e.g. copied in by hand) are verified, not fetched. "
-                                       "A projection name (e.g. ViT-B-32/openai:forget) fetches the authors' "
-                                       "Google Drive folder with gdown, identifies learn and forget, checks and "
-                                       "converts them.")
+    dl = command_parser(models, "download", examples=["vqclip models download vqgan_imagenet_f16_16384",
+                                                      "vqclip models download ViT-B-32/openai:forget"],
+                        help="download, verify and convert registered models and projections",
+                        description="Download a registered model's config and checkpoint (resuming a partial "
+                                    "download), verify them, and convert the checkpoint to .safetensors. Files "
+                                    "already in the cache (e.g. copied in by hand) are verified, not fetched. "
+                                    "A projection name (e.g. ViT-B-32/openai:forget) fetches the authors' "
+                                    "Google Drive folder with gdown, identifies learn and forget, checks and "
+                                    "converts them.")
     dl.add_argument("names", nargs="+", metavar="NAME",
                     help="registered model or projection name(s); see `vqclip models list`")
     add_cache_arg(dl)
     dl.add_argument("--no-convert", action="store_true", help="only download and verify; convert on first use")
     dl.add_argument("--remove-original", action="store_true",
                     help="delete the Lightning .ckpt after conversion (generation needs only the .safetensors)")
-    dl.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_arg(dl, "no progress bar")
     dl.set_defaults(func=cmd_download)
 
-    cv = models.add_parser("convert", help="convert a taming checkpoint to a compact .safetensors",
-                           description="Read a taming VQGAN checkpoint (Lightning .ckpt, state dict or .safetensors) "
-                                       "safely and write only the weights generation needs, with the config inside, "
-                                       "to one .safetensors file.")
+    cv = command_parser(models, "convert", examples=[
+                            "vqclip models convert --checkpoint last.ckpt --config model.yaml --name my_vqgan",
+                            "vqclip models convert --checkpoint last.ckpt --config model.yaml --output my.safetensors"],
+                        help="convert a taming checkpoint to a compact .safetensors",
+                        description="Read a taming VQGAN checkpoint (Lightning .ckpt, state dict or .safetensors) "
+                                    "safely and write only the weights generation needs, with the config inside, "
+                                    "to one .safetensors file.")
     cv.add_argument("--config", metavar="YAML", help="taming model.yaml (optional with --name of a registered "
                                                      "model whose config is in the cache)")
     cv.add_argument("--checkpoint", required=True, metavar="CKPT", help="the checkpoint to convert")
@@ -52,6 +62,7 @@ def register(sub) -> None:
     cv.add_argument("--overwrite", action="store_true",
                     help="replace an existing file at --output (or the converted model already in the cache)")
     add_cache_arg(cv)
+    add_quiet_arg(cv, "accepted by every command; convert shows no progress")
     cv.set_defaults(func=cmd_convert)
 
 

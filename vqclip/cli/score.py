@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_cache_arg
+from .common import add_cache_arg, add_quiet_arg, command_parser
 
 
 def _thresholds(text: str) -> list[float]:
@@ -19,12 +19,15 @@ def _thresholds(text: str) -> list[float]:
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "score", help="OCR generated images: share with any text, and prompt-word legibility per space",
+    p = command_parser(
+        sub, "score", help="OCR generated images: share with any text, and prompt-word legibility per space",
         description="Run EasyOCR (offline English weights) over generated images - single runs, batch folders or "
                     "plain image folders - and report, per space and word type, the share of images with any text "
                     "above each OCR confidence threshold and the share where the prompt word itself is legible, "
-                    "with 95 % Wilson intervals (paper §6). OCR results are cached by image content.")
+                    "with 95 % Wilson intervals (paper §6). OCR results are cached by image content.",
+        examples=["vqclip score outputs/words-batch        # writes outputs/words-batch/score/",
+                  "vqclip score runs/apple-clip runs/apple-forget --out reports/apple",
+                  "vqclip score my_images/ --words words.txt --space clip"])
     p.add_argument("paths", nargs="+", metavar="PATH", help="run folders, batch folders, image folders or images")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="report folder (default: PATH/score for the first folder given)")
@@ -45,7 +48,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per EasyOCR detection batch (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for EasyOCR (default auto)")
     p.add_argument("--no-chart", action="store_true", help="skip the bar chart")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_quiet_arg(p, "no progress bar")
     add_cache_arg(p)
     p.set_defaults(func=run)
 
@@ -81,7 +84,7 @@ def run(args) -> int:
         raise VqclipError(str(e)) from e
     cache = OcrCache(reader.key, args.cache_dir)
     summary = score_paths(items, skipped, out, reader, cache, words, args.thresholds, args.max_distance, group_by,
-                          args.space, not args.no_stem_words, args.batch_size, not args.no_progress,
+                          args.space, not args.no_stem_words, args.batch_size, not args.quiet,
                           extra={"inputs": [str(p) for p in args.paths]}, chart=not args.no_chart)
     print(summary["table"], end="")
     print(f"\nscored {summary['n_scored']} images ({summary['n_cached']} from the OCR cache), "

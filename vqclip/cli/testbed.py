@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from .common import add_quiet_arg, command_parser
+
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "testbed", help="reproduce the paper's qualitative claims in a synthetic world, on the CPU, no downloads",
+    from ..spelling.losses import DEFAULT_GAMMA
+    from ..testbed.run import TestbedConfig
+
+    p = command_parser(
+        sub, "testbed", help="reproduce the paper's qualitative claims in a synthetic world, on the CPU, no downloads",
         description="Generate a synthetic world of drawn objects and written words, train a small open_clip CLIP on "
                     "it from scratch, build five-tuples, train learn / forget projections with the standard trainer, "
                     "and evaluate clean / attacked accuracy and word retrieval in clip, learn and forget spaces. "
                     "Writes the model, projections, attack set and a results table (Markdown + JSON) to --out. "
-                    "Exits with status 1 when a direction is not reproduced.")
+                    "Exits with status 1 when a direction is not reproduced.",
+        examples=["vqclip testbed --quick --out outputs/testbed-quick   # a few minutes on 2 CPU cores",
+                  "vqclip testbed --quick --seeds 0-2                    # median over three seeds"])
     p.add_argument("--out", default="outputs/testbed", metavar="DIR", help="output folder (default: outputs/testbed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the CLIP and the projections (default: 0)")
     p.add_argument("--seeds", default=None, metavar="LIST",
@@ -21,25 +28,42 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the reduced configuration the test suite runs (6 classes; about 2.5 minutes a seed on 2 cores "
                         "instead of 7)")
-    p.add_argument("--steps", type=int, default=None, metavar="N", help="contrastive training steps of the small CLIP")
-    p.add_argument("--pairs", type=int, default=None, metavar="N", help="image-caption pairs to train the CLIP on")
-    p.add_argument("--tuples", type=int, default=None, metavar="N", help="five-tuples for the projections")
-    p.add_argument("--attacks", type=int, default=None, metavar="N", help="objects to attack with a wrong word")
+    full, quick = TestbedConfig(), TestbedConfig.quick()
+
+    def default(field: str) -> str:
+        value, quick_value = getattr(full, field), getattr(quick, field)
+        return f"(default {value})" if value == quick_value else f"(default {value}; {quick_value} with --quick)"
+
+    p.add_argument("--steps", type=int, default=None, metavar="N",
+                   help=f"contrastive training steps of the small CLIP {default('clip_steps')}")
+    p.add_argument("--pairs", type=int, default=None, metavar="N",
+                   help=f"image-caption pairs to train the CLIP on {default('n_pairs')}")
+    p.add_argument("--tuples", type=int, default=None, metavar="N",
+                   help=f"five-tuples for the projections {default('n_tuples')}")
+    p.add_argument("--attacks", type=int, default=None, metavar="N",
+                   help=f"objects to attack with a wrong word {default('n_attacks')}")
     p.add_argument("--reuse-clip", action="store_true",
                    help="keep the small CLIP already in --out when it was trained with the same world and settings "
                         "(to try projection settings in seconds)")
     g = p.add_argument_group("projections (defaults: the trainer's learn / forget presets)")
-    g.add_argument("--epochs", type=int, default=None, metavar="N", help="projection training epochs")
-    g.add_argument("--proj-lr", type=float, default=None, metavar="LR", help="projection learning rate")
-    g.add_argument("--learn-dim", type=int, default=None, metavar="D", help="d of the learn projection")
-    g.add_argument("--forget-dim", type=int, default=None, metavar="D", help="d of the forget projection")
-    g.add_argument("--learn-weights", default=None, metavar="TERMS", help="e.g. L1=-1,L3=1,L4=1,L5=1 or full-learn")
-    g.add_argument("--forget-weights", default=None, metavar="TERMS", help="e.g. L1=1,L2=1,L5=-1,L6=1 or full-forget")
-    g.add_argument("--gamma", type=float, default=None, help="weight of the orthogonality penalty")
+    g.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help=f"projection training epochs {default('proj_epochs')}")
+    g.add_argument("--proj-lr", type=float, default=None, metavar="LR",
+                   help=f"projection learning rate {default('proj_lr')}")
+    g.add_argument("--learn-dim", type=int, default=None, metavar="D", help="d of the learn projection (default: "
+                   "the learn preset's, 64 of 512 scaled to the small CLIP's width)")
+    g.add_argument("--forget-dim", type=int, default=None, metavar="D", help="d of the forget projection (default: "
+                   "the forget preset's, 256 of 512 scaled to the small CLIP's width)")
+    g.add_argument("--learn-weights", default=None, metavar="TERMS",
+                   help="e.g. L1=-1,L3=1,L4=1,L5=1 or full-learn (default: the learn preset)")
+    g.add_argument("--forget-weights", default=None, metavar="TERMS",
+                   help="e.g. L1=1,L2=1,L5=-1,L6=1 or full-forget (default: the forget preset)")
+    g.add_argument("--gamma", type=float, default=None,
+                   help=f"weight of the orthogonality penalty (default {DEFAULT_GAMMA}, the trainer's)")
     g.add_argument("--include-class-words", action="store_true",
                    help="let the five-tuples write the class names too (by default they are held out, so attacks "
                         "use words the projections never saw)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_arg(p, "no progress bars")
     p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.set_defaults(func=run)
 
@@ -60,7 +84,7 @@ def run(args) -> int:
         from ..batch.plan import parse_seeds
         from ..testbed.run import run_testbed_seeds
 
-        result = run_testbed_seeds(config, parse_seeds(args.seeds), args.out, progress=not args.no_progress,
+        result = run_testbed_seeds(config, parse_seeds(args.seeds), args.out, progress=not args.quiet,
                                    reuse_clip=args.reuse_clip)
         for seed, run_ in result["per_seed"].items():
             print(f"seed {seed}\n{markdown_table(run_['rows'])}")
@@ -68,7 +92,7 @@ def run(args) -> int:
         wrote = "summary.md, summary.json and seed-N/"
         seconds = result["seconds"]
     else:
-        result = run_testbed(config, args.out, progress=not args.no_progress, reuse_clip=args.reuse_clip)
+        result = run_testbed(config, args.out, progress=not args.quiet, reuse_clip=args.reuse_clip)
         print(markdown_table(result["rows"]))
         wrote = "results.md, results.json, clip/, learn.safetensors, forget.safetensors, attacks/"
         seconds = result["seconds"]["total"]

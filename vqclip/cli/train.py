@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..errors import bad_arg
 from ..io import check_writable
-from .common import add_cache_arg, add_clip_args, add_device_args
+from .common import add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, command_parser
 
 
 def _pair(text: str, cast, arg: str):
@@ -37,7 +37,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-map", metavar="FILE",
                    help="map folder names (e.g. n01440764) to class names: JSON {id: name} or lines 'id name'")
     g.add_argument("--data-root", metavar="DIR", help="where torchvision datasets are kept (default <cache>/datasets)")
-    g.add_argument("--max-images", type=int, metavar="N", help="use a seeded random subset of N images")
+    g.add_argument("--max-images", type=int, metavar="N", help="use a seeded random subset of N images (default: all)")
     g.add_argument("--words", type=int, metavar="N", help="word pool size (default: one per image, at most 20,000)")
     g.add_argument("--real-fraction", type=float, default=0.5, help="share of real English words (default 0.5)")
     g.add_argument("--word-length", default="3,8", metavar="MIN,MAX", help="letters per word (default 3,8)")
@@ -68,7 +68,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     e.add_argument("--workers", type=int, default=None, help="DataLoader workers (default: min(8, CPU cores))")
     e.add_argument("--extract-batch-size", type=int, default=64, help="tuples per CLIP call batch (default 64)")
     e.add_argument("--shard-size", type=int, default=4096, help="tuples per cache shard (default 4096)")
-    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_quiet_arg(e, "no progress bars, no epoch log")
 
 
 def _style_from_args(args):
@@ -136,7 +136,7 @@ def features_from_args(args, clip=None, on_clip=None):
 
         check_identifier(args.clip or DEFAULT_CLIP,
                          args.pretrained if args.pretrained is not None else DEFAULT_PRETRAINED)
-    if not args.images and not args.no_progress:
+    if not args.images and not args.quiet:
         print(f"vqclip train: no --images, so the default training set: "
               f"{download_note(args.cache_dir, args.data_root)}", file=sys.stderr)
     source = open_images(args.images or DEFAULT_IMAGES, args.class_map, args.data_root or _default_data_root(args))
@@ -147,7 +147,7 @@ def features_from_args(args, clip=None, on_clip=None):
     workers = args.workers if args.workers is not None else min(8, os.cpu_count() or 1)
     start = time.perf_counter()
     folder = extract_features(clip, dataset, cache=args.cache_dir, batch_size=args.extract_batch_size,
-                              num_workers=workers, shard_size=args.shard_size, progress=not args.no_progress)
+                              num_workers=workers, shard_size=args.shard_size, progress=not args.quiet)
     seconds = time.perf_counter() - start
     dtype = torch.float16 if len(dataset) * clip.embed_dim > 50_000_000 else torch.float32
     return load_features(folder, clip.identity, dtype=dtype), clip.identity, folder, seconds
@@ -162,11 +162,17 @@ def _default_data_root(args):
 def register(sub) -> None:
     from ..spelling.losses import DEFAULT_GAMMA, PRESETS
 
-    p = sub.add_parser(
-        "train", help="train a learn-to-spell or forget-to-spell projection",
+    p = command_parser(
+        sub, "train", help="train a learn-to-spell or forget-to-spell projection",
         description="Build the five-tuples (natural image, class prompt, word image, word, image with the word "
                     "drawn on), extract CLIP features once (cached, resumable), train the projection W and write "
-                    "it where `vqclip generate --space learn|forget` finds it.",
+                    "it where `vqclip generate --space learn|forget` finds it. Each epoch logs one line: the mean training "
+                    "loss (the weighted sum of the InfoNCE terms plus gamma times the orthogonality penalty; lower "
+                    "is better, and negative weights can make it negative), the validation loss, and R, the "
+                    "orthogonality penalty alone (0 = orthonormal rows).",
+        examples=["vqclip train --space forget --images /data/imagenet/train   # features cached, then trained",
+                  "vqclip train --space learn --images photos/ --epochs 60 --out learn.safetensors",
+                  "vqclip train --space forget --clip ViT-L-14 --pretrained openai  # no --images: ImageNetV2"],
     )
     p.add_argument("--space", required=True, choices=tuple(PRESETS),
                    help="learn: keep what is written (-L1+L3+L4+L5, d=64); "
@@ -241,7 +247,7 @@ def run(args) -> int:
     resolve_preset(args.space, args.dim, args.weights, args.gamma, features.embed_dim)
     target = _target(args, identity)
     sizes = features.split_sizes()
-    say = (lambda *a: None) if args.no_progress else (lambda *a: print(*a, file=sys.stderr))
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     say(f"features: {folder} ({len(features)} tuples, splits {sizes}, "
         f"{features.metadata.get('skipped_images', 0)} unreadable images skipped)")
     if args.extract_only:

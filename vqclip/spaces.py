@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -14,10 +17,15 @@ from torch import nn
 
 from .cache import cache_dir, slug
 from .errors import VqclipError, bad_arg, choices_hint
-from .errors import quote_error
 
 SPACES = ("clip", "learn", "forget")
 FORMAT = "vqclip.projection/1"
+# How a file that does not say stores W: "dxD" rows are the d directions (F.linear's weight, vqclip's layout),
+# "Dxd" columns are (x @ W, the paper authors' README). Users state it as FILE@dxD or FILE@Dxd.
+ORIENTATIONS = {"dxD": "dxD", "d×D": "dxD", "Dxd": "Dxd", "D×d": "Dxd"}
+UNKNOWN_CLIP = "unknown: the file does not say and it was not stated (FILE@NAME/TAG)"
+
+log = logging.getLogger(__name__)
 
 
 class Space(nn.Module):
@@ -52,7 +60,8 @@ class Space(nn.Module):
 
     def check_clip(self, clip_identity: str, embed_dim: int, arg: str = "--projection",
                    clip_flags: str | None = None) -> None:
-        """Refuse a projection trained for another CLIP model or another embedding size.
+        """Refuse a projection trained for another CLIP model or another embedding size; warn (once, one line)
+        when the file does not say which CLIP it is for, so only the sizes could be checked.
 
         `clip_flags` are the --clip/--pretrained flags the user gave, so the suggested training command runs as is.
         """
@@ -64,14 +73,27 @@ class Space(nn.Module):
                           f"{source}: W is {tuple(self.W.shape)}", "Use a projection trained for this CLIP model.")
         trained_for = self.metadata.get("clip_model")
         if trained_for and trained_for != clip_identity:
-            raise bad_arg(arg, f"the projection was trained for CLIP {trained_for!r}, not for the CLIP in use",
+            said = ("you stated (FILE@CLIP) that the projection was trained for"
+                    if self.metadata.get("clip_model_from", "").startswith("stated") else
+                    "the projection was trained for")
+            raise bad_arg(arg, f"{said} CLIP {trained_for!r}, not for the CLIP in use",
                           clip_identity, f"Pass --clip/--pretrained matching {trained_for!r}, or train a projection "
                           f"for this model: {train_command(self.name, clip_identity, clip_flags)}")
+        if not trained_for and not self.metadata.get("clip_model_warned"):
+            self.metadata["clip_model_warned"] = True
+            log.warning("warning: %s %s: the file does not say which CLIP it was trained for; it is used with %s "
+                        "because the sizes match (D=%d). State it to have it checked: %s %s@%s", arg, source,
+                        clip_identity, embed_dim, arg, source, clip_identity)
 
     def describe(self) -> dict:
         out = {"space": self.name, "dim": self.dim, "embed_dim": self.embed_dim}
         out.update({k: v for k, v in self.metadata.items()
                     if k in ("clip_model", "path", "sha256", "source_url", "source_file", "source_sha256")})
+        if self.W is not None and "clip_model_from" in self.metadata:  # a file that did not say: what is known
+            out["clip_model"] = self.metadata.get("clip_model")
+            out["clip_model_from"] = self.metadata["clip_model_from"]
+        if self.W is not None and "orientation" in self.metadata:
+            out["orientation"] = self.metadata["orientation"]
         return out
 
 
@@ -161,17 +183,92 @@ def save_projection(path: str | os.PathLike, W: torch.Tensor, space: str, clip_m
     return path
 
 
-def _orient(W: torch.Tensor, embed_dim: int | None, path: str, arg: str = "--projection") -> torch.Tensor:
-    """Reference-code files store W as (d, D) or (D, d): tell which by the CLIP embedding size."""
+@dataclass(frozen=True)
+class ProjectionArg:
+    """A --projection value: the file, and what the user stated about a file that does not say it itself."""
+
+    path: Path
+    clip_model: str | None = None  # the CLIP identity it was trained for (NAME/TAG)
+    orientation: str | None = None  # "dxD" or "Dxd"
+
+
+def _stated_clip(text: str) -> str:
+    """A stated CLIP as the identity projections record: `ViT-B-32-quickgelu/openai` is `ViT-B-32/openai`."""
+    if text.startswith(("hf-hub:", "local-dir:")):
+        return text
+    name, _, tag = text.rpartition("/")
+    if "#" in tag:  # a checkpoint file's hash, as vqclip prints it
+        return text
+    from .models.clip import canonical_name
+
+    return f"{canonical_name(name, tag)}/{tag}"
+
+
+def parse_projection_arg(text: str | os.PathLike, arg: str = "--projection") -> ProjectionArg:
+    """`FILE[@CLIP][@ORIENTATION]`: a projection file and, for a file that does not say them (a reference-code
+    torch file holding only W), the CLIP it was trained for (NAME/TAG as vqclip prints it, e.g. ViT-B-32/openai)
+    and how W is stored (dxD: rows, as F.linear; Dxd: columns, x @ W as in the authors' README).
+
+    The longest prefix that is an existing file is the file, so a file name with '@' in it still works."""
+    text = str(text)
+    cuts = [i for i, c in enumerate(text) if c == "@"]
+    if not cuts or os.path.isfile(os.path.expanduser(text)):
+        return ProjectionArg(Path(text).expanduser())
+    cut = next((i for i in reversed(cuts) if os.path.isfile(os.path.expanduser(text[:i]))), cuts[0])
+    clip = orientation = None
+    for part in text[cut + 1:].split("@"):
+        part = part.strip()
+        if part in ORIENTATIONS and orientation is None:
+            orientation = ORIENTATIONS[part]
+        elif clip is None and "/" in part.strip("/") and part not in ORIENTATIONS:
+            clip = _stated_clip(part)
+        else:
+            raise bad_arg(arg, "FILE@... states the CLIP the file was trained for (NAME/TAG, e.g. ViT-B-32/openai) "
+                          "and/or how W is stored (dxD or Dxd), each at most once", text,
+                          "For example forget.pt@ViT-B-32/openai, forget.pt@Dxd or forget.pt@ViT-B-32/openai@dxD.")
+    return ProjectionArg(Path(text[:cut]).expanduser(), clip, orientation)
+
+
+def _orient(W: torch.Tensor, embed_dim: int | None, path: str, arg: str = "--projection",
+            stated: str | None = None) -> tuple[torch.Tensor, str]:
+    """(W as d×D, how that was known) for a file that does not say: the stated orientation, else the side that
+    matches the CLIP embedding size. A square W is refused without a statement (either reading would fit)."""
     if W.ndim != 2:
         raise bad_arg(arg, "W must be a 2-D matrix", f"{path}: shape {tuple(W.shape)}",
                       "Pass a projection trained by `vqclip train` or the paper's code.")
-    if embed_dim is None or W.shape[1] == embed_dim:
-        return W
+    if stated is not None:
+        out = W if stated == "dxD" else W.T
+        if embed_dim is not None and out.shape[1] != embed_dim:
+            raise bad_arg(arg, f"the stated orientation {stated} makes the input size D = {out.shape[1]}, but the "
+                          f"CLIP embedding size is {embed_dim}", f"{path}: shape {tuple(W.shape)}",
+                          f"State {'Dxd' if stated == 'dxD' else 'dxD'} instead, or leave the orientation out "
+                          "(it is told by the shape).")
+        return out, ("d×D (stated)" if stated == "dxD" else "D×d (stated), transposed to d×D")
+    if W.shape[0] == W.shape[1]:
+        raise bad_arg(arg, "W is square, so its shape cannot tell whether its rows (d×D, F.linear) or its columns "
+                      "(D×d, x @ W) are the projection's directions", f"{path}: shape {tuple(W.shape)}",
+                      f"State it: {arg} {path}@dxD or {arg} {path}@Dxd.")
+    if embed_dim is None:
+        return W, "as stored (not checked: the CLIP embedding size is not known yet)"
+    if W.shape[1] == embed_dim:
+        return W, "d×D (told by the shape)"
     if W.shape[0] == embed_dim:
-        return W.T
+        return W.T, "D×d (told by the shape), transposed to d×D"
     raise bad_arg(arg, f"neither side of W matches the CLIP embedding size {embed_dim}",
                   f"{path}: shape {tuple(W.shape)}", "Use a projection trained for this CLIP model.")
+
+
+def _unreadable(path: Path, e: BaseException) -> str:
+    """Why a --projection file could not be read, in our words: torch's own text suggests an unsafe load."""
+    text = str(e)
+    if "weights_only" in text or "Weights only" in text:
+        return ("it holds Python objects besides tensors, and vqclip reads projection files without running "
+                "their code")
+    if "zip archive" in text or "central directory" in text or isinstance(e, EOFError):
+        return "it is truncated or corrupt"
+    if path.suffix == ".safetensors":
+        return "it is not a readable .safetensors file"
+    return "it is not a torch file (torch.save) or a .safetensors file"
 
 
 def check_projection_matrix(W: torch.Tensor, path: str, arg: str = "--projection",
@@ -198,13 +295,16 @@ def check_projection_matrix(W: torch.Tensor, path: str, arg: str = "--projection
                       "dimensions it claims to keep", path, fix)
 
 
-def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim: int | None = None,
-                    arg: str = "--projection") -> Space:
+def load_projection(path: str | os.PathLike | ProjectionArg, space: str | None = None,
+                    embed_dim: int | None = None, arg: str = "--projection") -> Space:
     """Load a vqclip `.safetensors` projection or a reference-code torch file holding `W`.
 
-    `arg` is the flag that named the file (e.g. `--projection-learn` in `vqclip batch`), for error messages.
+    `path` may carry what the user states about a file that does not say it (`FILE@CLIP@ORIENTATION`, see
+    `parse_projection_arg`). `arg` is the flag that named the file (e.g. `--projection-learn` in `vqclip batch`),
+    for error messages.
     """
-    path = Path(path)
+    given = path if isinstance(path, ProjectionArg) else parse_projection_arg(path, arg)
+    path = given.path
     if not path.is_file():
         raise bad_arg(arg, "file not found", str(path), "Check the path, or train one with `vqclip train`.")
     meta: dict[str, Any] = {}
@@ -219,15 +319,36 @@ def load_projection(path: str | os.PathLike, space: str | None = None, embed_dim
                                   f"{path}: {sorted(f.keys())}", "Pass a file written by `vqclip train`.")
                 W = f.get_tensor("W")
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
+                warnings.simplefilter("ignore")
+                obj = torch.load(path, map_location="cpu", weights_only=True)
             W = _find_matrix(obj, path, arg)
     except VqclipError:
         raise
     except Exception as e:  # corrupt or truncated files raise many different errors
-        raise bad_arg(arg, "could not read the file as a projection", str(path),
-                      f"Re-download or re-train it ({quote_error(e)}).") from e
-    W = _orient(W.float(), embed_dim, str(path), arg)
+        raise bad_arg(arg, f"could not read the file as a projection: {_unreadable(path, e)}", str(path),
+                      "Pass a projection written by `vqclip train`, or a torch file holding only the matrix "
+                      "(torch.save({'W': W}, path)).") from None
+    own = meta.get("format") == FORMAT  # vqclip wrote it: W is d×D and the file names its CLIP
+    if own:
+        if given.orientation == "Dxd":
+            raise bad_arg(arg, "a vqclip projection file always stores W as d×D", f"{path}@Dxd",
+                          "Leave the orientation out for files written by vqclip.")
+        how = None
+    else:
+        W, how = _orient(W, embed_dim, str(path), arg, given.orientation)
+    W = W.float()
     check_projection_matrix(W, str(path), arg)
+    if given.clip_model:
+        if meta.get("clip_model") and meta["clip_model"] != given.clip_model:
+            raise bad_arg(arg, f"the file says it was trained for CLIP {meta['clip_model']!r}, not the stated one",
+                          given.clip_model, f"Leave @{given.clip_model} out, or pass the file trained for it.")
+        if not meta.get("clip_model"):
+            meta["clip_model"], meta["clip_model_from"] = given.clip_model, "stated by the user (FILE@CLIP)"
+    elif not meta.get("clip_model"):
+        meta["clip_model_from"] = UNKNOWN_CLIP
+    if how:
+        meta["orientation"] = how
     file_space = meta.get("space")
     if space and file_space and space != file_space:
         raise bad_arg("--space", f"the projection file is a {file_space!r} projection", space,

@@ -53,7 +53,7 @@ def _spaces(args, identity: str, embed_dim: int, clip_flags: str | None = None) 
     for path in args.projection:
         sp = load_projection(path, None, embed_dim)
         sp.check_clip(identity, embed_dim, clip_flags=clip_flags)
-        label = f"{sp.name}:{Path(path).stem}"
+        label = f"{sp.name}:{Path(sp.metadata['path']).stem}"
         out[label] = sp
     if not out:
         raise bad_arg("--spaces", "nothing to evaluate", args.spaces, "Use --spaces auto or pass --projection.")

@@ -263,7 +263,8 @@ def run(args) -> int:
                               on_epoch)
     test_split = "test" if sizes.get("test", 0) >= 2 else "val"
     test = train_test_metrics(features, result.W, test_split, device)
-    recipe = {**features.metadata.get("recipe", {}), "features": str(folder)}
+    recipe = {**features.metadata.get("recipe", {}), "features": str(folder),
+              "clip_precision": features.metadata.get("clip_precision")}
     path = write_projection(result, identity, target, recipe=recipe, split_sizes=sizes,
                             metrics={"test": test} if test else None, overwrite=True)
     summary = {"projection": str(path), "space": result.space, "clip_model": identity, "dim": result.dim,

@@ -1,7 +1,8 @@
-"""Frozen CLIP features of the five-tuples, cached on disk in shards keyed by (CLIP identity, images, recipe).
+"""Frozen CLIP features of the five-tuples, cached on disk in shards keyed by (CLIP identity, images, recipe,
+precision): everything that changes the numbers.
 
-Layout of one cache folder `<cache>/features/<clip>/<images>-<recipe hash>/`:
-  meta.json            format, CLIP identity, D, the full recipe, shard size, completion and skip counts
+Layout of one cache folder `<cache>/features/<clip>/<images>-<recipe hash>-<precision>/`:
+  meta.json            format, CLIP identity, precision, D, the full recipe, shard size, completion and skip counts
   words.json           the word list with real/nonsense flags (reproducibility)
   plan.safetensors     per tuple: image index, class id, word id, is_real, split
   text.safetensors     y_t per word (W, D), class prompts y_i (C, D), rendered class-name images (C, D)
@@ -34,10 +35,15 @@ FORMAT = "vqclip.features/1"
 STORE_DTYPE = torch.float16  # unit vectors: fp16 keeps ~3 decimals and halves the cache
 
 
-def feature_dir(clip_identity: str, dataset: SpellingDataset, cache: str | None = None) -> Path:
-    """`<cache>/features/<clip>/<images>-<recipe hash>`."""
+def feature_dir(clip_identity: str, dataset: SpellingDataset, cache: str | None = None,
+                precision: str = "fp32") -> Path:
+    """`<cache>/features/<clip>/<images>-<recipe hash>-<precision>`.
+
+    The precision CLIP ran in is part of the key: bf16/fp16 autocast on a GPU and fp32 on a CPU give features
+    that differ by far more than float rounding, so one must never stand in for the other. (Folders written before
+    the precision was recorded have no suffix; their precision is unknown, so they are not reused.)"""
     images = slug(dataset.source.name.split("#")[0], 40)
-    return cache_dir(cache) / "features" / slug(clip_identity) / f"{images}-{dataset.key()}"
+    return cache_dir(cache) / "features" / slug(clip_identity) / f"{images}-{dataset.key()}-{precision}"
 
 
 def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -89,6 +95,12 @@ def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
                       f"{'without' if built else 'with'} QuickGELU, which its pretrained tag "
                       f"{'needs' if built else 'does not use'}", str(folder),
                       f"Remove {folder} so the features are extracted again with the right model.")
+    precision = meta.get("clip_precision")
+    if precision is not None and old.get("clip_precision") != precision:
+        had = old.get("clip_precision") or "an unrecorded precision (written before vqclip recorded it)"
+        raise bad_arg("--features", f"the cache folder holds features computed in {had}, not in {precision}",
+                      str(folder), f"Use another folder, run with --precision {old['clip_precision']}, or remove "
+                      f"{folder}." if old.get("clip_precision") else f"Use another folder or remove {folder}.")
     if old.get("recipe_key") != meta["recipe_key"]:
         raise bad_arg("--features", "the cache folder holds features of another data recipe",
                       f"{old.get('recipe_key')} != {meta['recipe_key']}", f"Use another folder or remove {folder}.")
@@ -142,10 +154,11 @@ def extract_features(clip, dataset: SpellingDataset, out: str | Path | None = No
     if batch_size < 1 or shard_size < 1 or num_workers < 0:
         raise bad_arg("--extract-batch-size", "batch and shard sizes must be >= 1, workers >= 0",
                       (batch_size, shard_size, num_workers), "Use e.g. 64, 4096, 4.")
-    folder = Path(out) if out else feature_dir(clip.identity, dataset, cache)
+    precision = getattr(clip, "precision", "fp32")
+    folder = Path(out) if out else feature_dir(clip.identity, dataset, cache, precision)
     n, dim = len(dataset), clip.embed_dim
     meta = {"format": FORMAT, "clip_model": clip.identity, "clip_quick_gelu": getattr(clip, "quick_gelu", None),
-            "embed_dim": dim, "recipe_key": dataset.key(),
+            "clip_precision": precision, "embed_dim": dim, "recipe_key": dataset.key(),
             "recipe": dataset.recipe(), "tuples": n, "shard_size": shard_size, "classes": dataset.classes,
             "prompts": dataset.prompts, "split_sizes": dataset.split_sizes(), "vqclip_version": __version__,
             "complete": False}

@@ -214,6 +214,96 @@ def check_dataset(ds: TypoDataset) -> None:
                       "Add images of other objects.")
 
 
+# ---------------------------------------------------------------- the paper's photos, fetched
+
+# The authors' typographic-attack photos (README of github.com/joaanna/disentangling_spelling_in_clip): 180 images
+# of 20 objects with 8 attack words and annotation.json, in a public Google Drive folder.
+PAPER_DATASET_URL = "https://drive.google.com/drive/folders/17v74pmQs2zHrs9sJ_8D0bfrz5ykB5ZW2"
+PAPER_DATASET_IMAGES, PAPER_DATASET_OBJECTS, PAPER_DATASET_ATTACKS = 180, 20, 8
+MAX_ARCHIVE_BYTES = 4 << 30  # a zipped copy of 180 phone photos is far below this; refuse zip bombs
+
+
+def paper_dataset_dir(cache: str | os.PathLike | None = None) -> Path:
+    """Where the fetched photo folder lives: <cache>/datasets/typographic-attack/."""
+    from ..cache import cache_dir
+
+    return cache_dir(cache) / "datasets" / "typographic-attack"
+
+
+def find_dataset_root(folder: str | os.PathLike) -> Path | None:
+    """The folder at or below `folder` that holds annotation.json or annotations.json (the shallowest), or None."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    found = [p for name in ANNOTATION_FILES for p in folder.rglob(name)
+             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return min(found, key=lambda p: (len(p.parts), str(p))).parent if found else None
+
+
+def unpack_archives(folder: Path) -> list[Path]:
+    """Unzip every .zip under `folder` beside itself (Drive folders often hold a dataset zipped); returns them."""
+    import zipfile
+
+    done = []
+    for archive in sorted(folder.rglob("*.zip")):
+        with zipfile.ZipFile(archive) as zf:  # extractall drops absolute paths and '..' from member names
+            size = sum(info.file_size for info in zf.infolist())
+            if size > MAX_ARCHIVE_BYTES:
+                raise OSError(f"{archive.name} would unpack to {size / 1e9:.1f} GB (refused)")
+            zf.extractall(archive.parent / archive.stem)
+        done.append(archive)
+    return done
+
+
+def fetch_paper_dataset(cache: str | os.PathLike | None = None, download: bool = True, progress: bool = True,
+                        fetcher=None) -> Path:
+    """The paper's photo folder (the one holding the annotation file), fetched into the cache on first use.
+
+    The Drive folder is downloaded whole with the projections' folder fetcher (gdown) into a temporary folder,
+    zips in it are unpacked, and it is renamed into place only when an annotation file is found in it, so a failed
+    or partial transfer leaves nothing behind. Files someone put in the cache folder by hand are used as they are.
+    """
+    import shutil
+    import tempfile
+
+    from ..cache import writable_dir
+    from ..models import registry
+
+    dest = paper_dataset_dir(cache)
+    root = find_dataset_root(dest)
+    if root is not None:
+        return root
+    fix = (f"Download the folder {PAPER_DATASET_URL} (the paper's {PAPER_DATASET_IMAGES} photos and "
+           f"annotation.json) elsewhere and put its files in {dest}/, or pass --dataset DIR.")
+    if dest.is_dir() and any(not p.name.startswith(".") for p in dest.iterdir()):
+        raise bad_arg("--dataset", "the cache folder of the paper's photos holds files but no "
+                      f"{' or '.join(ANNOTATION_FILES)}", str(dest), fix)
+    if not download:
+        raise bad_arg("--dataset", "the paper's typographic-attack photos are not in the cache, and downloads are "
+                      "off", str(dest), fix)
+    writable_dir(dest.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
+    try:
+        (fetcher or registry.gdown_folder)(PAPER_DATASET_URL, tmp, progress)  # looked up now: tests replace it
+        unpack_archives(tmp)
+        if find_dataset_root(tmp) is None:
+            raise OSError(f"the download holds no {' or '.join(ANNOTATION_FILES)}")
+        (tmp / ".source").write_text(PAPER_DATASET_URL + "\n")
+        if dest.is_dir():
+            dest.rmdir()  # empty (checked above); a non-empty one was refused
+        os.replace(tmp, dest)
+    except ImportError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except Exception as e:  # offline, quota, moved folder, a damaged zip: gdown and requests raise many types
+        shutil.rmtree(tmp, ignore_errors=True)
+        if find_dataset_root(dest) is not None:  # another process fetched it meanwhile
+            return find_dataset_root(dest)
+        raise bad_arg("--dataset", "could not download the paper's typographic-attack photos",
+                      f"{PAPER_DATASET_URL} ({registry._first_line(e)})", fix) from None
+    return find_dataset_root(dest)
+
+
 # ---------------------------------------------------------------- synthetic attacks
 
 def synthetic_recipe(source, seed: int, size: int, max_images: int | None, style, attack_words) -> dict:

@@ -17,17 +17,17 @@ from ..errors import bad_arg
 from ..io import check_writable
 from .arrange import Arrangement, arrange, grid_title, parse_where, show
 from .collect import (AUTO_ORDER, FIELDS, SETTING_FIELDS, STATUS_NOTES, Cell, Collection, collect, collect_batch,
-                      collect_runs)
-from .html import HTML_GENERATOR, render_html, write_html
+                      collect_runs, collect_tree, is_batch_dir)
+from .html import HTML_GENERATOR, render_html, settings_list, write_html
 from .png import (PAGE_CHUNK, GridStyle, Page, font_files, grid_page_owner, layout_page, page_paths, paginate,
                   pick_font_file, render_page, wrap_text, write_grid)
 from .png import _has_glyph  # noqa: F401 - tests check glyph coverage through vqclip.grid
 
 __all__ = ["AUTO_ORDER", "FIELDS", "HTML_GENERATOR", "PAGE_CHUNK", "SETTING_FIELDS", "STATUS_NOTES", "Arrangement",
            "Cell", "Collection", "GridStyle", "Page", "arrange", "collect", "collect_batch", "collect_runs",
-           "font_files", "grid_page_owner", "grid_title", "layout_page", "make_grid", "page_paths", "paginate",
-           "parse_where", "pick_font_file", "render_html", "render_page", "show", "wrap_text", "write_grid",
-           "write_html"]
+           "collect_tree", "font_files", "grid_page_owner", "grid_title", "is_batch_dir", "layout_page", "make_grid",
+           "page_paths", "paginate", "parse_where", "pick_font_file", "render_html", "render_page", "settings_list",
+           "show", "wrap_text", "write_grid", "write_html"]
 
 
 def make_grid(folder: str | os.PathLike, out: str | os.PathLike | None = None, rows: str = "prompt",

@@ -144,6 +144,36 @@ def collect_batch(folder: Path) -> Collection:
     return Collection(folder, cells, title, "batch")
 
 
+def _run_cell(dirpath: str | os.PathLike, folder: Path) -> Cell | None:
+    """The cell of one `vqclip generate` run folder (None when its run.json is unreadable)."""
+    run = _read_json(Path(dirpath) / "run.json")
+    if run is None:
+        return None
+    recorded = run.get("space")
+    space = run.get("space_name") or (recorded.get("space") if isinstance(recorded, dict) else recorded)
+    settings = _dict(run.get("settings"))
+    prompt = str(run.get("prompt", ""))
+    fields = {"prompt": prompt, "space": _scalar(space) or "clip", "seed": _scalar(run.get("seed")),
+              "word_type": _scalar(run.get("word_type")), **_settings_fields(settings),
+              "run": Path(dirpath).relative_to(folder).as_posix() if Path(dirpath) != folder else folder.name}
+    image = inside(dirpath, run.get("image") or "image.png")  # run.json is untrusted: stay in its folder
+    cell = Cell(fields, prompt_text=prompt, settings=settings,
+                info={k: run.get(k) for k in ("loss", "steps_done") if run.get(k) is not None})
+    if image is None:
+        cell.status, cell.note = "refused", STATUS_NOTES["refused"]
+    elif not image.is_file():
+        cell.status, cell.note = "lost", STATUS_NOTES["lost"]
+    else:
+        cell.image = image
+        if run.get("status") != "finished":
+            cell.note = f"{run.get('status')}: {run.get('message') or ''}".strip(": ")
+    return cell
+
+
+def _title(folder: Path, cells: list[Cell]) -> str:
+    return f"{folder.name}: {len({c.fields['prompt'] for c in cells})} prompts"
+
+
 def collect_runs(folder: Path) -> Collection:
     """Cells of `vqclip generate` run folders (run.json + image) anywhere under `folder`."""
     cells = []
@@ -152,29 +182,37 @@ def collect_runs(folder: Path) -> Collection:
         if "run.json" not in filenames:
             continue
         dirnames[:] = []  # a run owns its sub-folders (frames)
-        run = _read_json(Path(dirpath) / "run.json")
-        if run is None:
-            continue
-        recorded = run.get("space")
-        space = run.get("space_name") or (recorded.get("space") if isinstance(recorded, dict) else recorded)
-        settings = _dict(run.get("settings"))
-        prompt = str(run.get("prompt", ""))
-        fields = {"prompt": prompt, "space": _scalar(space) or "clip", "seed": _scalar(run.get("seed")),
-                  "word_type": _scalar(run.get("word_type")), **_settings_fields(settings),
-                  "run": Path(dirpath).relative_to(folder).as_posix() if Path(dirpath) != folder else folder.name}
-        image = inside(dirpath, run.get("image") or "image.png")  # run.json is untrusted: stay in its folder
-        cell = Cell(fields, prompt_text=prompt, settings=settings,
-                    info={k: run.get(k) for k in ("loss", "steps_done") if run.get(k) is not None})
-        if image is None:
-            cell.status, cell.note = "refused", STATUS_NOTES["refused"]
-        elif not image.is_file():
-            cell.status, cell.note = "lost", STATUS_NOTES["lost"]
-        else:
-            cell.image = image
-            if run.get("status") != "finished":
-                cell.note = f"{run.get('status')}: {run.get('message') or ''}".strip(": ")
-        cells.append(cell)
-    return Collection(folder, cells, f"{folder.name}: {len({c.fields['prompt'] for c in cells})} prompts", "runs")
+        cell = _run_cell(dirpath, folder)
+        if cell is not None:
+            cells.append(cell)
+    return Collection(folder, cells, _title(folder, cells), "runs")
+
+
+def is_batch_dir(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / "batch.json").is_file() or (Path(folder) / "manifest.jsonl").is_file()
+
+
+def collect_tree(folder: str | os.PathLike) -> Collection:
+    """Cells of every batch folder and every run folder anywhere under `folder` (e.g. outputs/), for a gallery of
+    all of them; a batch contributes its planned jobs, found or not. The "run" field names the folder below
+    `folder` (and the job in a batch), so images of different batches never share a place."""
+    folder = Path(folder)
+    cells: list[Cell] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if "batch.json" in filenames or "manifest.jsonl" in filenames:
+            dirnames[:] = []
+            rel = here.relative_to(folder).as_posix() if here != folder else folder.name
+            for cell in collect_batch(here).cells:
+                cell.fields["run"] = f"{rel}/{cell.fields['run']}"
+                cells.append(cell)
+        elif "run.json" in filenames:
+            dirnames[:] = []
+            cell = _run_cell(here, folder)
+            if cell is not None:
+                cells.append(cell)
+    return Collection(folder, cells, _title(folder, cells), "tree")
 
 
 def collect(folder: str | os.PathLike) -> Collection:
@@ -183,7 +221,7 @@ def collect(folder: str | os.PathLike) -> Collection:
     if not folder.is_dir():
         raise bad_arg("DIR", "must be a batch folder or a folder of runs", str(folder),
                       "Give the --out folder of `vqclip batch` or `vqclip generate`.")
-    if (folder / "batch.json").is_file() or (folder / "manifest.jsonl").is_file():
+    if is_batch_dir(folder):
         found = collect_batch(folder)
     else:
         found = collect_runs(folder)

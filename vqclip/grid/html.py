@@ -38,7 +38,8 @@ def _href(image: Path, base: Path) -> str:
     return urllib.parse.quote(Path(rel).as_posix(), safe="/._-~")
 
 
-def _settings_list(cell: Cell) -> str:
+def settings_list(cell: Cell) -> str:
+    """The image's prompt, space, seed, loss and settings as an HTML definition list."""
     rows = [("prompt", cell.prompt_text), ("space", cell.fields.get("space")), ("seed", cell.fields.get("seed"))]
     if cell.fields.get("word_type"):
         rows.append(("word type", cell.fields["word_type"]))
@@ -54,7 +55,7 @@ def _html_cell(cell: Cell | None, base: Path, thumb: int) -> str:
     caption = f"{_e(cell.fields.get('space'))} · seed {_e(cell.fields.get('seed'))}"
     if isinstance(cell.info.get("loss"), (int, float)) and not isinstance(cell.info.get("loss"), bool):
         caption += f" · loss {float(cell.info['loss']):.4f}"
-    details = f"<details><summary>settings</summary>{_settings_list(cell)}</details>"
+    details = f"<details><summary>settings</summary>{settings_list(cell)}</details>"
     if cell.image is None:
         note = cell.note or STATUS_NOTES.get(cell.status, cell.status)
         return f'<td><div class="empty">{_e(note)}</div><figcaption>{caption}</figcaption>{details}</td>'

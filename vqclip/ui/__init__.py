@@ -1,0 +1,19 @@
+"""`vqclip ui`: a local web page to compare the clip, learn and forget spaces live, and a gallery of the outputs.
+
+Needs the optional extra: pip install "vqclip[ui]" (Gradio). `runner` and `gallery` do the work without Gradio;
+`app` builds the page.
+"""
+
+from __future__ import annotations
+
+from ..errors import MissingExtraError
+
+INSTALL_HINT = 'vqclip ui needs Gradio, an optional extra: pip install "vqclip[ui]"'
+
+
+def require_gradio() -> None:
+    """Refuse with the install command when Gradio is missing (before any model is loaded)."""
+    try:
+        import gradio  # noqa: F401 - only whether it imports
+    except ImportError as e:
+        raise MissingExtraError(INSTALL_HINT) from e

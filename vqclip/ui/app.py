@@ -1,0 +1,225 @@
+"""The Gradio page of `vqclip ui`: a Generate tab (the spaces side by side, live, each with its loss curve) and a
+Gallery tab over the outputs folder. The work is done by `runner` and `gallery`, which know nothing of Gradio."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import VqclipError
+from ..spaces import SPACES
+from .gallery import ALL, build_gallery, folder_choices
+from .runner import Form, Job, ModelCache, ModelChoice, check_form
+
+POLL_SECONDS = 0.25
+CSS = """
+.vq-live img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
+.vq-gallery { border-collapse: collapse; }
+.vq-gallery th, .vq-gallery td { border: 1px solid #ddd; padding: 4px; vertical-align: top; }
+.vq-gallery th.vq-row { text-align: left; max-width: 16em; font-weight: normal; }
+.vq-gallery img { display: block; }
+.vq-sub { color: #777; font-size: 85%; overflow-wrap: anywhere; }
+.vq-none { width: 160px; height: 160px; background: #eee; color: #888; display: flex; align-items: center;
+           justify-content: center; text-align: center; font-size: 85%; }
+.vq-caption { font-size: 85%; }
+.vq-note { color: #b22; font-size: 85%; }
+.vq-score { color: #246; font-size: 85%; }
+.vq-gallery dl { display: grid; grid-template-columns: auto auto; gap: 0 0.6em; font-size: 80%; }
+.vq-gallery dd { margin: 0; overflow-wrap: anywhere; }
+"""
+
+
+@dataclass
+class Server:
+    """What the page's handlers share: the model defaults from the command line, the loaded models, the job."""
+
+    defaults: ModelChoice
+    outputs_root: Path
+    cache: ModelCache = field(default_factory=ModelCache)
+    job: Job | None = None
+    report_seconds: float = 0.2
+
+
+def _lane_text(lane) -> str:
+    loss = f" · loss {lane.losses[-1]:.4f}" if lane.losses else ""
+    where = f" · `{lane.folder}`" if lane.folder else ""
+    message = f" · {lane.message}" if lane.message else ""
+    return f"**{lane.space}**: {lane.state} · step {lane.step}/{lane.steps}{loss}{message}{where}"
+
+
+def _plot_frame(lane):
+    import pandas as pd
+
+    return pd.DataFrame({"step": list(range(1, len(lane.losses) + 1)), "loss": lane.losses})
+
+
+def build_app(server: Server):
+    """The Blocks of the page (not launched)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline tool: no telemetry requests
+    import gradio as gr
+
+    from ..generation.loop import METHODS
+
+    d = server.defaults
+    with gr.Blocks(title="vqclip", analytics_enabled=False) as demo:
+        gr.Markdown("## vqclip: compare the clip, learn and forget spaces\nPrompts as in `vqclip generate`: "
+                    "`text:weight:stop` items separated by `|`, e.g. `an apple | written text:-0.5`.")
+        with gr.Tab("Generate", id="generate"):
+            with gr.Row():
+                prompt = gr.Textbox(label="prompt", placeholder="a photo of an apple", elem_id="vq-prompt", scale=4)
+                spaces = gr.CheckboxGroup(list(SPACES), value=["clip", "forget"], label="spaces to compare",
+                                          elem_id="vq-spaces", scale=2)
+            with gr.Row():
+                seed = gr.Number(0, label="seed (empty: drawn)", precision=0, elem_id="vq-seed")
+                width = gr.Number(256, label="width", precision=0, elem_id="vq-width")
+                height = gr.Number(256, label="height", precision=0, elem_id="vq-height")
+                steps = gr.Number(200, label="steps", precision=0, elem_id="vq-steps")
+                cutn = gr.Number(32, label="cutouts", precision=0, elem_id="vq-cutn")
+                method = gr.Dropdown(list(METHODS), value="zquant", label="method", elem_id="vq-method")
+            with gr.Accordion("models", open=False):
+                with gr.Row():
+                    clip = gr.Textbox(d.clip, label="CLIP (open_clip name, hf-hub:..., local-dir:...)",
+                                      elem_id="vq-clip")
+                    pretrained = gr.Textbox(d.pretrained or "", label="pretrained tag or file", elem_id="vq-pretrained")
+                with gr.Row():
+                    vqgan = gr.Textbox(d.vqgan or "", label="VQGAN registry name (empty: default)", elem_id="vq-vqgan")
+                    vqgan_config = gr.Textbox(d.vqgan_config or "", label="VQGAN config (offline)")
+                    vqgan_checkpoint = gr.Textbox(d.vqgan_checkpoint or "", label="VQGAN checkpoint (offline)")
+                with gr.Row():
+                    learn_projection = gr.Textbox("", label="learn projection file (empty: cached/registered)")
+                    forget_projection = gr.Textbox("", label="forget projection file (empty: cached/registered)")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="vq-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="vq-stop")
+            status = gr.Markdown("Ready.", elem_id="vq-status")
+            images, plots, lanes, columns = {}, {}, {}, {}
+            with gr.Row():
+                for name in SPACES:
+                    with gr.Column(visible=name in ("clip", "forget"), elem_id=f"vq-col-{name}") as col:
+                        columns[name] = col
+                        images[name] = gr.Image(label=name, type="pil", format="png", interactive=False,
+                                                elem_id=f"vq-image-{name}", height=280,
+                                                elem_classes=["vq-live"])
+                        lanes[name] = gr.Markdown(f"**{name}**", elem_id=f"vq-lane-{name}")
+                        plots[name] = gr.LinePlot(x="step", y="loss", label=f"{name} loss", height=200,
+                                                  elem_id=f"vq-loss-{name}")
+        with gr.Tab("Gallery", id="gallery", elem_id="vq-gallery-tab") as gallery_tab:
+            with gr.Row():
+                folder = gr.Dropdown(folder_choices(server.outputs_root), value=ALL, label="folder",
+                                     elem_id="vq-folder")
+                seed_filter = gr.Dropdown([ALL], value=ALL, label="seed", elem_id="vq-seed-filter")
+                type_filter = gr.Dropdown([ALL], value=ALL, label="word type", elem_id="vq-type-filter")
+                refresh = gr.Button("Refresh", elem_id="vq-refresh")
+            summary = gr.Markdown("", elem_id="vq-gallery-summary")
+            table = gr.HTML("", elem_id="vq-gallery")
+
+        spaces.change(lambda chosen: [gr.update(visible=n in (chosen or [])) for n in SPACES], spaces,
+                      [columns[n] for n in SPACES], queue=False)
+
+        form_inputs = [prompt, spaces, seed, width, height, steps, method, cutn, clip, pretrained, vqgan,
+                       vqgan_config, vqgan_checkpoint, learn_projection, forget_projection]
+        live_outputs = [status] + [images[n] for n in SPACES] + [plots[n] for n in SPACES] + \
+                       [lanes[n] for n in SPACES]
+
+        def run_job(*values):
+            (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp) = values
+            try:
+                checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp))
+            except VqclipError as e:
+                yield [f"**error:** {e}"] + [gr.skip()] * (len(live_outputs) - 1)
+                return
+            choice = ModelChoice((cl or "").strip() or d.clip, (pre or "").strip() or None,
+                                 (vq or "").strip() or None, (vqc or "").strip() or None, (vqk or "").strip() or None,
+                                 d.device, d.precision, d.cache_dir, d.auto_train)
+            job = Job(checked, choice, server.outputs_root, server.cache, server.report_seconds)
+            server.job = job
+            job.start()
+            seen: dict[str, int] = {}
+            first = True
+            while True:
+                finished = job.done
+                phase, current = job.snapshot()
+                by_name = {lane.space: lane for lane in current}
+                out_images, out_plots, out_lanes = [], [], []
+                for name in SPACES:
+                    lane = by_name.get(name)
+                    if lane is None:
+                        out_images.append(None if first else gr.skip())
+                        out_plots.append(None if first else gr.skip())
+                        out_lanes.append(f"**{name}**: not in this run" if first else gr.skip())
+                        continue
+                    changed = lane.version != seen.get(name)
+                    seen[name] = lane.version
+                    out_images.append(lane.image if changed else (None if first else gr.skip()))
+                    out_plots.append(_plot_frame(lane) if changed or finished else gr.skip())
+                    out_lanes.append(_lane_text(lane))
+                head = _status_text(job, phase)
+                yield [head] + out_images + out_plots + out_lanes
+                first = False
+                if finished:
+                    return
+                time.sleep(POLL_SECONDS)
+
+        def request_stop():
+            job = server.job
+            if job is None or job.done:
+                return "Nothing is running."
+            job.request_stop()
+            return "Stopping: the current images and run.json of each space are being written..."
+
+        def show_gallery(chosen_folder, chosen_seed, chosen_type):
+            try:
+                g = build_gallery(server.outputs_root, chosen_folder, chosen_seed, chosen_type)
+            except VqclipError as e:
+                return (gr.update(), gr.update(), gr.update(), f"**error:** {e}", "")
+            seeds = [ALL] + g.seeds
+            types = [ALL] + g.word_types
+            return (gr.update(choices=folder_choices(server.outputs_root)),
+                    gr.update(choices=seeds, value=chosen_seed if chosen_seed in seeds else ALL),
+                    gr.update(choices=types, value=chosen_type if chosen_type in types else ALL),
+                    g.summary, g.html)
+
+        start.click(run_job, form_inputs, live_outputs, concurrency_limit=1, concurrency_id="gpu",
+                    show_progress="hidden")
+        stop.click(request_stop, None, status, queue=False)
+        gallery_io = ([folder, seed_filter, type_filter], [folder, seed_filter, type_filter, summary, table])
+        refresh.click(show_gallery, *gallery_io, concurrency_limit=4)
+        for filt in (folder, seed_filter, type_filter):
+            filt.input(show_gallery, *gallery_io, concurrency_limit=4)
+        gallery_tab.select(show_gallery, *gallery_io, concurrency_limit=4)
+    return demo
+
+
+def _status_text(job: Job, phase: str) -> str:
+    notices = "".join(f"\n\nnote: {n}" for n in job.notices)
+    if job.error:
+        return f"**error:** {job.error}"
+    if phase == "loading models":
+        return "Loading models (once per choice of models)..."
+    if phase == "running":
+        return f"Running {len(job.lanes)} spaces: {', '.join(l.space for l in job.lanes)}." + notices
+    folders = [str(l.folder) for l in job.lanes if l.folder]
+    kept = f" Written: {', '.join(f'`{f}`' for f in folders)}." if folders else ""
+    word = {"stopped": "Stopped", "finished": "Finished", "failed": "Failed"}.get(phase, phase)
+    return f"**{word}.**{kept} See the Gallery tab, or run `vqclip grid` on the folder." + notices
+
+
+def launch(server: Server, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
+           block: bool = True, quiet: bool = False):
+    """Queue (one generation at a time), then serve the page in background threads; returns (demo, url)."""
+    demo = build_app(server)
+    demo.queue(default_concurrency_limit=1, max_size=16)
+    _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True,
+                            quiet=quiet, ssr_mode=False, share=False, inbrowser=False, css=CSS,
+                            footer_links=[], show_error=False, auth_message="vqclip ui: sign in")
+    if block:
+        wait_forever()
+    return demo, url
+
+
+def wait_forever() -> None:
+    """Block the main thread (the server runs in its own threads) until Ctrl-C."""
+    while True:
+        time.sleep(3600)

@@ -1,32 +1,37 @@
-"""Random cutouts of the decoded image, resampled to CLIP's input size and augmented with kornia."""
+"""Random cutouts of the decoded images, resampled to CLIP's input size and augmented: batched tensor operations.
+
+Every cutout of every image in a group is made by the same few kernels, whatever `cutn` is: one `roi_align` crops
+and resamples all of them (with adaptive area sampling, so a large crop is averaged, not aliased), one resampling
+per geometric augmentation, one HSV round trip for the colour jitter, one mask for the erasing, one noise add.
+The random parameters of a job's cutouts come from that job's generator on the device, in one draw per step, so a
+seed fixes the cutouts and no random number crosses between host and device.
+
+The augmentations follow the VQGAN+CLIP community defaults that vqclip used through kornia's augmentation modules
+(RandomAffine(15°, translate 0.1, border), RandomPerspective(0.7), ColorJitter(hue 0.1, saturation 0.1),
+RandomErasing(0.1–0.4, ratio 0.3–3.3), each with p = 0.7); kornia's functional kernels do the pixel work.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ..errors import bad_arg, choices_hint
 
-
-def _augmentations():
-    import kornia.augmentation as K
-
-    # The VQGAN+CLIP community defaults. No flips: a mirrored word is a different word to a reading CLIP.
-    return {
-        "affine": lambda: K.RandomAffine(degrees=15, translate=(0.1, 0.1), p=0.7, padding_mode="border"),
-        "perspective": lambda: K.RandomPerspective(0.7, p=0.7),
-        "jitter": lambda: K.ColorJitter(hue=0.1, saturation=0.1, p=0.7),
-        "erasing": lambda: K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 1 / 0.3), same_on_batch=False, p=0.7),
-        "sharpness": lambda: K.RandomSharpness(0.3, p=0.4),
-        "grayscale": lambda: K.RandomGrayscale(p=0.1),
-        "flip": lambda: K.RandomHorizontalFlip(p=0.5),
-    }
-
-
-AUGMENTATIONS = ("affine", "perspective", "jitter", "erasing", "sharpness", "grayscale", "flip")
+# name -> (probability, random numbers per cutout). No flip by default: a mirrored word is a different word to a
+# reading CLIP.
+_AUGS = {
+    "affine": (0.7, 4),  # apply, angle, tx, ty
+    "perspective": (0.7, 9),  # apply, 8 corner offsets
+    "jitter": (0.7, 3),  # apply, saturation, hue
+    "erasing": (0.7, 5),  # apply, area, log aspect ratio, x, y
+    "sharpness": (0.4, 2),  # apply, factor
+    "grayscale": (0.1, 1),  # apply
+    "flip": (0.5, 1),  # apply
+}
+AUGMENTATIONS = tuple(_AUGS)
 DEFAULT_AUGMENTATIONS = ("affine", "perspective", "jitter", "erasing")
 
 
@@ -44,47 +49,159 @@ def parse_augmentations(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-class MakeCutouts(nn.Module):
-    """`cutn` random square crops (side ~ U^cut_pow between min and max), resized, augmented, plus noise."""
+def _corners(w: int, h: int, device, dtype) -> torch.Tensor:
+    return torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], device=device, dtype=dtype)
+
+
+def _affine_inverse(u: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """(n, 3, 3) output-to-input pixel maps of rotations by U(-15°, 15°) about the centre and shifts by
+    U(-0.1, 0.1) of the size; the identity where the cutout is not drawn for it (u[:, 0] >= p)."""
+    apply = (u[:, 0] < _AUGS["affine"][0]).to(u.dtype)
+    angle = (u[:, 1] * 30 - 15) * (math.pi / 180) * apply
+    tx = (u[:, 2] * 0.2 - 0.1) * w * apply
+    ty = (u[:, 3] * 0.2 - 0.1) * h * apply
+    cx, cy = (w - 1) / 2, (h - 1) / 2
+    cos, sin = angle.cos(), angle.sin()
+    # forward: y = R (x - c) + c + t; inverse: x = R^T (y - c - t) + c, written out to need no matrix inverse.
+    m = torch.zeros(len(u), 3, 3, device=u.device, dtype=u.dtype)
+    m[:, 0, 0], m[:, 0, 1] = cos, sin
+    m[:, 1, 0], m[:, 1, 1] = -sin, cos
+    m[:, 0, 2] = cx - cos * (cx + tx) - sin * (cy + ty)
+    m[:, 1, 2] = cy + sin * (cx + tx) - cos * (cy + ty)
+    m[:, 2, 2] = 1
+    return m
+
+
+def _perspective_inverse(u: torch.Tensor, w: int, h: int, distortion: float = 0.7) -> torch.Tensor:
+    """(n, 3, 3) output-to-input pixel maps of homographies that move each corner inward by up to `distortion`
+    × half the size (kornia's RandomPerspective); the inverse comes from swapping the corner sets."""
+    from kornia.geometry.transform import get_perspective_transform
+
+    apply = (u[:, :1] < _AUGS["perspective"][0]).to(u.dtype)
+    start = _corners(w, h, u.device, u.dtype).expand(len(u), 4, 2)
+    inward = torch.tensor([[1, 1], [-1, 1], [-1, -1], [1, -1]], device=u.device, dtype=u.dtype)
+    factor = torch.tensor([distortion * (w - 1) / 2, distortion * (h - 1) / 2], device=u.device, dtype=u.dtype)
+    end = start + u[:, 1:9].view(-1, 4, 2) * factor * inward * apply.unsqueeze(-1)
+    return get_perspective_transform(end, start)
+
+
+def _warp(x: torch.Tensor, inverse: torch.Tensor, padding_mode: str) -> torch.Tensor:
+    """Resample (n, C, h, w) images through (n, 3, 3) output-to-input pixel maps, bilinearly.
+
+    kornia's warp_perspective inverts the matrix it is given, and a matrix inverse on a GPU waits for the device
+    to report singular matrices: a host-device synchronisation in every step. The maps here are built inverted.
+    """
+    import torch.nn.functional as F
+    from kornia.geometry.linalg import transform_points
+    from kornia.geometry import create_meshgrid
+
+    n, _, h, w = x.shape
+    grid = create_meshgrid(h, w, normalized_coordinates=False, device=x.device, dtype=x.dtype)  # (1, h, w, 2)
+    src = transform_points(inverse[:, None], grid.expand(n, h, w, 2))  # pixel coordinates in the input
+    scale = torch.tensor([2 / max(w - 1, 1), 2 / max(h - 1, 1)], device=x.device, dtype=x.dtype)
+    return F.grid_sample(x, src * scale - 1, mode="bilinear", padding_mode=padding_mode, align_corners=True)
+
+
+def _jitter(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Saturation × U(0.9, 1.1), hue + U(-0.1, 0.1) of a turn, in one HSV round trip."""
+    from kornia.color import hsv_to_rgb, rgb_to_hsv
+    from kornia.enhance import adjust_hue_raw, adjust_saturation_raw
+
+    apply = (u[:, 0] < _AUGS["jitter"][0]).to(u.dtype)
+    saturation = 1 + (u[:, 1] * 0.2 - 0.1) * apply
+    hue = (u[:, 2] * 0.2 - 0.1) * 2 * math.pi * apply
+    hsv = rgb_to_hsv(x)
+    hsv = adjust_hue_raw(adjust_saturation_raw(hsv, saturation), hue)
+    return hsv_to_rgb(hsv)
+
+
+def _erasing(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Zero a rectangle of 10–40 % of the area with aspect ratio in [0.3, 1/0.3], at a uniform position."""
+    n, _, h, w = x.shape
+    apply = u[:, 0] < _AUGS["erasing"][0]
+    area = (u[:, 1] * 0.3 + 0.1) * (h * w)
+    ratio = torch.exp(math.log(0.3) + u[:, 2] * (math.log(1 / 0.3) - math.log(0.3)))
+    eh = (area * ratio).sqrt().round().clamp(1, h)
+    ew = (area / ratio).sqrt().round().clamp(1, w)
+    y0 = (u[:, 3] * (h - eh + 1)).floor()
+    x0 = (u[:, 4] * (w - ew + 1)).floor()
+    ys = torch.arange(h, device=x.device, dtype=u.dtype).view(1, h, 1)
+    xs = torch.arange(w, device=x.device, dtype=u.dtype).view(1, 1, w)
+    inside = ((ys >= y0.view(-1, 1, 1)) & (ys < (y0 + eh).view(-1, 1, 1)) &
+              (xs >= x0.view(-1, 1, 1)) & (xs < (x0 + ew).view(-1, 1, 1)) & apply.view(-1, 1, 1))
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+def _sharpness(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    from kornia.enhance import sharpness
+
+    factor = u[:, 1] * 0.3 * (u[:, 0] < _AUGS["sharpness"][0]).to(u.dtype)
+    return sharpness(x, factor)
+
+
+def _grayscale(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    from kornia.color import rgb_to_grayscale
+
+    apply = (u[:, 0] < _AUGS["grayscale"][0]).view(-1, 1, 1, 1)
+    return torch.where(apply, rgb_to_grayscale(x).expand_as(x), x)
+
+
+def _flip(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    return torch.where((u[:, 0] < _AUGS["flip"][0]).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+class MakeCutouts:
+    """`cutn` random square crops per image (side ~ U^cut_pow between min and max), resampled to `cut_size`,
+    augmented in the given order, plus noise of a random strength up to `noise`."""
 
     def __init__(self, cut_size: tuple[int, int], cutn: int, cut_pow: float = 1.0,
                  augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS, noise: float = 0.1):
-        super().__init__()
-        self.cut_size = tuple(cut_size)
-        self.cutn = cutn
-        self.cut_pow = cut_pow
-        self.noise = noise
-        table = _augmentations()
-        self.augs = nn.Sequential(*[table[name]() for name in augmentations])
+        self.cut_size = tuple(int(s) for s in cut_size)  # (H, W)
+        self.cutn = int(cutn)
+        self.cut_pow = float(cut_pow)
+        self.noise = float(noise)
+        self.augmentations = tuple(augmentations)
+        self.n_random = 3 + sum(_AUGS[name][1] for name in self.augmentations) + 1
 
-    def forward(self, image: torch.Tensor, generator: torch.Generator,
-                device_generator: torch.Generator | None = None) -> torch.Tensor:
-        """(1, 3, H, W) -> (cutn, 3, *cut_size). Randomness comes from the CPU `generator` (and, for the noise
-        on a GPU, from `device_generator`, seeded from it), so a seed fixes every cutout."""
-        _, _, h, w = image.shape
+    def draw(self, generators: Sequence[torch.Generator], device: torch.device) -> torch.Tensor:
+        """(len(generators) * cutn, n_random) uniform numbers: one draw per job, from that job's generator."""
+        return torch.cat([torch.rand(self.cutn, self.n_random, generator=g, device=device) for g in generators])
+
+    def __call__(self, images: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """(G, 3, H, W) -> (G * cutn, 3, *cut_size); job g's cutouts are rows g*cutn .. (g+1)*cutn - 1."""
+        from torchvision.ops import roi_align
+
+        g, _, h, w = images.shape
+        if len(generators) != g:
+            raise ValueError(f"{len(generators)} generators for {g} images")
+        device, dtype = images.device, images.dtype
+        u = self.draw(generators, device).to(dtype)
+        ch, cw = self.cut_size
         max_size = min(h, w)
-        min_size = min(h, w, min(self.cut_size))
-        r = torch.rand(self.cutn, 3, generator=generator)  # size, x, y for each cutout
-        cutouts = []
-        for size_u, x_u, y_u in r.tolist():
-            size = int(size_u ** self.cut_pow * (max_size - min_size) + min_size)
-            ox = int(x_u * (w - size + 1))
-            oy = int(y_u * (h - size + 1))
-            crop = image[:, :, oy:oy + size, ox:ox + size]
-            cutouts.append(F.interpolate(crop, size=self.cut_size, mode="bilinear", align_corners=False,
-                                         antialias=size > min(self.cut_size)))
-        batch = torch.cat(cutouts)  # (cutn, 3, *cut_size)
-        if len(self.augs):
-            # kornia draws from torch's global RNG: fork it and seed it from our generator.
-            devices = [image.device] if image.device.type == "cuda" else []
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-                batch = self.augs(batch)
-        if self.noise > 0:
-            facs = torch.rand(self.cutn, 1, 1, 1, generator=generator).mul(self.noise).to(batch.device)
-            if device_generator is not None:
-                noise = torch.randn(batch.shape, generator=device_generator, device=batch.device)
+        min_size = min(h, w, ch, cw)
+        size = (u[:, 0] ** self.cut_pow * (max_size - min_size) + min_size).floor()
+        ox = (u[:, 1] * (w - size + 1)).floor()
+        oy = (u[:, 2] * (h - size + 1)).floor()
+        index = torch.arange(g, device=device, dtype=dtype).repeat_interleave(self.cutn)
+        boxes = torch.stack([index, ox, oy, ox + size, oy + size], dim=1)
+        # aligned=True: the box [ox, ox + size) covers exactly those pixels; sampling_ratio=-1 averages
+        # ceil(size / cut) samples per output pixel and axis, so a crop larger than CLIP's input is not aliased.
+        x = roi_align(images, boxes, output_size=(ch, cw), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        col = 3
+        for name in self.augmentations:
+            k = _AUGS[name][1]
+            params = u[:, col:col + k]
+            col += k
+            if name == "affine":
+                x = _warp(x, _affine_inverse(params, cw, ch), "border")
+            elif name == "perspective":
+                x = _warp(x, _perspective_inverse(params, cw, ch), "zeros")
             else:
-                noise = torch.randn(batch.shape, generator=generator).to(batch.device)
-            batch = batch + facs * noise
-        return batch
+                x = {"jitter": _jitter, "erasing": _erasing, "sharpness": _sharpness, "grayscale": _grayscale,
+                     "flip": _flip}[name](x, params)
+        if self.noise > 0:
+            strength = (u[:, col] * self.noise).view(-1, 1, 1, 1)
+            noise = torch.cat([torch.randn((self.cutn, 3, ch, cw), generator=gen, device=device, dtype=dtype)
+                               for gen in generators])
+            x = x + strength * noise
+        return x

@@ -1,4 +1,11 @@
-"""The optimisation loop of VQGAN+CLIP, with the CLIP loss computed in a chosen embedding space (paper §7)."""
+"""The optimisation loop of VQGAN+CLIP, with the CLIP loss computed in a chosen embedding space (paper §7).
+
+One loop optimises a group of jobs at once (`run_many`): their latents are stacked, one VQGAN decode and one CLIP
+call per step serve them all, and each job keeps its own seeded cutouts, targets, projection and (Adam being
+elementwise) optimiser state. `run` is the group of one. Nothing in a step waits for the device: losses stay on it
+and are read back every `report_every` steps, and a job whose loss turns non-finite keeps, on the device, the
+latent of its last finite step.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..errors import bad_arg, check_seed, choices_hint
-from ..errors import quote_error
+from ..errors import VqclipError, bad_arg, check_seed, choices_hint, quote_error
 from ..untrusted import open_image
 from .cutouts import DEFAULT_AUGMENTATIONS, MakeCutouts, parse_augmentations
 from .ops import LOSSES, clamp_with_grad, prompt_loss, sample_one_hot, vector_quantize
@@ -27,6 +33,18 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": tor
 # z+quantize: Adam lr 0.1 on continuous z (the common CLI tools). Codebook sampling: AdamW lr 0.05 on per-token
 # logits (the paper's notebook, METHOD.md §7).
 METHOD_DEFAULTS = {"zquant": ("adam", 0.1), "codebook": ("adamw", 0.05)}
+IMAGE_PROMPT_MODES = ("cutouts", "centre")
+# Settings that jobs optimised together in one batched latent must share (one optimiser, one set of cutouts).
+GROUP_FIELDS = ("size", "steps", "lr", "optimizer", "method", "cutn", "cut_pow", "augment", "noise")
+
+
+def noise_seed(prompt: Prompt) -> int:
+    """The seed of a noise prompt (its text)."""
+    try:
+        return int(prompt.text)
+    except ValueError:
+        raise bad_arg("--noise-prompt", "a noise prompt is SEED[:WEIGHT] with a whole-number seed", prompt.text,
+                      "Write e.g. --noise-prompt 42:0.5.") from None
 
 
 @dataclass
@@ -48,11 +66,16 @@ class Settings:
     seed: int | None = None
     init_image: str | None = None
     init_weight: float = 0.0
+    story: list[list[Prompt]] = field(default_factory=list)  # later prompt phases ("a ^ b"), every change_every
+    change_every: int = 0  # steps per story phase; the phases repeat from the first after the last (nerdyrodent)
+    noise_prompts: list[Prompt] = field(default_factory=list)  # text = the seed of a random target embedding
+    image_prompt_mode: str = "cutouts"  # cutouts: encoded through the run's cutouts (Crowson); centre: one crop
+    save_best: bool = False  # keep the image of the step with the lowest loss instead of the last one
 
     def resolved(self, factor: int) -> tuple["Settings", list[str]]:
         """Validate, fill in method defaults, draw a seed and snap the size; also return notices for the user."""
         notices = []
-        check_weights_nonzero(self.prompts + self.image_prompts)
+        check_weights_nonzero(self.prompts + self.image_prompts + self.noise_prompts)
         if self.method not in METHODS:
             raise bad_arg("--method", "unknown optimisation method", self.method, choices_hint(METHODS))
         if self.loss not in LOSSES:
@@ -73,6 +96,18 @@ class Settings:
             raise bad_arg("--noise", "must be 0 or more", self.noise, "Try --noise 0.1.")
         if self.init_weight < 0:
             raise bad_arg("--init-weight", "must be 0 or more", self.init_weight, "Try --init-weight 0.5.")
+        if self.change_every < 0:
+            raise bad_arg("--change-every", "must be 0 or more", self.change_every, "Try --change-every 50.")
+        if self.story and not self.change_every:
+            raise bad_arg("--change-every", "a prompt with '^' phases needs the steps per phase", self.change_every,
+                          "Add e.g. --change-every 50, or drop the '^'.")
+        for phase in self.story:
+            check_weights_nonzero(list(phase) + self.image_prompts + self.noise_prompts)
+        if self.image_prompt_mode not in IMAGE_PROMPT_MODES:
+            raise bad_arg("--image-prompt-mode", "unknown mode", self.image_prompt_mode,
+                          choices_hint(IMAGE_PROMPT_MODES))
+        for p in self.noise_prompts:
+            check_seed(noise_seed(p), "--noise-prompt")
         if self.init_image is not None:
             check_image_file(self.init_image, "--init-image")
         for p in self.image_prompts:
@@ -96,6 +131,8 @@ class Settings:
         d = dataclasses.asdict(self)
         d["prompts"] = [p.to_dict() for p in self.prompts]
         d["image_prompts"] = [p.to_dict() for p in self.image_prompts]
+        d["story"] = [[p.to_dict() for p in phase] for phase in self.story]
+        d["noise_prompts"] = [p.to_dict() for p in self.noise_prompts]
         d["size"] = list(self.size)
         d["augment"] = list(self.augment)
         return d
@@ -103,7 +140,7 @@ class Settings:
 
 @dataclass
 class StepInfo:
-    """What the callback sees after each step; `image` is the decoded (1, 3, H, W) tensor of that step."""
+    """What the callback sees every `report_every` steps; `image` is the decoded (1, 3, H, W) tensor of that step."""
 
     step: int
     steps: int
@@ -127,6 +164,8 @@ class Result:
     status: str  # finished | interrupted | nonfinite
     message: str | None
     seconds: float
+    best_step: int | None = None  # with save_best: the (1-based) step whose image was kept
+    group_size: int = 1  # jobs optimised together with this one (seconds are the group's)
 
     @property
     def seed(self) -> int:
@@ -134,12 +173,15 @@ class Result:
 
 
 class Latent(NamedTuple):
-    """A parametrisation of the image: what the optimiser moves and how it becomes a quantized latent."""
+    """A parametrisation of a group of images: what the optimiser moves and how it becomes quantized latents.
+
+    Every parameter has the group as its first dimension, so a job's state can be selected row by row."""
 
     params: list[torch.Tensor]
-    quantized: Callable[[], torch.Tensor]  # -> (1, C, h, w)
+    quantized: Callable[[], torch.Tensor]  # -> (G, C, h, w)
     after_step: Callable[[], None]
-    z: Callable[[], torch.Tensor]  # the continuous latent, for the init-weight term and the result
+    z: Callable[[], torch.Tensor]  # (G, C, h, w) codes, for the result
+    anchor: Callable[[], torch.Tensor]  # (G, C, h, w) differentiable stand-in for z, for the init-weight term
 
 
 def zquant_latent(z0: torch.Tensor, codebook: torch.Tensor) -> Latent:
@@ -149,27 +191,32 @@ def zquant_latent(z0: torch.Tensor, codebook: torch.Tensor) -> Latent:
     z_max = codebook.max(dim=0).values.view(1, -1, 1, 1)
 
     def quantized():
-        return vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)  # (1, h, w, C) -> (1, C, h, w)
+        return vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)  # (G, h, w, C) -> (G, C, h, w)
 
     def after_step():
         with torch.no_grad():
             z.copy_(z.maximum(z_min).minimum(z_max))
 
-    return Latent([z], quantized, after_step, lambda: z)
+    return Latent([z], quantized, after_step, lambda: z, lambda: z)
 
 
-def codebook_latent(logits0: torch.Tensor, codebook: torch.Tensor, generator: torch.Generator) -> Latent:
-    """Codebook sampling (the paper's notebook): per-token logits, straight-through one-hot samples."""
-    logits = logits0.clone().requires_grad_(True)  # (1, h, w, n_embed)
+def codebook_latent(logits0: torch.Tensor, codebook: torch.Tensor, generators: Sequence[torch.Generator]) -> Latent:
+    """Codebook sampling (the paper's notebook): per-token logits, straight-through one-hot samples, each job's
+    samples from its own generator. The init-weight term acts on the expected code softmax(logits) @ codebook:
+    the sampled code's index has no gradient."""
+    logits = logits0.clone().requires_grad_(True)  # (G, h, w, n_embed)
 
     def quantized():
-        one_hot = sample_one_hot(logits, generator)  # (1, h, w, n_embed)
+        one_hot = torch.cat([sample_one_hot(logits[i:i + 1], g) for i, g in enumerate(generators)])
         return (one_hot @ codebook).movedim(3, 1)
 
     def z():
         return codebook[logits.argmax(-1)].movedim(3, 1)
 
-    return Latent([logits], quantized, lambda: None, z)
+    def anchor():
+        return (logits.softmax(-1) @ codebook).movedim(3, 1)
+
+    return Latent([logits], quantized, lambda: None, z, anchor)
 
 
 def random_codes(h: int, w: int, codebook: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -208,31 +255,66 @@ def to_pil(image: torch.Tensor) -> Image.Image:
     return Image.fromarray(array)
 
 
-def encode_targets(prompts: Sequence[Prompt], image_prompts: Sequence[Prompt], clip, space) -> torch.Tensor:
-    """(n, d) projected targets: text prompts then image prompts, encoded once."""
+@dataclass
+class Target:
+    """A prompt and its projected target embeddings: (1, d) for text and noise, (cutn, d) for an image prompt
+    encoded through cutouts (each cutout of the run is compared with each of them, as in Crowson's notebook)."""
+
+    prompt: Prompt
+    embeds: torch.Tensor
+    label: str
+
+
+def encode_targets(settings: Settings, clip, space, make_cutouts: "MakeCutouts | None" = None,
+                   generator: torch.Generator | None = None) -> tuple[list[list[Target]], list[Target]]:
+    """([targets of each text phase], [image and noise targets, active in every phase]), projected into `space`.
+
+    Image prompts are encoded through `make_cutouts` of the image at the run's size (mode cutouts) or from one
+    centre crop at CLIP's input size (mode centre)."""
+    device = clip.device
     with torch.no_grad():
-        parts = []
-        if prompts:
-            parts.append(clip.encode_text([p.text for p in prompts]))
-        for p in image_prompts:
-            parts.append(clip.encode_image(load_image(p.text, clip.input_size, clip.device, "--image-prompt")))
-        return space.project(torch.cat(parts))
+        phases = []
+        for phase in [settings.prompts] + list(settings.story):
+            embeds = space.project(clip.encode_text([p.text for p in phase])) if phase else None
+            phases.append([Target(p, embeds[i:i + 1], p.text) for i, p in enumerate(phase)])
+        always = []
+        for p in settings.image_prompts:
+            if settings.image_prompt_mode == "cutouts" and make_cutouts is not None:
+                image = load_image(p.text, settings.size, device, "--image-prompt")
+                images = make_cutouts(image, [generator])
+            else:
+                height, width = clip.input_size
+                images = load_image(p.text, (width, height), device, "--image-prompt")
+            always.append(Target(p, space.project(clip.encode_image(images)), p.text))
+        for p in settings.noise_prompts:
+            noise = torch.randn(1, clip.embed_dim, generator=torch.Generator().manual_seed(noise_seed(p)))
+            always.append(Target(p, space.project(noise.to(device)), f"noise:{p.text}"))
+    return phases, always
 
 
-def initial_latent(settings: Settings, vqgan, generator: torch.Generator) -> torch.Tensor:
-    """(1, C, h, w): the encoded --init-image, else seeded random codebook entries."""
+def active_targets(phases: list[list[Target]], always: list[Target], change_every: int, step: int) -> list[Target]:
+    """The targets of (0-based) `step`: its story phase (phases repeat after the last) and the permanent ones."""
+    phase = (step // change_every) % len(phases) if change_every else 0
+    return phases[phase] + always
+
+
+def initial_latent(settings: Settings, vqgan, generator: torch.Generator,
+                   start: torch.Tensor | None = None) -> torch.Tensor:
+    """(1, C, h, w): the encoded `start` image or --init-image, else seeded random codebook entries."""
     width, height = settings.size
-    if settings.init_image:
+    if start is None and settings.init_image:
+        start = load_image(settings.init_image, (width, height), vqgan.codebook.device, "--init-image")
+    if start is not None:
         with torch.no_grad():
-            return vqgan.encode(load_image(settings.init_image, (width, height), vqgan.codebook.device, "--init-image"))
+            return vqgan.encode(start.to(vqgan.codebook.device))
     return random_codes(height // vqgan.factor, width // vqgan.factor, vqgan.codebook.detach(), generator)
 
 
 def codebook_logits(z0: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(1, h, w, n_embed) starting logits that favour the codes nearest to z0."""
+    """(G, h, w, n_embed) starting logits that favour the codes nearest to z0, scaled per job."""
     with torch.no_grad():
-        d = (z0.movedim(1, 3).unsqueeze(-2) - codebook).pow(2).sum(-1)  # (1, h, w, n_embed)
-        return -d / d.std().clamp_min(1e-6)
+        d = (z0.movedim(1, 3).unsqueeze(-2) - codebook).pow(2).sum(-1)  # (G, h, w, n_embed)
+        return -d / d.flatten(1).std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
 
 
 def nonfinite_message(value: float, step: int, lr: float) -> str:
@@ -244,66 +326,182 @@ def nonfinite_message(value: float, step: int, lr: float) -> str:
             f"finite loss. Lower --lr (now {lr}) or check the projection and prompts.")
 
 
-def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], None] | None = None) -> Result:
-    """Optimise a VQGAN latent so that CLIP cutouts of its image match the prompts in `space`."""
-    settings, _ = settings.resolved(vqgan.factor)
+def group_key(settings: Settings) -> tuple:
+    """Jobs whose resolved settings give the same key can be optimised together (`run_many`)."""
+    return tuple(repr(getattr(settings, name)) for name in GROUP_FIELDS)
+
+
+def default_report_every(device: torch.device) -> int:
+    """How often losses are read back: every step on the CPU (reading costs nothing there), every 10 on a GPU."""
+    return 1 if device.type == "cpu" else 10
+
+
+def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(G,) mask shaped to broadcast over a (G, ...) tensor."""
+    return mask.view(-1, *([1] * (like.ndim - 1)))
+
+
+def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], None] | None = None, *,
+        report_every: int | None = None, start: torch.Tensor | None = None) -> Result:
+    """Optimise a VQGAN latent so that CLIP cutouts of its image match the prompts in `space`.
+
+    `callback(StepInfo)` runs every `report_every` steps (default: every step on the CPU, every 10 on a GPU);
+    raising KeyboardInterrupt in it stops the run like Ctrl-C (status interrupted, the image kept). `start`: a
+    (1, 3, H, W) image in [0, 1] to begin from instead of --init-image or random codes.
+    """
+    wrapped = None if callback is None else (lambda index, info: callback(info))
+    return run_many([settings], clip, vqgan, [space], wrapped, report_every=report_every,
+                    starts=None if start is None else [start])[0]
+
+
+def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, callback:
+             Callable[[int, StepInfo], None] | None = None, *, report_every: int | None = None,
+             starts: Sequence[torch.Tensor | None] | None = None) -> list[Result]:
+    """Optimise a group of jobs together: job i has `settings_list[i]` and the loss in `spaces[i]`.
+
+    The jobs must share the settings in GROUP_FIELDS (see `group_key`); prompts, spaces, seeds, losses, init images
+    and weights may differ. Job i's random numbers come from its own seed, so its image does not depend on which
+    jobs it shares the group with beyond float rounding in batched kernels (README, Speed). `callback(i, info)`
+    runs every `report_every` steps for each job still running; raising KeyboardInterrupt in it stops every job.
+    """
+    if len(settings_list) != len(spaces) or not settings_list:
+        raise ValueError(f"run_many needs one space per job; got {len(settings_list)} settings, {len(spaces)} spaces")
+    jobs = [s.resolved(vqgan.factor)[0] for s in settings_list]
+    if len({group_key(s) for s in jobs}) > 1:
+        differ = [name for name in GROUP_FIELDS if len({repr(getattr(s, name)) for s in jobs}) > 1]
+        raise VqclipError(f"jobs optimised together must share {', '.join(GROUP_FIELDS)}; these differ: "
+                          f"{', '.join(differ)}. Run them in separate groups (vqclip batch groups them for you).")
+    first, count = jobs[0], len(jobs)
     device = clip.device
-    # The VQGAN stays in fp32: decoding under bf16 autocast measured slower on an H100 (README, Speed).
+    report_every = max(1, int(report_every or default_report_every(device)))
     vqgan = vqgan.to(device)
-    space = space.to(device)
-    torch.manual_seed(settings.seed)  # anything random outside our generator (none expected) is seeded too
-    gen = torch.Generator().manual_seed(settings.seed)
-    dev_gen = torch.Generator(device).manual_seed(settings.seed) if device.type == "cuda" else None
+    spaces = [space.to(device) for space in spaces]
+    torch.manual_seed(first.seed)  # anything random outside our generators (none expected) is seeded too
+    init_gens = [torch.Generator().manual_seed(s.seed) for s in jobs]
     codebook = vqgan.codebook.detach()
-    z0 = initial_latent(settings, vqgan, gen)
-    if settings.method == "zquant":
+    starts = list(starts) if starts is not None else [None] * count
+    z0 = torch.cat([initial_latent(s, vqgan, g, st) for s, g, st in zip(jobs, init_gens, starts)])
+    # Each job's step randomness (cutouts, noise, codebook samples) comes from a generator on the device, seeded
+    # from its own seed, so no random number crosses between host and device during the run.
+    step_gens = [torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+                 for g in init_gens]
+    if first.method == "zquant":
         latent = zquant_latent(z0, codebook)
     else:
-        latent = codebook_latent(codebook_logits(z0, codebook), codebook, dev_gen or gen)
-    optimizer = OPTIMIZERS[settings.optimizer](latent.params, lr=settings.lr)
-    make_cutouts = MakeCutouts(clip.input_size, settings.cutn, settings.cut_pow, settings.augment, settings.noise)
-    targets = encode_targets(settings.prompts, settings.image_prompts, clip, space)
-    all_prompts = list(settings.prompts) + list(settings.image_prompts)
-    dist = LOSSES[settings.loss]
+        latent = codebook_latent(codebook_logits(z0, codebook), codebook, step_gens)
+    optimizer = OPTIMIZERS[first.optimizer](latent.params, lr=first.lr)
+    make_cutouts = MakeCutouts(clip.input_size, first.cutn, first.cut_pow, first.augment, first.noise)
+    targets = []
+    for s, space, g in zip(jobs, spaces, init_gens):
+        prompt_gen = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+        targets.append(encode_targets(s, clip, space, make_cutouts, prompt_gen))
+    dists = [LOSSES[s.loss] for s in jobs]
+    steps, cutn = first.steps, first.cutn
 
-    history: list[float] = []
-    losses: list[float] = []
-    status, message = "finished", None
-    last_good: list[torch.Tensor] | None = None
-    start = time.perf_counter()
+    history = torch.full((count, max(steps, 1)), float("nan"), device=device)
+    alive = torch.ones(count, dtype=torch.bool, device=device)  # every loss so far finite
+    good = [p.detach().clone() for p in latent.params]  # each job's parameters at its last finite step
+    best = [p.detach().clone() for p in latent.params] if any(s.save_best for s in jobs) else None
+    best_loss = torch.full((count,), float("inf"), device=device)
+    best_step = torch.zeros(count, dtype=torch.long, device=device)
+    running = list(range(count))  # jobs not yet found non-finite (host view, updated at each read-back)
+    stopped_at: dict[int, tuple[int, float]] = {}  # job -> (0-based step of its first non-finite loss, value)
+    completed, status = 0, "finished"
+    last_terms: list[list[torch.Tensor]] = [[] for _ in jobs]
+    last_labels: list[list[str]] = [[] for _ in jobs]
+    start_time = time.perf_counter()
     try:
-        for step in range(settings.steps):
+        for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            image = clamp_with_grad(vqgan.decode(latent.quantized()), 0, 1)  # (1, 3, H, W)
-            embeds = space.project(clip.encode_image(make_cutouts(image, gen, dev_gen)))  # (cutn, d)
-            terms = [prompt_loss(embeds, t, p.weight, p.stop, dist) for p, t in zip(all_prompts, targets)]
-            if settings.init_weight:
-                terms.append(F.mse_loss(latent.z(), z0) * settings.init_weight / 2)
-            total = torch.stack(terms).sum()
-            value = total.item()
-            if not math.isfinite(value):
-                status = "nonfinite"
-                message = nonfinite_message(value, step, settings.lr)
-                if last_good is not None:
-                    with torch.no_grad():
-                        for p, good in zip(latent.params, last_good):
-                            p.copy_(good)
-                break
-            total.backward()
-            last_good = [p.detach().clone() for p in latent.params]
+            image = clamp_with_grad(vqgan.decode(latent.quantized()), 0, 1)  # (G, 3, H, W)
+            embeds = clip.encode_image(make_cutouts(image, step_gens))  # (G * cutn, D)
+            anchor = latent.anchor() if any(s.init_weight for s in jobs) else None
+            totals = []
+            for i, (s, space) in enumerate(zip(jobs, spaces)):
+                mine = space.project(embeds[i * cutn:(i + 1) * cutn])
+                active = active_targets(*targets[i], s.change_every, step)
+                terms = [prompt_loss(mine, t.embeds, t.prompt.weight, t.prompt.stop, dists[i]) for t in active]
+                total = torch.stack(terms).sum()
+                if s.init_weight:
+                    total = total + F.mse_loss(anchor[i:i + 1], z0[i:i + 1]) * s.init_weight / 2
+                totals.append(total)
+                last_terms[i], last_labels[i] = terms, [t.label for t in active]
+            losses = torch.stack(totals)  # (G,)
+            with torch.no_grad():
+                value = losses.detach()
+                alive &= torch.isfinite(value)
+                history[:, step] = value
+                for p, g in zip(latent.params, good):
+                    g.copy_(torch.where(_rows(alive, p), p, g))
+                if best is not None:
+                    better = alive & (value < best_loss)
+                    best_loss.copy_(torch.where(better, value, best_loss))
+                    best_step.copy_(torch.where(better, torch.full_like(best_step, step + 1), best_step))
+                    for p, b in zip(latent.params, best):
+                        b.copy_(torch.where(_rows(better, p), p, b))
+            losses.sum().backward()
             optimizer.step()
             latent.after_step()
-            history.append(value)
-            losses = torch.stack(terms[:len(all_prompts)]).detach().tolist()
-            if callback is not None:
-                callback(StepInfo(step + 1, settings.steps, value, losses, image.detach(),
-                                  time.perf_counter() - start))
+            completed = step + 1
+            if completed % report_every == 0 or completed == steps:
+                running = _read_back(history, alive, running, stopped_at, completed)
+                if not running:
+                    break
+                if callback is not None:
+                    elapsed = time.perf_counter() - start_time
+                    for i in running:
+                        callback(i, StepInfo(completed, steps, float(history[i, step]),
+                                             torch.stack(last_terms[i]).detach().tolist(),
+                                             image[i:i + 1].detach(), elapsed))
     except KeyboardInterrupt:
-        status, message = "interrupted", f"interrupted after {len(history)} of {settings.steps} steps"
-    steps_done = len(history)
+        status = "interrupted"
+    seconds = time.perf_counter() - start_time
+    running = _read_back(history, alive, running, stopped_at, completed)
+    return _results(jobs, latent, good, best, best_step, codebook, vqgan, history, stopped_at, completed, status,
+                    last_terms, last_labels, seconds)
+
+
+def _read_back(history, alive, running, stopped_at, completed) -> list[int]:
+    """Read the losses (one host-device synchronisation) and note each job whose loss turned non-finite."""
+    ok = alive.tolist()
+    for i in [i for i in running if not ok[i]]:
+        row = history[i, :completed].tolist()
+        first_bad = next(k for k, v in enumerate(row) if not math.isfinite(v))
+        stopped_at[i] = (first_bad, row[first_bad])
+    return [i for i in running if ok[i]]
+
+
+def _results(jobs, latent, good, best, best_step, codebook, vqgan, history, stopped_at, completed, status,
+             last_terms, last_labels, seconds) -> list[Result]:
+    """Decode each job's kept latent (last, best, or last finite) and build its Result."""
     with torch.no_grad():
+        params = [p.detach().clone() for p in latent.params]
+        keep_best = torch.tensor([bool(s.save_best) for s in jobs], device=params[0].device)
+        dead = torch.tensor([i in stopped_at for i in range(len(jobs))], device=params[0].device)
+        for p, g, b in zip(latent.params, good, best or good):
+            chosen = torch.where(_rows(keep_best, p), b, p) if best is not None else p
+            p.copy_(torch.where(_rows(dead, p), g, chosen))
         z_final = latent.z().detach()
-        final = vqgan.decode(vector_quantize(z_final.movedim(1, 3), codebook).movedim(3, 1)).clamp(0, 1)
-    return Result(image=to_pil(final), latent=z_final.cpu(), loss=history[-1] if history else float("nan"),
-                  losses={p.text: l for p, l in zip(all_prompts, losses)}, history=history, settings=settings,
-                  steps_done=steps_done, status=status, message=message, seconds=time.perf_counter() - start)
+        finals = vqgan.decode(vector_quantize(z_final.movedim(1, 3), codebook).movedim(3, 1)).clamp(0, 1)
+        for p, saved in zip(latent.params, params):
+            p.copy_(saved)
+    rows = history[:, :completed].cpu().tolist()
+    best_steps = best_step.tolist()
+    results = []
+    for i, s in enumerate(jobs):
+        done = stopped_at[i][0] if i in stopped_at else completed
+        hist = rows[i][:done]
+        job_status, message = status, None
+        if i in stopped_at:
+            job_status = "nonfinite"
+            message = nonfinite_message(stopped_at[i][1], stopped_at[i][0], s.lr)
+        elif status == "interrupted":
+            message = f"interrupted after {done} of {s.steps} steps"
+        terms = [] if i in stopped_at or not last_terms[i] else torch.stack(last_terms[i]).detach().tolist()
+        kept_best = best_steps[i] if s.save_best and best_steps[i] > 0 else None
+        loss = hist[kept_best - 1] if kept_best else (hist[-1] if hist else float("nan"))
+        results.append(Result(image=to_pil(finals[i:i + 1]), latent=z_final[i:i + 1].cpu(), loss=loss,
+                              losses=dict(zip(last_labels[i], terms)), history=hist, settings=s, steps_done=done,
+                              status=job_status, message=message, seconds=seconds, best_step=kept_best,
+                              group_size=len(jobs)))
+    return results

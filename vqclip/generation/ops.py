@@ -67,11 +67,13 @@ LOSSES = {"spherical": spherical_dist_loss, "cosine": cosine_dist_loss}
 
 def prompt_loss(embeds: torch.Tensor, target: torch.Tensor, weight: float, stop: float,
                 dist=spherical_dist_loss) -> torch.Tensor:
-    """Distance of (n, d) cutout embeddings to a (d,) target, averaged, signed and scaled by `weight`.
+    """Distance of (n, d) cutout embeddings to a (d,) or (k, d) target, averaged over all n × k pairs, signed and
+    scaled by `weight`.
 
     Below the `stop` value the gradient is cut, so a satisfied prompt stops pulling.
     """
-    dists = dist(embeds, target.unsqueeze(0)) * (1.0 if weight >= 0 else -1.0)  # (n,)
+    target = target.view(-1, target.shape[-1])  # (k, d)
+    dists = dist(embeds.unsqueeze(1), target.unsqueeze(0)) * (1.0 if weight >= 0 else -1.0)  # (n, k)
     stopped = torch.maximum(dists, torch.full_like(dists, stop))
     return abs(weight) * replace_grad(dists, stopped).mean()
 

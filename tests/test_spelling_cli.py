@@ -44,8 +44,13 @@ def test_train_then_eval_then_generator_lookup(tmp_path, images, tiny_clip_id, c
     args = _data_args(images, tiny_clip_id)
     assert main(["train", "--space", "forget", *args, "--epochs", "2", "--batch-size", "4",
                  "--json", str(tmp_path / "train.json")]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "x_it->y_t" in out and "wrote" in out
+    # 10 training tuples, batch 4, 2 epochs: 6 steps, far too few at lr 1e-4; said even with -q, in one line
+    warning = [line for line in captured.err.splitlines() if "optimisation steps" in line]
+    assert len(warning) == 1 and "only 6 optimisation steps" in warning[0] and "too few steps" in out
+    assert json.loads((tmp_path / "train.json").read_text())["warnings"] == [warning[0].split(": ", 1)[1]]
     clip = load_clip(tiny_clip_id, device="cpu")
     path = projection_path("forget", clip.identity)
     assert path.is_file()

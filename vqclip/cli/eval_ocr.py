@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args, add_quiet_arg, command_parser
+from .common import (add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args, add_quiet_arg,
+                     command_parser)
 
 
 def register(evals) -> None:

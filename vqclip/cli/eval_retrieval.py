@@ -11,7 +11,8 @@ from .train import add_data_args, features_from_args
 
 def register(sub) -> None:
     p = command_parser(
-        sub, "retrieval", help="word retrieval (x_t↔y_t, x_it↔x_t, x_it↔x_i, x_it↔y_t), class accuracy, visual comprehension",
+        sub, "retrieval",
+        help="word retrieval (x_t↔y_t, x_it↔x_t, x_it↔x_i, x_it↔y_t), class accuracy, visual comprehension",
         description="Compare CLIP and learned projections on held-out five-tuples: top-1 retrieval both ways, "
                     "split real / nonsense words (deduplicated by word), class accuracy of x_i and x_it, and "
                     "classification of natural images by rendered class-name images (image encoder only).",

@@ -13,6 +13,13 @@ from ..io import check_writable
 from .common import add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, command_parser
 
 
+# What the columns of the epoch log mean (printed above it, and in --help and docs/spelling.md).
+EPOCH_LOG_HEADER = ("epoch log: step = optimiser steps so far; train = the objective averaged over the epoch's batches "
+                    "(the signed InfoNCE terms plus gamma x R: lower is better, and it can be negative); val = the "
+                    "same on the validation split (the epoch with the lowest val is kept); R = the orthogonality "
+                    "penalty ||I - W W^T||_F (0 = orthonormal rows)")
+
+
 def _pair(text: str, cast, arg: str):
     try:
         lo, hi = (cast(v) for v in text.split(","))
@@ -166,10 +173,10 @@ def register(sub) -> None:
         sub, "train", help="train a learn-to-spell or forget-to-spell projection",
         description="Build the five-tuples (natural image, class prompt, word image, word, image with the word "
                     "drawn on), extract CLIP features once (cached, resumable), train the projection W and write "
-                    "it where `vqclip generate --space learn|forget` finds it. Each epoch logs one line: the mean training "
-                    "loss (the weighted sum of the InfoNCE terms plus gamma times the orthogonality penalty; lower "
-                    "is better, and negative weights can make it negative), the validation loss, and R, the "
-                    "orthogonality penalty alone (0 = orthonormal rows).",
+                    "it where `vqclip generate --space learn|forget` finds it. Every training tuple is used in "
+                    "every epoch (the last, partial batch too, as in the reference code). A training too short to "
+                    "move W (too few steps for the learning rate) is warned about before it starts. The "
+                    + EPOCH_LOG_HEADER + ".",
         examples=["vqclip train --space forget --images /data/imagenet/train   # features cached, then trained",
                   "vqclip train --space learn --images photos/ --epochs 60 --out learn.safetensors",
                   "vqclip train --space forget --clip ViT-L-14 --pretrained openai  # no --images: ImageNetV2"],
@@ -190,6 +197,9 @@ def register(sub) -> None:
     t.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
     t.add_argument("--step-size", type=int, default=4000, help="StepLR period in steps (default 4000)")
     t.add_argument("--lr-decay", type=float, default=0.5, help="StepLR factor, in (0, 1] (default 0.5)")
+    t.add_argument("--drop-last", action="store_true",
+                   help="drop each epoch's last, partial batch (by default it is trained on, as in the reference "
+                        "code)")
     t.add_argument("--mask-duplicates", action="store_true",
                    help="do not count in-batch items of the same class (L2, L6) or word (L4, L5) as negatives")
     t.add_argument("--extract-only", action="store_true", help="build and cache the features, then stop")
@@ -222,7 +232,8 @@ def run(args) -> int:
     from ..io import write_json
     from ..spelling.losses import parse_weights, resolve_preset
     from ..spelling.retrieval import format_table
-    from ..spelling.train import TrainConfig, train_projection, train_test_metrics, write_projection
+    from ..spelling.train import (TrainConfig, too_few_steps_warning, train_projection, train_test_metrics,
+                                  write_projection)
 
     if args.weights:
         parse_weights(args.weights)  # unknown terms fail before any work
@@ -231,8 +242,8 @@ def run(args) -> int:
     device = resolve_device(args.device)
     config = TrainConfig(space=args.space, dim=args.dim, weights=args.weights, gamma=args.gamma, lr=args.lr,
                          batch_size=args.batch_size, epochs=args.epochs, step_size=args.step_size,
-                         lr_decay=args.lr_decay, mask_duplicates=args.mask_duplicates, seed=args.seed,
-                         device=str(device)).check()  # before any image is read
+                         lr_decay=args.lr_decay, mask_duplicates=args.mask_duplicates, drop_last=args.drop_last,
+                         seed=args.seed, device=str(device)).check()  # before any image is read
 
     if args.json:
         check_writable(Path(args.json).parent, "--json")
@@ -254,13 +265,18 @@ def run(args) -> int:
         print(folder)
         return 0
 
+    train = features.part("train") if features.split is not None else features
+    short = too_few_steps_warning(len(train), config, features.embed_dim)
+    if short:
+        print(f"vqclip train: {short}", file=sys.stderr)  # shown with -q too: it is not progress
+
     def on_epoch(r):
         val = f" val {r['val_loss']:.4f}" if "val_loss" in r else ""
         say(f"epoch {r['epoch']:3d}  step {r['step']:6d}  train {r['train_loss']:.4f}{val}  R {r['train_R']:.4f}")
 
+    say(EPOCH_LOG_HEADER)
     val = features.part("val") if features.split is not None else None
-    result = train_projection(features.part("train") if features.split is not None else features, val, config,
-                              on_epoch)
+    result = train_projection(train, val, config, on_epoch)
     test_split = "test" if sizes.get("test", 0) >= 2 else "val"
     test = train_test_metrics(features, result.W, test_split, device)
     recipe = {**features.metadata.get("recipe", {}), "features": str(folder),
@@ -271,11 +287,12 @@ def run(args) -> int:
                "embed_dim": features.embed_dim, "weights": result.weights, "gamma": result.gamma,
                "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 2),
                "extract_seconds": round(extract_s, 2), "features": str(folder), "split_sizes": sizes,
-               "metrics": {"val": result.metrics.get("val"), "test": test}}
+               "metrics": {"val": result.metrics.get("val"), "test": test}, "warnings": [short] if short else []}
     if test:
         print(f"{test_split} split ({test['n']} tuples):")
         print(format_table({"clip": test["clip"], result.space: test["projection"]}))
-    print(f"wrote {path}  (d={result.dim}, best epoch {result.best_epoch}, trained in {result.seconds:.1f} s)")
+    print(f"wrote {path}  (d={result.dim}, best epoch {result.best_epoch}, trained in {result.seconds:.1f} s"
+          + ("; too few steps to matter, see the warning above)" if short else ")"))
     if args.json:
         write_json(args.json, summary)
     return 0

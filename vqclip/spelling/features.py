@@ -27,7 +27,7 @@ from ..cache import cache_dir, slug
 from ..errors import VqclipError, bad_arg
 from ..io import atomic_path, write_json
 from .dataset import SpellingDataset, to_uint8_tensor
-from .train import SpellingFeatures
+from .featureset import SpellingFeatures
 
 log = logging.getLogger(__name__)
 

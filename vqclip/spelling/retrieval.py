@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from .train import SpellingFeatures
+    from .featureset import SpellingFeatures
 
 # metric name -> (query view, gallery view, what must match): 'word' = same word, 'item' = same tuple.
 PAIR_METRICS: Mapping[str, tuple[str, str, str]] = {

@@ -2,6 +2,8 @@
 
 Only W trains: Adam (lr 1e-4), batch 128, StepLR halving every 4,000 steps, orthogonal init, signed InfoNCE terms
 plus γ‖I − WWᵀ‖_F. Each epoch is validated on a held-out split with the same objective; the best epoch is kept.
+Every training tuple is used in every epoch: the last, partial batch is kept, as the reference code's DataLoader
+does (`drop_last=True` drops it instead).
 """
 
 from __future__ import annotations
@@ -9,88 +11,16 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
 from ..errors import VqclipError, bad_arg, check_seed
+from .featureset import SPLITS, SpellingFeatures  # noqa: F401 - defined here before; still importable from here
 from .losses import TERMS, resolve_preset, spelling_objective
 from .retrieval import retrieval_metrics, summary_scores
-
-SPLITS = {"train": 0, "val": 1, "test": 2}
-
-
-@dataclass
-class SpellingFeatures:
-    """Unit-norm CLIP features of N five-tuples; y_i is `class_features[class_ids]` (one prompt per class)."""
-
-    x_i: torch.Tensor  # (N, D) natural images
-    x_t: torch.Tensor  # (N, D) rendered words
-    x_it: torch.Tensor  # (N, D) images with the word drawn on
-    y_t: torch.Tensor  # (N, D) the word strings
-    class_ids: torch.Tensor  # (N,) long, index into class_features
-    class_features: torch.Tensor  # (C, D) class prompts "an image of a {class}"
-    word_ids: torch.Tensor  # (N,) long, same id = same word
-    is_real: torch.Tensor  # (N,) bool, real English word vs nonsense
-    split: torch.Tensor | None = None  # (N,) 0 train, 1 val, 2 test
-    class_image_features: torch.Tensor | None = None  # (C, D) rendered class names, for visual comprehension
-    words: list[str] | None = None  # word_ids -> string
-    classes: list[str] | None = None  # class_ids -> name
-    metadata: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        n = len(self.x_i)
-        for name in ("x_t", "x_it", "y_t", "class_ids", "word_ids", "is_real"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(f"SpellingFeatures.{name} has {len(getattr(self, name))} rows, x_i has {n}")
-        dims = {t.shape[-1] for t in (self.x_i, self.x_t, self.x_it, self.y_t, self.class_features)}
-        if len(dims) != 1:
-            raise ValueError(f"SpellingFeatures: all features need the same size D; got {sorted(dims)}")
-        if n and int(self.class_ids.max()) >= len(self.class_features):
-            raise ValueError("SpellingFeatures.class_ids point past class_features")
-
-    @property
-    def y_i(self) -> torch.Tensor:
-        return self.class_features[self.class_ids]  # (N, D)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.x_i.shape[-1])
-
-    def __len__(self) -> int:
-        return len(self.x_i)
-
-    def subset(self, index: torch.Tensor) -> "SpellingFeatures":
-        """The tuples at `index` (a bool mask or indices); class and word tables are shared."""
-        per_item = {k: getattr(self, k)[index] for k in ("x_i", "x_t", "x_it", "y_t", "class_ids", "word_ids",
-                                                        "is_real")}
-        split = self.split[index] if self.split is not None else None
-        return SpellingFeatures(**per_item, class_features=self.class_features, split=split,
-                                class_image_features=self.class_image_features, words=self.words,
-                                classes=self.classes, metadata=self.metadata)
-
-    def to(self, device: str | torch.device) -> "SpellingFeatures":
-        """The same tuples with every tensor on `device` (training reads batches from there)."""
-        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
-        return SpellingFeatures(**moved)
-
-    def part(self, name: str) -> "SpellingFeatures":
-        """The train, val or test split ('all' is everything)."""
-        if name == "all":
-            return self
-        if name not in SPLITS:
-            raise bad_arg("--split", "unknown split", name, "Use train, val, test or all.")
-        if self.split is None:
-            raise bad_arg("--split", "these features carry no split assignment", name, "Use --split all.")
-        return self.subset(self.split == SPLITS[name])
-
-    def split_sizes(self) -> dict[str, int]:
-        if self.split is None:
-            return {"all": len(self)}
-        return {name: int((self.split == i).sum()) for name, i in SPLITS.items()}
-
 
 @dataclass
 class TrainConfig:
@@ -106,6 +36,7 @@ class TrainConfig:
     step_size: int = 4000  # StepLR period in optimiser steps
     lr_decay: float = 0.5
     mask_duplicates: bool = False
+    drop_last: bool = False  # drop each epoch's last, partial batch (the reference code keeps it)
     seed: int = 0
     device: str = "cpu"
 
@@ -183,12 +114,53 @@ def _batch(f: SpellingFeatures, idx: torch.Tensor, device: torch.device) -> dict
     return out
 
 
-def _batches(n: int, batch_size: int, generator: torch.Generator | None):
-    """Index batches of one epoch; shuffled when a generator is given; the short tail is dropped (InfoNCE
-    over a handful of items is a different, easier task) unless it is the only batch."""
+def _batch_bounds(n: int, batch_size: int, drop_last: bool = False) -> list[tuple[int, int]]:
+    """(start, stop) of each batch of an epoch over n items. The last, partial batch is kept (the reference code's
+    DataLoader default) unless `drop_last`, or unless it is the only batch; a single leftover item joins the batch
+    before it, since InfoNCE needs two."""
+    if n <= batch_size:
+        return [(0, n)]
+    stops = list(range(batch_size, n + 1, batch_size))
+    tail = n - stops[-1]
+    if tail and not drop_last:
+        if tail == 1:
+            stops[-1] = n
+        else:
+            stops.append(n)
+    return list(zip([0] + stops[:-1], stops))
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None, drop_last: bool = False):
+    """Index batches of one epoch; shuffled when a generator is given."""
     order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-    stop = n - n % batch_size if n >= batch_size else n
-    return [order[i:i + batch_size] for i in range(0, stop, batch_size)]
+    return [order[a:b] for a, b in _batch_bounds(n, batch_size, drop_last)]
+
+
+def training_steps(n_train: int, batch_size: int, epochs: int, drop_last: bool = False) -> int:
+    """Optimiser steps a training of `epochs` over `n_train` tuples takes."""
+    return len(_batch_bounds(n_train, min(batch_size, n_train), drop_last)) * epochs
+
+
+# Adam moves each entry of W by about lr per step, and the entries of a d×D matrix with orthonormal rows are about
+# 1/√D in size: a training whose steps × lr cannot reach that size leaves W near its random start.
+MIN_REACH = 1.0
+
+
+def too_few_steps_warning(n_train: int, config: TrainConfig, embed_dim: int) -> str | None:
+    """One line saying why a training is too short to move W much (None when it is long enough)."""
+    batch_size = min(config.batch_size, n_train)
+    steps = training_steps(n_train, batch_size, config.epochs, config.drop_last)
+    typical = 1 / math.sqrt(embed_dim)
+    reach = steps * config.lr
+    if reach >= MIN_REACH * typical:
+        return None
+    per_epoch = steps // config.epochs
+    needed = math.ceil(MIN_REACH * typical / config.lr)
+    return (f"warning: only {steps} optimisation steps ({per_epoch} per epoch x {config.epochs} epochs: "
+            f"{n_train} training tuples, batch {batch_size}); at lr {config.lr:g} Adam moves each entry of W by "
+            f"at most about {reach:.2g}, {100 * reach / typical:.2g} % of its typical size {typical:.2g}, so the "
+            f"projection stays close to its random start and the loss barely moves. Aim for {needed} steps or "
+            "more: more images (--images), a smaller --batch-size, more --epochs or a larger --lr.")
 
 
 @torch.no_grad()
@@ -196,9 +168,12 @@ def evaluate_objective(W: torch.Tensor, f: SpellingFeatures, weights: Mapping[st
                        batch_size: int = 128, mask_duplicates: bool = False) -> float:
     """The training objective averaged over `f` in fixed batches (validation loss)."""
     bs = min(batch_size, len(f))
-    values = [float(spelling_objective(W, _batch(f, idx, W.device), weights, gamma, mask_duplicates)[0])
-              for idx in _batches(len(f), bs, None) if len(idx) >= 2]
-    return sum(values) / len(values) if values else float("nan")
+    values, counts = [], []
+    for idx in _batches(len(f), bs, None):
+        if len(idx) >= 2:
+            values.append(float(spelling_objective(W, _batch(f, idx, W.device), weights, gamma, mask_duplicates)[0]))
+            counts.append(len(idx))
+    return sum(v * c for v, c in zip(values, counts)) / sum(counts) if values else float("nan")
 
 
 def init_projection(dim: int, embed_dim: int, seed: int = 0) -> torch.Tensor:
@@ -228,7 +203,7 @@ def train_projection(train: SpellingFeatures, val: SpellingFeatures | None = Non
     history, step = [], 0
     for epoch in range(1, config.epochs + 1):
         totals: dict[str, float] = {}
-        batches = _batches(len(train), batch_size, gen)
+        batches = _batches(len(train), batch_size, gen, config.drop_last)
         for idx in batches:
             loss, parts = spelling_objective(W, _batch(train, idx, device), weights, gamma, config.mask_duplicates)
             if not bool(torch.isfinite(loss)):  # refuse rather than write a NaN projection and exit 0

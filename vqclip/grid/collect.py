@@ -165,8 +165,8 @@ def _run_cell(dirpath: str | os.PathLike, folder: Path) -> Cell | None:
         cell.status, cell.note = "lost", STATUS_NOTES["lost"]
     else:
         cell.image = image
-        if run.get("status") != "finished":
-            cell.note = f"{run.get('status')}: {run.get('message') or ''}".strip(": ")
+        if run.get("status") != "finished":  # e.g. "interrupted after 40 of 300 steps"; the message says it all
+            cell.note = str(run.get("message") or run.get("status"))
     return cell
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -28,6 +29,44 @@ def image_record(item: ImageItem, result: OcrResult, info: Mapping[str, Any], th
     rec.update(score_detections(result.detections, info.get("words") or [], thresholds, max_distance))
     rec["meta"] = {k: v for k, v in item.meta.items() if k not in rec}
     return rec
+
+
+SUFFIX_CHARS = 16  # a distinguishing suffix is short: the chart legend and the table header must stay readable
+
+
+def _suffixes(variants: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Short strings that tell apart spaces of one name: the projection file's stem, else d, else the content hash,
+    else a number."""
+    candidates = (lambda d: Path(str(d.get("path") or "")).stem[:SUFFIX_CHARS],
+                  lambda d: f"d{d['dim']}" if d.get("dim") else "",
+                  lambda d: str(d.get("sha256") or "")[:8])
+    for make in candidates:
+        found = [make(d) for d in variants]
+        if all(found) and len(set(found)) == len(found):
+            return found
+    return [str(i + 1) for i in range(len(variants))]
+
+
+def label_spaces(infos: Sequence[dict]) -> None:
+    """Label each image's space by its name where the metadata holds the whole description (run.json of `vqclip
+    generate`: `{'space': 'forget', 'dim': 64, ...}`); spaces that share a name but not their projection get a
+    short suffix (`forget:forget_d128`). The description is kept as `space_detail`. Changes `infos` in place."""
+    def key(d: Mapping[str, Any]) -> str:
+        return json.dumps(d, sort_keys=True, default=str)
+
+    described = [i for i in infos if isinstance(i.get("space"), Mapping)]
+    by_name: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for info in described:
+        by_name.setdefault(str(info["space"].get("space") or UNKNOWN), {})[key(info["space"])] = info["space"]
+    labels: dict[str, str] = {}
+    for name, variants in by_name.items():
+        if len(variants) == 1:
+            labels.update({k: name for k in variants})
+        else:
+            labels.update({k: f"{name}:{s}" for k, s in zip(variants, _suffixes(list(variants.values())))})
+    for info in described:
+        info["space_detail"] = info["space"]
+        info["space"] = labels[key(info["space"])]
 
 
 def _field_paths(obj: Mapping[str, Any], prefix: str = "", depth: int = 3) -> set[str]:
@@ -65,6 +104,7 @@ def score_items(items: Sequence[ImageItem], reader: OcrReader, cache: OcrCache |
                 records: list[dict] | None = None) -> list[dict]:
     """Per-image records in input order; `records` (if given) fills as results arrive, so an interrupt keeps them."""
     infos = [describe_item(it, words, default_space, stem_words) for it in items]
+    label_spaces(infos)
     out = records if records is not None else []
     by_index: dict[int, dict] = {}
 

@@ -1,4 +1,4 @@
-"""Embedding spaces: `clip` (identity) and learned projections `project(e) = normalize(e @ W.T)` (paper §2)."""
+"""Embedding spaces: `clip` (identity) and learned projections `project(e) = normalize(e @ W.T)` (docs/method.md §2)."""
 
 from __future__ import annotations
 

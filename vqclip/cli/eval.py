@@ -12,7 +12,8 @@ EVALUATIONS = ("eval_retrieval", "eval_typographic", "eval_ocr")
 
 def register(sub) -> None:
     p = command_parser(sub, "eval", help="evaluate spaces: word retrieval, typographic attacks, OCR by retrieval",
-                       description="Evaluate CLIP and learned projections side by side (paper §6). "
+                       description="Evaluate CLIP and learned projections side by side (the paper's "
+                                   "evaluations: docs/method.md §6). "
                                    "`vqclip eval EVALUATION --help` for each.",
                        examples=["vqclip eval retrieval --images /data/imagenet/val",
                                  "vqclip eval typographic --dataset typographic_attack_dataset/",

@@ -1,4 +1,4 @@
-"""`vqclip eval ocr`: IIIT5K word recognition by retrieval among lexicon words, per space (paper §6)."""
+"""`vqclip eval ocr`: IIIT5K word recognition by retrieval among lexicon words, per space (docs/method.md §6)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .common import (add_cache_arg, add_clip_args, add_compare_spaces_args, add_
 
 def register(evals) -> None:
     p = command_parser(
-        evals, "ocr", help="OCR by retrieval on IIIT5K word crops, per space (paper §6)",
+        evals, "ocr", help="OCR by retrieval on IIIT5K word crops, per space (docs/method.md §6)",
         description="For each cropped word image of IIIT5K, pick the lexicon word whose text embedding is nearest "
                     "in each space (small = 50 words, medium = 1000 words, full = every test word) and report word "
                     "accuracy. Reads the released testdata.mat; images are found relative to it.",

@@ -1,4 +1,4 @@
-"""`vqclip eval retrieval`: the word-retrieval and visual-comprehension metrics of paper §6, spaces side by side."""
+"""`vqclip eval retrieval`: the word-retrieval and visual-comprehension metrics of docs/method.md §6, side by side."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from .common import (add_cache_arg, add_clip_args, add_compare_spaces_args, add_
 
 def register(evals) -> None:
     p = command_parser(
-        evals, "typographic", help="typographic-attack robustness of each space (paper §6)",
+        evals, "typographic", help="typographic-attack robustness of each space (docs/method.md §6)",
         description="Zero-shot classification of photos with a misleading word written on them, in the original "
                     "CLIP space and in learned projections side by side. Datasets: the paper's real photos "
                     "(annotation.json), PAINT / RTA-100 folders (label=OBJECT_text=WORD.ext), or synthetic attacks "

@@ -24,7 +24,7 @@ def register(sub) -> None:
         description="Run EasyOCR (offline English weights) over generated images - single runs, batch folders or "
                     "plain image folders - and report, per space and word type, the share of images with any text "
                     "above each OCR confidence threshold and the share where the prompt word itself is legible, "
-                    "with 95 % Wilson intervals (paper §6). OCR results are cached by image content.",
+                    "with 95 % Wilson intervals (docs/method.md §6). OCR results are cached by image content.",
         examples=["vqclip score outputs/words-batch        # writes outputs/words-batch/score/",
                   "vqclip score runs/apple-clip runs/apple-forget --out reports/apple",
                   "vqclip score my_images/ --words words.txt --space clip"])

@@ -1,4 +1,5 @@
-"""Text in generated images (paper §6): any-text rates, prompt-word legibility, Wilson intervals, tables, chart."""
+"""Text in generated images (docs/method.md §6): any-text rates, prompt-word legibility, Wilson intervals, tables,
+chart."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ UNKNOWN = "unknown"
 SPACE_ORDER = ("learn", "clip", "forget")  # the paper's column order
 WORD_TYPE_ORDER = (ALL, "nonsense", "real")
 
-# METHOD.md §6: share of images with any detected text (%), read from the paper's figure (±0.5).
+# docs/method.md §6: share of images with any detected text (%), read from the paper's figure (±0.5).
 PAPER_ANY_TEXT = {
     (0.0, ALL): {"learn": 53.3, "clip": 33.0, "forget": 3.3},
     (0.0, "nonsense"): {"learn": 54.5, "clip": 45.9, "forget": 2.1},
@@ -113,7 +114,8 @@ def candidate_strings(detections: Sequence[Detection]) -> list[str]:
 
 def word_legibility(words: Sequence[str], detections: Sequence[Detection], max_distance: float =
                     DEFAULT_MAX_DISTANCE, min_confidence: float = 0.0) -> dict:
-    """Best normalised edit distance between the prompt word(s) and the detected strings (§8 beyond the paper)."""
+    """Best normalised edit distance between the prompt word(s) and the detected strings (beyond the paper:
+    docs/method.md §8)."""
     dets = [d for d in detections if d.confidence >= min_confidence]
     targets = [normalise_text(w) for w in words if normalise_text(w)]
     best = {"best_distance": 1.0, "best_word": targets[0] if targets else None, "best_text": None}
@@ -246,7 +248,8 @@ def format_cell(r: Mapping[str, Any]) -> str:
 
 def markdown_table(groups: Sequence[Mapping[str, Any]], thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                    max_distance: float = DEFAULT_MAX_DISTANCE, reference: bool = True) -> str:
-    """Shaped like METHOD.md §6: one row per (measure, group), one column per space; % [95 % CI] (k/n)."""
+    """Shaped like the table of docs/method.md §6: one row per (measure, group), one column per space;
+    % [95 % CI] (k/n)."""
     if not groups:
         return "_no scored images_\n"
     fields = list(groups[0]["key"])

@@ -1,4 +1,4 @@
-"""The five-tuples (x_i, y_i, x_t, y_t, x_it) of paper §3, planned deterministically from a recipe.
+"""The five-tuples (x_i, y_i, x_t, y_t, x_it) of docs/method.md §3, planned deterministically from a recipe.
 
 The plan (which image, which word, which split) depends only on the recipe and its seed; the pixels of tuple i
 depend only on (seed, i), so any tuple can be rebuilt alone, in any order, in any DataLoader worker. Train, val

@@ -1,4 +1,4 @@
-"""The six symmetric InfoNCE terms, their signed weights and the orthogonality penalty (paper §2, §4).
+"""The six symmetric InfoNCE terms, their signed weights and the orthogonality penalty (docs/method.md §2, §4).
 
 A term Lk is the symmetric cross-entropy between two projected, normalised sets at temperature 1 (logits are raw
 cosines). The objective is  Σ_k w_k · Lk + γ ‖I − W Wᵀ‖_F ; a negative weight pushes a pair of views apart.
@@ -31,7 +31,7 @@ TERM_DUPLICATE_KEY: Mapping[str, str | None] = {"L1": None, "L2": "class", "L3":
 
 DEFAULT_GAMMA = 1.0  # the paper does not publish γ; 1.0 keeps ‖I − WWᵀ‖_F near 1e-3 at lr 1e-4 in our runs
 
-# The ablation presets the paper found best (§4, §1): learn d=64, forget d=256.
+# The ablation presets the paper found best (docs/method.md §4, §1): learn d=64, forget d=256.
 PRESETS: Mapping[str, Mapping] = {
     "learn": {"dim": 64, "weights": {"L1": -1.0, "L3": 1.0, "L4": 1.0, "L5": 1.0}, "gamma": DEFAULT_GAMMA},
     "forget": {"dim": 256, "weights": {"L1": 1.0, "L2": 1.0, "L5": -1.0, "L6": 1.0}, "gamma": DEFAULT_GAMMA},

@@ -1,4 +1,5 @@
-"""Word images for the five-tuples (paper §3): x_t (dark bold word on a light background) and x_it (word on a photo).
+"""Word images for the five-tuples (docs/method.md §3): x_t (dark bold word on a light background) and x_it (word
+on a photo).
 
 Rendering is deterministic: every random choice (font, size, colour, position) comes from the `rng` passed in, a
 `random.Random` or a seed. Fonts are files; the defaults are the bold DejaVu and STIX faces that matplotlib ships,

@@ -1,4 +1,4 @@
-"""Retrieval metrics of paper §6 on precomputed features, in any embedding space.
+"""Retrieval metrics of docs/method.md §6 on precomputed features, in any embedding space.
 
 Word retrieval is deduplicated by word: the string gallery holds each word once, and an image query counts as
 correct when it retrieves any item carrying its word, so a word that occurs twice is never scored as a miss.
@@ -103,7 +103,7 @@ def class_accuracy(images: torch.Tensor, class_ids: torch.Tensor, class_views: t
 
 
 def retrieval_metrics(f: "SpellingFeatures", space=None, device: str | torch.device | None = None) -> dict[str, dict]:
-    """Every metric of paper §6 for the tuples in `f`, in `space` (Space, W, or None for CLIP).
+    """Every metric of docs/method.md §6 for the tuples in `f`, in `space` (Space, W, or None for CLIP).
 
     The N×N similarity searches run on `device` (default: where the space's W lives), a chunk of queries at a time.
     """

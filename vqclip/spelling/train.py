@@ -1,4 +1,5 @@
-"""Train a learn / forget projection W (d × D) on frozen CLIP features of the five-tuples (paper §2, §4, §5).
+"""Train a learn / forget projection W (d × D) on frozen CLIP features of the five-tuples (docs/method.md §2, §4,
+§5).
 
 Only W trains: Adam (lr 1e-4), batch 128, StepLR halving every 4,000 steps, orthogonal init, signed InfoNCE terms
 plus γ‖I − WWᵀ‖_F. Each epoch is validated on a held-out split with the same objective; the best epoch is kept.
@@ -177,7 +178,7 @@ def evaluate_objective(W: torch.Tensor, f: SpellingFeatures, weights: Mapping[st
 
 
 def init_projection(dim: int, embed_dim: int, seed: int = 0) -> torch.Tensor:
-    """A (d, D) matrix with orthonormal rows (paper §2: initialised orthogonal)."""
+    """A (d, D) matrix with orthonormal rows (docs/method.md §2: initialised orthogonal)."""
     g = torch.Generator().manual_seed(seed)
     return torch.nn.init.orthogonal_(torch.empty(dim, embed_dim), generator=g)
 

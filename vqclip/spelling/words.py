@@ -1,4 +1,4 @@
-"""Word lists for the five-tuples (paper §3): real English words and seeded nonsense strings, 3–8 letters.
+"""Word lists for the five-tuples (docs/method.md §3): real English words and seeded nonsense strings, 3–8 letters.
 
 Real words come from `wordfreq` (its most frequent English words, lowercase a–z only), minus the class names of
 the natural-image dataset; nonsense strings are random letters that wordfreq does not know. Every word carries a

@@ -53,6 +53,13 @@ def test_a_stated_clip_is_recorded_and_checked_by_a_later_run(reference_file, ca
     assert "stated" in str(e.value)
 
 
+def test_the_identity_the_warning_prints_can_be_stated_as_is(reference_file):
+    local = "local-dir:clip#d362bd5ed4fd2f45"  # a model folder's identity, as the warning shows it
+    assert resolve_space("forget", local, 16, projection=f"{reference_file}@{local}").metadata["clip_model"] == local
+    hub = "hf-hub:org/repo"
+    assert load_projection(f"{reference_file}@{hub}@dxD", "forget", 16).metadata["clip_model"] == hub
+
+
 def test_a_stated_clip_must_agree_with_a_file_that_says_its_own(tmp_path):
     path = save_projection(tmp_path / "p.safetensors", _orthonormal(4, 16), "learn", CLIP)
     with pytest.raises(VqclipError, match="RN50/openai"):

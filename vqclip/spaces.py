@@ -220,7 +220,7 @@ def parse_projection_arg(text: str | os.PathLike, arg: str = "--projection") -> 
         part = part.strip()
         if part in ORIENTATIONS and orientation is None:
             orientation = ORIENTATIONS[part]
-        elif clip is None and "/" in part.strip("/") and part not in ORIENTATIONS:
+        elif clip is None and ("/" in part.strip("/") or part.startswith(("hf-hub:", "local-dir:"))):
             clip = _stated_clip(part)
         else:
             raise bad_arg(arg, "FILE@... states the CLIP the file was trained for (NAME/TAG, e.g. ViT-B-32/openai) "

@@ -79,7 +79,8 @@ def add_compare_spaces_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spaces", default=None, metavar="LIST",
                    help="comma-separated spaces to compare (default: clip plus every cached learn/forget projection)")
     p.add_argument("--projection", action="append", default=[], metavar="[LABEL=]FILE",
-                   help="a projection file to compare as its own column (repeatable)")
+                   help="a projection file to compare as its own column (repeatable); a torch file holding only W "
+                        "may state its CLIP and orientation as FILE@NAME/TAG@dxD (see docs/models.md)")
 
 
 def add_cache_arg(p: argparse.ArgumentParser) -> None:

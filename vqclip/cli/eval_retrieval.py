@@ -20,7 +20,8 @@ def register(sub) -> None:
                   "vqclip eval retrieval --images photos/ --spaces clip --projection learn.safetensors --json r.json"])
     g = p.add_argument_group("spaces")
     g.add_argument("--projection", action="append", default=[], metavar="FILE",
-                   help="a projection file to evaluate (repeatable)")
+                   help="a projection file to evaluate (repeatable); a torch file holding only W may state its "
+                        "CLIP and orientation as FILE@NAME/TAG@dxD (see docs/models.md)")
     g.add_argument("--spaces", default="auto",
                    help="comma list of clip, learn, forget (cached projections for this CLIP); auto = clip plus "
                         "every cached projection found (default auto)")

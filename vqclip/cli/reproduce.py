@@ -177,8 +177,8 @@ class Progress:
                              disable=self.quiet, dynamic_ncols=True)
 
     def on_step(self, info) -> None:
-        if self.job is not None:
-            self.job.update(1)
+        if self.job is not None:  # the loop may report every few steps (every 10 on a GPU)
+            self.job.update(max(0, info.step - self.job.n))
 
     def on_job_end(self, job, outcome, line) -> None:
         if self.job is not None:
@@ -364,7 +364,7 @@ class OcrPlan:
         self.projections = projections_from_args(args, self.spaces)
         models_id = model_identity(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
                                    args.precision)
-        self.words = ocr.word_list(self.folder, args.seed, args.words)
+        self.words = ocr.word_list(self.folder, args.seed, args.words, save=not args.dry_run)
         self.items = ocr.word_items(ocr.select_words(self.words, self.per_set, "--words" if args.words else "--scale"))
         check_item_settings(self.items, self.base)
         self.spec = ocr.make_spec(self.items, self.spaces, args.seed, self.base, models_id, self.projections)
@@ -398,11 +398,11 @@ def load_generation_models(args, plan: OcrPlan):
 def measure(args, plan: OcrPlan, models, reader) -> dict:
     from ..reproduce import ocr
 
-    probe = ocr.measure_step_seconds(models, plan.base, plan.spaces, plan.projections)
+    probe = ocr.measure_step_seconds(models, plan.base, plan.spaces[0], plan.projections.get(plan.spaces[0]))
     ocr_seconds = ocr.measure_ocr_seconds(reader, probe["image"]) if reader is not None else None
     est = ocr.estimate(len(plan.todo), plan.base.steps, probe["seconds_per_step"], len(plan.spec.jobs), ocr_seconds,
                        ocr.device_name(models), plan.shard.count)
-    est["per_space_seconds_per_step"] = {k: round(v, 4) for k, v in probe["per_space"].items()}
+    est["measured_in"] = f"{probe['steps_measured']} steps of a probe image in the {probe['space']} space"
     est["grouping"] = ocr.grouping_note(args.group_size)
     est["text"] = ocr.estimate_text(est)
     return est

@@ -124,7 +124,9 @@ def estimate_training(clip, space: str, images: int = IMAGENETV2_IMAGES, classes
     encode_s = encodes / rate
     render_s = images / (RENDER_TUPLES_PER_WORKER_S * max(1, workers))
     extract_s = max(encode_s, render_s) if workers else encode_s + render_s
-    steps = epochs * max(1, math.floor(images * train_fraction) // batch_size)
+    from .train import training_steps
+
+    steps = training_steps(max(2, math.floor(images * train_fraction)), batch_size, epochs)
     train_s = steps * measure_step_seconds(clip.embed_dim, space, clip.device, batch_size)
     return TrainingEstimate(extract_s + train_s, device_name(clip.device), rate, encodes, steps)
 
@@ -143,7 +145,7 @@ def train_default_projection(clip, space: str, cache: str | os.PathLike | None =
     from .features import extract_features, load_features
     from .images import open_images
     from .render import TextStyle, resolve_fonts
-    from .train import TrainConfig, train_projection, train_test_metrics, write_projection
+    from .train import TrainConfig, too_few_steps_warning, train_projection, train_test_metrics, write_projection
 
     say = say or (lambda text: None)
     target = projection_path(space, clip.identity, cache)
@@ -159,6 +161,9 @@ def train_default_projection(clip, space: str, cache: str | os.PathLike | None =
         features = load_features(folder, clip.identity)
         sizes = features.split_sizes()
         say(f"training the {space} projection on {sizes.get('train', len(features))} tuples")
+        short = too_few_steps_warning(len(features.part("train")), config, features.embed_dim)
+        if short:
+            say(short)
 
         def on_epoch(r: dict) -> None:
             say(f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}"
@@ -166,6 +171,7 @@ def train_default_projection(clip, space: str, cache: str | os.PathLike | None =
 
         result = train_projection(features.part("train"), features.part("val"), config, on_epoch)
         test = train_test_metrics(features, result.W, "test" if sizes.get("test", 0) >= 2 else "val", clip.device)
-        recipe = {**features.metadata.get("recipe", {}), "features": str(folder)}
+        recipe = {**features.metadata.get("recipe", {}), "features": str(folder),
+                  "clip_precision": features.metadata.get("clip_precision")}
         return write_projection(result, clip.identity, target, recipe=recipe, split_sizes=sizes,
                                 metrics={"test": test} if test else None, overwrite=False)

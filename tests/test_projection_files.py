@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from vqclip.errors import VqclipError
-from vqclip.spaces import load_projection, parse_projection_arg, resolve_space, save_projection
+from vqclip.spaces import (load_projection, parse_projection_arg, projection_arg_identity, resolve_space,
+                           save_projection)
 
 CLIP = "ViT-B-32/openai"
 
@@ -91,6 +92,12 @@ def test_a_file_name_with_an_at_sign_still_loads(tmp_path):
     torch.save({"W": _orthonormal(4, 16)}, path)
     assert parse_projection_arg(str(path)).path == path
     assert load_projection(f"{path}@{CLIP}", "learn", 16).metadata["clip_model"] == CLIP
+
+
+def test_a_batch_records_the_absolute_file_with_what_was_stated(reference_file, monkeypatch):
+    monkeypatch.chdir(reference_file.parent)
+    assert projection_arg_identity("forget.pt") == str(reference_file.resolve())
+    assert projection_arg_identity(f"forget.pt@{CLIP}@D×d") == f"{reference_file.resolve()}@{CLIP}@Dxd"
 
 
 def test_an_unknown_statement_names_the_form(reference_file):

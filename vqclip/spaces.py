@@ -229,6 +229,14 @@ def parse_projection_arg(text: str | os.PathLike, arg: str = "--projection") -> 
     return ProjectionArg(Path(text[:cut]).expanduser(), clip, orientation)
 
 
+def projection_arg_identity(text: str | os.PathLike) -> str:
+    """A --projection value as a batch records it: the file's absolute path, with what was stated about it
+    (`/abs/forget.pt@ViT-B-32/openai@Dxd`), so a change of either is a change of recipe."""
+    given = parse_projection_arg(text)
+    path = given.path.resolve() if given.path.exists() else given.path
+    return str(path) + "".join(f"@{s}" for s in (given.clip_model, given.orientation) if s)
+
+
 def _orient(W: torch.Tensor, embed_dim: int | None, path: str, arg: str = "--projection",
             stated: str | None = None) -> tuple[torch.Tensor, str]:
     """(W as d×D, how that was known) for a file that does not say: the stated orientation, else the side that

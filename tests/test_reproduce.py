@@ -156,9 +156,10 @@ def test_all_runs_end_to_end_offline_and_resumes(tiny_model_flags, tiny_clip_id,
     assert again["typographic"]["rows"] == typo["rows"]
 
 
-def test_offline_typographic_names_both_folders_and_where_to_put_them(tmp_path, capsys):
+@pytest.mark.parametrize("part", ["typographic", "all"])
+def test_offline_run_names_every_folder_and_where_to_put_it(tmp_path, capsys, part):
     # default CLIP (ViT-B-32/openai), nothing cached; conftest makes every Drive fetch fail as offline
-    assert main(["reproduce", "typographic", "--out", str(tmp_path / "r"), "-q"]) == 2
+    assert main(["reproduce", part, "--out", str(tmp_path / "r"), "-q"]) == 2
     err = capsys.readouterr().err
     cache = tmp_path / "cache"
     assert err.count("\n") == 1 and "Traceback" not in err
@@ -167,6 +168,19 @@ def test_offline_typographic_names_both_folders_and_where_to_put_them(tmp_path, 
     assert "drive.google.com/drive/folders/1fEtrPKKVl_7dZAgwAXNWFEuR0l6K2VY3" in err  # the projections' folder
     assert f"{cache}/projections/ViT-B-32_openai/published/" in err
     assert not (tmp_path / "r").exists() and not list((cache / "datasets").glob(".download-*"))
+    if part == "all":  # generation also needs the paper's VQGAN
+        assert f"{cache}/vqgan/vqgan_imagenet_f16_1024/vqgan_imagenet_f16_1024.ckpt" in err
+
+
+def test_dry_run_prints_plan_and_measured_estimate_and_writes_nothing(tiny_model_flags, projections, fake_ocr,
+                                                                      words_file, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["reproduce", "ocr", "--dry-run", "--words", str(words_file), "--scale", "0.001", "--size", "16",
+                 "16", "--steps", "300", "--out", str(out), *tiny_model_flags]) == 0
+    err = capsys.readouterr().err
+    assert "2 real + 2 nonsense words x 3 spaces = 12 images" in err
+    assert "estimate on cpu" in err and "12 images x 300 steps x" in err and "(measured)" in err
+    assert not out.exists()
 
 
 def test_a_local_copy_in_the_cache_is_used_without_fetching(tmp_path, monkeypatch, tiny_clip_id, projections):

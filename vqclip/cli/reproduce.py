@@ -218,24 +218,35 @@ def projection_files(args) -> dict[str, str | None]:
     return {"learn": args.projection_learn, "forget": args.projection_forget}
 
 
-def offline_hint(args) -> str:
-    """What else to download by hand for an offline run: the paper's projections, when they are not cached."""
+def offline_hint(args, vqgan: bool = False, already: str = "") -> str:
+    """What else an offline run needs by hand: the paper's projections (and, for generation, the VQGAN files) that
+    are not cached, with where each goes. Folders `already` names are left out."""
     from ..models.clip import clip_identity
-    from ..models.registry import published_dir, registered_projection
+    from ..models.registry import (VQGAN_ASSETS, cache_status, cached_file, published_dir,
+                                   registered_projection)
     from ..spaces import projection_path
 
+    needed = []
     try:
         identity = clip_identity(args.clip, args.pretrained)
     except Exception:  # noqa: BLE001 - an identifier the loader will reject with its own message
-        return ""
-    folders = {}
+        identity = None
     for space, given in projection_files(args).items():
-        asset = registered_projection(identity, space)
+        asset = registered_projection(identity, space) if identity else None
         if given or asset is None or projection_path(space, identity, args.cache_dir).is_file():
             continue
-        folders[asset.folders[0]] = published_dir(asset, args.cache_dir)
-    return "".join(f" Also needed offline: the paper's projections, the folder {url} in {where}/."
-                   for url, where in folders.items())
+        needed.append((f"the paper's projections, the folder {asset.folders[0]}", published_dir(asset, args.cache_dir)))
+    name = getattr(args, "vqgan", None)
+    if vqgan and not getattr(args, "vqgan_checkpoint", None) and name in VQGAN_ASSETS:
+        asset = VQGAN_ASSETS[name]
+        if cache_status(asset, args.cache_dir) == "not cached":
+            for remote in (asset.config, asset.checkpoint):
+                needed.append((f"{remote.filename} from {remote.urls[0]}", cached_file(asset, remote, args.cache_dir)))
+    text = ""
+    for what, where in dict.fromkeys(needed):
+        if str(where) not in already:
+            text += f" Also needed offline: {what} in {where}{'/' if not Path(str(where)).suffix else ''}."
+    return text
 
 
 def dataset_root(args, progress: bool) -> Path:
@@ -250,7 +261,7 @@ def dataset_root(args, progress: bool) -> Path:
     try:
         return fetch_paper_dataset(args.cache_dir, progress=progress)
     except VqclipError as e:
-        raise VqclipError(f"{e}{offline_hint(args)}") from None
+        raise VqclipError(f"{e}{offline_hint(args, vqgan=hasattr(args, 'vqgan'), already=str(e))}") from None
 
 
 def typographic_spaces(clip, args):
@@ -364,7 +375,7 @@ class OcrPlan:
         self.projections = projections_from_args(args, self.spaces)
         models_id = model_identity(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
                                    args.precision)
-        self.words = ocr.word_list(self.folder, args.seed, args.words, save=not args.dry_run)
+        self.words = ocr.word_list(self.folder, args.seed, args.words, save=False)  # saved when generating
         self.items = ocr.word_items(ocr.select_words(self.words, self.per_set, "--words" if args.words else "--scale"))
         check_item_settings(self.items, self.base)
         self.spec = ocr.make_spec(self.items, self.spaces, args.seed, self.base, models_id, self.projections)
@@ -391,8 +402,16 @@ def load_generation_models(args, plan: OcrPlan):
 
     check_memory([(plan.base.size, plan.base.cutn, "")], args.device)
     shard_device(args, plan.shard)
-    return load_models_from_args(args, [(s, plan.projections.get(s), f"--projection-{s}") for s in plan.spaces],
-                                 PROG)
+    try:
+        return load_models_from_args(args, [(s, plan.projections.get(s), f"--projection-{s}") for s in plan.spaces],
+                                     PROG)
+    except VqclipError as e:  # offline: name every folder still to fetch by hand, not one per attempt
+        hint = offline_hint(args, vqgan=True, already=str(e))
+        if not hint:
+            raise
+        error = VqclipError(f"{e}{hint}")
+        error.arg, error.exit_code = e.arg, e.exit_code
+        raise error from None
 
 
 def measure(args, plan: OcrPlan, models, reader) -> dict:
@@ -415,6 +434,7 @@ def run_ocr_part(args, plan: OcrPlan, models, reader, progress: Progress, est: d
 
     timing = {}
     start = time.perf_counter()
+    ocr.save_words(plan.words, plan.folder)
     open_batch_dir(plan.batch_dir, plan.record, plan.action)
     progress.stage("generating")
     summary = ocr.generate(plan.spec, plan.mine, plan.base, models, plan.batch_dir, progress, args.group_size,

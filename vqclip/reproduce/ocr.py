@@ -87,6 +87,14 @@ def _save_words(words: WordList, path: Path) -> None:
     write_json(path, words.to_dict())
 
 
+def save_words(words: WordList, folder: str | os.PathLike) -> Path:
+    """Keep the list the batch is planned from in `folder` (once; a list vqclip saved with this recipe stays)."""
+    path = Path(folder) / WORDS_NAME
+    if not (path.is_file() and _saved_recipe(path) == words.recipe):
+        _save_words(words, path)
+    return path
+
+
 def select_words(words: WordList, per_set: int, arg: str = "--scale") -> list[tuple[str, str]]:
     """The first `per_set` real and first `per_set` nonsense words in list order, interleaved (an interrupted run
     still has both sets): [(word, word_type), ...]."""

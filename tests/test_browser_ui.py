@@ -102,7 +102,7 @@ def ui(tiny_clip_id, tmp_path_factory):
         port = s.getsockname()[1]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    demo, url = launch(server, port=port, block=False, quiet=True)
+    demo, url = launch(server, port=port, block=False)
     yield server, url
     demo.close()
     torch.set_num_threads(threads)

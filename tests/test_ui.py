@@ -231,3 +231,16 @@ def test_remote_host_warns_and_a_password_guards_the_page(tmp_path, capsys, monk
     err = capsys.readouterr().err
     assert "warning: listening on 0.0.0.0" in err and "anyone who can reach" in err
     assert answers == {"anonymous": 401, "wrong": 400, "right": 200, "signed in": 200}
+
+
+def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
+    pytest.importorskip("gradio", reason="the ui extra is not installed: pip install \"vqclip[ui]\"")
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["ui", "--port", str(port), "--outputs-root", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vqclip ui: error: --port: could not listen on 127.0.0.1:{port}") and "\n" not in err

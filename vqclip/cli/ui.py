@@ -8,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
-from ..errors import bad_arg
-from .common import add_quiet_arg, command_parser
+from ..errors import bad_arg, one_line
+from .common import add_quiet_arg, command_parser, sigterm_as_interrupt
 from .generate import add_model_args
 
 PASSWORD_ENV = "VQCLIP_UI_PASSWORD"
@@ -98,17 +98,28 @@ def run_ui(args: argparse.Namespace) -> int:
     defaults = ModelChoice(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
                            args.device, args.precision, args.cache_dir, args.auto_train)
     server = Server(defaults, root)
-    _, url = launch(server, args.host, args.port, auth=(args.user, password) if password else None, block=False,
-                    quiet=args.quiet)
-    print(f"vqclip ui: serving {url} (Ctrl-C to stop)", file=sys.stderr)
+    try:
+        demo, url = launch(server, args.host, args.port, auth=(args.user, password) if password else None,
+                           block=False)
+    except OSError as e:  # Gradio: "Cannot find empty port ..."; or an address this machine does not have
+        raise bad_arg("--port", f"could not listen on {args.host}:{args.port} ({one_line(e)})", args.port,
+                      "Another program (or another vqclip ui) uses it: choose another --port.") from None
+    print(url)
+    if not args.quiet:
+        print("vqclip ui: open the address above in a browser; Ctrl-C stops the server (a running job is stopped "
+              "like Stop: its images and run.json are kept)", file=sys.stderr)
+    stopped = False
     try:
         from ..ui.app import wait_forever
 
-        wait_forever()
+        with sigterm_as_interrupt():  # `kill` or a container stop ends a running job like Ctrl-C does
+            wait_forever()
     except KeyboardInterrupt:
         job = server.job
         if job is not None and not job.done:
             job.request_stop()
             job.thread.join()
-        return 130 if job is not None and job.stop.is_set() else 0
-    return 0
+            stopped = True
+    finally:
+        demo.close()  # the server's threads would keep the process alive
+    return 130 if stopped else 0

@@ -199,7 +199,7 @@ def _status_text(job: Job, phase: str) -> str:
     if phase == "loading models":
         return "Loading models (once per choice of models)..."
     if phase == "running":
-        return f"Running {len(job.lanes)} spaces: {', '.join(l.space for l in job.lanes)}." + notices
+        return f"Running: {', '.join(l.space for l in job.lanes)}." + notices
     folders = [str(l.folder) for l in job.lanes if l.folder]
     kept = f" Written: {', '.join(f'`{f}`' for f in folders)}." if folders else ""
     word = {"stopped": "Stopped", "finished": "Finished", "failed": "Failed"}.get(phase, phase)
@@ -207,12 +207,12 @@ def _status_text(job: Job, phase: str) -> str:
 
 
 def launch(server: Server, host: str = "127.0.0.1", port: int = 7860, auth: tuple[str, str] | None = None,
-           block: bool = True, quiet: bool = False):
+           block: bool = True):
     """Queue (one generation at a time), then serve the page in background threads; returns (demo, url)."""
     demo = build_app(server)
     demo.queue(default_concurrency_limit=1, max_size=16)
     _, url, _ = demo.launch(server_name=host, server_port=port, auth=auth, prevent_thread_lock=True,
-                            quiet=quiet, ssr_mode=False, share=False, inbrowser=False, css=CSS,
+                            quiet=True, ssr_mode=False, share=False, inbrowser=False, css=CSS,
                             footer_links=[], show_error=False, auth_message="vqclip ui: sign in")
     if block:
         wait_forever()

@@ -244,3 +244,14 @@ def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
         assert main(["ui", "--port", str(port), "--outputs-root", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"vqclip ui: error: --port: could not listen on 127.0.0.1:{port}") and "\n" not in err
+
+
+def test_model_fields_name_the_models_unless_locked_for_remote_use():
+    from vqclip.ui.runner import page_models
+
+    cli = ModelChoice("ViT-B-32", "openai", None, None, None, "cuda", "bf16", "/cache", True)
+    page = page_models(cli, False, " local-dir:/m ", "", "vqgan_imagenet_f16_1024", "", " ")
+    assert page == ModelChoice("local-dir:/m", None, "vqgan_imagenet_f16_1024", None, None, "cuda", "bf16", "/cache",
+                               True)
+    assert page_models(cli, False, "", "", "", "", "").clip == "ViT-B-32"
+    assert page_models(cli, True, "local-dir:/elsewhere", "x", "y", "/etc/passwd", "/etc/shadow") == cli

@@ -37,7 +37,8 @@ def register(sub) -> None:
     g.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     g.add_argument("--allow-remote", action="store_true",
                    help="allow a --host other than this machine (anyone who reaches it can run generations "
-                        "and see the outputs: set a password)")
+                        "and see the outputs: set a password); the page's model fields are then fixed to the "
+                        "command line's")
     g.add_argument("--user", default="vqclip", help="user name for the password (default vqclip)")
     g.add_argument("--password-file", default=None, metavar="FILE",
                    help=f"ask for this password (the file's first line) before showing the page; or set "
@@ -97,7 +98,7 @@ def run_ui(args: argparse.Namespace) -> int:
               f"{root}{'' if password else '; no password is set (--password-file)'}", file=sys.stderr)
     defaults = ModelChoice(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
                            args.device, args.precision, args.cache_dir, args.auto_train)
-    server = Server(defaults, root)
+    server = Server(defaults, root, lock_models=not local)  # visitors from elsewhere cannot name files to load
     try:
         demo, url = launch(server, args.host, args.port, auth=(args.user, password) if password else None,
                            block=False)

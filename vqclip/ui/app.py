@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import VqclipError
 from ..spaces import SPACES
 from .gallery import ALL, build_gallery, folder_choices
-from .runner import Form, Job, ModelCache, ModelChoice, check_form
+from .runner import Form, Job, ModelCache, ModelChoice, check_form, page_models
 
 POLL_SECONDS = 0.25
 CSS = """
@@ -40,6 +40,7 @@ class Server:
     cache: ModelCache = field(default_factory=ModelCache)
     job: Job | None = None
     report_seconds: float = 0.2
+    lock_models: bool = False  # the model fields show the command line's choice and cannot be changed (remote use)
 
 
 def _lane_text(lane) -> str:
@@ -63,7 +64,8 @@ def build_app(server: Server):
     from ..generation.loop import METHODS
 
     d = server.defaults
-    with gr.Blocks(title="vqclip", analytics_enabled=False) as demo:
+    # Every live image passes through Gradio's file cache: clear what is older than 15 minutes, every 5 minutes.
+    with gr.Blocks(title="vqclip", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown("## vqclip: compare the clip, learn and forget spaces\nPrompts as in `vqclip generate`: "
                     "`text:weight:stop` items separated by `|`, e.g. `an apple | written text:-0.5`.")
         with gr.Tab("Generate", id="generate"):
@@ -78,18 +80,19 @@ def build_app(server: Server):
                 steps = gr.Number(200, label="steps", precision=0, elem_id="vq-steps")
                 cutn = gr.Number(32, label="cutouts", precision=0, elem_id="vq-cutn")
                 method = gr.Dropdown(list(METHODS), value="zquant", label="method", elem_id="vq-method")
-            with gr.Accordion("models", open=False):
+            locked = {"interactive": False} if server.lock_models else {}
+            with gr.Accordion("models" + (" (fixed by the command line)" if server.lock_models else ""), open=False):
                 with gr.Row():
                     clip = gr.Textbox(d.clip, label="CLIP (open_clip name, hf-hub:..., local-dir:...)",
-                                      elem_id="vq-clip")
-                    pretrained = gr.Textbox(d.pretrained or "", label="pretrained tag or file", elem_id="vq-pretrained")
+                                      elem_id="vq-clip", **locked)
+                    pretrained = gr.Textbox(d.pretrained or "", label="pretrained tag or file", elem_id="vq-pretrained", **locked)
                 with gr.Row():
-                    vqgan = gr.Textbox(d.vqgan or "", label="VQGAN registry name (empty: default)", elem_id="vq-vqgan")
-                    vqgan_config = gr.Textbox(d.vqgan_config or "", label="VQGAN config (offline)")
-                    vqgan_checkpoint = gr.Textbox(d.vqgan_checkpoint or "", label="VQGAN checkpoint (offline)")
+                    vqgan = gr.Textbox(d.vqgan or "", label="VQGAN registry name (empty: default)", elem_id="vq-vqgan", **locked)
+                    vqgan_config = gr.Textbox(d.vqgan_config or "", label="VQGAN config (offline)", **locked)
+                    vqgan_checkpoint = gr.Textbox(d.vqgan_checkpoint or "", label="VQGAN checkpoint (offline)", **locked)
                 with gr.Row():
-                    learn_projection = gr.Textbox("", label="learn projection file (empty: cached/registered)")
-                    forget_projection = gr.Textbox("", label="forget projection file (empty: cached/registered)")
+                    learn_projection = gr.Textbox("", label="learn projection file (empty: cached/registered)", **locked)
+                    forget_projection = gr.Textbox("", label="forget projection file (empty: cached/registered)", **locked)
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="vq-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="vq-stop")
@@ -125,14 +128,14 @@ def build_app(server: Server):
 
         def run_job(*values):
             (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp) = values
+            if server.lock_models:
+                lp = fp = ""
             try:
                 checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp))
             except VqclipError as e:
                 yield [f"**error:** {e}"] + [gr.skip()] * (len(live_outputs) - 1)
                 return
-            choice = ModelChoice((cl or "").strip() or d.clip, (pre or "").strip() or None,
-                                 (vq or "").strip() or None, (vqc or "").strip() or None, (vqk or "").strip() or None,
-                                 d.device, d.precision, d.cache_dir, d.auto_train)
+            choice = page_models(d, server.lock_models, cl, pre, vq, vqc, vqk)
             job = Job(checked, choice, server.outputs_root, server.cache, server.report_seconds)
             server.job = job
             job.start()

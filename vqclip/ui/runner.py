@@ -98,6 +98,21 @@ def check_form(form: Form) -> Checked:
     return Checked(settings, prompt, spaces, requests)
 
 
+def page_models(defaults: ModelChoice, locked: bool, clip: str | None, pretrained: str | None, vqgan: str | None,
+                vqgan_config: str | None, vqgan_checkpoint: str | None) -> ModelChoice:
+    """The models the page's fields name (an empty field: the command line's value); `locked`: the command line's,
+    whatever the browser sent. Device, precision, cache and --auto-train always come from the command line."""
+    if locked:
+        return defaults
+
+    def text(value: str | None) -> str | None:
+        return (value or "").strip() or None
+
+    return dataclasses.replace(defaults, clip=text(clip) or defaults.clip, pretrained=text(pretrained),
+                               vqgan=text(vqgan), vqgan_config=text(vqgan_config),
+                               vqgan_checkpoint=text(vqgan_checkpoint))
+
+
 class ModelCache:
     """One set of loaded models, reloaded only when the page asks for others (loading takes seconds to minutes)."""
 

@@ -21,6 +21,10 @@ pytest.importorskip("playwright.sync_api", reason='Playwright is not installed: 
 pytest.importorskip("gradio", reason='Gradio is not installed: pip install -e ".[ui]"')
 
 from test_batch_support import make_batch, run_fake  # noqa: E402
+
+# Gradio's queue calls pandas options that pandas 3 deprecates; not ours to fix, and not a failure of the page.
+pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
+              pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 from vqclip.cli import main  # noqa: E402
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

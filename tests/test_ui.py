@@ -259,3 +259,13 @@ def test_model_fields_name_the_models_unless_locked_for_remote_use():
                                True)
     assert page_models(cli, False, "", "", "", "", "").clip == "ViT-B-32"
     assert page_models(cli, True, "local-dir:/elsewhere", "x", "y", "/etc/passwd", "/etc/shadow") == cli
+
+
+def test_stop_while_models_load_runs_nothing_and_writes_nothing(choice, tmp_path):
+    job = Job(check_form(tiny_form()), choice, tmp_path / "outputs", ModelCache())
+    job.request_stop()  # Stop pressed before the models were loaded
+    job.start()
+    wait(job)
+    phase, lanes = job.snapshot()
+    assert phase == "stopped" and job.error is None and [l.state for l in lanes] == ["not started"] * 2
+    assert not (tmp_path / "outputs").exists()

@@ -13,6 +13,9 @@ INSTALL_HINT = 'vqclip ui needs Gradio, an optional extra: pip install "vqclip[u
 
 def require_gradio() -> None:
     """Refuse with the install command when Gradio is missing (before any model is loaded)."""
+    import os
+
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # an offline tool: no telemetry requests
     try:
         import gradio  # noqa: F401 - only whether it imports
     except ImportError as e:

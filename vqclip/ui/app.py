@@ -3,13 +3,13 @@ Gallery tab over the outputs folder. The work is done by `runner` and `gallery`,
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import VqclipError
 from ..spaces import SPACES
+from . import require_gradio
 from .gallery import ALL, build_gallery, folder_choices
 from .runner import Form, Job, ModelCache, ModelChoice, check_form, page_models
 
@@ -58,7 +58,7 @@ def _plot_frame(lane):
 
 def build_app(server: Server):
     """The Blocks of the page (not launched)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline tool: no telemetry requests
+    require_gradio()  # also turns Gradio's analytics off before it is imported
     import gradio as gr
 
     from ..generation.loop import METHODS
@@ -136,6 +136,10 @@ def build_app(server: Server):
                 yield [f"**error:** {e}"] + [gr.skip()] * (len(live_outputs) - 1)
                 return
             choice = page_models(d, server.lock_models, cl, pre, vq, vqc, vqk)
+            previous = server.job  # still running if its page was closed: the queue alone would not wait for it
+            while previous is not None and not previous.done:
+                yield ["Waiting for the running job to end..."] + [gr.skip()] * (len(live_outputs) - 1)
+                time.sleep(POLL_SECONDS)
             job = Job(checked, choice, server.outputs_root, server.cache, server.report_seconds)
             server.job = job
             job.start()

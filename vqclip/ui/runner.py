@@ -255,6 +255,8 @@ class Job:
         folders = [job_dir / space.name for space in spaces]
         for folder in folders:
             check_run_dir(folder)  # writable, and nothing of anyone else's is in the way
+        if self.stop.is_set():  # stopped while the models loaded: nothing to keep
+            return
         with self._lock:
             self.phase = "running"
         results = run_spaces([settings] * len(spaces), models, spaces, self._on_step, self.stop)

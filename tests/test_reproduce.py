@@ -102,8 +102,7 @@ def test_all_runs_end_to_end_offline_and_resumes(tiny_model_flags, tiny_clip_id,
     cmd = ["reproduce", "all", "--words", str(words_file), "--scale", "0.001", "--size", "16", "16", "--steps", "1",
            "--out", str(out), "--grid-words", "2", *tiny_model_flags]
     assert main(cmd) == 0
-    captured = capsys.readouterr()
-    assert "estimate on cpu" in captured.err and "12 images x 1 steps" in captured.err  # before generating
+    assert "estimate" not in capsys.readouterr().err  # -q (in tiny_model_flags) hides info lines
     assert drive == ["https://drive.google.com/drive/folders/17v74pmQs2zHrs9sJ_8D0bfrz5ykB5ZW2"]
     report = json.loads((out / "report.json").read_text())
     typo, ocr = report["sections"]["typographic"], report["sections"]["ocr"]
@@ -142,6 +141,7 @@ def test_all_runs_end_to_end_offline_and_resumes(tiny_model_flags, tiny_clip_id,
     assert ocr["models"]["files"]["vqgan"]["sha256"] == sha256_file(ckpt)
     assert set(ocr["models"]["files"]) >= {"learn projection", "forget projection"}
     assert ocr["estimate"]["seconds_per_step"] > 0 and ocr["estimate"]["jobs_to_run"] == 12
+    assert ocr["estimate"]["text"].startswith("estimate on cpu") and "12 images x 1 steps" in ocr["estimate"]["text"]
     assert ocr["settings"]["steps"] == 1 and ocr["settings"]["method"] == "codebook"  # the paper's method
     md = (out / "report.md").read_text()
     assert md.startswith("# vqclip reproduce") and "| > 0 | all |" in md and "49.4 (" in md
@@ -177,9 +177,9 @@ def test_dry_run_prints_plan_and_measured_estimate_and_writes_nothing(tiny_model
     out = tmp_path / "r"
     assert main(["reproduce", "ocr", "--dry-run", "--words", str(words_file), "--scale", "0.001", "--size", "16",
                  "16", "--steps", "300", "--out", str(out), *tiny_model_flags]) == 0
-    err = capsys.readouterr().err
-    assert "2 real + 2 nonsense words x 3 spaces = 12 images" in err
-    assert "estimate on cpu" in err and "12 images x 300 steps x" in err and "(measured)" in err
+    printed = capsys.readouterr().out  # the plan and the estimate are what a dry run is for: shown even with -q
+    assert "2 real + 2 nonsense words x 3 spaces = 12 images" in printed
+    assert "estimate on cpu" in printed and "12 images x 300 steps x" in printed and "(measured)" in printed
     assert not out.exists()
 
 
@@ -213,7 +213,17 @@ def test_a_folder_with_other_files_is_never_replaced(tmp_path, drive):
 
 
 def test_shards_generate_apart_and_the_last_one_reports(tiny_model_flags, projections, fake_ocr, words_file,
-                                                        tmp_path, capsys):
+                                                        tmp_path, capsys, monkeypatch):
+    import vqclip.generation.loop as loop
+
+    real_run_many = loop.run_many
+
+    def failing_run_many(settings_list, clip, vqgan, spaces, *args, **kwargs):  # one image of the sample fails
+        if any(s.prompts[0].text == "zezr" and sp.name == "forget" for s, sp in zip(settings_list, spaces)):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_run_many(settings_list, clip, vqgan, spaces, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_many", failing_run_many)
     out = tmp_path / "r"
     cmd = ["reproduce", "ocr", "--words", str(words_file), "--scale", "0.001", "--size", "16", "16", "--steps", "1",
            "--out", str(out), "--grid-words", "0", *tiny_model_flags]
@@ -221,10 +231,14 @@ def test_shards_generate_apart_and_the_last_one_reports(tiny_model_flags, projec
     assert "other shares are not done yet" in capsys.readouterr().err
     assert not (out / "report.json").exists()
     assert len(read_jsonl(out / "ocr" / "batch" / "manifest.jsonl")) == 6
-    assert main(cmd + ["--shard", "1/2"]) == 0
+    rc = main(cmd + ["--shard", "1/2"])
     ocr = json.loads((out / "report.json").read_text())["sections"]["ocr"]
-    assert ocr["jobs"]["scored"] == 12 and ocr["jobs"]["generated_now"] == 6 and ocr["complete"]
-    assert {r["n"] for r in ocr["rows"] if r["word_type"] == "all"} == {4}
+    failed = [l["id"] for l in read_jsonl(out / "ocr" / "batch" / "manifest.jsonl") if l["status"] == "failed"]
+    assert failed == ["nonsense-zezr/forget-s0"] and rc == 1  # a failed image is an exit code, not silence
+    assert ocr["jobs"]["scored"] == 11 and ocr["jobs"]["skipped"] == 1 and not ocr["complete"]
+    n_all = {r["space"]: r["n"] for r in ocr["rows"] if r["word_type"] == "all"}
+    assert n_all == {"learn": 4, "clip": 4, "forget": 3}  # rates count only the images there are
+    assert "**Incomplete**" in (out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("extra, flag", [(["--scale", "0"], "--scale"), (["--scale", "1.5"], "--scale"),
@@ -277,7 +291,9 @@ def test_group_size_reaches_the_runner_only_when_it_takes_one(monkeypatch):
     monkeypatch.setattr(ocr, "run_batch", without)
     assert ocr.batch_options(8) == {} and "not used" in ocr.grouping_note(8)
     monkeypatch.setattr(ocr, "run_batch", grouped)
-    assert ocr.batch_options(8) == {"group_size": 8} and ocr.batch_options(None) == {}
+    assert ocr.batch_options(8) == {"group_size": 8} and ocr.batch_options("auto") == {"group_size": "auto"}
+    assert ocr.batch_options(None) == {} and ocr.grouping_note(8, 8).startswith("grouped generation (8 images")
+    assert ocr.parse_group_size("12") == 12 and ocr.parse_group_size("auto") == "auto"
 
 
 @pytest.mark.parametrize("part", ["typographic", "ocr", "all"])

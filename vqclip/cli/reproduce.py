@@ -109,9 +109,9 @@ def _ocr_args(p) -> None:
     g.add_argument("--shard", default=None, metavar="I/N",
                    help="generate share I of N (0-based); under torchrun the share comes from RANK/WORLD_SIZE. "
                         "Scoring and the report follow when every share is done")
-    g.add_argument("--group-size", type=int, default=None, metavar="N",
-                   help="images optimised together on one device, when the batch runner offers grouped generation "
-                        "(default: its own)")
+    g.add_argument("--group-size", default="auto", metavar="N|auto",
+                   help="images optimised together on one device by the batch runner's grouped generation: auto = "
+                        "as many as the GPU's free memory holds, one on a CPU (default auto)")
     g.add_argument("--ocr-batch-size", type=int, default=8, metavar="N", help="images per EasyOCR batch (default 8)")
     g.add_argument("--grid-words", type=int, default=8, metavar="N",
                    help="words per word set in the comparison grids (default 8; 0 = no grid)")
@@ -173,8 +173,9 @@ class Progress:
 
     # BatchHooks
     def on_job_start(self, job, settings) -> None:
-        self.job = self.tqdm(total=settings.steps, desc=job.id, unit="step", position=1, leave=False,
-                             disable=self.quiet, dynamic_ncols=True)
+        if self.job is None:  # a group of images starts together: one step bar for the group
+            self.job = self.tqdm(total=settings.steps, desc=job.id, unit="step", position=1, leave=False,
+                                 disable=self.quiet, dynamic_ncols=True)
 
     def on_step(self, info) -> None:
         if self.job is not None:  # the loop may report every few steps (every 10 on a GPU)
@@ -358,8 +359,7 @@ class OcrPlan:
         from .batch import projections_from_args
         from .generate import settings_from_args
 
-        if args.group_size is not None and args.group_size < 1:
-            raise bad_arg("--group-size", "must be at least 1", args.group_size, "Try 8, or leave it out.")
+        args.group_size = ocr.parse_group_size(args.group_size)
         if args.ocr_batch_size < 1:
             raise bad_arg("--ocr-batch-size", "must be at least 1", args.ocr_batch_size, "Try 8.")
         if args.grid_words < 0:
@@ -417,12 +417,18 @@ def load_generation_models(args, plan: OcrPlan):
 def measure(args, plan: OcrPlan, models, reader) -> dict:
     from ..reproduce import ocr
 
-    probe = ocr.measure_step_seconds(models, plan.base, plan.spaces[0], plan.projections.get(plan.spaces[0]))
+    from ..batch.plan import job_settings
+
+    group = ocr.images_per_group(args.group_size, models, job_settings(plan.base, plan.items[0], args.seed))
+    group = max(1, min(group, len(plan.todo) or 1))
+    probe = ocr.measure_step_seconds(models, plan.base, plan.spaces[0], plan.projections.get(plan.spaces[0]),
+                                     group=group)
     ocr_seconds = ocr.measure_ocr_seconds(reader, probe["image"]) if reader is not None else None
     est = ocr.estimate(len(plan.todo), plan.base.steps, probe["seconds_per_step"], len(plan.spec.jobs), ocr_seconds,
                        ocr.device_name(models), plan.shard.count)
+    est["group"] = group
     est["measured_in"] = f"{probe['steps_measured']} steps of a probe image in the {probe['space']} space"
-    est["grouping"] = ocr.grouping_note(args.group_size)
+    est["grouping"] = ocr.grouping_note(args.group_size, group)
     est["text"] = ocr.estimate_text(est)
     return est
 
@@ -476,7 +482,7 @@ def run_ocr_part(args, plan: OcrPlan, models, reader, progress: Progress, est: d
                  "unfinished": len(unfinished), "scored": scored["n_scored"], "skipped": scored["n_skipped"]},
         "complete": not unfinished,
         "settings": plan.record["settings"], "batch_fingerprint": plan.spec.fingerprint,
-        "grouping": ocr.grouping_note(args.group_size), "ocr": scored.get("ocr"),
+        "grouping": ocr.grouping_note(args.group_size, (est or {}).get("group")), "ocr": scored.get("ocr"),
         "thresholds": scored["thresholds"],
         "rows": ocr.comparison_rows(scored["groups"], scored["thresholds"]),
         "legibility": ocr.legibility_rows(scored["groups"]),
@@ -540,7 +546,8 @@ def _run_ocr(args, typographic: bool) -> int:
     root = dataset_root(args, not args.quiet) if typographic else None
     timing["fetch"] = round(time.perf_counter() - start, 2)
     plan = OcrPlan(args)
-    say(f"plan: {plan.describe()}")
+    info = print if args.dry_run else (lambda text: None) if args.quiet else say  # -q hides info lines
+    info(f"plan: {plan.describe()}")
     reader = _ocr_reader(args)
     start = time.perf_counter()
     models = load_generation_models(args, plan)  # also when nothing is left: the report hashes its files
@@ -550,7 +557,7 @@ def _run_ocr(args, typographic: bool) -> int:
         start = time.perf_counter()
         est = measure(args, plan, models, reader)
         timing["estimate"] = round(time.perf_counter() - start, 2)
-        say(est["text"])
+        info(est["text"])
     if args.dry_run:
         return 0
     progress = Progress(args.quiet)

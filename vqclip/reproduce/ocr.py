@@ -127,19 +127,50 @@ def make_spec(items: Sequence[PromptItem], spaces: Sequence[str], seed: int, bas
                      dict(projections))
 
 
-def batch_options(group_size: int | None) -> dict:
+AUTO = "auto"
+
+
+def parse_group_size(value: int | str | None, arg: str = "--group-size") -> int | str | None:
+    """`auto`, a whole number of at least 1, or None (the runner's default)."""
+    if value is None or value == AUTO:
+        return value
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        n = 0
+    if n < 1 or str(value).strip() != str(n):
+        raise bad_arg(arg, "must be auto or a whole number of at least 1", value,
+                      "Use --group-size auto (as many as the GPU's memory holds) or e.g. --group-size 8.")
+    return n
+
+
+def batch_options(group_size: int | str | None) -> dict:
     """The one place the group size reaches the batch runner: passed when `run_batch` accepts `group_size`."""
     if group_size is None or "group_size" not in inspect.signature(run_batch).parameters:
         return {}
-    return {"group_size": int(group_size)}
+    return {"group_size": group_size}
 
 
-def grouping_note(group_size: int | None) -> str:
+def images_per_group(group_size: int | str | None, models, settings) -> int:
+    """How many images the batch runner will optimise together here (1 without grouped generation)."""
+    options = batch_options(group_size)
+    if not options:
+        return 1
+    from ..batch import runner
+
+    resolve = getattr(runner, "resolve_group_size", None)
+    if resolve is not None:
+        return int(resolve(options["group_size"], models, settings))
+    return options["group_size"] if isinstance(options["group_size"], int) else 1
+
+
+def grouping_note(group_size: int | str | None, per_group: int | None = None) -> str:
     options = batch_options(group_size)
     if group_size is None:
         return "one image at a time"
     if options:
-        return f"grouped generation, {options['group_size']} images per group"
+        size = f"{per_group} images per group" if per_group else f"group size {options['group_size']}"
+        return f"grouped generation ({size}; --group-size {group_size})"
     return f"one image at a time (this vqclip's batch runner has no grouped generation; --group-size {group_size} " \
            "is recorded but not used)"
 
@@ -160,26 +191,36 @@ def device_name(models) -> str:
     return f"{device} ({torch.get_num_threads()} threads)"
 
 
-def measure_step_seconds(models, base, space: str = "clip", projection: str | None = None, steps: int = 4) -> dict:
-    """Seconds per generation step on this device, measured on a probe word.
+def measure_step_seconds(models, base, space: str = "clip", projection: str | None = None, steps: int = 4,
+                         group: int = 1) -> dict:
+    """Seconds per image and generation step on this device, measured on `group` probe images optimised together
+    (as the batch runner will group them).
 
-    The probe runs 1 step and then 1 + `steps` steps; the difference of the two loop times divided by `steps` is
-    the cost of a step without the set-up and warm-up every run pays once (a run's first step also selects kernels).
-    One space is enough: a projection adds one small matrix product to a step. Returns {"seconds_per_step",
-    "space", "steps_measured", "image"} (the probe's image, for timing OCR).
+    The probe runs 1 step and then 1 + `steps` steps; the difference of the two times divided by `steps` and by
+    `group` is the cost of an image's step without the set-up and warm-up every run pays once (a run's first step
+    also selects kernels). One space is enough: a projection adds one small matrix product to a step. Returns
+    {"seconds_per_step", "space", "group", "steps_measured", "image"} (a probe image, for timing OCR).
     """
-    from ..generation import run
+    from ..generation.loop import run_many
     from ..generation.prompts import parse_prompts
 
-    steps = max(1, int(steps))
-    probe = dataclasses.replace(base, prompts=parse_prompts("apple"), seed=0)
+    steps, group = max(1, int(steps)), max(1, int(group))
     sp = models.space(space, projection)
-    short = run(dataclasses.replace(probe, steps=1), models.clip, models.vqgan, sp)
-    result = run(dataclasses.replace(probe, steps=1 + steps), models.clip, models.vqgan, sp)
-    per_step = (result.seconds - short.seconds) / steps
+
+    def timed(n_steps: int):
+        probes = [dataclasses.replace(base, prompts=parse_prompts("apple"), seed=i, steps=n_steps)
+                  for i in range(group)]
+        start = time.perf_counter()
+        results = run_many(probes, models.clip, models.vqgan, [sp] * group)
+        return time.perf_counter() - start, results[0]
+
+    short, _ = timed(1)
+    long, result = timed(1 + steps)
+    per_step = (long - short) / steps / group
     if per_step <= 0:  # timer noise on a tiny model: the plain average is the honest fallback
-        per_step = result.seconds / max(result.steps_done, 1)
-    return {"seconds_per_step": per_step, "space": space, "steps_measured": 2 + steps, "image": result.image}
+        per_step = long / (1 + steps) / group
+    return {"seconds_per_step": per_step, "space": space, "group": group, "steps_measured": 2 + steps,
+            "image": result.image}
 
 
 def measure_ocr_seconds(reader, image) -> float | None:
@@ -224,8 +265,9 @@ def estimate_text(e: Mapping[str, Any]) -> str:
     """One line for the terminal and the report."""
     ocr = (f" + OCR {e['images_to_score']} images x {e['ocr_seconds_per_image']:.2f} s"
            if e.get("ocr_seconds_per_image") is not None and e["images_to_score"] else "")
+    grouped = f", {e['group']} images per group" if e.get("group", 1) > 1 else ""
     line = (f"estimate on {e['device']}: {e['jobs_to_run']} images x {e['steps']} steps x "
-            f"{e['seconds_per_step']:.3g} s/step (measured){ocr} = {human_duration(e['total_seconds'])}")
+            f"{e['seconds_per_step']:.3g} s/step (measured{grouped}){ocr} = {human_duration(e['total_seconds'])}")
     if e.get("processes", 1) > 1:
         line += f" for this share ({e['processes']} processes share the batch)"
     return line
@@ -253,7 +295,8 @@ def score(folder: str | os.PathLike, job_ids: Sequence[str], out: str | os.PathL
     items, skipped = collect_images([folder])
     items = [it for it in items if it.meta.get("id") in wanted]
     prefixes = tuple(str(folder / job_id) + os.sep for job_id in wanted)
-    skipped = [s for s in skipped if str(s.get("path", "")).startswith(prefixes)]
+    failed = {str(folder / f"<job {job_id}>") for job_id in wanted}  # how a failed job without image is listed
+    skipped = [s for s in skipped if str(s.get("path", "")).startswith(prefixes) or str(s.get("path")) in failed]
     return score_paths(items, skipped, out, reader, OcrCache(reader.key, cache_dir), None, thresholds,
                        group_by=("space", "word_type"), stem_words=False, batch_size=batch_size, progress=progress,
                        extra=dict(extra or {}))

@@ -4,7 +4,6 @@ server's safety defaults. The page itself is driven in tests/test_browser_ui.py.
 from __future__ import annotations
 
 import json
-import threading
 import time
 
 import pytest
@@ -18,7 +17,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 from vqclip.cli import main
 from vqclip.errors import VqclipError
-from vqclip.ui.runner import Form, Job, ModelCache, ModelChoice, check_form, run_spaces
+from vqclip.ui.runner import Form, Job, ModelCache, ModelChoice, check_form
 
 
 @pytest.fixture()
@@ -80,7 +79,8 @@ def test_job_writes_ordinary_run_folders_that_grid_reads(choice, tmp_path, one_t
     assert job.error is None, job.error
     phase, lanes = job.snapshot()
     assert phase == "finished" and [l.state for l in lanes] == ["finished", "finished"]
-    assert all(len(l.losses) == 4 and l.step == 4 and l.image is not None for l in lanes)
+    assert all(l.loss_steps == [1, 2, 3, 4] and len(l.losses) == 4 and l.step == 4 and l.image is not None
+               for l in lanes)
     for lane in lanes:
         record = json.loads((lane.folder / "run.json").read_text())
         assert record["space_name"] == lane.space and record["status"] == "finished" and record["seed"] == 3
@@ -105,37 +105,13 @@ def test_stop_keeps_the_current_images_and_run_json(choice, tmp_path, one_thread
     wait(job)
     phase, lanes = job.snapshot()
     assert phase == "stopped" and job.error is None
+    done = set()
     for lane in lanes:
         record = json.loads((lane.folder / "run.json").read_text())
         assert record["status"] == "interrupted" and 3 <= record["steps_done"] < 5000
         assert (lane.folder / "image.png").is_file()
-
-
-def test_without_run_many_the_spaces_run_one_after_another_and_a_stop_skips_the_rest(monkeypatch):
-    import vqclip.generation.loop as loop
-
-    calls = []
-    stop = threading.Event()
-
-    def fake_run(settings, clip, vqgan, space, callback):
-        calls.append(space)
-        callback(type("Info", (), {"step": 1})())
-        return f"result of {space}"
-
-    monkeypatch.delattr(loop, "run_many", raising=False)
-    monkeypatch.setattr(loop, "run", fake_run)
-    models = type("M", (), {"clip": None, "vqgan": None})()
-    seen = []
-    assert run_spaces(["s", "s"], models, ["clip", "forget"], lambda i, info: seen.append(i), stop) == \
-        ["result of clip", "result of forget"]
-    assert seen == [0, 1]
-
-    def stop_after_first(i, info):
-        stop.set()
-
-    calls.clear()
-    assert run_spaces(["s", "s"], models, ["clip", "forget"], stop_after_first, stop) == ["result of clip", None]
-    assert calls == ["clip"]
+        done.add(record["steps_done"])
+    assert len(done) == 1  # optimised together in one batched latent: both stopped after the same step
 
 
 def test_a_missing_projection_is_a_page_error_not_a_traceback(tiny_clip_id, tmp_path):

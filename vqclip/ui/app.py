@@ -53,7 +53,7 @@ def _lane_text(lane) -> str:
 def _plot_frame(lane):
     import pandas as pd
 
-    return pd.DataFrame({"step": list(range(1, len(lane.losses) + 1)), "loss": lane.losses})
+    return pd.DataFrame({"step": lane.loss_steps, "loss": lane.losses})
 
 
 def build_app(server: Server):

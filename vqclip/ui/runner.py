@@ -1,5 +1,5 @@
 """What the page runs: the form checked like the CLI checks its flags, models loaded once, the spaces generated
-together (or one after another), live state for the page, and ordinary run folders written as `vqclip generate`
+together in one batched latent, live state for the page, and ordinary run folders written as `vqclip generate`
 writes them. Nothing here imports Gradio, so it is tested without a browser.
 """
 
@@ -141,21 +141,13 @@ def load_models_for(choice: ModelChoice, requests: list):
                        auto_train=choice.auto_train, progress=False)
 
 
-def run_spaces(settings: Sequence, models, spaces: Sequence, callback: Callable[[int, Any], None],
-               stop: threading.Event) -> list:
-    """Generate one image per space: all together with `loop.run_many` where the loop has it, else one after
-    another with `loop.run`. Returns a Result per job, None for a job never started because of a stop."""
-    from ..generation import loop
+def run_spaces(settings: Sequence, models, spaces: Sequence, callback: Callable[[int, Any], None]) -> list:
+    """Generate one image per space, all together in one batched latent (`loop.run_many`): the same prompt, seed
+    and settings, the loss in each job's own space. `callback(i, info)` every report step; raising
+    KeyboardInterrupt in it stops every job, each keeping its current image."""
+    from ..generation.loop import run_many
 
-    if hasattr(loop, "run_many"):
-        return list(loop.run_many(list(settings), models.clip, models.vqgan, list(spaces), callback))
-    results: list = []
-    for i, (s, space) in enumerate(zip(settings, spaces)):
-        if stop.is_set():
-            results.append(None)
-            continue
-        results.append(loop.run(s, models.clip, models.vqgan, space, lambda info, i=i: callback(i, info)))
-    return results
+    return list(run_many(list(settings), models.clip, models.vqgan, list(spaces), callback))
 
 
 @dataclass
@@ -167,7 +159,8 @@ class Lane:
     step: int = 0
     steps: int = 0
     image: Any = None  # PIL image of the latest reported step
-    losses: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # at the reported steps (every step on the CPU)
+    loss_steps: list[int] = field(default_factory=list)
     folder: Path | None = None
     message: str | None = None
     version: int = 0  # bumped on each new image
@@ -206,7 +199,8 @@ class Job:
     def snapshot(self) -> tuple[str, list[Lane]]:
         """(phase, copies of the lanes) for the page to draw."""
         with self._lock:
-            return self.phase, [dataclasses.replace(lane, losses=list(lane.losses)) for lane in self.lanes]
+            return self.phase, [dataclasses.replace(lane, losses=list(lane.losses), loss_steps=list(lane.loss_steps))
+                                for lane in self.lanes]
 
     def _on_step(self, index: int, info) -> None:
         from ..generation.loop import to_pil
@@ -220,6 +214,7 @@ class Job:
         with self._lock:
             lane.state, lane.step, lane.steps = "running", info.step, info.steps
             lane.losses.append(float(info.loss))
+            lane.loss_steps.append(int(info.step))
             if image is not None:
                 lane.image, lane.version = image, lane.version + 1
                 self._last_image[index] = now
@@ -259,12 +254,8 @@ class Job:
             return
         with self._lock:
             self.phase = "running"
-        results = run_spaces([settings] * len(spaces), models, spaces, self._on_step, self.stop)
+        results = run_spaces([settings] * len(spaces), models, spaces, self._on_step)
         for lane, space, folder, result in zip(self.lanes, spaces, folders, results):
-            if result is None:
-                with self._lock:
-                    lane.state = "not started"
-                continue
             record = build_record(result, models.describe(), space.describe(), self.checked.prompt,
                                   {"space_name": space.name, "load_seconds": round(models.load_seconds, 3),
                                    "frontend": "vqclip ui"})

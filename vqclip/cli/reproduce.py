@@ -328,9 +328,9 @@ def run_typographic_command(args) -> int:
     from ..reproduce.report import write_report
     from .common import load_clip_from_args
 
-    check_common(args)
     from ..evaluate.typographic import check_template
 
+    check_common(args)
     check_template(args.template)
     start = time.perf_counter()
     root = dataset_root(args, not args.quiet)
@@ -427,7 +427,8 @@ def measure(args, plan: OcrPlan, models, reader) -> dict:
     est = ocr.estimate(len(plan.todo), plan.base.steps, probe["seconds_per_step"], len(plan.spec.jobs), ocr_seconds,
                        ocr.device_name(models), plan.shard.count)
     est["group"] = group
-    est["measured_in"] = f"{probe['steps_measured']} steps of a probe image in the {probe['space']} space"
+    est["measured_in"] = (f"1 + {probe['steps_measured'] - 1} steps of {group} probe image(s) in the "
+                          f"{probe['space']} space")
     est["grouping"] = ocr.grouping_note(args.group_size, group)
     est["text"] = ocr.estimate_text(est)
     return est
@@ -447,12 +448,15 @@ def run_ocr_part(args, plan: OcrPlan, models, reader, progress: Progress, est: d
                            {"shard": str(plan.shard)})
     timing["generation"] = round(time.perf_counter() - start, 2)
     if summary.stopped:
-        raise VqclipError(f"--out {args.out}: stopped early: {summary.stopped}; every finished image is kept. Free "
+        from ..errors import OutputError
+
+        raise OutputError(f"--out {args.out}: stopped early: {summary.stopped}; every finished image is kept. Free "
                           "some space and run the same command again to resume.")
     if summary.interrupted:
         return None, 130
     unfinished = plan.unfinished()
-    others = [j for j in unfinished if j not in plan.mine]
+    mine = {j.id for j in plan.mine}
+    others = [j for j in unfinished if j.id not in mine]
     if plan.shard.count > 1 and others:
         say(f"share {plan.shard} finished ({summary.ok} generated, {summary.failed} failed); {len(others)} images "
             "of other shares are not done yet. Scoring and the report follow when the last share finishes (or run "
@@ -560,7 +564,8 @@ def _run_ocr(args, typographic: bool) -> int:
         info(est["text"])
     if args.dry_run:
         return 0
-    progress = Progress(args.quiet)
+    progress = Progress(args.quiet or (plan.shard.source == "torchrun" and plan.shard.index != 0))
+    typographic = typographic and plan.shard.index == 0  # the photos are evaluated once, by the first share
     sections: dict = {}
     try:
         progress.add(len(plan.todo) + len(plan.spec.jobs))

@@ -168,6 +168,8 @@ def grouping_note(group_size: int | str | None, per_group: int | None = None) ->
     options = batch_options(group_size)
     if group_size is None:
         return "one image at a time"
+    if options and per_group == 1:
+        return f"one image at a time (--group-size {group_size} gives one on this device)"
     if options:
         size = f"{per_group} images per group" if per_group else f"group size {options['group_size']}"
         return f"grouped generation ({size}; --group-size {group_size})"

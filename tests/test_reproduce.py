@@ -225,7 +225,7 @@ def test_shards_generate_apart_and_the_last_one_reports(tiny_model_flags, projec
 
     monkeypatch.setattr(loop, "run_many", failing_run_many)
     out = tmp_path / "r"
-    cmd = ["reproduce", "ocr", "--words", str(words_file), "--scale", "0.001", "--size", "16", "16", "--steps", "1",
+    cmd = ["reproduce", "ocr", "--words", str(words_file), "--size", "16", "16", "--steps", "1",  # the whole list
            "--out", str(out), "--grid-words", "0", *tiny_model_flags]
     assert main(cmd + ["--shard", "0/2"]) == 0
     assert "other shares are not done yet" in capsys.readouterr().err

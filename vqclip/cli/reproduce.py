@@ -101,9 +101,9 @@ def _ocr_args(p) -> None:
     from .generate import add_model_args, add_settings_args
 
     g = p.add_argument_group("text in generated images")
-    g.add_argument("--scale", type=float, default=1.0, metavar="FRACTION",
+    g.add_argument("--scale", type=float, default=None, metavar="FRACTION",
                    help="share of the paper's 2,000 words per set to generate (default 1: 2,000 real + 2,000 "
-                        "nonsense words x 3 spaces); e.g. 0.05 = 100 words per set")
+                        "nonsense words x 3 spaces; with --words, the whole list); e.g. 0.05 = 100 words per set")
     g.add_argument("--words", default=None, metavar="FILE",
                    help="word list instead of the drawn one: words.json, or one `word,real|nonsense` a line")
     g.add_argument("--shard", default=None, metavar="I/N",
@@ -365,7 +365,6 @@ class OcrPlan:
         if args.grid_words < 0:
             raise bad_arg("--grid-words", "must be 0 (no grid) or more", args.grid_words, "Try 8.")
         check_seed(args.seed)
-        self.per_set = ocr.words_per_set(args.scale)
         self.spaces = ("clip", "learn", "forget")
         self.folder = Path(args.out) / "ocr"
         self.batch_dir = self.folder / "batch"
@@ -375,7 +374,12 @@ class OcrPlan:
         self.projections = projections_from_args(args, self.spaces)
         models_id = model_identity(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
                                    args.precision)
+        if args.scale is not None or not args.words:
+            self.per_set = ocr.words_per_set(1.0 if args.scale is None else args.scale)
         self.words = ocr.word_list(self.folder, args.seed, args.words, save=False)  # saved when generating
+        if args.scale is None and args.words:  # your own list: all of it (as many of each set as both have)
+            self.per_set = max(1, min(sum(self.words.is_real), len(self.words) - sum(self.words.is_real)))
+        self.scale = self.per_set / ocr.PER_SET
         self.items = ocr.word_items(ocr.select_words(self.words, self.per_set, "--words" if args.words else "--scale"))
         check_item_settings(self.items, self.base)
         self.spec = ocr.make_spec(self.items, self.spaces, args.seed, self.base, models_id, self.projections)
@@ -467,7 +471,7 @@ def run_ocr_part(args, plan: OcrPlan, models, reader, progress: Progress, est: d
     counting = CountingReader(reader, progress)
     scored = ocr.score(plan.batch_dir, [j.id for j in plan.spec.jobs], plan.folder / "score", counting,
                        args.cache_dir, batch_size=args.ocr_batch_size, progress=not args.quiet,
-                       extra={"experiment": "vqclip reproduce ocr", "scale": args.scale})
+                       extra={"experiment": "vqclip reproduce ocr", "scale": plan.scale})
     progress.advance(max(0, len(plan.spec.jobs) - counting.count))
     timing["ocr"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
@@ -479,7 +483,7 @@ def run_ocr_part(args, plan: OcrPlan, models, reader, progress: Progress, est: d
     spaces = {s: models.space(s, plan.projections.get(s)) for s in plan.spaces} if models is not None else {}
     words = plan.words.recipe
     section = {
-        "scale": args.scale, "seed": args.seed, "spaces": list(plan.spaces),
+        "scale": plan.scale, "seed": args.seed, "spaces": list(plan.spaces),
         "words": {"per_set": plan.per_set, "file": str(plan.folder / ocr.WORDS_NAME), "recipe": words,
                   "source": _words_source(words)},
         "jobs": {"planned": len(plan.spec.jobs), "generated_now": summary.ok, "failed": summary.failed,

@@ -108,7 +108,8 @@ def test_all_runs_end_to_end_offline_and_resumes(tiny_model_flags, tiny_clip_id,
     typo, ocr = report["sections"]["typographic"], report["sections"]["ocr"]
 
     # typographic: the fetched zip was unpacked, annotations.json read; rows agree with the per-image predictions
-    assert typo["dataset"]["evaluated"] == len(OBJECTS) and typo["dataset"]["root"].endswith("typographic_attack_dataset")
+    assert typo["dataset"]["evaluated"] == len(OBJECTS)
+    assert typo["dataset"]["root"].endswith("typographic_attack_dataset")
     preds = [json.loads(l) for l in (out / "typographic" / "predictions.jsonl").read_text().splitlines()]
     rows = {(r["protocol"], r["space"]): r for r in typo["rows"]}
     for space in ("clip", "learn", "forget"):

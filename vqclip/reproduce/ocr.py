@@ -304,7 +304,8 @@ def score(folder: str | os.PathLike, job_ids: Sequence[str], out: str | os.PathL
                        extra=dict(extra or {}))
 
 
-def comparison_rows(groups: Sequence[Mapping[str, Any]], thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[dict]:
+def comparison_rows(groups: Sequence[Mapping[str, Any]],
+                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[dict]:
     """One row per (threshold, word set, space): the measured share of images with text beside the paper's."""
     index = {(g["key"].get("space"), g["key"].get("word_type")): g["metrics"] for g in groups}
     rows = []

@@ -191,7 +191,7 @@ def test_a_local_copy_in_the_cache_is_used_without_fetching(tmp_path, monkeypatc
     monkeypatch.setattr(registry, "gdown_folder", lambda *a: pytest.fail("fetched although a copy is there"))
     dest = paper_dataset_dir() / "photos"
     dest.mkdir(parents=True)
-    for i, (obj, attack) in enumerate(OBJECTS):
+    for i in range(len(OBJECTS)):
         Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(dest / f"{i}.png")
     (dest / "annotation.json").write_text(json.dumps(
         {f"{i}.png": {"true object": o, "typographic attack label": a} for i, (o, a) in enumerate(OBJECTS)}))

@@ -325,3 +325,20 @@ def test_real_typographic_reproduction_on_the_papers_photos(tmp_path, capsys):
     assert section["dataset"]["evaluated"] >= 170  # the paper's 180, unless Drive listed fewer (reported in notes)
     rows = {(r["protocol"], r["space"]): r for r in section["rows"]}
     assert rows[("union", "forget")]["measured"] > rows[("union", "clip")]["measured"]  # the paper's finding
+
+
+@pytest.mark.slow
+def test_real_small_scale_run_of_everything_on_a_gpu(tmp_path, capsys):
+    """`reproduce all` at a tiny scale on real weights: both tables, grids and hashes (network and a GPU needed)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU: generating at the paper's settings on a CPU takes hours")
+    if not all(_reachable(h) for h in ("drive.google.com", "huggingface.co", "heibox.uni-heidelberg.de")):
+        pytest.skip("no network: Google Drive, the Hugging Face hub or heibox cannot be reached")
+    out = tmp_path / "r"
+    assert main(["reproduce", "all", "--scale", "0.001", "--steps", "50", "--out", str(out), "-q"]) == 0, \
+        capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())["sections"]
+    assert report["ocr"]["complete"] and report["ocr"]["jobs"]["scored"] == 12
+    assert len(report["ocr"]["rows"]) == 18 and all(r["paper"] is not None for r in report["ocr"]["rows"])
+    assert {"learn projection", "forget projection", "vqgan"} <= set(report["ocr"]["models"]["files"])
+    assert report["typographic"]["dataset"]["evaluated"] >= 170

@@ -1,24 +1,41 @@
-"""Seconds per step and peak memory of vqclip's generation loop vs a plain reference loop.
+"""Seconds per generation step: vqclip against nerdyrodent/VQGAN-CLIP's default loop and against the models alone.
 
 Full-size, randomly initialised ViT-B/32 and VQGAN f16 (16384 codes) architectures: no download needed, and the
-cost per step is the same as with the real weights. The reference loop is the same algorithm written the plain
-way (one CLIP call per cutout, fp32 throughout), as the common scripts do.
+cost per step is the same as with the real weights. Three arms, measured in one process, interleaved and repeated
+(the best repeat of each is reported):
 
-    python benchmarks/generate_step.py --size 256 256 --cutn 16 --steps 5 --device cpu
-    python benchmarks/generate_step.py --size 480 480 --cutn 32 --steps 20 --device cuda
+- `baseline`: nerdyrodent's generate.py default loop, re-stated in benchmarks/nerdyrodent.py (pooled cutouts,
+  kornia augmentations, one batched CLIP call, CLIP fp16 on CUDA / fp32 on the CPU, Adam 0.1, z clamped).
+- `vqclip`: `vqclip.generation.run` with the CLI's defaults for the device (augmentations, noise, precision).
+- `models`: the VQGAN decoder forward + backward and CLIP's image tower forward + backward on `cutn` random
+  224² inputs, nothing else: the floor any loop pays. On CUDA CLIP runs in vqclip's precision.
+
+Each arm runs `warmup` steps, then `steps` timed steps between two device synchronisations. `--group N` also times
+N jobs optimised together (`run_many`) against the same N run one after another (throughput in images per hour).
+
+    python benchmarks/generate_step.py --size 128 128 --cutn 8 --steps 4 --device cpu
+    python benchmarks/generate_step.py --size 256 256 --cutn 32 --steps 30 --device cuda --group 8 --json out.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import os
+import sys
 import time
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-def build_models(device: torch.device, precision: str):
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_vqclip_models(device: torch.device, precision: str):
     import open_clip
 
     from vqclip.models.clip import ClipModel
@@ -31,93 +48,132 @@ def build_models(device: torch.device, precision: str):
     return clip, vqgan
 
 
-def reference_loop(settings, clip, vqgan, steps: int, on_step) -> None:
-    """The algorithm as plain scripts write it: per-cutout CLIP calls, fp32, no batching."""
-    import torch.nn.functional as F
-
-    from vqclip.generation.cutouts import MakeCutouts
-    from vqclip.generation.loop import random_codes
-    from vqclip.generation.ops import clamp_with_grad, prompt_loss, vector_quantize
-
-    device = clip.device
-    gen = torch.Generator().manual_seed(0)
-    codebook = vqgan.codebook.detach()
-    w, h = settings.size
-    z = random_codes(h // vqgan.factor, w // vqgan.factor, codebook, gen).requires_grad_(True)
-    opt = torch.optim.Adam([z], lr=0.1)
-    cutouts = MakeCutouts(clip.input_size, settings.cutn, 1.0, settings.augment, 0.1)
-    mean = torch.tensor(clip.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(clip.std, device=device).view(1, 3, 1, 1)
-    with torch.no_grad():
-        target = F.normalize(clip.model.encode_text(clip.tokenize(["a photo of an apple"])).float(), dim=-1)[0]
+def time_loop(step, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per call of `step()` over `steps` calls after `warmup` calls."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
     for _ in range(steps):
-        opt.zero_grad()
-        z_q = vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)
-        image = clamp_with_grad(vqgan.decode(z_q), 0, 1)
-        cuts = cutouts(image, gen)
-        embeds = torch.cat([clip.model.encode_image((c[None] - mean) / std) for c in cuts])
-        loss = prompt_loss(F.normalize(embeds.float(), dim=-1), target, 1.0, float("-inf"))
-        loss.backward()
-        opt.step()
-        on_step()
+        step()
+    sync(device)
+    return (time.perf_counter() - start) / steps
 
 
-def timed(fn, warmup: int, device: torch.device) -> tuple[float, float]:
-    """Mean seconds per step after `warmup` steps, and peak memory in MiB."""
-    stamps: list[float] = []
+def time_vqclip(settings_list, clip, vqgan, spaces, warmup: int, steps: int) -> float:
+    """Seconds per step of `run_many` (one job or a group): the callback fires at step `warmup` and at the end,
+    right after the loop's own read-back of the losses (its one synchronisation per `report_every` steps)."""
+    import dataclasses
 
-    def on_step(*_):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
+    from vqclip.generation.loop import run_many
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    fn(on_step)
-    per_step = (stamps[-1] - stamps[warmup - 1]) / (len(stamps) - warmup)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark
-    return per_step, peak
+    stamps: dict[int, float] = {}
+    jobs = [dataclasses.replace(s, steps=warmup + steps) for s in settings_list]
+
+    def callback(index, info):
+        if index == 0:
+            stamps[info.step] = time.perf_counter()
+
+    # report_every = gcd-free choice: warmup divides warmup + steps when steps is a multiple of warmup.
+    results = run_many(jobs, clip, vqgan, spaces, callback, report_every=warmup)
+    assert all(r.status == "finished" for r in results), [r.message for r in results]
+    return (stamps[warmup + steps] - stamps[warmup]) / steps
+
+
+def models_step(clip, vqgan, size, cutn: int):
+    """The decoder and CLIP's image tower, forward and backward, nothing else."""
+    device = clip.device
+    h, w = size[1] // vqgan.factor, size[0] // vqgan.factor
+    z = torch.randn(1, vqgan.embed_dim, h, w, device=device, requires_grad=True)
+    x = torch.rand(cutn, 3, *clip.input_size, device=device, requires_grad=True)
+
+    def step():
+        vqgan.decode(z).sum().backward()
+        clip.encode_image(x).sum().backward()
+
+    return step
 
 
 def main() -> None:
     from vqclip.devices import resolve_device, resolve_precision
-    from vqclip.generation import Settings, parse_prompts, run
+    from vqclip.generation import Settings, parse_prompts
     from vqclip.spaces import Space
 
+    from nerdyrodent import Baseline, build_clip
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", nargs=2, type=int, default=[256, 256])
+    ap.add_argument("--size", nargs=2, type=int, default=[256, 256], metavar=("W", "H"))
     ap.add_argument("--cutn", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=6, help="timed steps per loop (after the warm-up)")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per repeat (a multiple of --warmup)")
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved repeats of every arm; the best is kept")
+    ap.add_argument("--group", type=int, default=0, help="also time N jobs optimised together vs one at a time")
+    ap.add_argument("--group-steps", type=int, default=4, help="timed steps for the group comparison")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="auto")
-    ap.add_argument("--skip-reference", action="store_true")
+    ap.add_argument("--arms", default="baseline,vqclip,models")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
+    if args.steps % args.warmup:
+        ap.error("--steps must be a multiple of --warmup")
 
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    clip, vqgan = build_models(device, precision)
-    total = args.steps + args.warmup
-    settings = Settings(prompts=parse_prompts("a photo of an apple"), size=tuple(args.size), steps=total,
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the CLI sets it
+    clip, vqgan = build_vqclip_models(device, precision)
+    settings = Settings(prompts=parse_prompts("a photo of an apple"), size=tuple(args.size), steps=1,
                         cutn=args.cutn, seed=0)
     settings, _ = settings.resolved(vqgan.factor)
     space = Space("clip")
+    arms = args.arms.split(",")
+    timings: dict[str, list[float]] = {arm: [] for arm in arms}
+    peaks: dict[str, float] = {}
+    baseline = None
+    if "baseline" in arms:
+        base_clip, tokenizer = build_clip(device)
+        baseline = Baseline(base_clip, tokenizer, vqgan, settings.size, args.cutn, "a photo of an apple")
+    for _ in range(args.repeats):
+        for arm in arms:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            if arm == "baseline":
+                sec = time_loop(baseline.step, args.warmup, args.steps, device)
+            elif arm == "vqclip":
+                sec = time_vqclip([settings], clip, vqgan, [space], args.warmup, args.steps)
+            else:
+                sec = time_loop(models_step(clip, vqgan, settings.size, args.cutn), args.warmup, args.steps, device)
+            timings[arm].append(sec)
+            if device.type == "cuda":
+                peaks[arm] = max(peaks.get(arm, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
 
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
-               "size": list(settings.size), "cutn": args.cutn, "precision": precision, "torch": torch.__version__}
-    if not args.skip_reference:
-        ref_s, ref_mem = timed(lambda cb: reference_loop(settings, clip, vqgan, total, cb), args.warmup, device)
-        results["reference"] = {"s_per_step": round(ref_s, 4), "peak_mib": round(ref_mem)}
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # as the CLI sets it
-    sec, mem = timed(lambda cb: run(settings, clip, vqgan, space, cb), args.warmup, device)
-    results["vqclip"] = {"s_per_step": round(sec, 4), "peak_mib": round(mem)}
-    if "reference" in results:
-        results["speedup_vs_reference"] = round(results["reference"]["s_per_step"] / sec, 2)
+    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
+               f"cpu x{torch.get_num_threads()} threads", "size": list(settings.size), "cutn": args.cutn,
+               "precision": precision, "torch": torch.__version__, "steps": args.steps, "repeats": args.repeats}
+    for arm in arms:
+        results[arm] = {"s_per_step": round(min(timings[arm]), 4), "all": [round(t, 4) for t in timings[arm]]}
+        if arm in peaks:
+            results[arm]["peak_gib"] = round(peaks[arm], 2)
+    if "baseline" in arms and "vqclip" in arms:
+        results["vqclip_over_baseline"] = round(results["vqclip"]["s_per_step"] / results["baseline"]["s_per_step"], 3)
+    if "models" in arms and "vqclip" in arms:
+        results["vqclip_over_models"] = round(results["vqclip"]["s_per_step"] / results["models"]["s_per_step"], 3)
+    if args.group:
+        import dataclasses
+
+        jobs = [dataclasses.replace(settings, seed=i) for i in range(args.group)]
+        one = min(time_vqclip([s], clip, vqgan, [space], args.warmup, args.group_steps) for s in jobs[:2])
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        grouped = time_vqclip(jobs, clip, vqgan, [space] * args.group, args.warmup, args.group_steps)
+        results["group"] = {"jobs": args.group, "one_at_a_time_s_per_image_step": round(one, 4),
+                            "grouped_s_per_step": round(grouped, 4),
+                            "grouped_s_per_image_step": round(grouped / args.group, 4),
+                            "throughput_gain": round(one * args.group / grouped, 2)}
+        if device.type == "cuda":
+            results["group"]["peak_gib"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+        if "baseline" in arms:
+            results["group"]["gain_vs_baseline"] = round(results["baseline"]["s_per_step"] * args.group / grouped, 2)
     print(json.dumps(results, indent=2))
     if args.json:
         from vqclip.io import write_json

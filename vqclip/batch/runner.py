@@ -86,15 +86,15 @@ def last_failed(folder: Path, ids_fps: set[tuple[str, str]]) -> set[tuple[str, s
 
 def run_batch(jobs: Sequence[Job], spec: BatchSpec, base, models, folder: str | os.PathLike, *,
               hooks: BatchHooks | None = None, generate: Callable | None = None, skip_failed: bool = False,
-              line_extra: Mapping[str, Any] | None = None) -> BatchSummary:
+              line_extra: Mapping[str, Any] | None = None, group_size: int | str = 1) -> BatchSummary:
     """Run `jobs` (this process's share) into the batch folder; `base` is the batch's `Settings` without prompts.
 
-    `generate(settings, clip, vqgan, space, callback) -> Result` defaults to `vqclip.generation.run`. `models` is
-    only touched when a job has to run, so it may be None when every job is finished.
+    Up to `group_size` compatible jobs (same size, steps, method, ...: `generation.loop.group_key`) are optimised
+    together in one batched latent ("auto": as many as the device's free memory holds, see `auto_group_size`).
+    Each job is still claimed, written and recorded on its own, so a killed process loses only its current group.
+    `generate(settings, clip, vqgan, space, callback) -> Result` replaces the loop (then jobs run one at a time).
+    `models` is only touched when a job has to run, so it may be None when every job is finished.
     """
-    from ..generation import run
-
-    generate = generate or run
     hooks = hooks or BatchHooks()
     folder = Path(folder)
     start = time.perf_counter()
@@ -102,93 +102,217 @@ def run_batch(jobs: Sequence[Job], spec: BatchSpec, base, models, folder: str | 
     ok_lines = manifest_ok(folder)
     fps = {job.id: spec.job_fp(job) for job in jobs}
     failed_before = last_failed(folder, {(j.id, fps[j.id]) for j in jobs}) if skip_failed else set()
-    models_info: dict = {}
-    extra = {"host": socket.gethostname(), "pid": os.getpid(), **(line_extra or {})}
-    for job in jobs:
-        fp = fps[job.id]
-        try:
-            outcome, line = _one_job(job, fp, spec, base, models, models_info, folder, ok_lines, failed_before,
-                                     generate, hooks, extra)
-        except KeyboardInterrupt:
-            outcome, line = "interrupted", None
-        except OSError as e:
-            if not is_disk_error(e):
-                raise
-            # every later write would fail the same way: stop, keeping every finished job (all writes are atomic)
-            summary.stopped = (f"could not write {e.filename or 'a file'} for job {job.id}: "
-                               f"{DISK_ERRNOS[e.errno]}")
-            break
-        if outcome == "interrupted":
-            summary.interrupted = True
-            break
-        counter = OUTCOME_COUNTERS[outcome]
-        setattr(summary, counter, getattr(summary, counter) + 1)
-        if outcome == "failed":
-            summary.failures.append((job.id, str(line.get("error") if line else "")))
-        hooks.on_job_end(job, outcome, line)
+    ctx = _Context(spec, base, models, folder, hooks, generate, dict(
+        {"host": socket.gethostname(), "pid": os.getpid()}, **(line_extra or {})), fps, ok_lines, failed_before)
+    remaining = list(jobs)
+    limit: int | None = None
+    try:
+        while remaining:
+            job = remaining.pop(0)
+            outcome, line, claim = _prepare(job, ctx)
+            if claim is None:
+                _count(summary, hooks, job, outcome, line)
+                continue
+            if limit is None:
+                limit = 1 if generate is not None else resolve_group_size(group_size, models, job_settings(
+                    base, job.item, job.seed))
+            group = [(job, claim)]
+            try:
+                if limit > 1:
+                    group += _companions(job, remaining, limit - 1, ctx, summary)
+                outcomes = _run_group(group, ctx)
+            finally:
+                for _, c in group:
+                    c.release()
+            for (member, _), (outcome, line) in zip(group, outcomes):
+                if outcome == "interrupted":
+                    summary.interrupted = True
+                    continue
+                _count(summary, hooks, member, outcome, line)
+            if summary.interrupted:
+                break
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    except OSError as e:
+        if not is_disk_error(e):
+            raise
+        # every later write would fail the same way: stop, keeping every finished job (all writes are atomic)
+        summary.stopped = f"could not write {e.filename or 'a file'}: {DISK_ERRNOS[e.errno]}"
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _one_job(job: Job, fp: str, spec: BatchSpec, base, models, models_info: dict, folder: Path,
-             ok_lines: Mapping, failed_before: set, generate: Callable, hooks: BatchHooks,
-             extra: Mapping[str, Any]) -> tuple[str, dict | None]:
-    """Claim, then run (or skip, or recover) one job and append its manifest line; returns (outcome, line)."""
-    state = job_state(folder, job, fp, ok_lines)
+@dataclass
+class _Context:
+    spec: BatchSpec
+    base: Any
+    models: Any
+    folder: Path
+    hooks: BatchHooks
+    generate: Callable | None
+    extra: dict
+    fps: dict
+    ok_lines: Mapping
+    failed_before: set
+    models_info: dict = field(default_factory=dict)
+    keys: dict = field(default_factory=dict)  # job id -> group key (resolving settings reads init images: once)
+
+    def key(self, job: Job):
+        from ..generation.loop import group_key
+
+        if job.id not in self.keys:
+            try:
+                resolved = job_settings(self.base, job.item, job.seed).resolved(self.models.vqgan.factor)[0]
+                self.keys[job.id] = group_key(resolved)
+            except Exception:  # noqa: BLE001 - a job whose settings fail runs (and fails) on its own
+                self.keys[job.id] = ("alone", job.id)
+        return self.keys[job.id]
+
+
+def _count(summary: BatchSummary, hooks: BatchHooks, job: Job, outcome: str, line) -> None:
+    counter = OUTCOME_COUNTERS[outcome]
+    setattr(summary, counter, getattr(summary, counter) + 1)
+    if outcome == "failed":
+        summary.failures.append((job.id, str(line.get("error") if line else "")))
+    hooks.on_job_end(job, outcome, line)
+
+
+def resolve_group_size(group_size: int | str, models, settings) -> int:
+    """`group_size` as a number: "auto" asks `auto_group_size` for this device and these settings."""
+    if group_size != "auto":
+        return max(1, int(group_size))
+    return auto_group_size(models.clip.device, settings.size, settings.cutn)
+
+
+# Measured bytes per job of one generation step (fp32 VQGAN f16 decoder at 256², ViT-B/32 on 32 cutouts, with
+# the autograd graph), scaled linearly by pixels and cutouts; the group is sized to 70 % of the free memory.
+AUTO_GROUP_MAX = 16
+
+
+def auto_group_size(device, size, cutn: int) -> int:
+    """How many jobs to optimise together: on a CUDA GPU as many as 70 % of the free memory holds (at most
+    AUTO_GROUP_MAX); elsewhere one (on the CPU the models' arithmetic sets the pace, and grouping measured no
+    faster there: README, Speed)."""
+    import torch
+
+    from ..cli.common import estimate_run_bytes
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return 1
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except Exception:  # noqa: BLE001 - a driver that cannot tell: no grouping
+        return 1
+    image_bytes, cutout_bytes = estimate_run_bytes(size, cutn)
+    per_job = 4 * (image_bytes + cutout_bytes)  # the estimate is a lower bound; autograd keeps more
+    return max(1, min(AUTO_GROUP_MAX, int(0.7 * free) // max(per_job, 1)))
+
+
+def _prepare(job: Job, ctx: _Context):
+    """(outcome, line, None) for a job that needs no run (done, recovered, skipped, busy); (None, None, claim) for
+    a job this process has claimed and must run."""
+    fp = ctx.fps[job.id]
+    state = job_state(ctx.folder, job, fp, ctx.ok_lines)
     if state == "done":
-        return "done", None
-    if state != "recover" and (job.id, fp) in failed_before:
-        return "skipped", None
-    claim = claim_job(folder, job.id)
+        return "done", None, None
+    if state != "recover" and (job.id, fp) in ctx.failed_before:
+        return "skipped", None, None
+    claim = claim_job(ctx.folder, job.id)
     if claim is None:
-        return "busy", None  # another live worker on this folder runs it
+        return "busy", None, None  # another live worker on this folder runs it
+    if finished_record(ctx.folder, job, fp) is not None:  # finished by another worker since this run started
+        try:
+            if (job.id, fp) in manifest_ok(ctx.folder):
+                return "done", None, None
+            # the image and run.json are whole; only the manifest line was lost
+            line = manifest_line(job, fp, "ok", finished_record(ctx.folder, job, fp),
+                                 extra=dict(ctx.extra, recovered=True))
+            append_manifest(ctx.folder, line)
+            return "recovered", line, None
+        finally:
+            claim.release()
+    if state == "recover":
+        try:
+            line = manifest_line(job, fp, "ok", finished_record(ctx.folder, job, fp),
+                                 extra=dict(ctx.extra, recovered=True))
+            append_manifest(ctx.folder, line)
+            return "recovered", line, None
+        finally:
+            claim.release()
+    return None, None, claim
+
+
+def _companions(first: Job, remaining: list[Job], want: int, ctx: _Context, summary: BatchSummary):
+    """Claim up to `want` later jobs that can share `first`'s group; jobs found finished or busy on the way are
+    counted and dropped from `remaining`."""
+    key = ctx.key(first)
+    found = []
+    for job in list(remaining):
+        if len(found) == want:
+            break
+        if ctx.key(job) != key:
+            continue
+        outcome, line, claim = _prepare(job, ctx)
+        remaining.remove(job)
+        if claim is None:
+            _count(summary, ctx.hooks, job, outcome, line)
+        else:
+            found.append((job, claim))
+    return found
+
+
+def _run_group(group: list, ctx: _Context) -> list[tuple[str, dict | None]]:
+    """Run the claimed jobs of one group and write each finished one; (outcome, manifest line) per job."""
+    from ..generation.loop import run_many
+
+    jobs = [job for job, _ in group]
+    settings = [job_settings(ctx.base, job.item, job.seed) for job in jobs]
+    if not ctx.models_info:
+        ctx.models_info.update(ctx.models.describe())
+    for job, s in zip(jobs, settings):
+        ctx.hooks.on_job_start(job, s)
+    last_step = [0]
+
+    def on_step(index, info):
+        group[index][1].refresh()  # a long job keeps its claim fresh, so other workers never take it over
+        if info.step != last_step[0]:  # one progress update per step, from the first job still running
+            last_step[0] = info.step
+            ctx.hooks.on_step(info)
+
     try:
-        if finished_record(folder, job, fp) is not None:  # finished by another worker since this run started
-            if (job.id, fp) in manifest_ok(folder):
-                return "done", None
-            state = "recover"
-        if state == "recover":  # the image and run.json are whole; only the manifest line was lost
-            line = manifest_line(job, fp, "ok", finished_record(folder, job, fp),
-                                 extra=dict(extra, recovered=True))
-            append_manifest(folder, line)
-            return "recovered", line
-        return _run_job(job, fp, spec, base, models, models_info, folder, generate, hooks, extra, claim)
-    finally:
-        claim.release()
-
-
-def _run_job(job: Job, fp: str, spec: BatchSpec, base, models, models_info: dict, folder: Path, generate: Callable,
-             hooks: BatchHooks, extra: Mapping[str, Any], claim) -> tuple[str, dict | None]:
-    settings = job_settings(base, job.item, job.seed)
-    if not models_info:
-        models_info.update(models.describe())
-    hooks.on_job_start(job, settings)
-
-    def on_step(info):
-        claim.refresh()  # a long job keeps its claim fresh, so other workers never take it over
-        hooks.on_step(info)
-
-    try:
-        space = models.space(job.space, spec.projections.get(job.space))
-        result = generate(settings, models.clip, models.vqgan, space, on_step)
+        spaces = [ctx.models.space(job.space, ctx.spec.projections.get(job.space)) for job in jobs]
+        if ctx.generate is not None:
+            results = [ctx.generate(settings[0], ctx.models.clip, ctx.models.vqgan, spaces[0],
+                                    lambda info: on_step(0, info))]
+        else:
+            results = run_many(settings, ctx.models.clip, ctx.models.vqgan, spaces, on_step)
     except KeyboardInterrupt:
-        return "interrupted", None
-    except Exception as e:  # one failing job is recorded and the batch goes on
-        _free_accelerator_memory(models)
-        line = manifest_line(job, fp, "failed", error=_error_text(e), extra=extra)
-        append_manifest(folder, line)
-        return "failed", line
+        return [("interrupted", None)] * len(jobs)
+    except Exception as e:  # a failing group: one at a time if it was more than one job, else record the failure
+        _free_accelerator_memory(ctx.models)
+        if len(group) > 1:
+            return [outcome for member in group for outcome in _run_group([member], ctx)]
+        job = jobs[0]
+        line = manifest_line(job, ctx.fps[job.id], "failed", error=_error_text(e), extra=ctx.extra)
+        append_manifest(ctx.folder, line)
+        return [("failed", line)]
+    return [_write_job(job, result, space, ctx) for job, result, space in zip(jobs, results, spaces)]
+
+
+def _write_job(job: Job, result, space, ctx: _Context) -> tuple[str, dict | None]:
     if result.status == "interrupted":
         return "interrupted", None  # nothing half-done is written; the job runs again next time
-    record = build_record(result, models_info, space.describe(), job.item.prompt, {
-        "space_name": job.space, "word_type": job.item.word_type, "load_seconds": round(models.load_seconds, 3),
-        "batch": {"job": job.id, "item": job.item.id, "fingerprint": fp, "batch_fingerprint": spec.fingerprint,
-                  "source": job.item.source}})
-    if finished_record(folder, job, fp) is not None:
+    fp = ctx.fps[job.id]
+    record = build_record(result, ctx.models_info, space.describe(), job.item.prompt, {
+        "space_name": job.space, "word_type": job.item.word_type,
+        "load_seconds": round(ctx.models.load_seconds, 3),
+        "batch": {"job": job.id, "item": job.item.id, "fingerprint": fp, "batch_fingerprint": ctx.spec.fingerprint,
+                  "source": job.item.source, "group_size": result.group_size}})
+    if finished_record(ctx.folder, job, fp) is not None:
         return "done", None  # another process finished it meanwhile: never rewrite a finished image
-    write_run(folder / job.folder, result, record)
+    write_run(ctx.folder / job.folder, result, record)
     status = "ok" if result.status == "finished" else "failed"
     error = None if status == "ok" else f"{result.status}: {result.message}"
-    line = manifest_line(job, fp, status, record, error, extra)
-    append_manifest(folder, line)
+    line = manifest_line(job, fp, status, record, error, ctx.extra)
+    append_manifest(ctx.folder, line)
     return status, line

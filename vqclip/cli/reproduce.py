@@ -384,7 +384,17 @@ class OcrPlan:
         check_item_settings(self.items, self.base)
         self.spec = ocr.make_spec(self.items, self.spaces, args.seed, self.base, models_id, self.projections)
         self.record = self.spec.to_record()
-        self.action = check_batch_dir(self.batch_dir, self.record)
+        try:
+            self.action = check_batch_dir(self.batch_dir, self.record)
+        except VqclipError as e:  # `vqclip batch` offers --overwrite here; reproduce never redoes finished images
+            text = str(e)
+            for offer, instead in ((", choose another --out, or pass --overwrite to redo its jobs with the new "
+                                    "settings", " or choose another --out"), (", or pass --overwrite", ""),
+                                   (" or pass --overwrite", "")):
+                text = text.replace(offer, instead)
+            error = VqclipError(text)
+            error.arg = e.arg
+            raise error from None
         self.mine = shard_jobs(self.spec.jobs, self.shard)
         ok = manifest_ok(self.batch_dir) if self.batch_dir.is_dir() else {}
         self.todo = [j for j in self.mine if job_state(self.batch_dir, j, self.spec.job_fp(j), ok) == "todo"]

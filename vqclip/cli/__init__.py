@@ -18,7 +18,7 @@ EXIT_OS = 74
 DEBUG_ENV = "VQCLIP_DEBUG"
 
 # One module per subcommand, each with `register(subparsers)` that sets `func(args) -> int`.
-COMMANDS = ("generate", "batch", "grid", "train", "eval", "score", "models", "testbed", "reproduce", "ui")
+COMMANDS = ("generate", "animate", "batch", "grid", "train", "eval", "score", "models", "testbed", "reproduce", "ui")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -194,3 +194,58 @@ def test_the_loss_history_stays_on_the_device_between_read_backs(tiny_clip, tiny
     results = run_many(jobs, tiny_clip, tiny_vqgan, spaces, report_every=4)
     assert reads == [4, 8, 10, 10]  # every 4 steps, the last step, and the final collection
     assert all(len(r.history) == 10 and all(math.isfinite(v) for v in r.history) for r in results)
+
+
+def test_kill_9_in_a_group_loses_only_that_groups_unfinished_jobs(tiny_model_flags, tmp_path):
+    """A batch killed (SIGKILL) while its second group runs keeps the first group's images and manifest lines;
+    the same command then finishes the rest without recomputing anything."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from vqclip.cli import main
+    from vqclip.io import read_jsonl
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("an apple\na pear\na plum\na fig\n")
+    out = tmp_path / "out"
+    args = ["batch", str(prompts), "--out", str(out), "--group-size", "2", "--size", "32", "32", "--seed", "0",
+            "--steps", "150"] + tiny_model_flags
+    proc = subprocess.Popen([sys.executable, "-m", "vqclip"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and proc.poll() is None:
+            if len(read_jsonl(out / "manifest.jsonl")) >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    lines = read_jsonl(out / "manifest.jsonl")
+    assert len(lines) == 2, "the first group should have finished before the kill and the second not"
+    first = {line["id"] for line in lines}
+    assert all(line["status"] == "ok" and line["group_size"] == 2 for line in lines)
+    records = {p.parent.relative_to(out).as_posix() for p in out.rglob("run.json")}
+    assert records == first  # nothing of the killed group was written
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("image.png")}
+    assert main(args) == 0
+    lines = read_jsonl(out / "manifest.jsonl")
+    assert sorted(line["id"] for line in lines) == sorted({line["id"] for line in lines}) and len(lines) == 4
+    assert all(p.stat().st_mtime_ns == t for p, t in mtimes.items())  # the first group was not recomputed
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "many", "1.5"])
+def test_a_bad_group_size_is_one_line_naming_the_flag(tiny_model_flags, tmp_path, capsys, value):
+    from vqclip.cli import main
+
+    (tmp_path / "p.txt").write_text("an apple\n")
+    code = main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--group-size", value]
+                + tiny_model_flags)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "--group-size" in err and "auto" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

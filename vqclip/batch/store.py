@@ -185,6 +185,7 @@ def manifest_line(job: Job, fingerprint: str, status: str, record: Mapping[str, 
         "loss": record.get("loss"), "losses": record.get("losses"),
         "seconds": (record.get("timings") or {}).get("loop_seconds"),
         "steps_done": record.get("steps_done"), "source": job.item.source, "fingerprint": fingerprint,
+        "group_size": (record.get("batch") or {}).get("group_size"),
         "finished": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
     }
     line.update(extra or {})

@@ -129,10 +129,11 @@ class ProgressBars:
 
     def on_job_start(self, job, settings) -> None:
         if self.job is None:
+            self.first_id = job.id
             self.job = self.tqdm(total=settings.steps, desc=f"{job.id}", unit="step", position=1, leave=False,
                                  disable=self.quiet, dynamic_ncols=True)
         else:  # another job of the same group
-            self.job.set_description(f"{self.job.desc.split(' +')[0]} +{self.open_jobs}")
+            self.job.set_description(f"{self.first_id} +{self.open_jobs}")
         self.open_jobs += 1
 
     def on_step(self, info) -> None:

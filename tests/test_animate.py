@@ -200,7 +200,7 @@ def test_cli_interrupt_keeps_frames_says_how_to_resume_and_the_same_command_cont
     assert "To continue from frame 1, run the same command again" in err
     assert sorted(_frames(out)) == ["000000.png"]
     assert main(argv) == 0
-    assert "resuming: frames 0-0 of 3 are done; continuing with frame 1" in capsys.readouterr().err
+    assert "resuming: frame 0 of 3 done; continuing with frame 1" in capsys.readouterr().err
     assert sorted(_frames(out)) == ["000000.png", "000001.png", "000002.png"]
     assert main(argv[:3] + ["5"] + argv[4:]) == 0  # a higher --frames extends the animation
     assert len(_frames(out)) == 5 and json.loads((out / "run.json").read_text())["animation"]["frames_done"] == 5
@@ -218,6 +218,7 @@ def test_cli_refuses_another_animation_in_the_folder_unless_overwrite(flags, tmp
     assert _frames(out) == before
     assert main(base + ["--seed", "2"] + ["--zoom", "1.1"]) == 2  # another seed is another animation
     assert "seed" in capsys.readouterr().err
+    (out / "run.json").unlink()  # as if the first animation had been killed before writing it
     assert main(base + ["--zoom", "1.2", "--overwrite"]) == 0
     assert json.loads((out / "run.json").read_text())["animation"]["zoom"] == 1.2
     assert (out / "notes.txt").read_text() == "mine"  # never a file vqclip did not write

@@ -148,6 +148,6 @@ def _animate(args: argparse.Namespace, settings, motion, prompt: str, out: Path)
         say(f"{result.message}; wrote image.png and run.json. To continue from frame {result.frames_done}, {again}")
         return 130
     if result.status == "nonfinite":
-        say(f"error: {result.message}; frames 0-{result.frames_done - 1} are saved")
+        say(f"error: {result.message}; {result.frames_done} frame(s) saved before it")
         return 1
     return 0

@@ -286,10 +286,12 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
     `run`; raising KeyboardInterrupt in it stops after the frames already saved. At the end: image.png (the last
     frame), run.json with an `animation` section and, when `video` is "mp4" or "gif", the video of all frames.
     """
-    from ..outputs import build_record, prepare_run_dir, save_frame, write_run, write_video
+    from ..outputs import build_record, check_video_support, prepare_run_dir, save_frame, write_run, write_video
 
     say = say or (lambda text: None)
     motion = check_animation_args(frames, steps_per_frame, motion, video, fps)
+    if video:
+        check_video_support(video)  # before the frames, not after them
     requested_seed = settings.seed
     check_seed_range(requested_seed, frames)
     base, notices = settings.resolved(models.vqgan.factor)
@@ -307,11 +309,10 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
             base = dataclasses.replace(base, seed=state["seed"])
             done = [dict(f) for f in state["frames"] if isinstance(f, dict)]
             _check_resumable(out, done, frames, base)
-        elif overwrite:
-            (out / STATE_NAME).unlink()
+        elif overwrite:  # the state file shows the folder is an animation of vqclip's: clear only its names
             _remove_frames(out)
             _remove_videos(out)
-            state = None
+            (out / STATE_NAME).unlink()
         else:
             raise bad_arg("--out", f"this folder holds an animation made with other settings (they differ in: "
                           f"{', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''})", str(out),
@@ -319,12 +320,14 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
                           "start it over.")
     if state is None:
         prepare_run_dir(out, overwrite)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
     check_seed_range(int(base.seed), frames)
     seeds = [int(base.seed) + i for i in range(frames)]
     first = len(done)
     if first:
         _remove_frames(out, first)  # a frame saved just before a crash, whose state was never written
-        say(f"resuming: frames 0-{first - 1} of {frames} are done; continuing with frame {first}"
+        say(f"resuming: {_span(first)} of {frames} done; continuing with frame {first}"
             if first < frames else f"all {frames} frames are already done")
     previous = _load_frame(_frame_path(out, first - 1)) if first else None
     status, message = "finished", None
@@ -347,7 +350,7 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
     except KeyboardInterrupt:
         status, message = "interrupted", None
     if status == "interrupted":
-        saved = f"frames 0-{len(done) - 1} are saved" if done else "no frame is saved"
+        saved = f"{_span(len(done))} saved" if done else "no frame saved"
         message = f"interrupted during frame {len(done)} of {frames} (counted from 0); {saved}"
     animation = Animation(out, status, message, frames, len(done), first, seeds)
     if not done:
@@ -361,6 +364,11 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
     if video and status == "finished":
         animation.video = write_video(out, fps, video)
     return animation
+
+
+def _span(count: int) -> str:
+    """`frame 0` or `frames 0-4`: the first `count` frames."""
+    return "frame 0" if count == 1 else f"frames 0-{count - 1}"
 
 
 def _check_resumable(out: Path, done: list[dict], frames: int, base: Settings) -> None:

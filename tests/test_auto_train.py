@@ -150,13 +150,13 @@ def test_batch_auto_trains_each_missing_projection_once_before_the_first_job(mod
     import vqclip.batch.runner as runner
 
     order = []
-    real_one_job = runner._one_job
+    real_run_group = runner._run_group
 
-    def one_job(job, *args, **kwargs):
-        order.append(("job", job.id, tuple(default_images)))
-        return real_one_job(job, *args, **kwargs)
+    def run_group(group, ctx):
+        order.extend(("job", job.id, tuple(default_images)) for job, _ in group)
+        return real_run_group(group, ctx)
 
-    monkeypatch.setattr(runner, "_one_job", one_job)
+    monkeypatch.setattr(runner, "_run_group", run_group)
     (tmp_path / "p.txt").write_text("apple\npear\n")
     out = tmp_path / "out"
     assert main(["batch", str(tmp_path / "p.txt"), "--spaces", "clip,learn,forget", "--auto-train",

@@ -120,7 +120,7 @@ def test_csv_unknown_column_and_bad_cells(tmp_path):
         load_prompt_files([path])
     assert problems(e) == [f"{path}:2: unknown field 'colour'; valid fields: prompt, id, word_type, seed, seeds, "
                            "steps, size, lr, optimizer, method, loss, cutn, cut_pow, augment, noise, init_image, "
-                           "init_weight"]
+                           "init_weight, change_every, noise_prompts, image_prompt_mode, save_best"]
     path = write(tmp_path, "cells.csv", "prompt,seed,method\napple,1.5,zquant\npear,2,bogus\nplum,1,zquant,extra\n")
     with pytest.raises(PromptFileError) as e:
         load_prompt_files([path])

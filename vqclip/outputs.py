@@ -111,6 +111,8 @@ def build_record(result, models_info: Mapping[str, Any], space_info: Mapping[str
         "status": result.status,
         "message": result.message,
         "steps_done": result.steps_done,
+        "best_step": getattr(result, "best_step", None),
+        "group_size": getattr(result, "group_size", 1),
         "loss": result.loss,
         "losses": result.losses,
         "settings": result.settings.to_dict(),

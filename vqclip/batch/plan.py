@@ -69,9 +69,13 @@ def make_plan(items: Sequence[PromptItem], spaces: Sequence[str], seeds: Sequenc
 
 def job_settings(base, item: PromptItem, seed: int):
     """The `Settings` of one job: the batch's settings, the item's prompt and overrides, and the seed."""
-    from ..generation.prompts import parse_prompts
+    from ..generation.prompts import parse_noise_prompt, parse_story
 
-    return dataclasses.replace(base, prompts=parse_prompts(item.prompt), seed=int(seed), **item.overrides)
+    phases = parse_story(item.prompt)
+    overrides = dict(item.overrides)
+    if "noise_prompts" in overrides:
+        overrides["noise_prompts"] = [parse_noise_prompt(p, "noise_prompts") for p in overrides["noise_prompts"]]
+    return dataclasses.replace(base, prompts=phases[0], story=phases[1:], seed=int(seed), **overrides)
 
 
 def check_item_settings(items: Sequence[PromptItem], base, factor: int = 1) -> None:

@@ -21,7 +21,7 @@ from ..errors import SEED_MAX, VqclipError, bad_arg
 FORMATS = {".txt": "txt", ".yaml": "yaml", ".yml": "yaml", ".json": "json", ".csv": "csv"}
 # Settings an item may override (names of `generation.Settings` fields).
 SETTING_FIELDS = ("steps", "size", "lr", "optimizer", "method", "loss", "cutn", "cut_pow", "augment", "noise",
-                  "init_image", "init_weight")
+                  "init_image", "init_weight", "change_every", "noise_prompts", "image_prompt_mode", "save_best")
 ITEM_FIELDS = ("prompt", "id", "word_type", "seed", "seeds") + SETTING_FIELDS
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 WORD_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
@@ -249,13 +249,14 @@ def _word_type(value: Any) -> str:
 
 
 def _prompt(value: Any) -> str:
-    from ..generation.prompts import check_weights_nonzero, parse_prompts
+    from ..generation.prompts import check_weights_nonzero, parse_story
 
     text = _text(value)
     if not text:
         raise FieldError("is empty", 'Write a prompt such as "an apple" or "apple | text:-0.5".')
     try:
-        check_weights_nonzero(parse_prompts(text))
+        for phase in parse_story(text):
+            check_weights_nonzero(phase)
     except VqclipError as e:
         raise FieldError("is not a valid prompt", str(e)) from None
     return text
@@ -279,7 +280,34 @@ CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "noise": lambda v: _float_value(v, "0.1"),
     "init_image": _text,
     "init_weight": lambda v: _float_value(v, "0.5"),
+    "change_every": lambda v: _int_value(v, 0, "50"),
+    "noise_prompts": lambda v: _noise_prompts(v),
+    "image_prompt_mode": _choice(lambda: ("cutouts", "centre")),
+    "save_best": lambda v: _bool_value(v),
 }
+
+
+def _noise_prompts(value: Any) -> list[str]:
+    """`"42:0.5 | 7"` or a list of such items -> ["42:0.5", "7:1.0"] (turned into prompts by `job_settings`)."""
+    from ..generation.prompts import parse_noise_prompt
+
+    items = value if isinstance(value, list) else str(value).split("|")
+    try:
+        prompts = [parse_noise_prompt(str(v).strip(), "noise_prompts") for v in items if str(v).strip()]
+        return [f"{p.text}:{p.weight}" for p in prompts]
+    except VqclipError as e:
+        raise FieldError("is not a list of SEED[:WEIGHT] noise prompts", str(e)) from None
+
+
+def _bool_value(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise FieldError("must be true or false", "Write `true` or `false`.")
 
 
 def normalise_key(key: Any) -> str:

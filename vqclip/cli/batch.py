@@ -8,15 +8,17 @@ from pathlib import Path
 
 from ..errors import bad_arg
 from ..io import check_writable
-from .common import check_memory, sigterm_as_interrupt
+from .common import add_quiet_arg, check_memory, command_parser, sigterm_as_interrupt
 from .generate import add_model_args, add_settings_args, load_models_from_args, settings_from_args
 
 PROG = "vqclip batch"
 
 
 def register(sub) -> None:
-    p = sub.add_parser(
-        "batch", help="generate every prompt of prompt files in several spaces and seeds (resumable, sharded)",
+    p = command_parser(
+        sub, "batch", help="generate every prompt of prompt files in several spaces and seeds (resumable, sharded)",
+        examples=["vqclip batch prompts.txt --spaces clip,learn,forget --seeds 0-2 --steps 300",
+                  "torchrun --nproc-per-node 4 -m vqclip batch words.yaml --spaces clip,forget --group-size auto"],
         description="Generate one image per (prompt, seed, space) into one batch folder: <out>/<item-id>/"
                     "<space>-s<seed>/image.png + run.json, and manifest.jsonl with a line per finished job. Re-running "
                     "the same command skips finished jobs. Under torchrun (or with --shard i/n) each process takes "
@@ -51,7 +53,7 @@ def register(sub) -> None:
                    help="use a folder that holds another batch (or other files): jobs whose settings differ are redone")
     g.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="YAML file of option values (e.g. `steps: 200`); command-line flags override it")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_arg(g, "no progress bars")
     p.set_defaults(func=run_batch_command, _parser=p)
 
 
@@ -77,8 +79,7 @@ def seeds_from_args(args) -> tuple[int, ...]:
 
 def projections_from_args(args, spaces: tuple[str, ...]) -> dict[str, str | None]:
     """Projection file (recorded by absolute path) per space; None means the cached one for the CLIP in use."""
-    from ..batch.plan import file_identity
-    from ..spaces import load_projection
+    from ..spaces import load_projection, projection_arg_identity
 
     out: dict[str, str | None] = {s: None for s in spaces}
     for space in ("learn", "forget"):
@@ -87,16 +88,16 @@ def projections_from_args(args, spaces: tuple[str, ...]) -> dict[str, str | None
             raise bad_arg(f"--projection-{space}", f"is given but {space} is not in --spaces", ",".join(spaces),
                           f"Add {space} to --spaces, or drop the flag.")
         if path:
-            out[space] = file_identity(path)
+            out[space] = projection_arg_identity(path)
     if args.projection:
         space = load_projection(args.projection).name  # the file says which space it is for
         if space not in spaces:
             raise bad_arg("--projection", f"is a {space} projection but {space} is not in --spaces", args.projection,
                           f"Add {space} to --spaces, or use --projection-learn / --projection-forget.")
-        if out[space] and out[space] != file_identity(args.projection):
+        if out[space] and out[space] != projection_arg_identity(args.projection):
             raise bad_arg("--projection", f"and --projection-{space} name different files", args.projection,
                           "Give one of them.")
-        out[space] = file_identity(args.projection)
+        out[space] = projection_arg_identity(args.projection)
     return out
 
 

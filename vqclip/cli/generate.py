@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from ..errors import bad_arg, choices_hint
-from .common import (add_cache_arg, add_clip_args, add_device_args, check_memory, output_errors,
-                     sigterm_as_interrupt)
+from .common import (add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, check_memory, command_parser,
+                     output_errors, sigterm_as_interrupt)
 
 VIDEO_FORMATS = ("mp4", "gif")
 
@@ -39,7 +40,9 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("space")
     g.add_argument("--projection", default=None, metavar="FILE",
                    help="projection file for the learn/forget space (default: the cached one for this CLIP); "
-                        "without --space the file's own space is used, and --space clip with a file is an error")
+                        "without --space the file's own space is used, and --space clip with a file is an error; "
+                        "a torch file holding only W may state its CLIP and orientation as FILE@NAME/TAG@dxD "
+                        "(see docs/models.md)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--size", nargs=2, type=int, default=[480, 480], metavar=("W", "H"),
                    help="image size in pixels, snapped down to a multiple of the VQGAN factor (default 480 480)")
@@ -59,21 +62,40 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
                         "(default affine,perspective,jitter,erasing)")
     g.add_argument("--noise", type=float, default=0.1, help="maximum noise added to cutouts (default 0.1)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
+    g.add_argument("--change-every", type=int, default=0, metavar="N",
+                   help="a prompt with phases separated by '^' (\"a forest ^ a city\") moves to the next phase every "
+                        "N steps and starts again from the first after the last, as nerdyrodent's story mode "
+                        "(default 0: no phases)")
     g.add_argument("--image-prompt", action="append", default=[], metavar="PATH[:W]",
                    help="image target with optional weight; repeatable")
+    g.add_argument("--image-prompt-mode", default="cutouts", choices=("cutouts", "centre"),
+                   help="cutouts: encode an image prompt through the run's own cutouts of it at the run's size, "
+                        "as Crowson's notebook and the common tools do (default); centre: one centre crop")
+    g.add_argument("--noise-prompt", action="append", default=[], metavar="SEED[:W]",
+                   help="a random target embedding drawn from SEED, with optional weight (negative pushes away); "
+                        "repeatable")
     g.add_argument("--init-image", default=None, metavar="PATH", help="start from this image instead of noise")
     g.add_argument("--init-weight", type=float, default=0.0,
-                   help="pull toward the initial latent (useful with --init-image)")
+                   help="pull toward the initial latent (useful with --init-image); with --method codebook it "
+                        "pulls the expected code softmax(logits)·codebook (default 0)")
+    g.add_argument("--save-best", action="store_true",
+                   help="keep the image of the step with the lowest loss instead of the last one (run.json "
+                        "records which step)")
 
 
 def settings_from_args(args: argparse.Namespace, prompt: str):
-    from ..generation import Settings, parse_image_prompt, parse_prompts
+    from ..generation import Settings, parse_image_prompt
+    from ..generation.prompts import parse_noise_prompt, parse_story
 
-    return Settings(prompts=parse_prompts(prompt) if prompt else [], image_prompts=[parse_image_prompt(s) for s in args.image_prompt],
+    phases = parse_story(prompt) if prompt else [[]]
+    return Settings(prompts=phases[0], story=phases[1:],
+                    image_prompts=[parse_image_prompt(s) for s in args.image_prompt],
                     size=tuple(args.size), steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                     method=args.method, loss=args.loss, cutn=args.cutn, cut_pow=args.cut_pow,
                     augment=args.augment, noise=args.noise, seed=args.seed, init_image=args.init_image,
-                    init_weight=args.init_weight)
+                    init_weight=args.init_weight, change_every=args.change_every,
+                    noise_prompts=[parse_noise_prompt(s) for s in args.noise_prompt],
+                    image_prompt_mode=args.image_prompt_mode, save_best=args.save_best)
 
 
 def load_models_from_args(args: argparse.Namespace, spaces=(), prog: str = "vqclip generate"):
@@ -165,13 +187,17 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, s
 
 
 def register(sub) -> None:
-    p = sub.add_parser("generate", help="generate one image from a prompt",
+    p = command_parser(sub, "generate", help="generate one image from a prompt", examples=[
+        'vqclip generate --space forget "a photo of an apple"',
+        'vqclip generate "a forest ^ a city at night" --change-every 100 --steps 300 --save-every 10 --video',
+        'vqclip generate "an apple:1 | written text:-0.5" --space clip --seed 7 --size 256 256 --save-best'],
                        description="Generate an image with VQGAN+CLIP, the CLIP loss computed in the clip, learn or "
                                    "forget space. Prompts: 'text:weight:stop' items separated by '|', e.g. "
                                    "\"an apple:1 | written text:-0.5\". Numbers are read from the right, so the text may "
                                    "hold ':' (\"a photo: an apple\", URLs); one word glued to the last ':' "
                                    "(\"an apple:abc\") is refused as a mistyped weight - add a space after the ':' "
-                                   "or an explicit weight to keep it as text.")
+                                   "or an explicit weight to keep it as text. Phases separated by '^' change "
+                                   "every --change-every steps.")
     p.add_argument("prompt", nargs="?", default=None, metavar="PROMPT", help="text prompt(s)")
     p.add_argument("--space", default=None, choices=("clip", "learn", "forget"),
                    help="embedding space of the CLIP loss (default: the space of the --projection file, else clip)")
@@ -190,7 +216,7 @@ def register(sub) -> None:
     g.add_argument("--fps", type=int, default=12, help="video frame rate, above 0 (default 12)")
     g.add_argument("--config", default=None, metavar="FILE.yaml",
                    help="YAML file of option values (e.g. `steps: 200`); command-line flags override it")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_arg(g, "no progress bar")
     p.set_defaults(func=run_generate, _parser=p)
 
 
@@ -217,7 +243,7 @@ def check_output_args(args: argparse.Namespace) -> None:
 def run_generate(args: argparse.Namespace) -> int:
     from ..outputs import check_run_dir, default_run_dir
 
-    if not args.prompt and not args.image_prompt:
+    if not args.prompt and not args.image_prompt and not args.noise_prompt:
         raise bad_arg("PROMPT", "a text prompt (or --image-prompt) is required", args.prompt,
                       'Try: vqclip generate "a photo of an apple".')
     check_output_args(args)
@@ -235,7 +261,7 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
     from tqdm import tqdm
 
     from ..generation import run
-    from ..generation.loop import to_pil
+    from ..generation.loop import default_report_every, to_pil
     from ..outputs import build_record, discard_empty_run_dir, prepare_run_dir, save_frame, write_run, write_video
 
     models = load_models_from_args(args, spaces=[(args.space, args.projection, "--projection")])
@@ -247,18 +273,21 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
         print(f"vqclip generate: note: {notice}", file=sys.stderr)
 
     bar = tqdm(total=settings.steps, desc=space.name, unit="step", disable=args.quiet, dynamic_ncols=True)
+    # Losses are read back from a GPU every few steps only; frames need their exact steps.
+    report_every = default_report_every(models.clip.device)
+    if args.save_every:
+        report_every = math.gcd(report_every, args.save_every)
 
     def on_step(info):
-        bar.update(1)
-        if info.step % 10 == 0 or info.step == info.steps:
-            bar.set_postfix(loss=f"{info.loss:.4f}")
+        bar.update(info.step - bar.n)
+        bar.set_postfix(loss=f"{info.loss:.4f}", refresh=False)
         if args.save_every and info.step % args.save_every == 0:
             with output_errors(out, f"frames up to step {info.step - args.save_every} are kept; no image was "
                                     "written"):
                 save_frame(out, info.step, to_pil(info.image))
 
     try:
-        result = run(settings, models.clip, models.vqgan, space, on_step)
+        result = run(settings, models.clip, models.vqgan, space, on_step, report_every=report_every)
     except BaseException:
         if created:
             discard_empty_run_dir(out)  # a run that failed before writing anything leaves no empty folder

@@ -110,3 +110,26 @@ def check_weights_nonzero(prompts: list[Prompt]) -> None:
     if not any(p.weight > 0 for p in prompts):
         raise VqclipError("prompts: at least one prompt needs a positive weight, or nothing pulls the image anywhere; "
                           f"got weights {[p.weight for p in prompts]}. Give one prompt a weight above 0.")
+
+
+def parse_story(spec: str, arg: str = "PROMPT") -> list[list[Prompt]]:
+    """`"a forest | moss:0.5 ^ a city ^ a desert"` -> one prompt list per phase (nerdyrodent's story syntax: phases
+    separated by '^', each switched in after --change-every steps)."""
+    phases = [p for p in (s.strip() for s in spec.split("^"))]
+    if len(phases) > 1 and not all(phases):
+        raise bad_arg(arg, "a story phase between '^' separators is empty", spec,
+                      'Write phases like "a forest ^ a city" (no "^" at either end, none doubled).')
+    return [parse_prompts(p, arg) for p in phases]
+
+
+def parse_noise_prompt(spec: str | int, arg: str = "--noise-prompt") -> Prompt:
+    """`"42"` / `"42:0.5"` -> a noise prompt: a random target embedding drawn from seed 42, with its weight."""
+    prompt = parse_prompt(str(spec), arg)
+    try:
+        seed = int(prompt.text)
+    except ValueError:
+        raise bad_arg(arg, "a noise prompt is SEED[:WEIGHT] with a whole-number seed", spec,
+                      "Write e.g. --noise-prompt 42:0.5.") from None
+    if seed < 0:
+        raise bad_arg(arg, "the seed must be 0 or more", spec, "Write e.g. --noise-prompt 42:0.5.")
+    return Prompt(str(seed), prompt.weight, prompt.stop)

@@ -70,10 +70,10 @@ def test_rotate_turns_counter_clockwise_about_the_centre():
     assert torch.allclose(top[0, :, 0, 15], right_of_centre[0, :, 15, 31], atol=1e-5)
 
 
-@pytest.mark.parametrize("motion, flag", [(Motion(zoom=0), "--zoom"), (Motion(zoom=-1), "--zoom"),
-                                          (Motion(zoom=float("inf")), "--zoom"), (Motion(shift=(1,)), "--shift"),
-                                          (Motion(shift=("a", 0)), "--shift"), (Motion(rotate=float("nan")), "--rotate"),
-                                          (Motion(edge="mirror"), "--edge")])
+@pytest.mark.parametrize("motion, flag", [
+    (Motion(zoom=0), "--zoom"), (Motion(zoom=-1), "--zoom"), (Motion(zoom=float("inf")), "--zoom"),
+    (Motion(shift=(1,)), "--shift"), (Motion(shift=("a", 0)), "--shift"), (Motion(rotate=float("nan")), "--rotate"),
+    (Motion(edge="mirror"), "--edge")])
 def test_bad_motion_is_refused_naming_the_flag(motion, flag):
     with pytest.raises(VqclipError) as e:
         check_animation_args(3, 2, motion)
@@ -153,6 +153,29 @@ def test_the_motion_reaches_the_next_frame(models, tmp_path, one_thread, monkeyp
     assert torch.equal(starts[1], torch.roll(saved, 5, dims=3))
 
 
+def test_a_frame_whose_loss_turns_nonfinite_stops_the_animation_and_is_not_saved(models, tmp_path, monkeypatch,
+                                                                                 one_thread):
+    import dataclasses
+
+    import vqclip.generation.animate as anim
+    from vqclip.spaces import identity_space
+
+    real_run = anim.run
+
+    def nan_in_frame_1(settings, clip, vqgan, space, callback=None, *, start=None):
+        result = real_run(settings, clip, vqgan, space, callback, start=start)
+        if start is not None:
+            return dataclasses.replace(result, status="nonfinite", message="the loss became nan at step 2")
+        return result
+
+    monkeypatch.setattr(anim, "run", nan_in_frame_1)
+    out = tmp_path / "a"
+    result = animate(_settings(), models, identity_space(), out, frames=3, steps_per_frame=1, video="gif")
+    assert result.status == "nonfinite" and result.frames_done == 1 and "frame 1 was not saved" in result.message
+    assert sorted(_frames(out)) == ["000000.png"] and result.video is None and not (out / "video.gif").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "nonfinite"
+
+
 # ---------------------------------------------------------------------------------------------- the CLI
 
 
@@ -204,6 +227,9 @@ def test_cli_interrupt_keeps_frames_says_how_to_resume_and_the_same_command_cont
     assert sorted(_frames(out)) == ["000000.png", "000001.png", "000002.png"]
     assert main(argv[:3] + ["5"] + argv[4:]) == 0  # a higher --frames extends the animation
     assert len(_frames(out)) == 5 and json.loads((out / "run.json").read_text())["animation"]["frames_done"] == 5
+    capsys.readouterr()
+    assert main(argv[:3] + ["4"] + argv[4:]) == 2  # fewer frames than the folder holds
+    assert "--frames: this folder already holds 5 frames" in capsys.readouterr().err and len(_frames(out)) == 5
 
 
 def test_cli_refuses_another_animation_in_the_folder_unless_overwrite(flags, tmp_path, capsys, one_thread):

@@ -286,7 +286,7 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
     `run`; raising KeyboardInterrupt in it stops after the frames already saved. At the end: image.png (the last
     frame), run.json with an `animation` section and, when `video` is "mp4" or "gif", the video of all frames.
     """
-    from ..outputs import build_record, check_video_support, prepare_run_dir, save_frame, write_run, write_video
+    from ..outputs import build_record, check_video_support, save_frame, write_run, write_video
 
     say = say or (lambda text: None)
     motion = check_animation_args(frames, steps_per_frame, motion, video, fps)
@@ -299,29 +299,7 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
         say(f"note: {notice}")
     out = Path(out)
     wanted = recipe(base, models, space, steps_per_frame, motion)
-    state = read_state(out)
-    done: list[dict] = []
-    if state is not None:
-        differ = _differences(state["recipe"], wanted)
-        if requested_seed is not None and requested_seed != state["seed"]:
-            differ.append("seed")
-        if not differ:
-            base = dataclasses.replace(base, seed=state["seed"])
-            done = [dict(f) for f in state["frames"] if isinstance(f, dict)]
-            _check_resumable(out, done, frames, base)
-        elif overwrite:  # the state file shows the folder is an animation of vqclip's: clear only its names
-            _remove_frames(out)
-            _remove_videos(out)
-            (out / STATE_NAME).unlink()
-        else:
-            raise bad_arg("--out", f"this folder holds an animation made with other settings (they differ in: "
-                          f"{', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''})", str(out),
-                          "Run its own command again to continue it, choose another --out, or add --overwrite to "
-                          "start it over.")
-    if state is None:
-        prepare_run_dir(out, overwrite)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
+    base, done = _open_folder(out, base, wanted, requested_seed, frames, overwrite)
     check_seed_range(int(base.seed), frames)
     seeds = [int(base.seed) + i for i in range(frames)]
     first = len(done)
@@ -339,7 +317,7 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
             result = run(current, models.clip, models.vqgan, space, wrapped, start=start)
             if result.status != "finished":
                 status = result.status
-                message = f"frame {index}: {result.message}"
+                message = f"frame {index} was not saved: {result.message}"
                 break
             save_frame(out, index, result.image)
             done.append(_frame_entry(index, current, result, bool(base.story)))
@@ -364,6 +342,36 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
     if video and status == "finished":
         animation.video = write_video(out, fps, video)
     return animation
+
+
+def _open_folder(out: Path, base: Settings, wanted: dict, requested_seed: int | None, frames: int,
+                 overwrite: bool) -> tuple[Settings, list[dict]]:
+    """Resume the animation of this recipe in `out`, start over (`overwrite`), or start a new one in a folder the
+    run-folder rules allow. Returns the settings (with the folder's seed when resuming) and the frames done."""
+    from ..outputs import prepare_run_dir
+
+    state = read_state(out)
+    if state is None:
+        prepare_run_dir(out, overwrite)
+        return base, []
+    differ = _differences(state["recipe"], wanted)
+    if requested_seed is not None and requested_seed != state["seed"]:
+        differ.append("seed")
+    if not differ:
+        base = dataclasses.replace(base, seed=state["seed"])
+        done = [dict(f) for f in state["frames"] if isinstance(f, dict)]
+        _check_resumable(out, done, frames, base)
+        return base, done
+    if not overwrite:
+        raise bad_arg("--out", f"this folder holds an animation made with other settings (they differ in: "
+                      f"{', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''})", str(out),
+                      "Run its own command again to continue it, choose another --out, or add --overwrite to "
+                      "start it over.")
+    # The state file shows the folder holds vqclip's animation: remove only the names vqclip writes there.
+    _remove_frames(out)
+    _remove_videos(out)
+    (out / STATE_NAME).unlink()
+    return base, []
 
 
 def _span(count: int) -> str:

@@ -249,3 +249,19 @@ def test_a_bad_group_size_is_one_line_naming_the_flag(tiny_model_flags, tmp_path
     err = capsys.readouterr().err.strip()
     assert code == 2 and "--group-size" in err and "auto" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_generate_many_returns_prompts_x_seeds_x_spaces_in_order(tiny_clip, tiny_vqgan):
+    import vqclip
+    from vqclip.generation.api import Models
+
+    models = Models(tiny_clip, tiny_vqgan)
+    seen = set()
+    results = vqclip.generate_many(["an apple", "a pear"], seeds=[0, 1], spaces=["clip"], models=models,
+                                   group_size=3, size=(32, 32), steps=2, cutn=2,
+                                   callback=lambda i, info: seen.add(i))
+    assert [(r.settings.prompts[0].text, r.seed) for r in results] == [("an apple", 0), ("an apple", 1),
+                                                                        ("a pear", 0), ("a pear", 1)]
+    assert [r.group_size for r in results] == [3, 3, 3, 1] and seen == {0, 1, 2, 3}
+    alone = run(results[3].settings, tiny_clip, tiny_vqgan, Space("clip"))
+    assert np.abs(_pixels(alone.image) - _pixels(results[3].image)).mean() <= IMAGE_MEAN_TOLERANCE

@@ -2,7 +2,7 @@
 
 __version__ = "0.1.0"
 
-_LAZY = {"generate": "generation", "load_models": "generation", "Settings": "generation", "Result": "generation",
+_LAZY = {"generate": "generation", "generate_many": "generation", "load_models": "generation", "Settings": "generation", "Result": "generation",
          "Space": "spaces", "load_clip": "models.clip"}
 
 

@@ -10,8 +10,8 @@ from ..io import sha256_file
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, ClipModel, load_clip
 from ..errors import VqclipError
 from ..spaces import MissingProjection, Space, resolve_space
-from .loop import Result, Settings, StepInfo, run
-from .prompts import parse_image_prompt, parse_prompts
+from .loop import Result, Settings, StepInfo, group_key, run, run_many
+from .prompts import parse_image_prompt, parse_noise_prompt, parse_prompts, parse_story
 
 
 SpaceRequest = tuple  # (space name or None, projection file or None, the flag that gave the file)
@@ -145,6 +145,57 @@ def generate(prompt: str, *, space: str | None = None, projection: str | None = 
     if models is None:
         models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
                              spaces=[(space, projection, "--projection")], auto_train=auto_train)
-    cfg = Settings(prompts=parse_prompts(prompt),
-                   image_prompts=[parse_image_prompt(p) for p in image_prompts or []], **settings)
-    return run(cfg, models.clip, models.vqgan, models.space(space, projection), callback)
+    return run(_settings(prompt, image_prompts, settings), models.clip, models.vqgan,
+               models.space(space, projection), callback)
+
+
+def _settings(prompt: str, image_prompts: Sequence[str] | None, settings: dict) -> Settings:
+    """Settings from the API's strings: '^' story phases, image prompt specs and noise prompt specs."""
+    phases = parse_story(prompt) if prompt else [[]]
+    settings = dict(settings)
+    settings["noise_prompts"] = [parse_noise_prompt(p) for p in settings.get("noise_prompts", [])]
+    return Settings(prompts=phases[0], story=phases[1:],
+                    image_prompts=[parse_image_prompt(p) for p in image_prompts or []], **settings)
+
+
+def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("clip",), seeds: Sequence[int] = (0,),
+                  projections: dict[str, str] | None = None, models: Models | None = None,
+                  callback: Callable[[int, StepInfo], None] | None = None, group_size: int | str = "auto",
+                  clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
+                  vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
+                  precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False,
+                  **settings) -> list[Result]:
+    """One image per (prompt, seed, space), optimised `group_size` at a time in one batched latent.
+
+    Results come in the order prompts × seeds × spaces. `projections` maps a space to a projection file (default:
+    the cached or registered one). `group_size` "auto" fills the GPU's free memory (one job at a time on the CPU);
+    `callback(index, info)` gets the index of the job in the returned list. Keyword settings are those of
+    `Settings`, shared by every job.
+    """
+    from ..batch.runner import auto_group_size
+
+    projections = dict(projections or {})
+    if models is None:
+        models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
+                             spaces=[(s, projections.get(s), "--projection") for s in spaces], auto_train=auto_train)
+    jobs = [(_settings(p, None, dict(settings, seed=seed)), space) for p in prompts for seed in seeds
+            for space in spaces]
+    if not jobs:
+        return []
+    first = jobs[0][0].resolved(models.vqgan.factor)[0]
+    size = auto_group_size(models.clip.device, first.size, first.cutn) if group_size == "auto" else int(group_size)
+    if size < 1:
+        raise VqclipError(f"group_size: must be 'auto' or at least 1; got {group_size!r}. Use group_size='auto'.")
+    results: list[Result | None] = [None] * len(jobs)
+    by_key: dict[tuple, list[int]] = {}
+    for i, (s, _) in enumerate(jobs):
+        by_key.setdefault(group_key(s.resolved(models.vqgan.factor)[0]), []).append(i)
+    for members in by_key.values():
+        for start in range(0, len(members), size):
+            chunk = members[start:start + size]
+            done = run_many([jobs[i][0] for i in chunk], models.clip, models.vqgan,
+                            [models.space(jobs[i][1], projections.get(jobs[i][1])) for i in chunk],
+                            None if callback is None else (lambda k, info, chunk=chunk: callback(chunk[k], info)))
+            for i, result in zip(chunk, done):
+                results[i] = result
+    return results

@@ -71,7 +71,7 @@ class MissingExtraError(ImportError):
 
 # Optional modules -> the vqclip extra that installs them (pyproject.toml), for ImportErrors raised inside them.
 OPTIONAL_MODULES = {"imageio_ffmpeg": "video", "easyocr": "ocr", "easyocr_en_models": "ocr", "scipy": "ocr",
-                    "wordfreq": "train", "matplotlib": "train"}
+                    "wordfreq": "train", "matplotlib": "train", "gradio": "ui", "playwright": "test"}
 
 
 def missing_extra_hint(error: ImportError) -> str | None:

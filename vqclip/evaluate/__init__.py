@@ -1,1 +1,1 @@
-"""Evaluations of the paper (§6): OCR text detection in generated images, typographic attacks, OCR by retrieval."""
+"""Evaluations of the paper (docs/method.md §6): text in generated images, typographic attacks, OCR by retrieval."""

@@ -1,4 +1,5 @@
-"""OCR by retrieval on IIIT5K (paper §6): each cropped word image picks the nearest lexicon word's text embedding.
+"""OCR by retrieval on IIIT5K (docs/method.md §6): each cropped word image picks the nearest lexicon word's text
+embedding.
 
 The released test annotations are MATLAB `testdata.mat`: a 1 x N struct array with fields ImgName
 (`test/1002_1.png`), GroundTruth (`PRIVATE`), smallLexi (50 words) and mediumLexi (1000 words). The full lexicon
@@ -23,7 +24,7 @@ from .textscore import format_cell, rate
 LEXICONS = ("small", "medium", "full")
 MAT_FIELDS = {"ImgName", "GroundTruth"}
 DEFAULT_TEMPLATE = "{}"  # words are encoded raw, like y_t in training
-# METHOD.md §6: learn (d = 128) vs CLIP, word accuracy difference in points.
+# docs/method.md §6: learn (d = 128) vs CLIP, word accuracy difference in points.
 PAPER_NOTE = {"medium": "learn within 1.76 points of CLIP", "full": "learn +0.2 points over CLIP"}
 
 

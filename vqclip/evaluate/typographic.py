@@ -1,4 +1,4 @@
-"""Typographic-attack robustness (paper §6): datasets, synthetic attacks and zero-shot protocols in any space.
+"""Typographic-attack robustness (docs/method.md §6): datasets, synthetic attacks and zero-shot protocols in any space.
 
 Datasets:
 - the paper's real photos: a folder with `annotation.json` (or `annotations.json`) mapping each file name to
@@ -37,7 +37,7 @@ IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FORMATS = ("auto", "annotation", "filename")
 SYNTHETIC_FORMAT = "vqclip.synthetic-typographic/1"
 PROTOCOLS = {"objects": "object labels only", "union": "object + attack labels"}
-# The paper's real-photo set, accuracy of CLIP ViT-B/32 and of forget-to-spell (METHOD.md §6).
+# The paper's real-photo set, accuracy of CLIP ViT-B/32 and of forget-to-spell (docs/method.md §6).
 PAPER_ACCURACY = {"clip": 49.4, "forget": 77.2}
 
 

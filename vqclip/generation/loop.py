@@ -1,4 +1,4 @@
-"""The optimisation loop of VQGAN+CLIP, with the CLIP loss computed in a chosen embedding space (paper §7).
+"""The optimisation loop of VQGAN+CLIP, with the CLIP loss computed in a chosen embedding space (docs/method.md §7).
 
 One loop optimises a group of jobs at once (`run_many`): their latents are stacked, one VQGAN decode and one CLIP
 call per step serve them all, and each job keeps its own seeded cutouts, targets, projection and (Adam being
@@ -31,7 +31,7 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": tor
               "nadam": torch.optim.NAdam, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop,
               "sgd": torch.optim.SGD}
 # z+quantize: Adam lr 0.1 on continuous z (the common CLI tools). Codebook sampling: AdamW lr 0.05 on per-token
-# logits (the paper's notebook, METHOD.md §7).
+# logits (the paper's notebook, docs/method.md §7).
 METHOD_DEFAULTS = {"zquant": ("adam", 0.1), "codebook": ("adamw", 0.05)}
 IMAGE_PROMPT_MODES = ("cutouts", "centre")
 # Settings that jobs optimised together in one batched latent must share (one optimiser, one set of cutouts).

@@ -1,6 +1,6 @@
 """`vqclip reproduce`: rerun the paper's headline experiments and put the measured numbers beside the published ones.
 
-Materzynska, Torralba, Bau, CVPR 2022 (METHOD.md §6):
+Materzynska, Torralba, Bau, CVPR 2022 (docs/method.md §6):
 
 - typographic attacks on the authors' 180 photos: zero-shot accuracy in clip / learn / forget
   (`vqclip.reproduce.typographic`);

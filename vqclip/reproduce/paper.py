@@ -1,4 +1,4 @@
-"""The paper's published numbers and set sizes (METHOD.md §6), and how a measured rate is set beside one."""
+"""The paper's published numbers and set sizes (docs/method.md §6), and how a measured rate is set beside one."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ PAPER = {
     },
 }
 
-# The generation settings the paper reports (METHOD.md §7). Steps are not published: vqclip's default is used.
+# The generation settings the paper reports (docs/method.md §7). Steps are not published: vqclip's default is used.
 PAPER_GENERATION = {"method": "codebook", "vqgan": "vqgan_imagenet_f16_1024", "size": (480, 480), "cutn": 64,
                     "clip": "ViT-B-32", "pretrained": "openai"}
 

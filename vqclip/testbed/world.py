@@ -62,7 +62,7 @@ class World:
     classes: tuple[str, ...] = CLASSES
     extra_words: tuple[str, ...] = EXTRA_WORDS
     n_nonsense: int = 12
-    nonsense_length: tuple[int, int] = (3, 8)  # paper §3: 3–8 letters; small images need shorter ones
+    nonsense_length: tuple[int, int] = (3, 8)  # docs/method.md §3: 3–8 letters; small images need shorter ones
     label_box: float = 0.8  # share of words written on objects that get a light box behind them
     object_radius: tuple[float, float] = (0.2, 0.34)  # fractions of the image side
     label_band: float = 0.35  # share of the height along the top or bottom edge that labels are written in
@@ -90,7 +90,7 @@ class World:
 
     @functools.cached_property
     def nonsense_words(self) -> tuple[str, ...]:
-        """Random letter strings of 3–8 letters, fixed by the seed (paper §3: nonsense words)."""
+        """Random letter strings of 3–8 letters, fixed by the seed (docs/method.md §3: nonsense words)."""
         rng = item_rng(self.seed, "nonsense")
         taken = set(self.classes) | set(self.extra_words)
         out: list[str] = []
@@ -340,7 +340,7 @@ def class_prompt(cls: str) -> str:
 
 @dataclass
 class FiveTuples:
-    """Images and labels of the five-tuples (x_i, y_i, x_t, y_t, x_it) drawn from the world (paper §3)."""
+    """Images and labels of the five-tuples (x_i, y_i, x_t, y_t, x_it) drawn from the world (docs/method.md §3)."""
 
     x_i: torch.Tensor  # (N, 3, H, W) uint8 objects
     x_t: torch.Tensor  # (N, 3, H, W) uint8 words alone

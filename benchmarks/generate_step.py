@@ -81,10 +81,14 @@ def time_vqclip(settings_list, clip, vqgan, spaces, warmup: int, steps: int) -> 
 
 
 def models_step(clip, vqgan, size, cutn: int):
-    """The decoder and CLIP's image tower, forward and backward, nothing else."""
+    """The decoder and CLIP's image tower, forward and backward, nothing else, in the layout vqclip uses."""
+    from vqclip.generation.loop import decoder_memory_format
+
     device = clip.device
+    layout = decoder_memory_format(device)
+    vqgan.to(memory_format=layout)
     h, w = size[1] // vqgan.factor, size[0] // vqgan.factor
-    z = torch.randn(1, vqgan.embed_dim, h, w, device=device, requires_grad=True)
+    z = torch.randn(1, vqgan.embed_dim, h, w, device=device).contiguous(memory_format=layout).requires_grad_(True)
     x = torch.rand(cutn, 3, *clip.input_size, device=device, requires_grad=True)
 
     def step():
@@ -131,8 +135,11 @@ def main() -> None:
     peaks: dict[str, float] = {}
     baseline = None
     if "baseline" in arms:
+        import copy
+
         base_clip, tokenizer = build_clip(device)
-        baseline = Baseline(base_clip, tokenizer, vqgan, settings.size, args.cutn, "a photo of an apple")
+        # its own VQGAN copy: vqclip switches the decoder's memory layout (channels_last on the CPU) in place
+        baseline = Baseline(base_clip, tokenizer, copy.deepcopy(vqgan), settings.size, args.cutn, "a photo of an apple")
     for _ in range(args.repeats):
         for arm in arms:
             if device.type == "cuda":

@@ -90,3 +90,25 @@ def test_features_extracted_with_the_old_gelu_build_are_not_reused(tmp_path):
     with pytest.raises(VqclipError, match=f"without QuickGELU.*Remove {tmp_path}"):
         _check_meta(tmp_path, meta)
     _check_meta(tmp_path, dict(meta, clip_quick_gelu=False))  # a GELU model (e.g. a LAION tag) still matches
+
+
+def test_the_matmul_patch_embedding_gives_the_convolutions_numbers_and_gradients():
+    import copy
+
+    import open_clip
+    import torch
+
+    from vqclip.models.clip import use_matmul_patch_embedding
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None).eval().requires_grad_(False)
+    x = torch.rand(2, 3, 224, 224, requires_grad=True)
+    reference = model.encode_image(x)
+    (grad_ref,) = torch.autograd.grad(reference.sum(), x)
+    fast = copy.deepcopy(model)
+    assert use_matmul_patch_embedding(fast)
+    out = fast.encode_image(x)
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.allclose(out, reference, atol=1e-4) and torch.allclose(grad, grad_ref, atol=1e-4)
+    assert fast.state_dict().keys() == model.state_dict().keys()
+    assert not use_matmul_patch_embedding(open_clip.create_model("RN50", pretrained=None))  # no patch convolution

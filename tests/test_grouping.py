@@ -169,7 +169,7 @@ def test_a_whole_image_cutout_is_the_image_and_a_downscale_averages():
     image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     # cutouts as large as the image: the only crop is the whole image, resampled 1:1
     same = MakeCutouts((32, 32), 1, 1.0, (), 0.0)
-    assert torch.allclose(same(image, [torch.Generator().manual_seed(0)]), image, atol=1e-6)
+    assert torch.allclose(same(image, [torch.Generator().manual_seed(0)]), image, atol=1e-5)
     # the largest crop (u ** cut_pow ~ 1) of a 48 px side down to 16 px averages 3x3 blocks (area sampling);
     # an unfiltered bilinear resize would pick one pixel of each block and alias
     image = torch.rand(1, 3, 48, 48, generator=torch.Generator().manual_seed(1))

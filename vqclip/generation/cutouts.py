@@ -1,7 +1,8 @@
 """Random cutouts of the decoded images, resampled to CLIP's input size and augmented: batched tensor operations.
 
-Every cutout of every image in a group is made by the same few kernels, whatever `cutn` is: one `roi_align` crops
-and resamples all of them (with adaptive area sampling, so a large crop is averaged, not aliased), one resampling
+Every cutout of every image in a group is made by the same few kernels, whatever `cutn` is: one grid sample (or,
+when a crop can be larger than CLIP's input, one `roi_align` with adaptive area sampling, so a large crop is
+averaged, not aliased) crops and resamples all of them, one resampling
 per geometric augmentation, one HSV round trip for the colour jitter, one mask for the erasing, one noise add.
 The random parameters of a job's cutouts come from that job's generator on the device, in one draw per step, so a
 seed fixes the cutouts and no random number crosses between host and device.
@@ -170,6 +171,34 @@ def _flip(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.where((u[:, 0] < _AUGS["flip"][0]).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+def _crop(images: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, size: torch.Tensor, cutn: int, ch: int,
+          cw: int) -> torch.Tensor:
+    """Crop the squares [ox, ox + size) × [oy, oy + size) (cutn per image) and resample each to ch × cw.
+
+    When no crop can be larger than the output (images no larger than CLIP's input), one bilinear grid sample
+    does it. Otherwise torchvision's roi_align, with ceil(size / output) samples per output pixel and axis for each
+    crop, averages a large crop instead of aliasing it. (Both compute the same samples where both apply; roi_align's
+    CPU backward measured about 35 ms slower at 128² with 8 cutouts, a fixed supersampled grid 50 % slower than
+    roi_align at 480² with 32.)"""
+    import torch.nn.functional as F
+    from torchvision.ops import roi_align
+
+    n = len(size)
+    _, _, h, w = images.shape
+    if min(h, w) > min(ch, cw):
+        index = torch.arange(len(images), device=images.device, dtype=images.dtype).repeat_interleave(cutn)
+        boxes = torch.stack([index, ox, oy, ox + size, oy + size], dim=1)
+        # aligned=True: the box [ox, ox + size) covers exactly those pixels; sampling_ratio=-1 is adaptive
+        return roi_align(images, boxes, output_size=(ch, cw), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+    steps = _constants(images.device, images.dtype, cw, ch)["grid"][0]  # (ch, cw, 2): output x, y indices
+    # sample centres in the image's pixel coordinates, normalised for align_corners=True
+    xs = ox.view(n, 1, 1) + (steps[..., 0] + 0.5) * (size / cw).view(n, 1, 1) - 0.5
+    ys = oy.view(n, 1, 1) + (steps[..., 1] + 0.5) * (size / ch).view(n, 1, 1) - 0.5
+    grid = torch.stack([xs * (2 / max(w - 1, 1)) - 1, ys * (2 / max(h - 1, 1)) - 1], dim=-1)
+    source = images.expand(n, -1, -1, -1) if len(images) == 1 else images.repeat_interleave(cutn, dim=0)
+    return F.grid_sample(source, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
 class MakeCutouts:
     """`cutn` random square crops per image (side ~ U^cut_pow between min and max), resampled to `cut_size`,
     augmented in the given order, plus noise of a random strength up to `noise`."""
@@ -189,8 +218,6 @@ class MakeCutouts:
 
     def __call__(self, images: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """(G, 3, H, W) -> (G * cutn, 3, *cut_size); job g's cutouts are rows g*cutn .. (g+1)*cutn - 1."""
-        from torchvision.ops import roi_align
-
         g, _, h, w = images.shape
         if len(generators) != g:
             raise ValueError(f"{len(generators)} generators for {g} images")
@@ -202,11 +229,7 @@ class MakeCutouts:
         size = (u[:, 0] ** self.cut_pow * (max_size - min_size) + min_size).floor()
         ox = (u[:, 1] * (w - size + 1)).floor()
         oy = (u[:, 2] * (h - size + 1)).floor()
-        index = torch.arange(g, device=device, dtype=dtype).repeat_interleave(self.cutn)
-        boxes = torch.stack([index, ox, oy, ox + size, oy + size], dim=1)
-        # aligned=True: the box [ox, ox + size) covers exactly those pixels; sampling_ratio=-1 averages
-        # ceil(size / cut) samples per output pixel and axis, so a crop larger than CLIP's input is not aliased.
-        x = roi_align(images, boxes, output_size=(ch, cw), spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+        x = _crop(images, ox, oy, size, self.cutn, ch, cw)
         col = 3
         for name in self.augmentations:
             k = _AUGS[name][1]

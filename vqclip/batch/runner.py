@@ -220,26 +220,18 @@ def _prepare(job: Job, ctx: _Context):
     claim = claim_job(ctx.folder, job.id)
     if claim is None:
         return "busy", None, None  # another live worker on this folder runs it
-    if finished_record(ctx.folder, job, fp) is not None:  # finished by another worker since this run started
-        try:
-            if (job.id, fp) in manifest_ok(ctx.folder):
-                return "done", None, None
-            # the image and run.json are whole; only the manifest line was lost
-            line = manifest_line(job, fp, "ok", finished_record(ctx.folder, job, fp),
-                                 extra=dict(ctx.extra, recovered=True))
-            append_manifest(ctx.folder, line)
-            return "recovered", line, None
-        finally:
-            claim.release()
-    if state == "recover":
-        try:
-            line = manifest_line(job, fp, "ok", finished_record(ctx.folder, job, fp),
-                                 extra=dict(ctx.extra, recovered=True))
-            append_manifest(ctx.folder, line)
-            return "recovered", line, None
-        finally:
-            claim.release()
-    return None, None, claim
+    record = finished_record(ctx.folder, job, fp)
+    if state != "recover" and record is None:
+        return None, None, claim  # to run
+    try:  # finished before (state recover), or by another worker since this run started
+        if record is not None and (job.id, fp) in manifest_ok(ctx.folder):
+            return "done", None, None
+        # the image and run.json are whole; only the manifest line was lost
+        line = manifest_line(job, fp, "ok", record, extra=dict(ctx.extra, recovered=True))
+        append_manifest(ctx.folder, line)
+        return "recovered", line, None
+    finally:
+        claim.release()
 
 
 def _companions(first: Job, remaining: list[Job], want: int, ctx: _Context, summary: BatchSummary):

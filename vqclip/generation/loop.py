@@ -189,9 +189,10 @@ def zquant_latent(z0: torch.Tensor, codebook: torch.Tensor) -> Latent:
     z = z0.clone().requires_grad_(True)
     z_min = codebook.min(dim=0).values.view(1, -1, 1, 1)
     z_max = codebook.max(dim=0).values.view(1, -1, 1, 1)
+    codebook_sq = codebook.pow(2).sum(1)  # once, not every step
 
     def quantized():
-        return vector_quantize(z.movedim(1, 3), codebook).movedim(3, 1)  # (G, h, w, C) -> (G, C, h, w)
+        return vector_quantize(z.movedim(1, 3), codebook, codebook_sq).movedim(3, 1)  # (G, C, h, w)
 
     def after_step():
         with torch.no_grad():

@@ -43,9 +43,13 @@ def clamp_with_grad(x: torch.Tensor, lo: float = 0.0, hi: float = 1.0) -> torch.
     return _ClampWithGrad.apply(x, lo, hi)
 
 
-def vector_quantize(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(..., C) -> nearest codebook vectors (..., C), with the straight-through gradient of the identity."""
-    d = z.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.T  # (..., n_embed)
+def vector_quantize(z: torch.Tensor, codebook: torch.Tensor, codebook_sq: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., C) -> nearest codebook vectors (..., C), with the straight-through gradient of the identity.
+
+    `codebook_sq`: the codebook's squared norms, (n_embed,), when the caller keeps them between steps."""
+    if codebook_sq is None:
+        codebook_sq = codebook.pow(2).sum(1)
+    d = z.pow(2).sum(-1, keepdim=True) + codebook_sq - 2 * z @ codebook.T  # (..., n_embed)
     z_q = codebook[d.argmin(-1)]
     return replace_grad(z_q, z)
 

@@ -8,8 +8,9 @@ import torch
 from vqclip.cli import main
 from vqclip.errors import VqclipError
 from vqclip.generation import Settings, parse_prompts
-from vqclip.generation.animate import (STATE_NAME, Motion, animate, check_animation_args, frame_settings,
-                                       transform_image)
+from vqclip.generation.animate import (STATE_NAME, Motion, animate, check_animation_args, frame_first_step,
+                                       frame_settings, transform_image)
+from vqclip.generation.loop import active_targets
 
 # ----------------------------------------------------------------------------------------------- the motion
 
@@ -85,8 +86,12 @@ def test_frame_seeds_and_prompt_phases():
     frames = [frame_settings(base, i, 2) for i in range(4)]
     assert frames[0] is base
     assert [f.seed for f in frames] == [10, 11, 12, 13] and [f.steps for f in frames] == [4, 2, 2, 2]
-    # later frames start at steps 4, 6, 8 of the whole animation: phases 4//3=1 -> b, 6//3=2 -> a, 8//3=2 -> a
-    assert [f.prompts[0].text for f in frames[1:]] == ["b", "a", "a"] and not frames[1].story
+    # later frames start at steps 4, 6, 8 of the whole animation, and phases go on counting the animation's steps
+    firsts = [frame_first_step(base, i, 2) for i in range(4)]
+    assert firsts == [0, 4, 6, 8] and frames[1].story == base.story and frames[1].change_every == 3
+    labels = [["a"], ["b"]]
+    phase = [active_targets(labels, [], 3, first + k)[0] for first in firsts[1:] for k in range(2)]
+    assert phase == ["b", "b", "a", "a", "a", "b"]  # steps 4..9: 4,5 -> b; 6,7,8 -> a; 9 -> b
 
 
 # --------------------------------------------------------------------------------------- the Python API
@@ -141,9 +146,9 @@ def test_the_motion_reaches_the_next_frame(models, tmp_path, one_thread, monkeyp
 
     starts, real_run = [], anim.run
 
-    def spy(settings, clip, vqgan, space, callback=None, *, start=None):
+    def spy(settings, clip, vqgan, space, callback=None, *, start=None, **kw):
         starts.append(start)
-        return real_run(settings, clip, vqgan, space, callback, start=start)
+        return real_run(settings, clip, vqgan, space, callback, start=start, **kw)
 
     monkeypatch.setattr(anim, "run", spy)
     motion = Motion(shift=(5, 0))
@@ -162,8 +167,8 @@ def test_a_frame_whose_loss_turns_nonfinite_stops_the_animation_and_is_not_saved
 
     real_run = anim.run
 
-    def nan_in_frame_1(settings, clip, vqgan, space, callback=None, *, start=None):
-        result = real_run(settings, clip, vqgan, space, callback, start=start)
+    def nan_in_frame_1(settings, clip, vqgan, space, callback=None, *, start=None, **kw):
+        result = real_run(settings, clip, vqgan, space, callback, start=start, **kw)
         if start is not None:
             return dataclasses.replace(result, status="nonfinite", message="the loss became nan at step 2")
         return result
@@ -208,12 +213,12 @@ def test_cli_interrupt_keeps_frames_says_how_to_resume_and_the_same_command_cont
 
     real_run, calls = anim.run, []
 
-    def stop_in_second_frame(settings, clip, vqgan, space, callback=None, *, start=None):
+    def stop_in_second_frame(settings, clip, vqgan, space, callback=None, *, start=None, **kw):
         calls.append(1)
         if len(calls) == 2:
             def callback(info):
                 raise KeyboardInterrupt
-        return real_run(settings, clip, vqgan, space, callback, start=start)
+        return real_run(settings, clip, vqgan, space, callback, start=start, **kw)
 
     monkeypatch.setattr(anim, "run", stop_in_second_frame)
     out = tmp_path / "run"

@@ -22,10 +22,17 @@ COMMANDS = ("generate", "animate", "batch", "grid", "train", "eval", "score", "m
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .common import HelpFormatter, examples
+
     parser = argparse.ArgumentParser(
         prog="vqclip",
         description="VQGAN+CLIP image generation in the original CLIP space or in learn-to-spell / "
-                    "forget-to-spell subspaces (Materzynska, Torralba, Bau, CVPR 2022).",
+                    "forget-to-spell subspaces (Materzynska, Torralba, Bau, CVPR 2022). "
+                    "`vqclip COMMAND --help` describes each command.",
+        epilog=examples('vqclip generate --space forget "a photo of an apple"',
+                        "vqclip batch prompts.txt --spaces clip,learn,forget --seeds 0-2",
+                        "vqclip testbed --quick"),
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vqclip {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (model loading, downloads)")

@@ -162,17 +162,16 @@ def check_seed_range(seed: int | None, frames: int) -> None:
 
 def frame_settings(base: Settings, index: int, steps_per_frame: int) -> Settings:
     """The settings of frame `index`: frame 0 is `base`; frame i > 0 runs `steps_per_frame` steps with seed
-    base.seed + i. With prompt phases ("a ^ b", change_every), a later frame keeps the phase active at its first
-    step of the whole animation (phases switch at frame boundaries)."""
+    base.seed + i. Prompt phases ("a ^ b", change_every) count the steps of the whole animation: see
+    `frame_first_step`."""
     if index == 0:
         return base
-    settings = dataclasses.replace(base, seed=int(base.seed) + index, steps=steps_per_frame)
-    if base.story and base.change_every:
-        phases = [base.prompts] + list(base.story)
-        first_step = base.steps + (index - 1) * steps_per_frame
-        settings = dataclasses.replace(settings, prompts=list(phases[(first_step // base.change_every) % len(phases)]),
-                                       story=[], change_every=0)
-    return settings
+    return dataclasses.replace(base, seed=int(base.seed) + index, steps=steps_per_frame)
+
+
+def frame_first_step(base: Settings, index: int, steps_per_frame: int) -> int:
+    """How many steps of the animation come before frame `index` (frame 0 runs base.steps)."""
+    return 0 if index == 0 else base.steps + (index - 1) * steps_per_frame
 
 
 def recipe(base: Settings, models, space, steps_per_frame: int, motion: Motion) -> dict:
@@ -314,13 +313,14 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
             current = frame_settings(base, index, steps_per_frame)
             start = None if previous is None else transform_image(pil_to_tensor(previous), motion)
             wrapped = None if callback is None else (lambda info, i=index: callback(i, info))
-            result = run(current, models.clip, models.vqgan, space, wrapped, start=start)
+            result = run(current, models.clip, models.vqgan, space, wrapped, start=start,
+                         step_offset=frame_first_step(base, index, steps_per_frame))
             if result.status != "finished":
                 status = result.status
                 message = f"frame {index} was not saved: {result.message}"
                 break
             save_frame(out, index, result.image)
-            done.append(_frame_entry(index, current, result, bool(base.story)))
+            done.append(_frame_entry(index, frame_first_step(base, index, steps_per_frame), result))
             _write_state(out, base, wanted, done)
             if index == first:
                 _remove_videos(out)  # an older video lacks the new frames
@@ -407,13 +407,11 @@ def _load_frame(path: Path):
                           "it over, or choose another --out.") from e
 
 
-def _frame_entry(index: int, settings: Settings, result: Result, phases: bool) -> dict:
-    entry = {"frame": index, "seed": result.seed, "steps": result.steps_done, "loss": result.loss,
-             "losses": result.losses, "seconds": round(result.seconds, 3)}
+def _frame_entry(index: int, first_step: int, result: Result) -> dict:
+    entry = {"frame": index, "seed": result.seed, "first_step": first_step, "steps": result.steps_done,
+             "loss": result.loss, "losses": result.losses, "seconds": round(result.seconds, 3)}
     if result.best_step is not None:
         entry["best_step"] = result.best_step
-    if phases and index:  # the prompt phase this frame kept
-        entry["prompts"] = [p.to_dict() for p in settings.prompts]
     return entry
 
 

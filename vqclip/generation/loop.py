@@ -349,21 +349,22 @@ def _rows(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], None] | None = None, *,
-        report_every: int | None = None, start: torch.Tensor | None = None) -> Result:
+        report_every: int | None = None, start: torch.Tensor | None = None, step_offset: int = 0) -> Result:
     """Optimise a VQGAN latent so that CLIP cutouts of its image match the prompts in `space`.
 
     `callback(StepInfo)` runs every `report_every` steps (default: every step on the CPU, every 10 on a GPU);
     raising KeyboardInterrupt in it stops the run like Ctrl-C (status interrupted, the image kept). `start`: a
-    (1, 3, H, W) image in [0, 1] to begin from instead of --init-image or random codes.
+    (1, 3, H, W) image in [0, 1] to begin from instead of --init-image or random codes. `step_offset`: the steps
+    run before this one in a longer sequence (animation frames), so story phases continue where they were.
     """
     wrapped = None if callback is None else (lambda index, info: callback(info))
     return run_many([settings], clip, vqgan, [space], wrapped, report_every=report_every,
-                    starts=None if start is None else [start])[0]
+                    starts=None if start is None else [start], step_offset=step_offset)[0]
 
 
 def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, callback:
              Callable[[int, StepInfo], None] | None = None, *, report_every: int | None = None,
-             starts: Sequence[torch.Tensor | None] | None = None) -> list[Result]:
+             starts: Sequence[torch.Tensor | None] | None = None, step_offset: int = 0) -> list[Result]:
     """Optimise a group of jobs together: job i has `settings_list[i]` and the loss in `spaces[i]`.
 
     The jobs must share the settings in GROUP_FIELDS (see `group_key`); prompts, spaces, seeds, losses, init images
@@ -429,7 +430,7 @@ def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, c
             totals = []
             for i, (s, space) in enumerate(zip(jobs, spaces)):
                 mine = space.project(embeds[i * cutn:(i + 1) * cutn])
-                active = active_targets(*targets[i], s.change_every, step)
+                active = active_targets(*targets[i], s.change_every, step + step_offset)
                 terms = [prompt_loss(mine, t.embeds, t.prompt.weight, t.prompt.stop, dists[i]) for t in active]
                 total = torch.stack(terms).sum()
                 if s.init_weight:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from ..errors import DISK_ERRNOS, describe_exception, is_disk_error
+from ..errors import DISK_ERRNOS, bad_arg, describe_exception, is_disk_error
 from ..outputs import build_record, write_run
 from .plan import BatchSpec, Job, job_settings
 from .store import (MANIFEST_NAME, append_manifest, claim_job, finished_record, job_state, manifest_line,
@@ -175,6 +175,24 @@ def _count(summary: BatchSummary, hooks: BatchHooks, job: Job, outcome: str, lin
     if outcome == "failed":
         summary.failures.append((job.id, str(line.get("error") if line else "")))
     hooks.on_job_end(job, outcome, line)
+
+
+def parse_group_size(value: int | str | None, arg: str = "--group-size") -> int | str | None:
+    """`auto`, a whole number of at least 1, or None (the caller's default)."""
+    if value is None:
+        return None
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise bad_arg(arg, "must be auto or a whole number of at least 1", value,
+                      "Use --group-size auto (as many as the GPU's memory holds), or e.g. --group-size 4 "
+                      "(1 runs the jobs one at a time).")
+    return n
 
 
 def resolve_group_size(group_size: int | str, models, settings) -> int:

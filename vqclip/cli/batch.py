@@ -164,6 +164,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from ..batch.shard import resolve_shard, shard_jobs
     from ..batch.store import job_state, manifest_ok
 
+    from ..batch.runner import parse_group_size
+
     group_size = parse_group_size(args.group_size)
     items = load_prompt_files(args.files, args.word_type)
     spaces = parse_spaces_arg(args.spaces)
@@ -236,21 +238,6 @@ def _run(args, out, record, action, spec, base, items, spaces, projections, shar
               file=sys.stderr)
         return 130
     return 1 if summary.failed else 0
-
-
-def parse_group_size(text) -> int | str:
-    """`auto` or a whole number of at least 1."""
-    text = str(text).strip().lower()
-    if text == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise bad_arg("--group-size", "must be auto or a whole number of at least 1", text,
-                      "Use --group-size auto, or e.g. --group-size 4 (1 runs the jobs one at a time).")
-    return value
 
 
 def parse_spaces_arg(text: str) -> tuple[str, ...]:

@@ -11,7 +11,7 @@ from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, ClipModel, load_clip
 from ..errors import VqclipError
 from ..spaces import MissingProjection, Space, resolve_space
 from .loop import Result, Settings, StepInfo, group_key, run, run_many
-from .prompts import parse_image_prompt, parse_noise_prompt, parse_prompts, parse_story
+from .prompts import parse_image_prompt, parse_noise_prompt, parse_story
 
 
 SpaceRequest = tuple  # (space name or None, projection file or None, the flag that gave the file)

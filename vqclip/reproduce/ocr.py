@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..batch import BatchSpec, PromptItem, make_plan, run_batch
+from ..batch.runner import parse_group_size  # noqa: F401 - the CLI and tests reach it here
 from ..batch.plan import base_settings_record
 from ..errors import bad_arg
 from ..evaluate.textscore import ALL, DEFAULT_THRESHOLDS, PAPER_ANY_TEXT, SPACE_ORDER, threshold_key
@@ -127,21 +128,6 @@ def make_spec(items: Sequence[PromptItem], spaces: Sequence[str], seed: int, bas
                      dict(projections))
 
 
-AUTO = "auto"
-
-
-def parse_group_size(value: int | str | None, arg: str = "--group-size") -> int | str | None:
-    """`auto`, a whole number of at least 1, or None (the runner's default)."""
-    if value is None or value == AUTO:
-        return value
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        n = 0
-    if n < 1 or str(value).strip() != str(n):
-        raise bad_arg(arg, "must be auto or a whole number of at least 1", value,
-                      "Use --group-size auto (as many as the GPU's memory holds) or e.g. --group-size 8.")
-    return n
 
 
 def batch_options(group_size: int | str | None) -> dict:

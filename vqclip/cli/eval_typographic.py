@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .common import (add_cache_arg, add_clip_args, add_compare_spaces_args, add_device_args, add_quiet_arg,
@@ -71,8 +70,7 @@ def run(args) -> int:
     from ..errors import bad_arg
     from ..evaluate.common import resolve_eval_spaces
     from ..evaluate.typographic import (build_synthetic_attacks, check_template, evaluate_typographic,
-                                        open_typographic_dataset, typographic_table)
-    from ..io import write_json, write_text
+                                        open_typographic_dataset, write_typographic_report)
     from .common import load_clip_from_args
 
     check_template(args.template)
@@ -98,11 +96,7 @@ def run(args) -> int:
     report = evaluate_typographic(dataset, clip, spaces, args.template, args.batch_size, progress)
     report["clip"] = clip.describe()
     out = Path(args.out).expanduser() if args.out else Path("outputs") / "eval" / f"typographic-{slug(dataset.name)}"
-    per_image = report.pop("per_image")
-    table = typographic_table(report)
-    write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in per_image))
-    write_text(out / "table.md", table)
-    write_json(out / "report.json", {**report, "table": table})
+    table = write_typographic_report(report, out)
     d = report["dataset"]
     print(f"dataset {d['name']} ({d['format']}): {d['evaluated']} images evaluated "
           f"({d['clean']} clean, {d['attacked']} attacked listed), {len(d['skipped'])} skipped")

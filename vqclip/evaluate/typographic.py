@@ -464,6 +464,20 @@ def _opener(path: Path):
     return lambda: open_image(path)
 
 
+def write_typographic_report(report: dict, out: str | os.PathLike) -> str:
+    """Write an evaluation's predictions.jsonl (its per-image rows, taken out of `report`), table.md and
+    report.json into `out`; returns the table."""
+    from ..io import write_text
+
+    out = Path(out)
+    per_image = report.pop("per_image")
+    table = typographic_table(report)
+    write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in per_image))
+    write_text(out / "table.md", table)
+    write_json(out / "report.json", {**report, "table": table})
+    return table
+
+
 def typographic_table(report: Mapping[str, Any], reference: bool = True) -> str:
     """Spaces side by side: object accuracy (clean / attacked / all) and attack-word wins, per protocol."""
     from .textscore import format_cell

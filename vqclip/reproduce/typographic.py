@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -10,8 +9,7 @@ from typing import Any, Mapping
 
 from ..evaluate.typographic import (DEFAULT_TEMPLATE, PAPER_ACCURACY, PAPER_DATASET_ATTACKS, PAPER_DATASET_IMAGES,
                                     PAPER_DATASET_OBJECTS, PROTOCOLS, evaluate_typographic,
-                                    open_typographic_dataset, typographic_table)
-from ..io import write_json, write_text
+                                    open_typographic_dataset, write_typographic_report)
 from .paper import compare_rate
 
 SPACES = ("clip", "learn", "forget")
@@ -57,11 +55,7 @@ def run_typographic(dataset_root: str | os.PathLike, clip, spaces: Mapping[str, 
     dataset = open_typographic_dataset(dataset_root, "annotation")
     report = evaluate_typographic(dataset, clip, spaces, template, batch_size, progress)
     report["clip"] = clip.describe()
-    per_image = report.pop("per_image")
-    table = typographic_table(report)
-    write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in per_image))
-    write_text(out / "table.md", table)
-    write_json(out / "report.json", {**report, "table": table})
+    table = write_typographic_report(report, out)
     described = report["dataset"]
     return {"dataset": {k: described[k] for k in ("root", "images", "evaluated", "clean", "attacked", "objects",
                                                    "attack_words")},

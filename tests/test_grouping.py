@@ -257,3 +257,32 @@ def test_generate_many_returns_prompts_x_seeds_x_spaces_in_order(tiny_clip, tiny
     assert [r.group_size for r in results] == [3, 3, 3, 1] and seen == {0, 1, 2, 3}
     alone = run(results[3].settings, tiny_clip, tiny_vqgan, Space("clip"))
     assert np.abs(_pixels(alone.image) - _pixels(results[3].image)).mean() <= IMAGE_MEAN_TOLERANCE
+
+
+def test_auto_group_size_fills_free_gpu_memory_and_is_one_on_the_cpu(monkeypatch):
+    from vqclip.batch.runner import AUTO_GROUP_MAX, auto_group_size
+    from vqclip.cli.common import estimate_run_bytes
+
+    assert auto_group_size(torch.device("cpu"), (256, 256), 32) == 1
+    per_job = 4 * sum(estimate_run_bytes((256, 256), 32))
+    free = {"bytes": 10 * per_job}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2 * free["bytes"]))
+    cuda = torch.device("cuda")
+    assert auto_group_size(cuda, (256, 256), 32) == 7  # 70 % of ten jobs' worth
+    assert auto_group_size(cuda, (512, 512), 32) < 7  # larger images: fewer at once
+    free["bytes"] = 10**15
+    assert auto_group_size(cuda, (256, 256), 32) == AUTO_GROUP_MAX
+    free["bytes"] = 1
+    assert auto_group_size(cuda, (256, 256), 32) == 1  # never zero
+
+
+def test_a_grouped_batch_with_progress_bars_names_the_group(tiny_model_flags, tmp_path, capsys):
+    from vqclip.cli import main
+
+    (tmp_path / "p.txt").write_text("an apple\na pear\na plum\n")
+    flags = [f for f in tiny_model_flags if f != "--quiet"]
+    assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--group-size", "2",
+                 "--size", "32", "32", "--steps", "3"] + flags) == 0
+    err = capsys.readouterr().err
+    assert "an-apple/clip-s0 +1" in err  # the bar of the first group names its first job and how many more
+    assert "3 generated" in err

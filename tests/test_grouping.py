@@ -286,3 +286,29 @@ def test_a_grouped_batch_with_progress_bars_names_the_group(tiny_model_flags, tm
     err = capsys.readouterr().err
     assert "an-apple/clip-s0 +1" in err  # the bar of the first group names its first job and how many more
     assert "3 generated" in err
+
+
+def test_a_group_that_fails_as_a_whole_is_retried_one_job_at_a_time(tiny_model_flags, tmp_path, monkeypatch,
+                                                                     capsys):
+    import vqclip.generation.loop as loop
+    from vqclip.cli import main
+    from vqclip.io import read_jsonl
+
+    real = loop.run_many
+    sizes = []
+
+    def fragile(settings, *args, **kwargs):
+        sizes.append(len(settings))
+        if len(settings) > 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(settings, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "run_many", fragile)
+    (tmp_path / "p.txt").write_text("an apple\na pear\n")
+    flags = [f for f in tiny_model_flags if f != "--quiet"]
+    assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--group-size", "2",
+                 "--size", "32", "32", "--steps", "2"] + flags) == 0
+    assert sizes == [2, 1, 1]
+    lines = read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert [line["status"] for line in lines] == ["ok", "ok"] and all(line["group_size"] == 1 for line in lines)
+    assert "2 generated" in capsys.readouterr().err

@@ -271,8 +271,9 @@ def _companions(first: Job, remaining: list[Job], want: int, ctx: _Context, summ
     return found
 
 
-def _run_group(group: list, ctx: _Context) -> list[tuple[str, dict | None]]:
-    """Run the claimed jobs of one group and write each finished one; (outcome, manifest line) per job."""
+def _run_group(group: list, ctx: _Context, announce: bool = True) -> list[tuple[str, dict | None]]:
+    """Run the claimed jobs of one group and write each finished one; (outcome, manifest line) per job.
+    `announce`: tell the hooks the jobs start (not again when a failed group's jobs are retried one by one)."""
     from ..generation.loop import run_many
 
     jobs = [job for job, _ in group]
@@ -280,7 +281,8 @@ def _run_group(group: list, ctx: _Context) -> list[tuple[str, dict | None]]:
     if not ctx.models_info:
         ctx.models_info.update(ctx.models.describe())
     for job, s in zip(jobs, settings):
-        ctx.hooks.on_job_start(job, s)
+        if announce:
+            ctx.hooks.on_job_start(job, s)
     last_step = [0]
 
     def on_step(index, info):
@@ -301,7 +303,7 @@ def _run_group(group: list, ctx: _Context) -> list[tuple[str, dict | None]]:
     except Exception as e:  # a failing group: one at a time if it was more than one job, else record the failure
         _free_accelerator_memory(ctx.models)
         if len(group) > 1:
-            return [outcome for member in group for outcome in _run_group([member], ctx)]
+            return [outcome for member in group for outcome in _run_group([member], ctx, announce=False)]
         job = jobs[0]
         line = manifest_line(job, ctx.fps[job.id], "failed", error=_error_text(e), extra=ctx.extra)
         append_manifest(ctx.folder, line)

@@ -2,14 +2,15 @@
 
 Every cutout of every image in a group is made by the same few kernels, whatever `cutn` is: one grid sample (or,
 when a crop can be larger than CLIP's input, one `roi_align` with adaptive area sampling, so a large crop is
-averaged, not aliased) crops and resamples all of them, one resampling
-per geometric augmentation, one HSV round trip for the colour jitter, one mask for the erasing, one noise add.
+averaged, not aliased) crops and resamples all of them, one resampling per geometric augmentation, one 3×3
+colour matrix per cutout for the jitter, one mask for the erasing, one noise add.
 The random parameters of a job's cutouts come from that job's generator on the device, in one draw per step, so a
 seed fixes the cutouts and no random number crosses between host and device.
 
 The augmentations follow the VQGAN+CLIP community defaults that vqclip used through kornia's augmentation modules
 (RandomAffine(15°, translate 0.1, border), RandomPerspective(0.7), ColorJitter(hue 0.1, saturation 0.1),
-RandomErasing(0.1–0.4, ratio 0.3–3.3), each with p = 0.7); kornia's functional kernels do the pixel work.
+RandomErasing(0.1–0.4, ratio 0.3–3.3), each with p = 0.7). The jitter rotates hue and scales saturation in YIQ
+space rather than HSV: the same kind of change, in one matrix product.
 """
 
 from __future__ import annotations

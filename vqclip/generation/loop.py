@@ -467,7 +467,7 @@ def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, c
     except KeyboardInterrupt:
         status = "interrupted"
     seconds = time.perf_counter() - start_time
-    running = _read_back(history, alive, running, stopped_at, completed)
+    _read_back(history, alive, running, stopped_at, completed)  # note jobs that turned non-finite since the last
     return _results(jobs, latent, good, best, best_step, codebook, vqgan, history, stopped_at, completed, status,
                     last_terms, last_labels, seconds)
 

@@ -172,7 +172,7 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
     `callback(index, info)` gets the index of the job in the returned list. Keyword settings are those of
     `Settings`, shared by every job.
     """
-    from ..batch.runner import auto_group_size
+    from ..batch.runner import auto_group_size, parse_group_size
 
     projections = dict(projections or {})
     if models is None:
@@ -183,9 +183,9 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
     if not jobs:
         return []
     first = jobs[0][0].resolved(models.vqgan.factor)[0]
-    size = auto_group_size(models.clip.device, first.size, first.cutn) if group_size == "auto" else int(group_size)
-    if size < 1:
-        raise VqclipError(f"group_size: must be 'auto' or at least 1; got {group_size!r}. Use group_size='auto'.")
+    size = parse_group_size(group_size, "group_size") or "auto"
+    if size == "auto":
+        size = auto_group_size(models.clip.device, first.size, first.cutn)
     results: list[Result | None] = [None] * len(jobs)
     by_key: dict[tuple, list[int]] = {}
     for i, (s, _) in enumerate(jobs):

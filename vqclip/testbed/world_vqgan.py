@@ -40,7 +40,7 @@ class VqganTrainConfig:
     num_res_blocks: int = 1
     z_channels: int = 64
     embed_dim: int = 32
-    n_embed: int = 256
+    n_embed: int = 1024  # the world's backgrounds take any RGB colour: 256 codes gave visibly wrong hues
     n_images: int = 4000
     n_heldout: int = 256
     steps: int = 1500
@@ -64,7 +64,7 @@ class VqganTrainConfig:
     @classmethod
     def quick(cls, **overrides) -> "VqganTrainConfig":
         """The test suite's configuration: 150 steps of 8 crops (rough reconstructions: shapes, big words as bars)."""
-        base = dict(n_images=1000, n_heldout=64, steps=150, batch_size=8, warmup=20, revive_after=20)
+        base = dict(n_embed=256, n_images=1000, n_heldout=64, steps=150, batch_size=8, warmup=20, revive_after=20)
         return cls(**{**base, **overrides})
 
     def __post_init__(self):

@@ -24,7 +24,10 @@ def register(sub) -> None:
         description="Run EasyOCR (offline English weights) over generated images - single runs, batch folders or "
                     "plain image folders - and report, per space and word type, the share of images with any text "
                     "above each OCR confidence threshold and the share where the prompt word itself is legible, "
-                    "with 95 % Wilson intervals (docs/method.md §6). OCR results are cached by image content.",
+                    "with 95 % Wilson intervals (docs/method.md §6). OCR results are cached by image content. "
+                    "For the testbed world, --detector world:FILE reads with the world's own text detector "
+                    "(vqclip.testbed.detector) instead: one whole-image detection when it sees text, reading one of "
+                    "the world's words with confidence p_text x p_word.",
         examples=["vqclip score outputs/words-batch        # writes outputs/words-batch/score/",
                   "vqclip score runs/apple-clip runs/apple-forget --out reports/apple",
                   "vqclip score my_images/ --words words.txt --space clip"])
@@ -45,12 +48,28 @@ def register(sub) -> None:
                    help="space to assume for images whose metadata and folder name do not tell")
     p.add_argument("--no-stem-words", action="store_true",
                    help="do not take the prompt word from the file name of images without metadata")
+    p.add_argument("--detector", default="easyocr", metavar="NAME",
+                   help="who reads the images: easyocr (default), or world:PATH/text_detector.safetensors, the "
+                        "testbed world's own text detector (independent of the CLIP that generated the images)")
     p.add_argument("--batch-size", type=int, default=8, help="images per EasyOCR detection batch (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for EasyOCR (default auto)")
     p.add_argument("--no-chart", action="store_true", help="skip the bar chart")
     add_quiet_arg(p, "no progress bar")
     add_cache_arg(p)
     p.set_defaults(func=run)
+
+
+WORLD_PREFIX = "world:"
+
+
+def check_detector(value: str) -> None:
+    """`easyocr` or `world:FILE`; refused before any image is collected."""
+    from ..errors import bad_arg
+
+    if value == "easyocr" or (value.startswith(WORLD_PREFIX) and value[len(WORLD_PREFIX):].strip()):
+        return
+    raise bad_arg("--detector", "must be easyocr or world:FILE (a text_detector.safetensors of the testbed world)",
+                  value, "Use --detector easyocr, or --detector world:OUT/text_detector.safetensors.")
 
 
 def default_out(paths: list[str]) -> Path:
@@ -69,6 +88,7 @@ def run(args) -> int:
         raise bad_arg("--max-distance", "must be between 0 and 1", args.max_distance, "Try 0.3 (the default).")
     if args.batch_size < 1:
         raise bad_arg("--batch-size", "must be at least 1", args.batch_size, "Try 8.")
+    check_detector(args.detector)
     out = Path(args.out).expanduser() if args.out else default_out(args.paths)
     check_writable(out, "--out")  # before OCR runs over every image
     words = read_words_file(args.words) if args.words else None
@@ -78,14 +98,23 @@ def run(args) -> int:
                       "Point at run folders (run.json), batch folders (manifest.jsonl) or folders of images.")
     group_by = ["space", "word_type"] + [g for g in args.group_by if g not in ("space", "word_type")]
     check_group_fields(items, group_by[2:], words, args.space, not args.no_stem_words)
-    try:
-        reader = EasyOcrReader(device=args.device)
-    except ImportError as e:  # one clear line (the install command), not a traceback
-        raise VqclipError(str(e)) from e
+    if args.detector == "easyocr":
+        try:
+            reader = EasyOcrReader(device=args.device)
+        except ImportError as e:  # one clear line (the install command), not a traceback
+            raise VqclipError(str(e)) from e
+    else:
+        from ..testbed.detector import WorldTextReader
+
+        reader = WorldTextReader(args.detector[len(WORLD_PREFIX):].strip(), arg="--detector")
     cache = OcrCache(reader.key, args.cache_dir)
+    detector = {"name": args.detector.split(":", 1)[0], "key": reader.key}
+    if args.detector != "easyocr":
+        detector["path"] = str(reader.path)
     summary = score_paths(items, skipped, out, reader, cache, words, args.thresholds, args.max_distance, group_by,
                           args.space, not args.no_stem_words, args.batch_size, not args.quiet,
-                          extra={"inputs": [str(p) for p in args.paths]}, chart=not args.no_chart)
+                          extra={"inputs": [str(p) for p in args.paths], "detector": detector},
+                          chart=not args.no_chart)
     print(summary["table"], end="")
     print(f"\nscored {summary['n_scored']} images ({summary['n_cached']} from the OCR cache), "
           f"skipped {summary['n_skipped']}; reports in {out}")

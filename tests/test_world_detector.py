@@ -12,12 +12,13 @@ import torch
 from vqclip.errors import VqclipError
 from vqclip.spelling.render import item_rng
 from vqclip.testbed import detector as D
-from vqclip.testbed.run import TestbedConfig
 from vqclip.testbed.world import draw_object, word_image
 
 
 @pytest.fixture(scope="module")
 def world():
+    from vqclip.testbed.run import TestbedConfig  # imported here: pytest would try to collect a Test* class
+
     return TestbedConfig.quick().world()
 
 

@@ -280,3 +280,48 @@ def test_cli_reuses_the_small_clip_and_reproduces_the_numbers(quick_run, capsys)
     assert "| forget |" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
     assert again["clip"]["reused"] and again["rows"] == summary["per_seed"][0]["rows"]  # same seed, same numbers
+
+
+# ---------------------------------------------------------------------------------------------- generation
+@pytest.fixture(scope="module")
+def quick_generation(quick_run, tmp_path_factory):
+    """The generation experiment's plumbing on the seed-0 quick CLIP and its projections: a world VQGAN and judges
+    trained for a few steps (their quality is not the point here), `vqclip batch` in three spaces, `vqclip score
+    --detector world:...`, the object classifier, the table and the grid."""
+    from vqclip.testbed.detector import DetectorConfig, train_detector_stage
+    from vqclip.testbed.generate import GenerationConfig, run_generation
+    from vqclip.testbed.run import TestbedConfig
+    from vqclip.testbed.world_vqgan import VqganTrainConfig, train_vqgan_stage
+
+    root, _ = quick_run
+    world = TestbedConfig.quick(0).world()
+    models = tmp_path_factory.mktemp("world-models")
+    train_vqgan_stage(world, VqganTrainConfig.quick(steps=10, n_images=64, n_heldout=8), models, progress=False)
+    train_detector_stage(world, DetectorConfig.quick(n_train=64, steps=10, object_steps=10, n_heldout=16), models,
+                         progress=False)
+    out = tmp_path_factory.mktemp("generation")
+    config = GenerationConfig(seeds=(0,), templates=("word",), steps=3, cutn=2)
+    return root, out, run_generation({0: root / "seed-0"}, world, out, config, models_dir=models, progress=False)
+
+
+def test_generation_goes_through_batch_score_and_grid(quick_generation):
+    import json
+
+    root, out, summary = quick_generation
+    gen = root / "seed-0" / "generation"
+    manifest = [json.loads(line) for line in (gen / "batch" / "manifest.jsonl").read_text().splitlines()]
+    assert len(manifest) == 18 and all(line["status"] == "ok" for line in manifest)  # 6 classes x 3 spaces
+    assert {line["id"].split("/")[1].split("-")[0] for line in manifest} == {"clip", "learn", "forget"}
+    score = json.loads((gen / "score" / "summary.json").read_text())
+    assert score["detector"]["key"].startswith("world-text-") and score["n_scored"] == 18
+    # the table counts what the detector and the object classifier said about each image
+    images = json.loads((gen / "generation.json").read_text())["images"]
+    assert len(images) == 18
+    for space in ("clip", "learn", "forget"):
+        mine = [im for im in images if im["space"] == space]
+        assert summary["rows"][space]["text"]["k"] == sum(im["text"] for im in mine)
+        assert summary["rows"][space]["object_seen"]["n"] == 6
+    records = [json.loads(line) for line in (gen / "score" / "scores.jsonl").read_text().splitlines()]
+    assert sorted(bool(r["detections"]) for r in records) == sorted(im["text"] for im in images)
+    assert (gen / "grid.png").is_file() and "| forget | 6 |" in (out / "generation_summary.md").read_text()
+    assert [c["key"] for c in summary["checks"]] == ["forget_less_text", "learn_more_text"]

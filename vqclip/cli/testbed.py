@@ -63,6 +63,17 @@ def register(sub) -> None:
     g.add_argument("--include-class-words", action="store_true",
                    help="let the five-tuples write the class names too (by default they are held out, so attacks "
                         "use words the projections never saw)")
+    g = p.add_argument_group("generation (issue: the paper's OCR table in the world)")
+    g.add_argument("--generate", action="store_true",
+                   help="also train a VQGAN of the world and independent judges (text detector, object classifier), "
+                        "generate every class prompt in clip, learn and forget space with `vqclip batch`, score the "
+                        "images with `vqclip score --detector world:...` and print the generation table")
+    g.add_argument("--gen-seeds", default=None, metavar="LIST",
+                   help="generation seeds per prompt and space (default 0,1)")
+    g.add_argument("--world-models", default=None, metavar="DIR",
+                   help="take the world VQGAN and judges from DIR (the world-models/ folder of an earlier --generate "
+                        "run, e.g. tests/data/world-models) instead of training them (about 10 minutes)")
+    g.add_argument("--gen-steps", type=int, default=None, metavar="N", help="VQGAN+CLIP steps per image (default 60)")
     add_quiet_arg(p, "no progress bars")
     p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.set_defaults(func=run)
@@ -71,6 +82,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from dataclasses import replace
 
+    from ..testbed.generate import markdown_table as markdown_gen_table
     from ..testbed.run import TestbedConfig, markdown_table, run_testbed
 
     config = TestbedConfig.quick(args.seed) if args.quick else TestbedConfig(seed=args.seed)
@@ -80,6 +92,7 @@ def run(args) -> int:
                  "forget_weights": args.forget_weights, "gamma": args.gamma}
     config = replace(config, **{k: v for k, v in overrides.items() if v is not None},
                      include_class_words=args.include_class_words or config.include_class_words)
+    gen_config = _gen_config(args)  # checked before minutes of training
     if args.seeds is not None:
         from ..batch.plan import parse_seeds
         from ..testbed.run import run_testbed_seeds
@@ -96,9 +109,18 @@ def run(args) -> int:
         print(markdown_table(result["rows"]))
         wrote = "results.md, results.json, clip/, learn.safetensors, forget.safetensors, attacks/"
         seconds = result["seconds"]["total"]
-    for check in result["checks"]:
+    checks = list(result["checks"])
+    if args.generate:
+        gen = _generate(args, config)
+        print(f"\ngeneration, CLIP seeds {', '.join(map(str, gen['seeds']))} pooled (percent [95 % interval]):")
+        print(markdown_gen_table(gen["rows"]))
+        checks += gen["checks"]
+        seconds += gen["seconds"]
+        wrote += ", generation_summary.md, world-models/, */generation/"
+    for check in checks:
         print(f"[{'ok' if check['passed'] else 'FAILED'}] {check['claim']}: {check['detail']}")
     print(f"\n{seconds:.0f} s; wrote {wrote} in {args.out}")
+    result = {**result, "checks": checks}
     failed = [c for c in result["checks"] if not c["passed"]]
     if failed:
         import sys
@@ -109,3 +131,44 @@ def run(args) -> int:
               + f". Every number is in {args.out}/{report}.", file=sys.stderr)
         return 1
     return 0
+
+
+def _gen_config(args):
+    from ..testbed.generate import GenerationConfig
+
+    if not args.generate:
+        if args.gen_seeds is not None or args.gen_steps is not None or args.world_models is not None:
+            from ..errors import bad_arg
+
+            raise bad_arg("--gen-seeds/--gen-steps/--world-models", "only apply with --generate",
+                          args.gen_seeds or args.gen_steps or args.world_models,
+                          "Add --generate.")
+        return None
+    overrides = {}
+    if args.gen_seeds is not None:
+        from ..batch.plan import parse_seeds
+
+        overrides["seeds"] = tuple(parse_seeds(args.gen_seeds))
+    if args.gen_steps is not None:
+        overrides["steps"] = args.gen_steps
+    if args.world_models is not None:
+        from ..testbed.generate import load_world_models
+
+        load_world_models(args.world_models)  # a wrong folder fails now, not after the testbed's minutes
+    return GenerationConfig(**overrides)
+
+
+def _generate(args, config) -> dict:
+    """The generation experiment on the testbed run(s) just made in --out."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from ..batch.plan import parse_seeds
+    from ..testbed.generate import run_generation
+
+    out = Path(args.out).expanduser()
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else [config.seed]
+    runs = {s: out / f"seed-{s}" for s in seeds} if args.seeds is not None else {config.seed: out}
+    world = replace(config, seed=seeds[0]).world()
+    return run_generation(runs, world, out, _gen_config(args), models_dir=args.world_models,
+                          progress=not args.quiet)

@@ -1,0 +1,75 @@
+"""Generation in the testbed world: prompts, the table, the directions, the CLI's checks (the end-to-end run is in
+test_testbed.py, on the quick testbed's CLIPs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from vqclip.errors import VqclipError
+from vqclip.testbed.generate import (GenerationConfig, GenMargins, check_directions, markdown_table, prompts_csv,
+                                     table_rows)
+
+
+def _images(text: dict[str, float], n: int = 20) -> list[dict]:
+    """n images per space, the given share of them with text (and the object seen on the others)."""
+    out = []
+    for space, share in text.items():
+        k = round(share * n)
+        for i in range(n):
+            out.append({"space": space, "template": "word", "class": "star", "text": i < k, "word_read": i < k // 2,
+                        "object_seen": i >= k})
+    return out
+
+
+def test_prompt_file_has_one_row_per_class_and_template():
+    text = prompts_csv(("star", "moon"), ("phrase", "word"))
+    lines = text.strip().splitlines()
+    assert lines[0] == "prompt,id,word_type"
+    assert lines[1:] == ["an image of a star,star-phrase,phrase", "an image of a moon,moon-phrase,phrase",
+                         "star,star-word,word", "moon,moon-word,word"]
+
+
+def test_table_counts_per_space_with_wilson_intervals():
+    rows = table_rows(_images({"clip": 0.5, "learn": 0.9, "forget": 0.1}))
+    assert rows["clip"]["text"]["k"] == 10 and rows["clip"]["text"]["n"] == 20
+    assert rows["learn"]["object_seen"]["rate"] == pytest.approx(0.1)
+    lo, hi = rows["forget"]["text"]["ci95"]
+    assert lo < 0.1 < hi and hi < 0.35
+    table = markdown_table(rows)
+    assert "| learn | 20 | 90 [" in table and table.count("\n") == 5
+    assert "clip_sees" not in rows["clip"] and table.strip().endswith("| – |")  # no CLIP verdicts given
+
+
+def test_directions_pass_and_fail_on_the_numbers():
+    margins = GenMargins(forget_less_text=0.2, learn_more_text=0.05)
+    good = table_rows(_images({"clip": 0.5, "learn": 0.9, "forget": 0.1}))
+    assert all(c["passed"] for c in check_directions({0: good}, margins))
+    flat = table_rows(_images({"clip": 0.5, "learn": 0.5, "forget": 0.4}))
+    failed = {c["key"] for c in check_directions({0: flat}, margins) if not c["passed"]}
+    assert failed == {"forget_less_text", "learn_more_text"}
+    # the median over CLIP seeds tolerates one odd seed, not two
+    checks = check_directions({0: good, 1: flat, 2: good}, margins)
+    assert all(c["passed"] for c in checks) and "seeds 0, 1, 2" in checks[0]["detail"]
+    assert not all(c["passed"] for c in check_directions({0: good, 1: flat, 2: flat}, margins))
+
+
+def test_config_is_checked():
+    with pytest.raises(VqclipError, match="templates"):
+        GenerationConfig(templates=("photo",))
+    with pytest.raises(VqclipError, match="--gen-steps"):
+        GenerationConfig(steps=0)
+    with pytest.raises(VqclipError, match="--gen-seeds"):
+        GenerationConfig(seeds=())
+    assert GenerationConfig(margins={"forget_less_text": 0.3}).margins.forget_less_text == 0.3
+
+
+def test_cli_refuses_generation_flags_without_generate(capsys):
+    from vqclip.cli import main
+
+    assert main(["testbed", "--quick", "--gen-steps", "10", "--out", "unused"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--gen-seeds/--gen-steps/--world-models: only apply with --generate" in err and len(err.splitlines()) == 1
+    assert main(["testbed", "--quick", "--generate", "--gen-steps", "0", "--out", "unused"]) == 2
+    assert "--gen-steps: must be at least 1" in capsys.readouterr().err
+    assert main(["testbed", "--quick", "--generate", "--world-models", "nowhere", "--out", "unused"]) == 2
+    assert "--world-models: needs vqgan.json and detector.json" in capsys.readouterr().err

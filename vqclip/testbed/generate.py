@@ -1,0 +1,336 @@
+"""The paper's generation result in the testbed world: VQGAN+CLIP in clip, learn and forget space, text measured.
+
+The experiment goes through the commands a user runs: `vqclip batch` generates every class prompt in the three
+spaces with the testbed's small CLIP, its projections and a VQGAN trained on the world; `vqclip score --detector
+world:FILE` reads the images with a text detector trained on the world (not the CLIP being steered); an object
+classifier, a third independent model, says what is drawn. The table is the paper's OCR table in miniature
+(docs/method.md §6): share of images with text, share where the prompt word is read, share showing the object.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..errors import bad_arg
+
+SPACES = ("clip", "learn", "forget")
+# The world's own phrasing (its captions say "an image of a star", never "a photo of"), and the bare class word:
+# a prompt the small CLIP never saw would measure its template sensitivity, not the spaces.
+TEMPLATES = {"phrase": "an image of a {}", "word": "{}"}
+GEN_DIR = "generation"
+
+
+@dataclass
+class GenMargins:
+    """How far apart the text shares must be for the expected direction to count (fractions, not points)."""
+
+    forget_less_text: float = 0.2  # clip's text share − forget's at least this
+    learn_more_text: float = 0.05  # learn's text share − clip's at least this
+
+
+@dataclass
+class GenerationConfig:
+    """What `vqclip batch` runs for the experiment: prompts x spaces x generation seeds, small and on the CPU."""
+
+    seeds: tuple[int, ...] = (0, 1)
+    templates: tuple[str, ...] = ("phrase", "word")
+    steps: int = 60
+    cutn: int = 8
+    size: int = 64
+    group_size: int = 6
+    margins: GenMargins = field(default_factory=GenMargins)
+
+    @classmethod
+    def quick(cls, **overrides) -> "GenerationConfig":
+        """The test suite's: the bare class word only, one generation seed."""
+        return cls(**{**dict(seeds=(0,), templates=("word",), steps=40), **overrides})
+
+    def __post_init__(self):
+        self.seeds, self.templates = tuple(int(s) for s in self.seeds), tuple(self.templates)
+        if isinstance(self.margins, Mapping):
+            self.margins = GenMargins(**self.margins)
+        if not self.seeds:
+            raise bad_arg("--gen-seeds", "needs at least one seed", self.seeds, "Use e.g. --gen-seeds 0,1.")
+        unknown = [t for t in self.templates if t not in TEMPLATES]
+        if unknown or not self.templates:
+            raise bad_arg("templates", f"must name some of {', '.join(TEMPLATES)}", self.templates,
+                          "Use e.g. ('phrase', 'word').")
+        for name, flag, low in (("steps", "--gen-steps", 1), ("cutn", "--gen-cutn", 1), ("group_size", "group_size", 1)):
+            if int(getattr(self, name)) < low:
+                raise bad_arg(flag, f"must be at least {low}", getattr(self, name), "Use the defaults.")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["seeds"], d["templates"] = list(self.seeds), list(self.templates)
+        return d
+
+
+def prompts_csv(classes: Sequence[str], templates: Sequence[str]) -> str:
+    """The batch's prompt file: one row per class and template; word_type says which template (score groups by it)."""
+    rows = ["prompt,id,word_type"]
+    for template in templates:
+        for c in classes:
+            rows.append(f"{TEMPLATES[template].format(c)},{c}-{template},{template}")
+    return "\n".join(rows) + "\n"
+
+
+def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config: GenerationConfig) -> list[str]:
+    """`vqclip batch` arguments: the testbed's CLIP and projections, the world VQGAN, every space, on the CPU."""
+    return ["batch", str(prompts), "--out", str(out), "--spaces", ",".join(SPACES),
+            "--seeds", ",".join(map(str, config.seeds)),
+            "--clip", f"local-dir:{testbed_out / 'clip'}", "--vqgan-checkpoint", str(vqgan),
+            "--projection-learn", str(testbed_out / "learn.safetensors"),
+            "--projection-forget", str(testbed_out / "forget.safetensors"),
+            "--size", str(config.size), str(config.size), "--steps", str(config.steps), "--cutn", str(config.cutn),
+            "--group-size", str(config.group_size), "--device", "cpu", "--quiet"]
+
+
+def wilson(k: int, n: int) -> dict:
+    from ..evaluate.textscore import rate
+
+    return rate(k, n)
+
+
+def measure_images(score_dir: Path, object_classifier, classes: Sequence[str], clip=None) -> list[dict]:
+    """Per image: space, template, class, whether text was detected, whether the prompt word was read, what the
+    object classifier sees, and (with `clip`) whether the steered CLIP itself, zero-shot over the class prompts in
+    its own space, sees the prompted class; from `vqclip score`'s scores.jsonl and the images themselves."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    records = [json.loads(line) for line in (score_dir / "scores.jsonl").read_text(encoding="utf-8").splitlines()
+               if line.strip()]
+    records = [r for r in records if r.get("status") == "ok"]
+    images = [np.asarray(Image.open(r["path"]).convert("RGB")) for r in records]
+    labels, _ = object_classifier.predict(images) if images else ([], None)
+    clip_sees = _clip_zero_shot(clip, images, classes) if clip is not None and images else [None] * len(images)
+    out = []
+    for rec, label, seen in zip(records, labels, clip_sees):
+        prompt = str(rec.get("prompt") or rec.get("meta", {}).get("prompt", ""))
+        cls = prompt.split()[-1] if prompt else None
+        detections = rec.get("detections") or []
+        read = {d["text"] for d in detections}
+        out.append({"path": rec["path"], "space": rec.get("space"), "template": rec.get("word_type"),
+                    "class": cls, "text": bool(detections), "word_read": cls in read,
+                    "read": sorted(read), "object": label, "object_seen": label == cls,
+                    "clip_sees": None if seen is None else seen == cls,
+                    "seed": rec.get("seed", rec.get("meta", {}).get("seed"))})
+    return out
+
+
+def _clip_zero_shot(clip, images, classes: Sequence[str]) -> list[str]:
+    """The steered CLIP's own verdict (clip space, prompt "an image of a {class}"): when it agrees with the prompt
+    while the independent judges see neither object nor word, the image fools the CLIP rather than depicts."""
+    import numpy as np
+    import torch
+
+    from .world import class_prompt
+
+    with torch.no_grad():
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W)
+        f = clip.encode_image(x.to(clip.device)).cpu()
+        t = clip.encode_text([class_prompt(c) for c in classes]).cpu()
+    return [classes[i] for i in (f @ t.T).argmax(dim=1).tolist()]
+
+
+def table_rows(images: Sequence[Mapping[str, Any]], templates: Sequence[str] | None = None) -> dict[str, dict]:
+    """Per space: text share, prompt word read, object seen, each {k, n, rate, ci95}; optionally one template."""
+    rows = {}
+    for space in SPACES:
+        sel = [im for im in images if im["space"] == space and (templates is None or im["template"] in templates)]
+        rows[space] = {key: wilson(sum(bool(im[key]) for im in sel), len(sel))
+                       for key in ("text", "word_read", "object_seen", "clip_sees")
+                       if all(im.get(key) is not None for im in sel)}
+    return rows
+
+
+COLUMNS = (("text", "images with text"), ("word_read", "prompt word read"), ("object_seen", "object drawn"),
+           ("clip_sees", "CLIP sees the class"))
+
+
+def _cell(r: Mapping[str, Any]) -> str:
+    if not r["n"]:
+        return "–"
+    lo, hi = r["ci95"]
+    return f"{100 * r['rate']:.0f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
+    """One row per space, percentages with 95 % Wilson intervals."""
+    lines = ["| space | n | " + " | ".join(label for _, label in COLUMNS) + " |", "|---|---|" + "---|" * len(COLUMNS)]
+    for space, row in rows.items():
+        n = row["text"]["n"]
+        lines.append(f"| {space} | {n} | " + " | ".join(_cell(row[k]) if k in row else "–" for k, _ in COLUMNS)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def direction_values(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    text = {space: rows[space]["text"]["rate"] for space in SPACES}
+    return {"forget_less_text": text["clip"] - text["forget"], "learn_more_text": text["learn"] - text["clip"]}
+
+
+GEN_DIRECTIONS = (("forget_less_text", "forget draws less text than clip", "clip − forget text share"),
+                  ("learn_more_text", "learn draws more text than clip", "learn − clip text share"))
+
+
+def check_directions(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]], margins: GenMargins) -> list[dict]:
+    """Each direction on the median over CLIP seeds (one seed: its own numbers), against its margin."""
+    values = {seed: direction_values(rows) for seed, rows in per_seed.items()}
+    checks = []
+    for key, claim, what in GEN_DIRECTIONS:
+        v = statistics.median(x[key] for x in values.values())
+        margin = getattr(margins, key)
+        seeds = ", ".join(map(str, values))
+        detail = (f"{what} {v:+.3f} (median over CLIP seeds {seeds}: "
+                  f"{', '.join(f'{x[key]:+.3f}' for x in values.values())}), margin {margin:+.2f}")
+        checks.append({"key": key, "claim": claim, "value": v, "margin": margin, "passed": v >= margin,
+                       "detail": detail})
+    return checks
+
+
+def _quiet(enabled: bool):
+    """The score and grid commands print their own tables; the testbed prints one table of its own."""
+    import contextlib
+    import io
+
+    return contextlib.redirect_stdout(io.StringIO()) if enabled else contextlib.nullcontext()
+
+
+def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, detector_dir: str | os.PathLike,
+                      classes: Sequence[str], config: GenerationConfig, progress: bool = True) -> dict:
+    """Generate, score and measure for one testbed run (its clip/ and projections); writes `generation/` in it."""
+    from ..cli import main
+    from ..errors import VqclipError
+    from ..io import write_json, write_text
+    from .detector import load_object_classifier
+
+    start = time.perf_counter()
+    testbed_out, detector_dir = Path(testbed_out), Path(detector_dir)
+    gen = testbed_out / GEN_DIR
+    gen.mkdir(parents=True, exist_ok=True)
+    prompts = gen / "prompts.csv"
+    write_text(prompts, prompts_csv(classes, config.templates))
+    args = batch_args(testbed_out, Path(vqgan), prompts, gen / "batch", config)
+    if not progress:
+        args.append("--quiet")
+    if main(args) != 0:
+        raise VqclipError(f"testbed: the generation batch in {gen / 'batch'} did not finish; run it again to resume.")
+    gen_seconds = time.perf_counter() - start
+    t = time.perf_counter()
+    detector = detector_dir / "text_detector.safetensors"
+    score_args = ["score", str(gen / "batch"), "--detector", f"world:{detector}", "--out", str(gen / "score"),
+                  "--thresholds", "0.0", "--no-chart", "--device", "cpu"] + ([] if progress else ["--quiet"])
+    with _quiet(not progress):
+        scored = main(score_args)
+    if scored != 0:
+        raise VqclipError(f"testbed: scoring {gen / 'batch'} failed.")
+    from ..models.clip import load_clip
+
+    clip = load_clip(f"local-dir:{testbed_out / 'clip'}", device="cpu", precision="fp32")
+    images = measure_images(gen / "score", load_object_classifier(detector_dir / "object_classifier.safetensors"),
+                            classes, clip)
+    rows = table_rows(images)
+    by_template = {t: table_rows(images, (t,)) for t in config.templates}
+    grid = gen / "grid.png"
+    with _quiet(not progress):
+        main(["grid", str(gen / "batch"), "--rows", "prompt", "--cols", "space,seed", "--out", str(grid), "--thumb",
+              "96", "--overwrite"])
+    result = {"config": config.to_dict(), "rows": rows, "by_template": by_template, "images": images,
+              "grid": str(grid) if grid.is_file() else None,
+              "seconds": {"generate": round(gen_seconds, 1), "score": round(time.perf_counter() - t, 1)}}
+    write_json(gen / "generation.json", result)
+    write_text(gen / "generation.md", markdown_report(result))
+    return result
+
+
+def markdown_report(result: Mapping[str, Any]) -> str:
+    cfg = result["config"]
+    lines = ["# Generation in the testbed world", "",
+             f"VQGAN+CLIP through `vqclip batch`: {cfg['size']}² px, {cfg['steps']} steps, {cfg['cutn']} cutouts, "
+             f"generation seeds {', '.join(map(str, cfg['seeds']))}; templates "
+             + ", ".join(f"{t} (\"{TEMPLATES[t].format('star')}\")" for t in cfg["templates"])
+             + ". Text and the prompt word by the world's text detector (`vqclip score --detector world:…`), the "
+               "object by the world's object classifier; 95 % Wilson intervals.", "",
+             "## All prompts", "", markdown_table(result["rows"])]
+    for t, rows in result["by_template"].items():
+        lines += [f"## Template {t}", "", markdown_table(rows)]
+    return "\n".join(lines) + "\n"
+
+
+MODELS_DIR = "world-models"
+
+
+def world_models_stage(world, out: Path, progress: bool = True) -> dict:
+    """The world VQGAN and the independent judges (text detector, object classifier), trained once into
+    `out/world-models/` and reused while their recipe matches."""
+    from .detector import DetectorConfig, train_detector_stage
+    from .world_vqgan import VqganTrainConfig, train_vqgan_stage
+
+    folder = out / MODELS_DIR
+    vqgan = train_vqgan_stage(world, VqganTrainConfig(), folder, progress, reuse=True)
+    detector = train_detector_stage(world, DetectorConfig(seed=world.seed), folder, progress, reuse=True)
+    return {"folder": str(folder), "vqgan": vqgan, "detector": detector}
+
+
+def load_world_models(folder: str | os.PathLike) -> dict:
+    """World models trained before (a `world-models/` folder of `vqclip testbed --generate`), by their records."""
+    import json
+
+    from .detector import RECORD_FILE as DETECTOR_RECORD
+    from .world_vqgan import RECORD_FILE as VQGAN_RECORD, VQGAN_FILE
+
+    folder = Path(folder).expanduser()
+    try:
+        vqgan = json.loads((folder / VQGAN_RECORD).read_text(encoding="utf-8"))
+        detector = json.loads((folder / DETECTOR_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise bad_arg("--world-models", f"needs {VQGAN_RECORD} and {DETECTOR_RECORD} written by `vqclip testbed "
+                      "--generate`", str(folder), "Point at the world-models/ folder of an earlier run.") from e
+    return {"folder": str(folder), "vqgan": {**vqgan, "vqgan": str(folder / VQGAN_FILE)}, "detector": detector}
+
+
+def run_generation(testbed_runs: Mapping[int, str | os.PathLike], world, out: str | os.PathLike,
+                   config: GenerationConfig, models_dir: str | os.PathLike | None = None,
+                   progress: bool = True) -> dict:
+    """The experiment for one or more testbed runs (seed -> folder with clip/, learn/forget projections): world
+    models trained once (or taken from `models_dir`), then generate / score / measure per run, and the directions
+    on the median over the runs."""
+    from ..io import write_json, write_text
+
+    start = time.perf_counter()
+    out = Path(out)
+    models = load_world_models(models_dir) if models_dir else world_models_stage(world, out, progress)
+    per_seed = {}
+    for seed, folder in testbed_runs.items():
+        per_seed[int(seed)] = generate_in_world(folder, models["vqgan"]["vqgan"], models["folder"], world.classes,
+                                                config, progress)
+    checks = check_directions({s: r["rows"] for s, r in per_seed.items()}, config.margins)
+    pooled = table_rows([im for r in per_seed.values() for im in r["images"]])
+    summary = {"seeds": list(per_seed), "rows": pooled, "checks": checks,
+               "all_passed": all(c["passed"] for c in checks),
+               "per_seed": {s: {"rows": r["rows"], "by_template": r["by_template"], "grid": r["grid"]}
+                            for s, r in per_seed.items()},
+               "models": {"vqgan": models["vqgan"].get("heldout"), "detector": models["detector"].get("heldout")},
+               "config": config.to_dict(), "seconds": round(time.perf_counter() - start, 1)}
+    write_json(out / "generation_summary.json", summary)
+    write_text(out / "generation_summary.md", summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: Mapping[str, Any]) -> str:
+    lines = ["# Generation in the testbed world, over CLIP seeds", "",
+             f"CLIP seeds {', '.join(map(str, summary['seeds']))}, every image of every seed pooled:", "",
+             markdown_table(summary["rows"]), "## Directions (median over CLIP seeds)", ""]
+    lines += [f"- [{'x' if c['passed'] else ' '}] {c['claim']}: {c['detail']}" for c in summary["checks"]]
+    for seed, run in summary["per_seed"].items():
+        lines += ["", f"## CLIP seed {seed}", "", markdown_table(run["rows"])]
+    return "\n".join(lines) + "\n"

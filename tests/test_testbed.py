@@ -297,7 +297,7 @@ def quick_generation(quick_run, tmp_path_factory):
     world = TestbedConfig.quick(0).world()
     models = tmp_path_factory.mktemp("world-models")
     train_vqgan_stage(world, VqganTrainConfig.quick(steps=10, n_images=64, n_heldout=8), models, progress=False)
-    train_detector_stage(world, DetectorConfig.quick(n_train=64, steps=10, object_steps=10, n_heldout=16), models,
+    train_detector_stage(world, DetectorConfig.quick(n_train=64, steps=20, object_steps=20, n_heldout=16), models,
                          progress=False)
     out = tmp_path_factory.mktemp("generation")
     config = GenerationConfig(seeds=(0,), templates=("word",), steps=3, cutn=2)

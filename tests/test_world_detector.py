@@ -35,10 +35,12 @@ def test_config_is_validated_with_the_rule_and_the_fix():
         D.DetectorConfig(steps=0)
     with pytest.raises(VqclipError, match=r"degrade: must be a share between 0 and 1"):
         D.DetectorConfig(degrade=1.5)
+    with pytest.raises(VqclipError, match=r"object_steps: must be at least 20"):
+        D.DetectorConfig(object_steps=10)  # was a ZeroDivisionError inside the one-cycle schedule
 
 
 def test_training_is_deterministic(world):
-    cfg = D.DetectorConfig.quick(n_train=48, steps=3, object_steps=2)
+    cfg = D.DetectorConfig.quick(n_train=48, steps=20, object_steps=20)
     a = D.train_detectors(world, cfg)
     b = D.train_detectors(world, cfg)
     for m, n in ((a[0], b[0]), (a[1], b[1])):

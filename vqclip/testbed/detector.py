@@ -78,6 +78,10 @@ class DetectorConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad_arg(name, "must be a positive integer", value, "Use the defaults or DetectorConfig.quick().")
+        for name in ("steps", "object_steps"):  # the one-cycle schedule's warm-up needs 10 % of them >= 2 steps
+            if getattr(self, name) < 20:
+                raise bad_arg(name, "must be at least 20 (the learning-rate warm-up is 10 % of the steps)",
+                              getattr(self, name), "Use e.g. 250 (the quick config) or 1500.")
         if not (isinstance(self.lr, (int, float)) and 0 < self.lr < 1):
             raise bad_arg("lr", "must be a learning rate in (0, 1)", self.lr, "Try 3e-3.")
         if not 0 <= self.weight_decay < 1:

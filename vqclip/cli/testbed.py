@@ -72,7 +72,7 @@ def register(sub) -> None:
                    help="generation seeds per prompt and space (default 0,1)")
     g.add_argument("--world-models", default=None, metavar="DIR",
                    help="take the world VQGAN and judges from DIR (the world-models/ folder of an earlier --generate "
-                        "run, e.g. tests/data/world-models) instead of training them (about 10 minutes)")
+                        "run) instead of training them again (about 25 minutes on one CPU thread)")
     g.add_argument("--gen-steps", type=int, default=None, metavar="N", help="VQGAN+CLIP steps per image (default 60)")
     add_quiet_arg(p, "no progress bars")
     p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts

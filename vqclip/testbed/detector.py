@@ -555,15 +555,11 @@ def detector_recipe(world: World, config: DetectorConfig) -> dict:
             "kinds": dict(KINDS)}
 
 
-def _bar(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="it", disable=not enabled, leave=False, dynamic_ncols=True)
-
-
 def train_detectors(world: World, config: DetectorConfig,
                     progress: bool = False) -> tuple[SmallConvNet, SmallConvNet, dict]:
     """Draw the training pictures once, train the text detector and the object classifier on them."""
+    from .run import _bar
+
     start = time.perf_counter()
     with _bar(config.n_train, "detector: pictures", progress) as bar:
         data = detector_data(world, config.n_train, "train", config.seed, config.degrade, bar.update)

@@ -63,7 +63,7 @@ def register(sub) -> None:
     g.add_argument("--include-class-words", action="store_true",
                    help="let the five-tuples write the class names too (by default they are held out, so attacks "
                         "use words the projections never saw)")
-    g = p.add_argument_group("generation (issue: the paper's OCR table in the world)")
+    g = p.add_argument_group("generation: the paper's OCR table in the world")
     g.add_argument("--generate", action="store_true",
                    help="also train a VQGAN of the world and independent judges (text detector, object classifier), "
                         "generate every class prompt in clip, learn and forget space with `vqclip batch`, score the "
@@ -111,7 +111,7 @@ def run(args) -> int:
         seconds = result["seconds"]["total"]
     checks = list(result["checks"])
     if args.generate:
-        gen = _generate(args, config)
+        gen = _generate(args, config, gen_config)
         print(f"\ngeneration, CLIP seeds {', '.join(map(str, gen['seeds']))} pooled (percent [95 % interval]):")
         print(markdown_gen_table(gen["rows"]))
         checks += gen["checks"]
@@ -158,7 +158,7 @@ def _gen_config(args):
     return GenerationConfig(**overrides)
 
 
-def _generate(args, config) -> dict:
+def _generate(args, config, gen_config) -> dict:
     """The generation experiment on the testbed run(s) just made in --out."""
     from dataclasses import replace
     from pathlib import Path
@@ -170,5 +170,5 @@ def _generate(args, config) -> dict:
     seeds = parse_seeds(args.seeds) if args.seeds is not None else [config.seed]
     runs = {s: out / f"seed-{s}" for s in seeds} if args.seeds is not None else {config.seed: out}
     world = replace(config, seed=seeds[0]).world()
-    return run_generation(runs, world, out, _gen_config(args), models_dir=args.world_models,
+    return run_generation(runs, world, out, gen_config, models_dir=args.world_models,
                           progress=not args.quiet)

@@ -9,7 +9,6 @@ classifier, a third independent model, says what is drawn. The table is the pape
 
 from __future__ import annotations
 
-import math
 import os
 import statistics
 import time
@@ -61,7 +60,7 @@ class GenerationConfig:
         if unknown or not self.templates:
             raise bad_arg("templates", f"must name some of {', '.join(TEMPLATES)}", self.templates,
                           "Use e.g. ('phrase', 'word').")
-        for name, flag, low in (("steps", "--gen-steps", 1), ("cutn", "--gen-cutn", 1), ("group_size", "group_size", 1)):
+        for name, flag, low in (("steps", "--gen-steps", 1), ("cutn", "cutn", 1), ("group_size", "group_size", 1)):
             if int(getattr(self, name)) < low:
                 raise bad_arg(flag, f"must be at least {low}", getattr(self, name), "Use the defaults.")
 
@@ -89,12 +88,6 @@ def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config:
             "--projection-forget", str(testbed_out / "forget.safetensors"),
             "--size", str(config.size), str(config.size), "--steps", str(config.steps), "--cutn", str(config.cutn),
             "--group-size", str(config.group_size), "--device", "cpu", "--quiet"]
-
-
-def wilson(k: int, n: int) -> dict:
-    from ..evaluate.textscore import rate
-
-    return rate(k, n)
 
 
 def measure_images(score_dir: Path, object_classifier, classes: Sequence[str], clip=None) -> list[dict]:
@@ -143,10 +136,12 @@ def _clip_zero_shot(clip, images, classes: Sequence[str]) -> list[str]:
 
 def table_rows(images: Sequence[Mapping[str, Any]], templates: Sequence[str] | None = None) -> dict[str, dict]:
     """Per space: text share, prompt word read, object seen, each {k, n, rate, ci95}; optionally one template."""
+    from ..evaluate.textscore import rate
+
     rows = {}
     for space in SPACES:
         sel = [im for im in images if im["space"] == space and (templates is None or im["template"] in templates)]
-        rows[space] = {key: wilson(sum(bool(im[key]) for im in sel), len(sel))
+        rows[space] = {key: rate(sum(bool(im[key]) for im in sel), len(sel))
                        for key in ("text", "word_read", "object_seen", "clip_sees")
                        if all(im.get(key) is not None for im in sel)}
     return rows
@@ -211,7 +206,8 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     from ..cli import main
     from ..errors import VqclipError
     from ..io import write_json, write_text
-    from .detector import load_object_classifier
+    from ..models.clip import load_clip
+    from .detector import OBJECT_FILE, TEXT_FILE, load_object_classifier
 
     start = time.perf_counter()
     testbed_out, detector_dir = Path(testbed_out), Path(detector_dir)
@@ -219,24 +215,19 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     gen.mkdir(parents=True, exist_ok=True)
     prompts = gen / "prompts.csv"
     write_text(prompts, prompts_csv(classes, config.templates))
-    args = batch_args(testbed_out, Path(vqgan), prompts, gen / "batch", config)
-    if not progress:
-        args.append("--quiet")
-    if main(args) != 0:
+    if main(batch_args(testbed_out, Path(vqgan), prompts, gen / "batch", config)) != 0:
         raise VqclipError(f"testbed: the generation batch in {gen / 'batch'} did not finish; run it again to resume.")
     gen_seconds = time.perf_counter() - start
     t = time.perf_counter()
-    detector = detector_dir / "text_detector.safetensors"
+    detector = detector_dir / TEXT_FILE
     score_args = ["score", str(gen / "batch"), "--detector", f"world:{detector}", "--out", str(gen / "score"),
                   "--thresholds", "0.0", "--no-chart", "--device", "cpu"] + ([] if progress else ["--quiet"])
     with _quiet(not progress):
         scored = main(score_args)
     if scored != 0:
         raise VqclipError(f"testbed: scoring {gen / 'batch'} failed.")
-    from ..models.clip import load_clip
-
     clip = load_clip(f"local-dir:{testbed_out / 'clip'}", device="cpu", precision="fp32")
-    images = measure_images(gen / "score", load_object_classifier(detector_dir / "object_classifier.safetensors"),
+    images = measure_images(gen / "score", load_object_classifier(detector_dir / OBJECT_FILE),
                             classes, clip)
     rows = table_rows(images)
     by_template = {t: table_rows(images, (t,)) for t in config.templates}

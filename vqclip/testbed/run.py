@@ -162,7 +162,8 @@ def train_clip_stage(world: World, config: TestbedConfig, out: Path, progress: b
     if reuse and record_path.is_file() and (out / "clip" / "open_clip_model.safetensors").is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("recipe") == config.clip_recipe():
-            return {**record, "reused": True}
+            # the folder it was found in, not the path recorded at training: --out may have been moved or copied
+            return {**record, "clip": f"local-dir:{out / 'clip'}", "reused": True}
     start = time.perf_counter()
     with _bar(config.n_pairs, "world: training pairs", progress) as bar:
         images, captions, kinds = training_set(world, config.n_pairs, progress=bar.update)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -136,6 +139,21 @@ def test_small_clip_trains_deterministically_and_loads_as_local_dir(tmp_path):
     assert torch.allclose(clip.encode_image(x), expected, atol=1e-5)
 
 
+def test_a_reused_clip_is_loaded_from_the_folder_it_was_found_in(tmp_path):
+    """A copied or moved --out keeps working with --reuse-clip: the CLIP (and so the identity its projections
+    record) is the one in the folder, not the path written when it was trained."""
+    from vqclip.testbed.run import TestbedConfig, train_clip_stage
+
+    config = TestbedConfig.quick(0)
+    clip_dir = tmp_path / "copied" / "clip"
+    clip_dir.mkdir(parents=True)
+    (clip_dir / "open_clip_model.safetensors").write_bytes(b"weights")
+    record = {"clip": f"local-dir:{tmp_path / 'original' / 'clip'}", "recipe": config.clip_recipe()}
+    (clip_dir / "testbed_clip.json").write_text(json.dumps(record))
+    info = train_clip_stage(config.world(), config, tmp_path / "copied", progress=False, reuse=True)
+    assert info["reused"] and info["clip"] == f"local-dir:{clip_dir}"
+
+
 def test_small_clip_rejects_bad_settings():
     from vqclip.testbed.small_clip import ClipTrainConfig, small_clip_config, train_small_clip
 
@@ -243,8 +261,6 @@ def test_median_checks_are_the_medians_of_the_seeds(quick_run):
 
 
 def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(quick_run):
-    import json
-
     from vqclip.models.clip import load_clip
     from vqclip.spaces import load_projection
 
@@ -268,8 +284,6 @@ def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(quick_run)
 
 
 def test_cli_reuses_the_small_clip_and_reproduces_the_numbers(quick_run, capsys):
-    import json
-
     from vqclip.cli import main
 
     root, summary = quick_run
@@ -283,45 +297,66 @@ def test_cli_reuses_the_small_clip_and_reproduces_the_numbers(quick_run, capsys)
 
 
 # ---------------------------------------------------------------------------------------------- generation
+# The world VQGAN and the judges, trained by `vqclip testbed --quick --generate` (world-models/ of its --out) with
+# the default recipes: about 5 minutes on two cores, too long for the suite, so they are kept here and their
+# recipes are checked against the code below.
+WORLD_MODELS = Path(__file__).parent / "data" / "world-models"
+
+
+def test_kept_world_models_match_the_current_recipes():
+    """When a recipe changes, the kept models are stale: retrain them with `vqclip testbed --quick --generate
+    --out DIR` and copy DIR/world-models/*.json and *.safetensors (not the PNG) into tests/data/world-models/."""
+    from vqclip.testbed.detector import DetectorConfig, detector_recipe
+    from vqclip.testbed.run import TestbedConfig
+    from vqclip.testbed.world_vqgan import VqganTrainConfig, vqgan_recipe
+
+    world = TestbedConfig.quick(0).world()
+    vqgan = json.loads((WORLD_MODELS / "vqgan.json").read_text())
+    detector = json.loads((WORLD_MODELS / "detector.json").read_text())
+    assert vqgan["recipe"] == json.loads(json.dumps(vqgan_recipe(world, VqganTrainConfig())))
+    assert detector["recipe"] == json.loads(json.dumps(detector_recipe(world, DetectorConfig(seed=world.seed))))
+    assert detector["heldout"]["clean"]["text_present"] >= 0.95  # the judge the directions rest on
+
+
 @pytest.fixture(scope="module")
 def quick_generation(quick_run, tmp_path_factory):
-    """The generation experiment's plumbing on the seed-0 quick CLIP and its projections: a world VQGAN and judges
-    trained for a few steps (their quality is not the point here), `vqclip batch` in three spaces, `vqclip score
-    --detector world:...`, the object classifier, the table and the grid."""
-    from vqclip.testbed.detector import DetectorConfig, train_detector_stage
+    """The generation experiment, reduced to one CLIP: the seed-0 quick CLIP and its projections, the kept world
+    models, `vqclip batch` of the bare class words and the phrases in three spaces with generation seeds 0-2 (108
+    images; with fewer, one image moves a share by 17 points), `vqclip score --detector world:...`, the object
+    classifier, the table, the grid and the directions."""
     from vqclip.testbed.generate import GenerationConfig, run_generation
     from vqclip.testbed.run import TestbedConfig
-    from vqclip.testbed.world_vqgan import VqganTrainConfig, train_vqgan_stage
 
     root, _ = quick_run
-    world = TestbedConfig.quick(0).world()
-    models = tmp_path_factory.mktemp("world-models")
-    train_vqgan_stage(world, VqganTrainConfig.quick(steps=10, n_images=64, n_heldout=8), models, progress=False)
-    train_detector_stage(world, DetectorConfig.quick(n_train=64, steps=20, object_steps=20, n_heldout=16), models,
-                         progress=False)
     out = tmp_path_factory.mktemp("generation")
-    config = GenerationConfig(seeds=(0,), templates=("word",), steps=3, cutn=2)
-    return root, out, run_generation({0: root / "seed-0"}, world, out, config, models_dir=models, progress=False)
+    return root, out, run_generation({0: root / "seed-0"}, TestbedConfig.quick(0).world(), out,
+                                     GenerationConfig(), models_dir=WORLD_MODELS, progress=False)
+
+
+def test_generation_reproduces_the_papers_directions(quick_generation):
+    """forget writes the bare word less often than clip; learn writes the phrase more often (docs/testbed.md)."""
+    _, _, summary = quick_generation
+    failed = [f"{c['claim']}: {c['detail']}" for c in summary["checks"] if not c["passed"]]
+    assert not failed, "\n".join(failed)
+    assert [c["key"] for c in summary["checks"]] == ["forget_less_text", "learn_more_text"]
 
 
 def test_generation_goes_through_batch_score_and_grid(quick_generation):
-    import json
-
     root, out, summary = quick_generation
     gen = root / "seed-0" / "generation"
     manifest = [json.loads(line) for line in (gen / "batch" / "manifest.jsonl").read_text().splitlines()]
-    assert len(manifest) == 18 and all(line["status"] == "ok" for line in manifest)  # 6 classes x 3 spaces
+    assert len(manifest) == 108 and all(line["status"] == "ok" for line in manifest)  # 6 x 2 templates x 3 x 3
     assert {line["id"].split("/")[1].split("-")[0] for line in manifest} == {"clip", "learn", "forget"}
     score = json.loads((gen / "score" / "summary.json").read_text())
-    assert score["detector"]["key"].startswith("world-text-") and score["n_scored"] == 18
+    assert score["detector"]["key"].startswith("world-text-") and score["n_scored"] == 108
     # the table counts what the detector and the object classifier said about each image
     images = json.loads((gen / "generation.json").read_text())["images"]
-    assert len(images) == 18
+    assert len(images) == 108
+    word = [im for im in images if im["template"] == "word"]
     for space in ("clip", "learn", "forget"):
-        mine = [im for im in images if im["space"] == space]
-        assert summary["rows"][space]["text"]["k"] == sum(im["text"] for im in mine)
-        assert summary["rows"][space]["object_seen"]["n"] == 6
+        mine = [im for im in word if im["space"] == space]
+        assert summary["per_seed"][0]["by_template"]["word"][space]["text"]["k"] == sum(im["text"] for im in mine)
+        assert summary["per_seed"][0]["by_template"]["word"][space]["object_seen"]["n"] == 18
     records = [json.loads(line) for line in (gen / "score" / "scores.jsonl").read_text().splitlines()]
     assert sorted(bool(r["detections"]) for r in records) == sorted(im["text"] for im in images)
-    assert (gen / "grid.png").is_file() and "| forget | 6 |" in (out / "generation_summary.md").read_text()
-    assert [c["key"] for c in summary["checks"]] == ["forget_less_text", "learn_more_text"]
+    assert (gen / "grid.png").is_file() and "| forget | 18 |" in (out / "generation_summary.md").read_text()

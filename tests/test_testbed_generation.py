@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from vqclip.errors import VqclipError
-from vqclip.testbed.generate import (GenerationConfig, GenMargins, check_directions, markdown_table, prompts_csv,
-                                     table_rows)
+from vqclip.testbed.generate import (GenerationConfig, GenMargins, batch_args, check_directions, markdown_table,
+                                     prompts_csv, table_rows, write_page)
 
 
 def _images(text: dict[str, float], n: int = 20) -> list[dict]:
@@ -40,17 +40,28 @@ def test_table_counts_per_space_with_wilson_intervals():
     assert "clip_sees" not in rows["clip"] and table.strip().endswith("| – |")  # no CLIP verdicts given
 
 
-def test_directions_pass_and_fail_on_the_numbers():
+def _by_template(word: dict[str, float], phrase: dict[str, float]) -> dict:
+    return {"word": table_rows(_images(word)), "phrase": table_rows(_images(phrase))}
+
+
+def test_each_direction_is_checked_on_its_own_template():
     margins = GenMargins(forget_less_text=0.2, learn_more_text=0.05)
-    good = table_rows(_images({"clip": 0.5, "learn": 0.9, "forget": 0.1}))
-    assert all(c["passed"] for c in check_directions({0: good}, margins))
-    flat = table_rows(_images({"clip": 0.5, "learn": 0.5, "forget": 0.4}))
-    failed = {c["key"] for c in check_directions({0: flat}, margins) if not c["passed"]}
-    assert failed == {"forget_less_text", "learn_more_text"}
+    # bare words: CLIP writes, forget must write less; phrases: CLIP draws, learn must write more
+    good = _by_template(word={"clip": 0.5, "learn": 0.5, "forget": 0.1}, phrase={"clip": 0.1, "learn": 0.6,
+                                                                                  "forget": 0.2})
+    checks = check_directions({0: good}, margins)
+    assert [(c["key"], c["template"]) for c in checks] == [("forget_less_text", "word"), ("learn_more_text", "phrase")]
+    assert all(c["passed"] for c in checks) and checks[0]["value"] == pytest.approx(0.4)
+    # the same numbers on the other templates fail both
+    swapped = {"word": good["phrase"], "phrase": good["word"]}
+    assert {c["key"] for c in check_directions({0: swapped}, margins) if not c["passed"]} == {
+        "forget_less_text", "learn_more_text"}
     # the median over CLIP seeds tolerates one odd seed, not two
-    checks = check_directions({0: good, 1: flat, 2: good}, margins)
+    checks = check_directions({0: good, 1: swapped, 2: good}, margins)
     assert all(c["passed"] for c in checks) and "seeds 0, 1, 2" in checks[0]["detail"]
-    assert not all(c["passed"] for c in check_directions({0: good, 1: flat, 2: flat}, margins))
+    assert not all(c["passed"] for c in check_directions({0: good, 1: swapped, 2: swapped}, margins))
+    # a template that was not generated leaves its direction unchecked
+    assert [c["key"] for c in check_directions({0: {"word": good["word"]}}, margins)] == ["forget_less_text"]
 
 
 def test_config_is_checked():
@@ -60,7 +71,31 @@ def test_config_is_checked():
         GenerationConfig(steps=0)
     with pytest.raises(VqclipError, match="--gen-seeds"):
         GenerationConfig(seeds=())
+    with pytest.raises(VqclipError, match="--lr"):
+        GenerationConfig(lr=0)
     assert GenerationConfig(margins={"forget_less_text": 0.3}).margins.forget_less_text == 0.3
+
+
+def test_one_clip_seed_is_held_to_a_lower_forget_margin_than_the_median_of_three():
+    assert GenMargins.for_seeds(3) == GenMargins() and GenMargins().forget_less_text == 0.2
+    assert GenMargins.for_seeds(1).forget_less_text == 0.1
+    assert GenMargins.for_seeds(1).learn_more_text == GenMargins().learn_more_text
+
+
+def test_every_image_starts_from_the_blank_page_at_the_papers_learning_rate(tmp_path):
+    """From VQGAN noise the small CLIP is fooled by stripe textures in every space (docs/testbed.md); the batch
+    starts each image from a blank page of the world's page colour instead, at lr 0.05."""
+    import numpy as np
+    from PIL import Image
+
+    config = GenerationConfig(size=64, page=(240, 240, 230))
+    page = tmp_path / "page.png"
+    write_page(page, config)
+    pixels = np.asarray(Image.open(page))
+    assert pixels.shape == (64, 64, 3) and (pixels == (240, 240, 230)).all()
+    args = batch_args(tmp_path / "run", tmp_path / "vqgan.safetensors", tmp_path / "p.csv", tmp_path / "out", config,
+                      page)
+    assert args[args.index("--init-image") + 1] == str(page) and args[args.index("--lr") + 1] == "0.05"
 
 
 def test_cli_refuses_generation_flags_without_generate(capsys):

@@ -66,14 +66,17 @@ def register(sub) -> None:
     g = p.add_argument_group("generation: the paper's OCR table in the world")
     g.add_argument("--generate", action="store_true",
                    help="also train a VQGAN of the world and independent judges (text detector, object classifier), "
-                        "generate every class prompt in clip, learn and forget space with `vqclip batch`, score the "
-                        "images with `vqclip score --detector world:...` and print the generation table")
+                        "generate every class word and phrase in clip, learn and forget space with `vqclip batch` "
+                        "(from a blank page), score the images with `vqclip score --detector world:...`, print the "
+                        "generation table and check that forget writes the word less, learn the phrase more")
     g.add_argument("--gen-seeds", default=None, metavar="LIST",
-                   help="generation seeds per prompt and space (default 0,1)")
+                   help="generation seeds per prompt and space (default 0,1,2)")
     g.add_argument("--world-models", default=None, metavar="DIR",
                    help="take the world VQGAN and judges from DIR (the world-models/ folder of an earlier --generate "
-                        "run) instead of training them again (about 25 minutes on one CPU thread)")
-    g.add_argument("--gen-steps", type=int, default=None, metavar="N", help="VQGAN+CLIP steps per image (default 60)")
+                        "run, or tests/data/world-models of a source checkout) instead of training them again (about 5 "
+                        "minutes on one CPU thread)")
+    g.add_argument("--gen-steps", type=int, default=None, metavar="N",
+                   help="VQGAN+CLIP steps per image (default 100)")
     add_quiet_arg(p, "no progress bars")
     p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
     p.set_defaults(func=run)
@@ -112,8 +115,12 @@ def run(args) -> int:
     checks = list(result["checks"])
     if args.generate:
         gen = _generate(args, config, gen_config)
-        print(f"\ngeneration, CLIP seeds {', '.join(map(str, gen['seeds']))} pooled (percent [95 % interval]):")
-        print(markdown_gen_table(gen["rows"]))
+        from ..testbed.generate import TEMPLATES
+
+        for template, rows in gen["by_template"].items():
+            print(f"\ngeneration, CLIP seeds {', '.join(map(str, gen['seeds']))} pooled, template {template} "
+                  f"(\"{TEMPLATES[template].format('star')}\"; percent [95 % interval]):")
+            print(markdown_gen_table(rows))
         checks += gen["checks"]
         seconds += gen["seconds"]
         wrote += ", generation_summary.md, world-models/, */generation/"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,35 +23,48 @@ SPACES = ("clip", "learn", "forget")
 # a prompt the small CLIP never saw would measure its template sensitivity, not the spaces.
 TEMPLATES = {"phrase": "an image of a {}", "word": "{}"}
 GEN_DIR = "generation"
+PAGE = (240, 240, 230)  # one of the world's light page colours (world.web_text_style)
 
 
 @dataclass
 class GenMargins:
     """How far apart the text shares must be for the expected direction to count (fractions, not points)."""
 
-    forget_less_text: float = 0.2  # clip's text share − forget's at least this
-    learn_more_text: float = 0.05  # learn's text share − clip's at least this
+    forget_less_text: float = 0.2  # clip's text share − forget's at least this (bare words)
+    learn_more_text: float = 0.05  # learn's text share − clip's at least this (phrases)
+
+    @classmethod
+    def for_seeds(cls, n: int) -> "GenMargins":
+        """The margins for the median over `n` CLIP seeds. One CLIP is one draw and varies more than the median of
+        three, so with one seed forget's margin is halved (the smallest single-run value measured was 0.16, the
+        smallest median of three 0.27; docs/testbed.md)."""
+        return cls() if n > 1 else cls(forget_less_text=0.1)
 
 
 @dataclass
 class GenerationConfig:
-    """What `vqclip batch` runs for the experiment: prompts x spaces x generation seeds, small and on the CPU."""
+    """What `vqclip batch` runs for the experiment: prompts x spaces x generation seeds, small and on the CPU.
 
-    seeds: tuple[int, ...] = (0, 1)
-    templates: tuple[str, ...] = ("phrase", "word")
-    steps: int = 60
+    Every image starts from a blank page (`page`, a light colour of the world's word pictures), not from random
+    codes: from VQGAN noise the small CLIP is fooled by the stripe textures the optimiser finds first, in every
+    space alike, and nothing is drawn (docs/testbed.md). `lr` 0.05 is the paper's (Crowson's notebook).
+    Each direction is checked on the template where its mechanism can show (`GEN_DIRECTIONS`); a direction whose
+    template is not generated is not checked.
+    """
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    templates: tuple[str, ...] = ("word", "phrase")
+    steps: int = 100
+    lr: float = 0.05
     cutn: int = 8
     size: int = 64
+    page: tuple[int, int, int] = PAGE
     group_size: int = 6
-    margins: GenMargins = field(default_factory=GenMargins)
-
-    @classmethod
-    def quick(cls, **overrides) -> "GenerationConfig":
-        """The test suite's: the bare class word only, one generation seed."""
-        return cls(**{**dict(seeds=(0,), templates=("word",), steps=40), **overrides})
+    margins: GenMargins | None = None  # None: GenMargins.for_seeds(the number of CLIP seeds)
 
     def __post_init__(self):
         self.seeds, self.templates = tuple(int(s) for s in self.seeds), tuple(self.templates)
+        self.page = tuple(int(v) for v in self.page)
         if isinstance(self.margins, Mapping):
             self.margins = GenMargins(**self.margins)
         if not self.seeds:
@@ -59,14 +72,16 @@ class GenerationConfig:
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if unknown or not self.templates:
             raise bad_arg("templates", f"must name some of {', '.join(TEMPLATES)}", self.templates,
-                          "Use e.g. ('phrase', 'word').")
+                          "Use e.g. ('word', 'phrase').")
+        if not (self.lr > 0):
+            raise bad_arg("--lr", "must be positive", self.lr, "Use 0.05.")
         for name, flag, low in (("steps", "--gen-steps", 1), ("cutn", "cutn", 1), ("group_size", "group_size", 1)):
             if int(getattr(self, name)) < low:
                 raise bad_arg(flag, f"must be at least {low}", getattr(self, name), "Use the defaults.")
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["seeds"], d["templates"] = list(self.seeds), list(self.templates)
+        d["seeds"], d["templates"], d["page"] = list(self.seeds), list(self.templates), list(self.page)
         return d
 
 
@@ -79,15 +94,31 @@ def prompts_csv(classes: Sequence[str], templates: Sequence[str]) -> str:
     return "\n".join(rows) + "\n"
 
 
-def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config: GenerationConfig) -> list[str]:
-    """`vqclip batch` arguments: the testbed's CLIP and projections, the world VQGAN, every space, on the CPU."""
+def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config: GenerationConfig,
+               page: Path) -> list[str]:
+    """`vqclip batch` arguments: the testbed's CLIP and projections, the world VQGAN, every space, on the CPU,
+    every image from the blank `page`."""
     return ["batch", str(prompts), "--out", str(out), "--spaces", ",".join(SPACES),
             "--seeds", ",".join(map(str, config.seeds)),
             "--clip", f"local-dir:{testbed_out / 'clip'}", "--vqgan-checkpoint", str(vqgan),
             "--projection-learn", str(testbed_out / "learn.safetensors"),
             "--projection-forget", str(testbed_out / "forget.safetensors"),
-            "--size", str(config.size), str(config.size), "--steps", str(config.steps), "--cutn", str(config.cutn),
-            "--group-size", str(config.group_size), "--device", "cpu", "--quiet"]
+            "--size", str(config.size), str(config.size), "--steps", str(config.steps), "--lr", str(config.lr),
+            "--cutn", str(config.cutn), "--init-image", str(page), "--group-size", str(config.group_size),
+            "--device", "cpu", "--quiet"]
+
+
+def write_page(path: Path, config: GenerationConfig) -> None:
+    """The blank page every image starts from: `config.size` square, `config.page` colour (atomic write)."""
+    import io
+
+    from PIL import Image
+
+    from ..io import write_bytes
+
+    buf = io.BytesIO()
+    Image.new("RGB", (config.size, config.size), config.page).save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
 
 
 def measure_images(score_dir: Path, object_classifier, classes: Sequence[str], clip=None) -> list[dict]:
@@ -129,6 +160,9 @@ def _clip_zero_shot(clip, images, classes: Sequence[str]) -> list[str]:
 
     with torch.no_grad():
         x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div(255)  # (N, 3, H, W)
+        if tuple(x.shape[-2:]) != tuple(clip.input_size):
+            x = torch.nn.functional.interpolate(x, size=tuple(clip.input_size), mode="bilinear", antialias=True,
+                                                align_corners=False)
         f = clip.encode_image(x.to(clip.device)).cpu()
         t = clip.encode_text([class_prompt(c) for c in classes]).cpu()
     return [classes[i] for i in (f @ t.T).argmax(dim=1).tolist()]
@@ -168,27 +202,40 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def direction_values(rows: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    text = {space: rows[space]["text"]["rate"] for space in SPACES}
-    return {"forget_less_text": text["clip"] - text["forget"], "learn_more_text": text["learn"] - text["clip"]}
+# (key, claim, what is measured, template). The world captions a word picture with the bare word and an object
+# with "an image of a ...". So for the bare word CLIP space already writes (as the paper's CLIP does for nonsense
+# words): there forget must write less. For the phrase CLIP space draws the object (as for the paper's real words):
+# there learn, which lost the objects, must write more. docs/testbed.md has both templates in every space.
+GEN_DIRECTIONS = (("forget_less_text", "forget draws less text than clip", "clip − forget text share", "word"),
+                  ("learn_more_text", "learn draws more text than clip", "learn − clip text share", "phrase"))
 
 
-GEN_DIRECTIONS = (("forget_less_text", "forget draws less text than clip", "clip − forget text share"),
-                  ("learn_more_text", "learn draws more text than clip", "learn − clip text share"))
+def direction_values(by_template: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, float]:
+    """Each direction's number from the rows of its template (directions whose template is missing are left out)."""
+    values = {}
+    for key, _, _, template in GEN_DIRECTIONS:
+        if template in by_template:
+            text = {space: by_template[template][space]["text"]["rate"] for space in SPACES}
+            values[key] = text["clip"] - text["forget"] if key == "forget_less_text" else text["learn"] - text["clip"]
+    return values
 
 
-def check_directions(per_seed: Mapping[int, Mapping[str, Mapping[str, Any]]], margins: GenMargins) -> list[dict]:
-    """Each direction on the median over CLIP seeds (one seed: its own numbers), against its margin."""
-    values = {seed: direction_values(rows) for seed, rows in per_seed.items()}
+def check_directions(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[str, Any]]]],
+                     margins: GenMargins) -> list[dict]:
+    """Each direction on the median over CLIP seeds (one seed: its own numbers), against its margin; `per_seed`
+    maps a CLIP seed to its rows by template."""
+    values = {seed: direction_values(by_template) for seed, by_template in per_seed.items()}
     checks = []
-    for key, claim, what in GEN_DIRECTIONS:
-        v = statistics.median(x[key] for x in values.values())
+    for key, claim, what, template in GEN_DIRECTIONS:
+        seen = [x[key] for x in values.values() if key in x]
+        if not seen:
+            continue
+        v = statistics.median(seen)
         margin = getattr(margins, key)
-        seeds = ", ".join(map(str, values))
-        detail = (f"{what} {v:+.3f} (median over CLIP seeds {seeds}: "
-                  f"{', '.join(f'{x[key]:+.3f}' for x in values.values())}), margin {margin:+.2f}")
-        checks.append({"key": key, "claim": claim, "value": v, "margin": margin, "passed": v >= margin,
-                       "detail": detail})
+        detail = (f"{what}, template {template}, {v:+.3f} (median over CLIP seeds {', '.join(map(str, values))}: "
+                  f"{', '.join(f'{x:+.3f}' for x in seen)}), margin {margin:+.2f}")
+        checks.append({"key": key, "claim": claim, "template": template, "value": v, "margin": margin,
+                       "passed": v >= margin, "detail": detail})
     return checks
 
 
@@ -215,7 +262,9 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     gen.mkdir(parents=True, exist_ok=True)
     prompts = gen / "prompts.csv"
     write_text(prompts, prompts_csv(classes, config.templates))
-    if main(batch_args(testbed_out, Path(vqgan), prompts, gen / "batch", config)) != 0:
+    page = gen / "page.png"
+    write_page(page, config)
+    if main(batch_args(testbed_out, Path(vqgan), prompts, gen / "batch", config, page)) != 0:
         raise VqclipError(f"testbed: the generation batch in {gen / 'batch'} did not finish; run it again to resume.")
     gen_seconds = time.perf_counter() - start
     t = time.perf_counter()
@@ -304,9 +353,11 @@ def run_generation(testbed_runs: Mapping[int, str | os.PathLike], world, out: st
     for seed, folder in testbed_runs.items():
         per_seed[int(seed)] = generate_in_world(folder, models["vqgan"]["vqgan"], models["folder"], world.classes,
                                                 config, progress)
-    checks = check_directions({s: r["rows"] for s, r in per_seed.items()}, config.margins)
-    pooled = table_rows([im for r in per_seed.values() for im in r["images"]])
-    summary = {"seeds": list(per_seed), "rows": pooled, "checks": checks,
+    margins = config.margins or GenMargins.for_seeds(len(per_seed))
+    checks = check_directions({s: r["by_template"] for s, r in per_seed.items()}, margins)
+    images = [im for r in per_seed.values() for im in r["images"]]
+    summary = {"seeds": list(per_seed), "rows": table_rows(images),
+               "by_template": {t: table_rows(images, (t,)) for t in config.templates}, "checks": checks,
                "all_passed": all(c["passed"] for c in checks),
                "per_seed": {s: {"rows": r["rows"], "by_template": r["by_template"], "grid": r["grid"]}
                             for s, r in per_seed.items()},
@@ -319,9 +370,13 @@ def run_generation(testbed_runs: Mapping[int, str | os.PathLike], world, out: st
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:
     lines = ["# Generation in the testbed world, over CLIP seeds", "",
-             f"CLIP seeds {', '.join(map(str, summary['seeds']))}, every image of every seed pooled:", "",
-             markdown_table(summary["rows"]), "## Directions (median over CLIP seeds)", ""]
+             f"CLIP seeds {', '.join(map(str, summary['seeds']))}, every image of every seed pooled, by template.", ""]
+    for t, rows in summary["by_template"].items():
+        lines += [f"## Template {t} (\"{TEMPLATES[t].format('star')}\")", "", markdown_table(rows)]
+    lines += ["## Directions (median over CLIP seeds)", ""]
     lines += [f"- [{'x' if c['passed'] else ' '}] {c['claim']}: {c['detail']}" for c in summary["checks"]]
     for seed, run in summary["per_seed"].items():
-        lines += ["", f"## CLIP seed {seed}", "", markdown_table(run["rows"])]
+        lines += ["", f"## CLIP seed {seed}", ""]
+        for t, rows in run["by_template"].items():
+            lines += [f"Template {t}:", "", markdown_table(rows)]
     return "\n".join(lines) + "\n"

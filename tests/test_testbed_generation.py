@@ -106,5 +106,7 @@ def test_cli_refuses_generation_flags_without_generate(capsys):
     assert "--gen-seeds/--gen-steps/--world-models: only apply with --generate" in err and len(err.splitlines()) == 1
     assert main(["testbed", "--quick", "--generate", "--gen-steps", "0", "--out", "unused"]) == 2
     assert "--gen-steps: must be at least 1" in capsys.readouterr().err
+    assert main(["testbed", "--quick", "--generate", "--gen-seeds", "x", "--out", "unused"]) == 2
+    assert capsys.readouterr().err.startswith("vqclip testbed: error: --gen-seeds: ")  # not --seeds
     assert main(["testbed", "--quick", "--generate", "--world-models", "nowhere", "--out", "unused"]) == 2
     assert "--world-models: needs vqgan.json and detector.json" in capsys.readouterr().err

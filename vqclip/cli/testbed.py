@@ -155,7 +155,7 @@ def _gen_config(args):
     if args.gen_seeds is not None:
         from ..batch.plan import parse_seeds
 
-        overrides["seeds"] = tuple(parse_seeds(args.gen_seeds))
+        overrides["seeds"] = tuple(parse_seeds(args.gen_seeds, "--gen-seeds"))
     if args.gen_steps is not None:
         overrides["steps"] = args.gen_steps
     if args.world_models is not None:

@@ -73,8 +73,7 @@ def register(sub) -> None:
                    help="generation seeds per prompt and space (default 0,1,2)")
     g.add_argument("--world-models", default=None, metavar="DIR",
                    help="take the world VQGAN and judges from DIR (the world-models/ folder of an earlier --generate "
-                        "run, or tests/data/world-models of a source checkout) instead of training them again (about 5 "
-                        "minutes on one CPU thread)")
+                        "run) instead of training them again (about 5 minutes on one CPU thread)")
     g.add_argument("--gen-steps", type=int, default=None, metavar="N",
                    help="VQGAN+CLIP steps per image (default 100)")
     add_quiet_arg(p, "no progress bars")

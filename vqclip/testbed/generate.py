@@ -202,22 +202,21 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# (key, claim, what is measured, template). The world captions a word picture with the bare word and an object
+# (key, claim, what is measured, template, (space whose share must be higher, space whose share must be lower)).
+# The world captions a word picture with the bare word and an object
 # with "an image of a ...". So for the bare word CLIP space already writes (as the paper's CLIP does for nonsense
 # words): there forget must write less. For the phrase CLIP space draws the object (as for the paper's real words):
 # there learn, which lost the objects, must write more. docs/testbed.md has both templates in every space.
-GEN_DIRECTIONS = (("forget_less_text", "forget draws less text than clip", "clip − forget text share", "word"),
-                  ("learn_more_text", "learn draws more text than clip", "learn − clip text share", "phrase"))
+GEN_DIRECTIONS = (("forget_less_text", "forget draws less text than clip", "clip − forget text share", "word",
+                   ("clip", "forget")),
+                  ("learn_more_text", "learn draws more text than clip", "learn − clip text share", "phrase",
+                   ("learn", "clip")))
 
 
 def direction_values(by_template: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, float]:
     """Each direction's number from the rows of its template (directions whose template is missing are left out)."""
-    values = {}
-    for key, _, _, template in GEN_DIRECTIONS:
-        if template in by_template:
-            text = {space: by_template[template][space]["text"]["rate"] for space in SPACES}
-            values[key] = text["clip"] - text["forget"] if key == "forget_less_text" else text["learn"] - text["clip"]
-    return values
+    return {key: by_template[template][higher]["text"]["rate"] - by_template[template][lower]["text"]["rate"]
+            for key, _, _, template, (higher, lower) in GEN_DIRECTIONS if template in by_template}
 
 
 def check_directions(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[str, Any]]]],
@@ -226,7 +225,7 @@ def check_directions(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[st
     maps a CLIP seed to its rows by template."""
     values = {seed: direction_values(by_template) for seed, by_template in per_seed.items()}
     checks = []
-    for key, claim, what, template in GEN_DIRECTIONS:
+    for key, claim, what, template, _ in GEN_DIRECTIONS:
         seen = [x[key] for x in values.values() if key in x]
         if not seen:
             continue

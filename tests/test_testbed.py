@@ -243,6 +243,7 @@ def quick_run(tmp_path_factory):
     return out, run_testbed_seeds(TestbedConfig.quick(), QUICK_SEEDS, out, progress=False)
 
 
+@pytest.mark.testbed
 def test_quick_testbed_reproduces_the_papers_directions(quick_run):
     _, summary = quick_run
     failed = [f"{c['claim']}: {c['detail']}" for c in summary["checks"] if not c["passed"]]
@@ -250,6 +251,7 @@ def test_quick_testbed_reproduces_the_papers_directions(quick_run):
     assert summary["all_passed"] and len(summary["checks"]) == 5 and summary["seeds"] == list(QUICK_SEEDS)
 
 
+@pytest.mark.testbed
 def test_median_checks_are_the_medians_of_the_seeds(quick_run):
     from vqclip.testbed.run import direction_values
 
@@ -259,6 +261,7 @@ def test_median_checks_are_the_medians_of_the_seeds(quick_run):
         assert check["value"] == sorted(v[check["key"]] for v in per_seed)[1]
 
 
+@pytest.mark.testbed
 def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(quick_run):
     from vqclip.models.clip import load_clip
     from vqclip.spaces import load_projection
@@ -282,6 +285,7 @@ def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(quick_run)
     assert all((out / "attacks" / name).is_file() for name in annotation)
 
 
+@pytest.mark.testbed
 def test_cli_reuses_the_small_clip_and_reproduces_the_numbers(quick_run, capsys):
     from vqclip.cli import main
 
@@ -312,6 +316,7 @@ def quick_generation(quick_run, tmp_path_factory):
                                      progress=False)
 
 
+@pytest.mark.testbed
 def test_generation_reproduces_the_papers_directions(quick_generation):
     """forget writes the bare word less often than clip; learn writes the phrase more often (docs/testbed.md)."""
     _, _, summary = quick_generation
@@ -321,6 +326,7 @@ def test_generation_reproduces_the_papers_directions(quick_generation):
     assert [c["key"] for c in summary["checks"]] == ["forget_less_text", "learn_more_text"]
 
 
+@pytest.mark.testbed
 def test_generation_goes_through_batch_score_and_grid(quick_generation):
     root, out, summary = quick_generation
     gen = root / "seed-0" / "generation"

@@ -32,6 +32,7 @@ MAX_LISTED = 40
 # expand (a few hundred bytes of nested aliases otherwise stand for billions of values).
 MAX_SEEDS = 10_000
 MAX_DEPTH = 32
+MAX_FILE_BYTES = 64 << 20  # a prompt file of 64 MiB holds ~1M prompts, beyond what one batch folder is for
 ALIAS_EXPANSION = 10  # expanded nodes allowed per node written, beyond a small allowance
 ALIAS_ALLOWANCE = 10_000
 _SHORT = reprlib.Repr()  # values quoted in messages: a huge list or text is shown by its start
@@ -110,12 +111,14 @@ def _int_value(value: Any, minimum: int, example: str) -> int:
         raise FieldError("must be a whole number", f"Write e.g. {example}.")
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d{1,30}\s*", value):  # longer is never a count
         value = int(value)
     if not isinstance(value, int):
         raise FieldError("must be a whole number", f"Write e.g. {example}.")
     if value < minimum:
         raise FieldError(f"must be {minimum} or more", f"Write e.g. {example}.")
+    if value > 2**64:  # no count or seed vqclip takes comes near; beyond it, numbers only overflow later
+        raise FieldError("must be at most 2**64", f"Write e.g. {example}.")
     return value
 
 
@@ -124,6 +127,8 @@ def _float_value(value: Any, example: str) -> float:
         raise FieldError("must be a number", f"Write e.g. {example}.")
     try:
         out = float(value)
+    except OverflowError:  # an integer beyond 1e308
+        raise FieldError("must be a finite number", f"Write e.g. {example}.") from None
     except (TypeError, ValueError):
         raise FieldError("must be a number", f"Write e.g. {example}.") from None
     if not math.isfinite(out):
@@ -329,8 +334,12 @@ class RawEntry:
 
 
 def _read_text(path: Path, problems: list[Problem]) -> str | None:
-    try:
-        return path.read_bytes().decode("utf-8-sig")
+    from ..untrusted import UntrustedFileError, read_bytes
+
+    try:  # a regular file of at most MAX_FILE_BYTES: a FIFO, /dev/zero or a link to them is refused at once
+        return read_bytes(path, MAX_FILE_BYTES, what="prompt file").decode("utf-8-sig")
+    except UntrustedFileError as e:
+        problems.append(Problem(str(path), None, f"{e.rule}; {e.fix[:1].lower()}{e.fix[1:].rstrip('.')}"))
     except FileNotFoundError:
         problems.append(Problem(str(path), None, "the prompt file does not exist; check the path"))
     except IsADirectoryError:
@@ -466,7 +475,12 @@ def _yaml_loader():
 
 
 def _shape_problem(text: str) -> tuple[int | None, str] | None:
-    """(line, rule) when YAML/JSON text nests deeper than MAX_DEPTH or its aliases expand far beyond its size.
+    """(line, rule) when YAML/JSON text nests deeper than MAX_DEPTH or its aliases expand far beyond its size."""
+    return yaml_shape_problem(text, MAX_DEPTH)
+
+
+def yaml_shape_problem(text: str, max_depth: int = MAX_DEPTH) -> tuple[int | None, str] | None:
+    """(line, rule) when YAML/JSON text nests deeper than `max_depth` or its aliases expand far beyond its size.
 
     Reads parser events only (nothing is built), so a hostile file costs time linear in its length: an alias bomb
     is refused before it is expanded and deep nesting before any recursive reader sees it.
@@ -479,8 +493,8 @@ def _shape_problem(text: str) -> tuple[int | None, str] | None:
     for event in yaml.parse(text, Loader=_yaml_loader()):
         if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
             stack.append([event.anchor, 1])
-            if len(stack) - 1 > MAX_DEPTH:
-                return event.start_mark.line + 1, f"nests lists/mappings more than {MAX_DEPTH} levels deep"
+            if len(stack) - 1 > max_depth:
+                return event.start_mark.line + 1, f"nests lists/mappings more than {max_depth} levels deep"
             size = 1
         elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
             anchor, inner = stack.pop()
@@ -540,6 +554,11 @@ def read_structured(path: Path, text: str, kind: str, problems: list[Problem]) -
                     loader.dispose()
     except json.JSONDecodeError as e:
         problems.append(Problem(file, e.lineno, f"is not valid JSON ({e.msg}, column {e.colno})"))
+        return []
+    except ValueError as e:  # json's other refusals: an integer of more than 4300 digits
+        from ..errors import one_line
+
+        problems.append(Problem(file, None, f"is not {kind.upper()} vqclip reads ({one_line(e, 120)})"))
         return []
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)

@@ -288,6 +288,10 @@ def check_projection_matrix(W: torch.Tensor, path: str, arg: str = "--projection
     """
     if W.ndim != 2 or 0 in W.shape:
         raise bad_arg(arg, "W must be a non-empty 2-D matrix", f"{path}: shape {tuple(W.shape)}", fix)
+    check_projection_dtype(W, path, arg, fix)
+    if W.shape[0] > W.shape[1]:
+        raise bad_arg(arg, f"W has more rows (d={W.shape[0]}) than dimensions (D={W.shape[1]}): a projection keeps "
+                      "at most D directions", f"{path}: shape {tuple(W.shape)}", fix)
     if not torch.isfinite(W).all():
         raise bad_arg(arg, "W holds NaN or infinite values", path, fix)
     norms = W.double().norm(dim=1)  # (d,)
@@ -301,6 +305,25 @@ def check_projection_matrix(W: torch.Tensor, path: str, arg: str = "--projection
         rank = int((s > 1e-6 * s[0]).sum())
         raise bad_arg(arg, f"W's {W.shape[0]} rows are linearly dependent (rank {rank}): the projection loses "
                       "dimensions it claims to keep", path, fix)
+    low, high = SINGULAR_RANGE
+    if not (low <= float(s[-1]) and float(s[0]) <= high):
+        raise bad_arg(arg, f"W's singular values must lie in [{low:g}, {high:g}] (its rows are near orthonormal: "
+                      f"all near 1); they span [{float(s[-1]):.3g}, {float(s[0]):.3g}], so every loss would be "
+                      "scaled toward 0 or overflow", path, fix)
+
+
+# A projection trained by vqclip or the paper's code starts orthonormal and is held near it by the orthogonality
+# penalty: its singular values stay near 1. A W scaled by 1e-30 (every loss 0.0000) or 1e30 (overflow) is not one.
+SINGULAR_RANGE = (1e-3, 1e3)
+
+
+def check_projection_dtype(W: torch.Tensor, path: str, arg: str = "--projection",
+                           fix: str = "Re-train the projection with `vqclip train`.") -> None:
+    """Refuse a W that is not real floating point (bool, integer, complex): converting it would silently make
+    another matrix than the file holds."""
+    if not W.is_floating_point() or W.is_complex():
+        raise bad_arg(arg, "W must hold real floating-point numbers (float16/32/64, bfloat16)",
+                      f"{path}: dtype {str(W.dtype).replace('torch.', '')}", fix)
 
 
 def load_projection(path: str | os.PathLike | ProjectionArg, space: str | None = None,
@@ -329,7 +352,9 @@ def load_projection(path: str | os.PathLike | ProjectionArg, space: str | None =
         else:
             with warnings.catch_warnings():  # torch warns about pickle protocols on stderr
                 warnings.simplefilter("ignore")
-                obj = torch.load(path, map_location="cpu", weights_only=True)
+                from .models.checkpoints import load_weights_only
+
+                obj = load_weights_only(path)
             W = _find_matrix(obj, path, arg)
     except VqclipError:
         raise
@@ -337,6 +362,8 @@ def load_projection(path: str | os.PathLike | ProjectionArg, space: str | None =
         raise bad_arg(arg, f"could not read the file as a projection: {_unreadable(path, e)}", str(path),
                       "Pass a projection written by `vqclip train`, or a torch file holding only the matrix "
                       "(torch.save({'W': W}, path)).") from None
+    if isinstance(W, torch.Tensor) and W.ndim == 2 and 0 not in W.shape:
+        check_projection_dtype(W, str(path), arg)
     own = meta.get("format") == FORMAT  # vqclip wrote it: W is d×D and the file names its CLIP
     if own:
         if given.orientation == "Dxd":

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from safetensors import SafetensorError
 
-from ..errors import VqclipError, bad_arg, quote_error
+from ..errors import VqclipError, bad_arg, one_line, quote_error
 
 SAFETENSORS_SUFFIX = ".safetensors"
 
@@ -48,6 +48,50 @@ INERT_MODULE_ROOTS = {"pytorch_lightning", "lightning", "lightning_fabric", "lig
 
 class UnsafeCheckpointError(VqclipError):
     """A checkpoint names a global that could run code; it was refused without being imported."""
+
+
+# Bounds on what a pickle may make the reader build. Everything a pickle builds from its own opcodes is bounded by
+# the file's size; only a few calls build far more than they are given: `range(2**62)` (then `set(...)`,
+# `list(...)`, `tuple(...)` of it) and `bytearray(2**40)` / `bytes(2**40)`. Those are checked before they run.
+MAX_PICKLE_RANGE = 1_000_000  # items in a range a checkpoint may build (model checkpoints hold none)
+MAX_PICKLE_ZERO_BYTES = 16 << 20  # bytes a `bytearray(n)` / `bytes(n)` call may allocate
+MAX_PICKLE_OPS = 20_000_000  # opcodes in one pickle stream: a VQGAN checkpoint's has ~50,000
+# Globals that allocate beyond their arguments: a pickle naming one is read by the bounded reader below, never by
+# torch's weights-only reader (which builds `bytearray(2**30)` as asked).
+EXPANDING_GLOBALS = {("builtins", "bytearray"), ("builtins", "bytes"), ("builtins", "range"),
+                     ("__builtin__", "bytearray"), ("__builtin__", "bytes"), ("__builtin__", "xrange"),
+                     ("__builtin__", "range")}
+
+
+class CheckpointBombError(VqclipError):
+    """A pickle asks for far more memory or work than its size (a pickle bomb); refused before building it."""
+
+
+def _bomb(what: str) -> CheckpointBombError:
+    return CheckpointBombError(f"the checkpoint asks to build {what}, beyond what a model checkpoint holds (a "
+                               "pickle bomb?); refused before building it")
+
+
+def _bounded_range(*args):
+    r = range(*args)
+    try:
+        n = len(r)
+    except OverflowError:
+        n = MAX_PICKLE_RANGE + 1
+    if n > MAX_PICKLE_RANGE:
+        raise _bomb(f"a range of more than {MAX_PICKLE_RANGE} items")
+    return r
+
+
+def _bounded_bytes(kind: type):
+    def build(*args):
+        if args and isinstance(args[0], int) and not isinstance(args[0], bool) and args[0] > MAX_PICKLE_ZERO_BYTES:
+            raise _bomb(f"{kind.__name__}({args[0]}), more than {MAX_PICKLE_ZERO_BYTES} bytes")
+        return kind(*args)
+    return build
+
+
+BOUNDED_BUILTINS = {"range": _bounded_range, "bytearray": _bounded_bytes(bytearray), "bytes": _bounded_bytes(bytes)}
 
 
 class Inert:
@@ -101,6 +145,8 @@ class RestrictedUnpickler(pickle.Unpickler):
             return getattr(__import__(module, fromlist=[name]), name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
             return getattr(torch, name)
+        if module == "builtins" and name in BOUNDED_BUILTINS:
+            return BOUNDED_BUILTINS[name]
         if module == "builtins" and name in SAFE_BUILTINS:
             return getattr(__import__("builtins"), name)
         if module == "collections" and name == "OrderedDict":
@@ -136,6 +182,85 @@ def restricted_pickle_module() -> types.ModuleType:
     return module
 
 
+def _pickle_streams(path: Path):
+    """The pickle streams of a checkpoint, to scan: `*/data.pkl` of a zip (torch's format), else the first
+    pickles of a legacy file (magic number, version, system info, the object, its storage keys)."""
+    import io
+
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename.endswith("data.pkl") and info.filename.count("/") <= 1:
+                    if info.file_size > 1 << 30:
+                        raise _bomb(f"a {info.file_size}-byte pickle")
+                    yield io.BytesIO(z.read(info))
+        return
+    with open(path, "rb") as f:
+        data = f.read(64 << 20)  # the legacy pickles come first; tensor bytes follow them
+    stream = io.BytesIO(data)
+    for _ in range(5):
+        start = stream.tell()
+        if start >= len(data):
+            return
+        yield stream
+        if stream.tell() == start:  # the scan could not read this one: the loaders will say what is wrong
+            return
+
+
+def scan_pickle(path: Path) -> set[tuple[str, str]]:
+    """The globals the checkpoint's pickles name, found by reading their opcodes without building anything;
+    a stream of more than MAX_PICKLE_OPS opcodes is refused as a bomb. Damaged streams end the scan quietly
+    (the loaders then report them)."""
+    import pickletools
+
+    found: set[tuple[str, str]] = set()
+    for stream in _pickle_streams(path):
+        strings: list[str] = []
+        memo: dict[int, str] = {}
+        ops = 0
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                ops += 1
+                if ops > MAX_PICKLE_OPS:
+                    raise _bomb(f"more than {MAX_PICKLE_OPS} pickle operations")
+                if op.name in ("GLOBAL", "INST"):
+                    module, _, name = str(arg).partition(" ")
+                    found.add((module, name))
+                elif op.name == "STACK_GLOBAL":
+                    found.add((strings[-2] if len(strings) > 1 else "?", strings[-1] if strings else "?"))
+                elif isinstance(arg, str) and op.name.endswith("UNICODE"):
+                    strings.append(arg)
+                    strings[:] = strings[-2:]
+                elif op.name in ("MEMOIZE",) and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg in memo:
+                    strings.append(memo[arg])
+                    strings[:] = strings[-2:]
+        except CheckpointBombError:
+            raise
+        except Exception:  # damaged or not a pickle: nothing more to learn here
+            return found | {("?", "?")} if not found else found
+    return found
+
+
+def load_weights_only(path: str | os.PathLike) -> Any:
+    """`torch.load(weights_only=True)` for small files that need no trainer classes (projections): pickle bombs
+    and globals that allocate beyond their arguments are refused (as pickle.UnpicklingError) before torch reads
+    the file."""
+    path = Path(path)
+    try:
+        names = scan_pickle(path)
+    except CheckpointBombError as e:
+        raise pickle.UnpicklingError(str(e)) from None
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        names = set()
+    if names & EXPANDING_GLOBALS:
+        found = ", ".join(sorted(f"{m}.{n}" for m, n in names & EXPANDING_GLOBALS))
+        raise pickle.UnpicklingError(f"the file names {found}, which allocates beyond its arguments and no "
+                                     "weights file needs; refused without reading it (weights_only)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def _empty(path: Path) -> bool:
     try:
         return path.stat().st_size == 0
@@ -163,8 +288,20 @@ def _unreadable(arg: str, path: Path, problem: str) -> VqclipError:
 
 
 def _torch_load(path: Path, arg: str) -> Any:
-    """torch.load with weights_only=True, falling back to the restricted unpickler for trainer objects."""
+    """torch.load with weights_only=True, falling back to the restricted unpickler for trainer objects.
+
+    A pickle naming a global that allocates beyond its arguments (`bytearray(n)`, `range(n)`) goes straight to
+    the restricted unpickler, which bounds those calls; torch's own reader would build them."""
     try:
+        names = scan_pickle(path)
+    except CheckpointBombError as e:
+        raise CheckpointBombError(f"{arg}: {e}; got {str(path)!r}. Use a checkpoint from a trusted source, or a "
+                                  ".safetensors file.") from None
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError):
+        names = set()
+    try:
+        if names & EXPANDING_GLOBALS:
+            raise pickle.UnpicklingError("the pickle names a global that allocates (bytearray, range)")
         return torch.load(path, map_location="cpu", weights_only=True,
                           mmap=zipfile.is_zipfile(path))
     except pickle.UnpicklingError as first:
@@ -178,6 +315,11 @@ def _torch_load(path: Path, arg: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=restricted_pickle_module())
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{arg}: {e}; got {str(path)!r}.") from None
+    except CheckpointBombError as e:
+        raise CheckpointBombError(f"{arg}: {e}; got {str(path)!r}. Use a checkpoint from a trusted source, or a "
+                                  ".safetensors file.") from None
+    except MemoryError as e:
+        raise _unreadable(arg, path, "it asks for more memory than this machine has (a pickle bomb?)") from e
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, TypeError,
             KeyError, IndexError, zipfile.BadZipFile, SafetensorError) as e:
         raise _unreadable(arg, path, "an empty file" if _empty(path) else
@@ -186,6 +328,14 @@ def _torch_load(path: Path, arg: str) -> Any:
 
 def read_checkpoint(path: str | os.PathLike, arg: str = "--vqgan-checkpoint") -> Any:
     """The object stored in a .safetensors / .ckpt / .pt / .pth file, read without running any pickled code."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch warns on stderr (sparse tensors, pickle protocols): errors say it all
+        warnings.simplefilter("ignore")
+        return _read_checkpoint(path, arg)
+
+
+def _read_checkpoint(path: str | os.PathLike, arg: str) -> Any:
     path = Path(path).expanduser()
     if not path.is_file():
         raise bad_arg(arg, "checkpoint file not found", str(path), "Check the path (or download the model).")
@@ -208,17 +358,51 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
 
 
 def state_dict_of(obj: Any, arg: str = "--vqgan-checkpoint", path: str | os.PathLike = "") -> dict[str, torch.Tensor]:
-    """The tensor state dict inside a checkpoint object: a Lightning dict keeps it under "state_dict"."""
+    """The tensor state dict inside a checkpoint object: a Lightning dict keeps it under "state_dict".
+
+    Refused with the rule, before any tensor is used: a state dict that is not a mapping (a list), keys that are
+    not parameter names (integers), and tensors that hold no real data (the `meta` device), are not dense
+    (sparse layouts) or claim more elements than their storage holds (an expanded view)."""
+    fix = "Pass a Lightning .ckpt, a plain state dict or a .safetensors file."
+    if isinstance(obj, Mapping) and "state_dict" in obj and not isinstance(obj["state_dict"], Mapping):
+        raise bad_arg(arg, "the checkpoint's `state_dict` must map parameter names to tensors, but it is a "
+                      f"{type(obj['state_dict']).__name__}", str(path), fix)
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise bad_arg(arg, "the checkpoint holds no state dict (expected a mapping of names to tensors)",
-                      str(path), "Pass a Lightning .ckpt, a plain state dict or a .safetensors file.")
-    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        raise bad_arg(arg, "the checkpoint holds no state dict (expected a mapping of names to tensors, got a "
+                      f"{type(obj).__name__})", str(path), fix)
+    odd = [k for k, v in obj.items() if isinstance(v, torch.Tensor) and not isinstance(k, str)]
+    if odd:
+        raise bad_arg(arg, f"state dict keys must be parameter names (text); {len(odd)} are not, e.g. "
+                      f"{one_line(repr(odd[0]), 60)} ({type(odd[0]).__name__})", str(path), fix)
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise bad_arg(arg, "the checkpoint holds no tensors", str(path),
-                      "Pass a Lightning .ckpt, a plain state dict or a .safetensors file.")
+        raise bad_arg(arg, "the checkpoint holds no tensors", str(path), fix)
+    for k, v in tensors.items():
+        problem = tensor_problem(v)
+        if problem:
+            raise bad_arg(arg, f"the tensor {one_line(k, 80)} {problem}", str(path),
+                          "The file is not a usable model checkpoint: pass the original checkpoint or a "
+                          ".safetensors file.")
     return tensors
+
+
+def tensor_problem(t: torch.Tensor) -> str | None:
+    """Why a tensor read from a file cannot be a weight (None when it can): no data, not dense, or a view
+    claiming more elements than its storage holds."""
+    if t.is_meta or t.device.type == "meta":
+        return "is on the `meta` device (a shape without data)"
+    if t.layout != torch.strided:
+        return f"is {str(t.layout).replace('torch.', '')}, not a dense tensor"
+    if t.is_quantized or t.is_complex() or t.dtype == torch.bool:
+        return f"has dtype {str(t.dtype).replace('torch.', '')}, not a real number type"
+    if t.numel():
+        span = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+        if t.numel() > span or (t.storage_offset() + span) * t.element_size() > t.untyped_storage().nbytes():
+            return (f"is a view of {t.numel()} elements over fewer stored values (an expanded or out-of-bounds view, "
+                    f"{t.untyped_storage().nbytes()} bytes stored)")
+    return None
 
 
 def strip_prefix(state: Mapping[str, torch.Tensor], prefixes: tuple[str, ...] = ("model.", "module.")) -> dict:

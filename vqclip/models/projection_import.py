@@ -74,7 +74,9 @@ def read_matrix_file(path: Path) -> tuple[torch.Tensor | None, str | None, str |
 
             obj: Any = load_file(str(path))
         else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            from .checkpoints import load_weights_only
+
+            obj = load_weights_only(path)
     except Exception as e:  # not a torch file, a pickle with code in it, truncated: many error types
         kind = "refused: holds more than tensors" if "weights_only" in str(e) else "not a readable torch file"
         return None, None, kind

@@ -234,6 +234,15 @@ def check_asset_config(asset: VQGANAsset, path: Path, arg: str = "--vqgan") -> N
                       str(path), f"Delete {path} and run the command again.")
 
 
+def asset_mismatch(asset: VQGANAsset, n_embed: int, kind: str, ddconfig: dict) -> str | None:
+    """How a model's shape differs from the registered asset's (codebook size, kind, factor), or None."""
+    factor = 2 ** (len(ddconfig["ch_mult"]) - 1)
+    if (n_embed, kind, factor) == (asset.n_embed, asset.kind, asset.factor):
+        return None
+    return (f"{asset.name} is registered as {asset.kind}, f{asset.factor}, {asset.n_embed} codes; this model is "
+            f"{kind}, f{factor}, {n_embed} codes")
+
+
 # ---------------------------------------------------------------------------------------------------- downloading
 
 class IncompleteDownload(OSError):
@@ -419,6 +428,12 @@ def resolve_vqgan(name: str | None = None, config: str | os.PathLike | None = No
 
         again = "it is rebuilt" if name in VQGAN_ASSETS else "then convert the model again with `vqclip models convert`"
         raise cached_file_error(e, path, f"the cached conversion of {name}", again) from None
+    asset = VQGAN_ASSETS.get(name)
+    wrong = asset and asset_mismatch(asset, model.n_embed, model.kind, model.ddconfig)
+    if wrong:  # a file converted under a registered name from another model: never used silently
+        raise bad_arg("--vqgan", f"the cached conversion does not hold the registered model ({wrong})", str(path),
+                      f"Delete {path} and run again: the registered model is then downloaded and converted "
+                      "(a custom model needs a name of its own: `vqclip models convert --name my_vqgan`).")
     model.origin["name"] = name
     return model
 

@@ -96,6 +96,30 @@ _INT_LIMITS = {"z_channels": 4096, "resolution": 65536, "in_channels": 64, "out_
                "num_res_blocks": 64, "n_embed": 1 << 22, "embed_dim": 4096}
 
 
+# The largest model a config may describe, counted before anything is allocated: published taming VQGANs have
+# 50-100 M parameters (f16 16384: ~72 M); 500 M parameters are 2 GB of float32 weights.
+MAX_PARAMETERS = 500_000_000
+
+
+def estimate_parameters(ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int, n_attn: int,
+                        in_channels: int = 3, out_ch: int = 3) -> int:
+    """Roughly the weights of the encoder and decoder a ddconfig builds (3x3 convolutions dominate), in integer
+    arithmetic so that any config is counted in microseconds."""
+    widths = [ch * m for m in ch_mult]
+    total = 9 * ch * (in_channels + out_ch)
+    prev = ch
+    for w in widths:  # encoder: num_res_blocks blocks per level, each two 3x3 convolutions (+ a 1x1 shortcut)
+        total += num_res_blocks * 9 * (prev * w + w * w) + prev * w + 9 * w * w
+        prev = w
+    top = widths[-1]
+    total += 2 * 2 * 9 * top * top + (n_attn + 2) * 4 * top * top + 2 * 9 * top * 2 * z_channels
+    prev = top
+    for w in reversed(widths):  # decoder: one block more per level
+        total += (num_res_blocks + 1) * 9 * (prev * w + w * w) + prev * w + 9 * w * w
+        prev = w
+    return total
+
+
 def check_config_values(ddconfig: Mapping, n_embed: Any, embed_dim: Any, source: str, arg: str) -> VQGANConfig | None:
     """Refuse ddconfig values the model cannot be built from (`ch_mult: []`, `ch: "abc"`, zero or negative sizes)."""
     fix = "Use the model.yaml published with the checkpoint, or fix the value in the file."
@@ -120,6 +144,14 @@ def check_config_values(ddconfig: Mapping, n_embed: Any, embed_dim: Any, source:
     if not isinstance(attn, (list, tuple)) or any(isinstance(a, bool) or not isinstance(a, int) or a < 1
                                                   for a in attn):
         raise bad_arg(arg, f"`attn_resolutions` must be a list of positive whole numbers (got {attn!r})", source, fix)
+    params = estimate_parameters(sizes["ch"], list(mult), sizes["num_res_blocks"], sizes["z_channels"],
+                                 len(attn), sizes["in_channels"], sizes["out_ch"])
+    if n_embed is not None and isinstance(n_embed, int) and isinstance(embed_dim, int):
+        params += n_embed * embed_dim
+    if params > MAX_PARAMETERS:
+        raise bad_arg(arg, f"the config describes a VQGAN of about {params / 1e6:,.0f} M parameters, more than the "
+                      f"{MAX_PARAMETERS // 10**6:,} M vqclip builds (the largest published taming VQGANs have "
+                      "under 100 M)", source, fix)
     dropout = ddconfig.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise bad_arg(arg, f"`dropout` must be a number in [0, 1) (got {dropout!r})", source, fix)
@@ -157,16 +189,18 @@ def parse_taming_config(cfg: Any, source: str = "<config>", arg: str = "--vqgan-
 
 def read_taming_config(path: str | os.PathLike, arg: str = "--vqgan-config") -> VQGANConfig:
     """Read a taming-format YAML file -> (ddconfig, n_embed, embed_dim, kind)."""
-    import yaml
+    from ..untrusted import UntrustedFileError, read_yaml
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise bad_arg(arg, "config file not found", str(path), "Check the path (or download the model).")
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise bad_arg(arg, f"not a readable YAML file ({type(e).__name__})", str(path),
-                      "Pass the model.yaml published with the checkpoint.") from e
+    try:  # a regular UTF-8 file of at most 1 MiB, nested at most 32 deep, no alias bomb
+        cfg = read_yaml(path, arg)
+    except UntrustedFileError as e:
+        raise bad_arg(arg, f"not a readable model YAML file ({e.rule})", str(path),
+                      "Pass the model.yaml published with the checkpoint.") from None
+    except OSError as e:
+        raise bad_arg(arg, f"cannot be read ({e.strerror})", str(path), "Check the path.") from None
     return parse_taming_config(cfg, str(path), arg)
 
 
@@ -225,7 +259,9 @@ def _converted_config(path: Path, arg: str) -> VQGANConfig | None:
     if meta.get("format") != CONVERTED_FORMAT or "config" not in meta:
         return None
     try:
-        c = json.loads(meta["config"])
+        from ..untrusted import parse_json
+
+        c = parse_json(meta["config"], str(path), arg)
         cfg = VQGANConfig(dict(c["ddconfig"]), c["n_embed"], c["embed_dim"], str(c["kind"]))
         missing = [k for k in DDCONFIG_KEYS if k not in cfg.ddconfig]
         if missing or cfg.kind not in TARGET_KINDS.values():
@@ -296,5 +332,13 @@ def convert_checkpoint(config: str | os.PathLike | Mapping | VQGANConfig | None,
     from ..io import sha256_file
 
     model = load_vqgan(config, checkpoint, "cpu", config_arg, checkpoint_arg)
+    if name:
+        from .registry import VQGAN_ASSETS, asset_mismatch
+
+        asset = VQGAN_ASSETS.get(name)
+        wrong = asset and asset_mismatch(asset, model.n_embed, model.kind, model.ddconfig)
+        if wrong:
+            raise bad_arg("--name", f"a registered name holds only the registered model ({wrong})", name,
+                          "Give the model a name of its own, e.g. --name my_vqgan.")
     meta = {"name": name, "source_file": Path(checkpoint).name, "source_sha256": sha256_file(checkpoint)}
     return save_converted(model, out_path, meta)

@@ -106,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
             from_config = {d: k for d, k in keys.items() if getattr(args, d, None) != before.get(d)}
             dests = _option_dests(sub)
+        if hasattr(args, "recipe") and hasattr(args, "cutn"):  # the commands that generate
+            from .generate import fill_recipe_defaults
+
+            fill_recipe_defaults(args)
         return int(args.func(args) or 0)
     except VqclipError as e:
         message = str(e)

@@ -18,7 +18,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     add_clip_args(p)
     g = p.add_argument_group("VQGAN model")
     g.add_argument("--vqgan", default=None, metavar="NAME",
-                   help="registry name (see `vqclip models list`; default vqgan_imagenet_f16_16384)")
+                   help="registry name (see `vqclip models list`; default: the recipe's, vqgan_imagenet_f16_16384 for vqclip and "
+                        "nerdyrodent, vqgan_imagenet_f16_1024 for paper)")
     g.add_argument("--vqgan-config", default=None, metavar="YAML", help="taming config file, for offline use")
     g.add_argument("--vqgan-checkpoint", default=None, metavar="FILE",
                    help="taming checkpoint (.ckpt, state dict or .safetensors), for offline use")
@@ -36,6 +37,7 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     from ..generation.cutouts import AUGMENTATIONS
     from ..generation.loop import METHODS, OPTIMIZERS
     from ..generation.ops import LOSSES
+    from ..generation.recipes import RECIPES
 
     g = p.add_argument_group("space")
     g.add_argument("--projection", default=None, metavar="FILE",
@@ -43,24 +45,29 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
                         "without --space the file's own space is used, and --space clip with a file is an error; "
                         "a torch file holding only W may state its CLIP and orientation as FILE@NAME/TAG@dxD "
                         "(see docs/models.md)")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--size", nargs=2, type=int, default=[480, 480], metavar=("W", "H"),
-                   help="image size in pixels, snapped down to a multiple of the VQGAN factor (default 480 480)")
-    g.add_argument("--steps", type=int, default=300, help="optimisation steps (default 300)")
+    g = p.add_argument_group("optimisation (defaults: the recipe's; shown for vqclip / paper / nerdyrodent)")
+    g.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                   help="a named set of settings proven equal to its anchor: vqclip (fast default), paper "
+                        "(Crowson's codebook-sampling notebook, as the paper ran it), nerdyrodent (its generate.py "
+                        "defaults); flags given explicitly win and run.json records them as overrides (docs/method.md)")
+    g.add_argument("--size", nargs=2, type=int, default=None, metavar=("W", "H"),
+                   help="image size in pixels, snapped down to a multiple of the VQGAN factor (480 480 / 480 480 / "
+                        "512 512)")
+    g.add_argument("--steps", type=int, default=None, help="optimisation steps (300 / 300 / 500)")
     g.add_argument("--lr", type=float, default=None, help="learning rate (default 0.1 for zquant, 0.05 for codebook)")
     g.add_argument("--optimizer", default=None, choices=sorted(OPTIMIZERS),
                    help="optimizer (default adam for zquant, adamw for codebook)")
-    g.add_argument("--method", default="zquant", choices=METHODS,
-                   help="zquant: Adam on continuous z with straight-through quantization (default); codebook: the "
-                        "paper's codebook sampling on per-token logits")
+    g.add_argument("--method", default=None, choices=METHODS,
+                   help="zquant: Adam on continuous z with straight-through quantization; codebook: the paper's "
+                        "codebook sampling on per-token logits (zquant / codebook / zquant)")
     g.add_argument("--loss", default="spherical", choices=sorted(LOSSES),
                    help="spherical: 2·arcsin(‖a−b‖/2)² (default); cosine: 1 − cos")
-    g.add_argument("--cutn", type=int, default=32, help="cutouts per step, encoded by CLIP in one batch (default 32)")
-    g.add_argument("--cut-pow", type=float, default=1.0, help="cutout size exponent; >1 favours small cutouts")
+    g.add_argument("--cutn", type=int, default=None, help="cutouts per step, encoded by CLIP in one batch (32 / 64 / 32)")
+    g.add_argument("--cut-pow", type=float, default=None, help="cutout size exponent; >1 favours small cutouts (1)")
     g.add_argument("--augment", default=None, metavar="LIST",
-                   help=f"comma list of kornia augmentations from {','.join(AUGMENTATIONS)}, or none "
-                        "(default affine,perspective,jitter,erasing)")
-    g.add_argument("--noise", type=float, default=0.1, help="maximum noise added to cutouts (default 0.1)")
+                   help=f"comma list of augmentations from {','.join(AUGMENTATIONS)}, or none "
+                        "(affine,perspective,jitter,erasing / none / the same as kornia's Af,Pe,Ji,Er)")
+    g.add_argument("--noise", type=float, default=None, help="maximum noise added to cutouts (0.1 / 0 / 0.1)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and recorded)")
     g.add_argument("--change-every", type=int, default=0, metavar="N",
                    help="a prompt with phases separated by '^' (\"a forest ^ a city\") moves to the next phase every "
@@ -83,6 +90,21 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
                         "records which step)")
 
 
+def fill_recipe_defaults(args: argparse.Namespace) -> None:
+    """Give every optimisation flag left unset the value of `--recipe`, and --vqgan the recipe's VQGAN unless a
+    checkpoint file is given; explicit flags are kept (Settings records those that differ as overrides)."""
+    from ..generation.recipes import RECIPE_FIELDS, get_recipe, recipe_vqgan
+
+    recipe = get_recipe(getattr(args, "recipe", None))
+    args.recipe = recipe.name
+    for name in RECIPE_FIELDS:
+        if name != "augment" and getattr(args, name, None) is None:
+            value = recipe.defaults[name]
+            setattr(args, name, list(value) if isinstance(value, tuple) else value)
+    if hasattr(args, "vqgan"):
+        args.vqgan = recipe_vqgan(recipe.name, args.vqgan, getattr(args, "vqgan_checkpoint", None))
+
+
 def settings_from_args(args: argparse.Namespace, prompt: str):
     from ..generation import Settings, parse_image_prompt
     from ..generation.prompts import parse_noise_prompt, parse_story
@@ -95,7 +117,7 @@ def settings_from_args(args: argparse.Namespace, prompt: str):
                     augment=args.augment, noise=args.noise, seed=args.seed, init_image=args.init_image,
                     init_weight=args.init_weight, change_every=args.change_every,
                     noise_prompts=[parse_noise_prompt(s) for s in args.noise_prompt],
-                    image_prompt_mode=args.image_prompt_mode, save_best=args.save_best)
+                    image_prompt_mode=args.image_prompt_mode, save_best=args.save_best, recipe=args.recipe)
 
 
 def load_models_from_args(args: argparse.Namespace, spaces=(), prog: str = "vqclip generate"):

@@ -119,10 +119,9 @@ def _ocr_args(p) -> None:
                    help="print the plan and the time estimate (measured on a few steps) and stop")
     add_settings_args(p)
     add_model_args(p)
-    _set_default(p, "method", G["method"], "zquant: Adam on continuous z with straight-through quantization; "
-                 f"codebook: codebook sampling on per-token logits (default {G['method']}, the paper's notebook)")
-    _set_default(p, "cutn", G["cutn"], f"cutouts per step (default {G['cutn']}, the paper's)")
-    _set_default(p, "vqgan", G["vqgan"], f"registry name (default {G['vqgan']}, the paper's; see `vqclip models list`)")
+    _set_default(p, "recipe", "paper", "the generation recipe (default paper: Crowson's codebook-sampling notebook "
+                 f"as the paper ran it, {G['method']} on {G['vqgan']}, {G['cutn']} cutouts, no augmentations, no "
+                 "noise); flags given explicitly win and the report lists them as overrides")
     _set_default(p, "seed", 0, "seed of every image and of the drawn word list (default 0)")
 
 
@@ -499,7 +498,8 @@ def run_ocr_part(args, plan: OcrPlan, models, reader, progress: Progress, est: d
         "jobs": {"planned": len(plan.spec.jobs), "generated_now": summary.ok, "failed": summary.failed,
                  "unfinished": len(unfinished), "scored": scored["n_scored"], "skipped": scored["n_skipped"]},
         "complete": not unfinished,
-        "settings": plan.record["settings"], "batch_fingerprint": plan.spec.fingerprint,
+        "settings": plan.record["settings"], "recipe": plan.base.with_recipe().recipe_record(),
+        "batch_fingerprint": plan.spec.fingerprint,
         "grouping": ocr.grouping_note(args.group_size, (est or {}).get("group")), "ocr": scored.get("ocr"),
         "thresholds": scored["thresholds"],
         "rows": ocr.comparison_rows(scored["groups"], scored["thresholds"]),

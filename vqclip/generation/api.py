@@ -12,6 +12,7 @@ from ..errors import VqclipError
 from ..spaces import MissingProjection, Space, resolve_space
 from .loop import Result, Settings, StepInfo, group_key, run, run_many
 from .prompts import parse_image_prompt, parse_noise_prompt, parse_story
+from .recipes import recipe_vqgan
 
 
 SpaceRequest = tuple  # (space name or None, projection file or None, the flag that gave the file)
@@ -139,10 +140,12 @@ def generate(prompt: str, *, space: str | None = None, projection: str | None = 
 
     `space` None: the space of `projection`, or clip without one.
 
-    Keyword settings are those of `Settings` (size, steps, lr, cutn, cut_pow, seed, ...). Pass `models` to reuse
-    loaded models; otherwise they are loaded from the names given (`auto_train`: see `Models`).
+    Keyword settings are those of `Settings` (recipe, size, steps, lr, cutn, cut_pow, seed, ...); `recipe`
+    ("vqclip", "paper", "nerdyrodent") gives the defaults, its VQGAN included. Pass `models` to reuse loaded
+    models; otherwise they are loaded from the names given (`auto_train`: see `Models`).
     """
     if models is None:
+        vqgan = recipe_vqgan(settings.get("recipe"), vqgan, vqgan_checkpoint)
         models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
                              spaces=[(space, projection, "--projection")], auto_train=auto_train)
     return run(_settings(prompt, image_prompts, settings), models.clip, models.vqgan,
@@ -176,6 +179,7 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
 
     projections = dict(projections or {})
     if models is None:
+        vqgan = recipe_vqgan(settings.get("recipe"), vqgan, vqgan_checkpoint)
         models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
                              spaces=[(s, projections.get(s), "--projection") for s in spaces], auto_train=auto_train)
     jobs = [(_settings(p, None, dict(settings, seed=seed)), space) for p in prompts for seed in seeds

@@ -23,8 +23,9 @@ from PIL import Image
 from ..errors import VqclipError, bad_arg, check_seed, choices_hint, quote_error
 from ..untrusted import open_image
 from .cutouts import DEFAULT_AUGMENTATIONS, MakeCutouts, parse_augmentations
-from .ops import LOSSES, clamp_with_grad, prompt_loss, sample_one_hot, vector_quantize
+from .ops import LOSSES, clamp_with_grad, prompt_loss, sample_categorical, sample_one_hot, vector_quantize
 from .prompts import Prompt, check_weights_nonzero
+from .recipes import RECIPE_FIELDS, Recipe, get_recipe
 
 METHODS = ("zquant", "codebook")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam,
@@ -35,7 +36,7 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": tor
 METHOD_DEFAULTS = {"zquant": ("adam", 0.1), "codebook": ("adamw", 0.05)}
 IMAGE_PROMPT_MODES = ("cutouts", "centre")
 # Settings that jobs optimised together in one batched latent must share (one optimiser, one set of cutouts).
-GROUP_FIELDS = ("size", "steps", "lr", "optimizer", "method", "cutn", "cut_pow", "augment", "noise")
+GROUP_FIELDS = ("recipe", "size", "steps", "lr", "optimizer", "method", "cutn", "cut_pow", "augment", "noise")
 
 
 def noise_seed(prompt: Prompt) -> int:
@@ -49,20 +50,25 @@ def noise_seed(prompt: Prompt) -> int:
 
 @dataclass
 class Settings:
-    """Everything that determines an image, besides the models and the space."""
+    """Everything that determines an image, besides the models and the space.
+
+    Fields left None take the recipe's value (recipes.py); `resolved()` fills them and records in `overrides` the
+    ones given explicitly with another value than the recipe's."""
 
     prompts: list[Prompt]
     image_prompts: list[Prompt] = field(default_factory=list)
-    size: tuple[int, int] = (480, 480)  # width, height
-    steps: int = 300
+    size: tuple[int, int] | None = None  # width, height; vqclip recipe 480 480
+    steps: int | None = None  # vqclip recipe 300
     lr: float | None = None  # None: the method's default
     optimizer: str | None = None  # None: the method's default
-    method: str = "zquant"
+    method: str | None = None  # vqclip recipe zquant
     loss: str = "spherical"
-    cutn: int = 32
-    cut_pow: float = 1.0
-    augment: tuple[str, ...] = DEFAULT_AUGMENTATIONS
-    noise: float = 0.1
+    cutn: int | None = None  # vqclip recipe 32
+    cut_pow: float | None = None  # 1.0 in every recipe
+    augment: tuple[str, ...] | str | None = None  # vqclip recipe affine, perspective, jitter, erasing
+    noise: float | None = None  # vqclip recipe 0.1
+    recipe: str = "vqclip"
+    overrides: dict | None = None  # set by resolved(): {field: value} given explicitly against the recipe
     seed: int | None = None
     init_image: str | None = None
     init_weight: float = 0.0
@@ -72,8 +78,25 @@ class Settings:
     image_prompt_mode: str = "cutouts"  # cutouts: encoded through the run's cutouts (Crowson); centre: one crop
     save_best: bool = False  # keep the image of the step with the lowest loss instead of the last one
 
+    def with_recipe(self) -> "Settings":
+        """The recipe's values in every field left None, and the explicit values that differ from it recorded in
+        `overrides` (once: resolving resolved settings again keeps the first record)."""
+        recipe = get_recipe(self.recipe)
+        given = {name: getattr(self, name) for name in RECIPE_FIELDS if getattr(self, name) is not None}
+        if "augment" in given:
+            given["augment"] = parse_augmentations(given["augment"])
+        if "size" in given:
+            given["size"] = tuple(int(v) for v in given["size"])
+        overrides = self.overrides
+        if overrides is None:
+            overrides = {name: list(v) if isinstance(v, tuple) else v for name, v in given.items()
+                         if v != recipe.defaults[name]}
+        return dataclasses.replace(self, **{**recipe.defaults, **given}, overrides=overrides)
+
     def resolved(self, factor: int) -> tuple["Settings", list[str]]:
-        """Validate, fill in method defaults, draw a seed and snap the size; also return notices for the user."""
+        """Validate, fill in the recipe's and the method's defaults, draw a seed and snap the size; also return
+        notices for the user."""
+        self = self.with_recipe()
         notices = []
         check_weights_nonzero(self.prompts + self.image_prompts + self.noise_prompts)
         if self.method not in METHODS:
@@ -86,16 +109,17 @@ class Settings:
         lr = METHOD_DEFAULTS[self.method][1] if self.lr is None else float(self.lr)
         if not (math.isfinite(lr) and lr > 0):
             raise bad_arg("--lr", "the learning rate must be a positive number", self.lr, "Try --lr 0.1.")
-        if self.steps < 0:
-            raise bad_arg("--steps", "must be 0 or more", self.steps, "Try --steps 300.")
+        if self.steps < 1:
+            raise bad_arg("--steps", "at least one optimisation step is needed", self.steps, "Try --steps 300.")
         if self.cutn < 1:
             raise bad_arg("--cutn", "at least one cutout is needed", self.cutn, "Try --cutn 32 (fewer if memory is short).")
         if not (self.cut_pow > 0):
             raise bad_arg("--cut-pow", "must be positive", self.cut_pow, "Try --cut-pow 1.0.")
-        if self.noise < 0:
-            raise bad_arg("--noise", "must be 0 or more", self.noise, "Try --noise 0.1.")
-        if self.init_weight < 0:
-            raise bad_arg("--init-weight", "must be 0 or more", self.init_weight, "Try --init-weight 0.5.")
+        if not (math.isfinite(self.noise) and self.noise >= 0):
+            raise bad_arg("--noise", "must be a finite number, 0 or more", self.noise, "Try --noise 0.1.")
+        if not (math.isfinite(self.init_weight) and self.init_weight >= 0):
+            raise bad_arg("--init-weight", "must be a finite number, 0 or more", self.init_weight,
+                          "Try --init-weight 0.5.")
         if self.change_every < 0:
             raise bad_arg("--change-every", "must be 0 or more", self.change_every, "Try --change-every 50.")
         if self.story and not self.change_every:
@@ -128,14 +152,24 @@ class Settings:
                                    augment=augment), notices
 
     def to_dict(self) -> dict:
+        """The settings (the recipe by name; `recipe_record` adds its overrides)."""
         d = dataclasses.asdict(self)
+        d.pop("overrides")
         d["prompts"] = [p.to_dict() for p in self.prompts]
         d["image_prompts"] = [p.to_dict() for p in self.image_prompts]
         d["story"] = [[p.to_dict() for p in phase] for phase in self.story]
         d["noise_prompts"] = [p.to_dict() for p in self.noise_prompts]
-        d["size"] = list(self.size)
-        d["augment"] = list(self.augment)
+        d["size"] = None if self.size is None else list(self.size)
+        d["augment"] = None if self.augment is None else list(parse_augmentations(self.augment))
         return d
+
+    @property
+    def recipe_spec(self) -> Recipe:
+        return get_recipe(self.recipe)
+
+    def recipe_record(self) -> dict:
+        """run.json's `recipe`: its name, its anchor and the settings given explicitly against it."""
+        return {"name": self.recipe, "anchor": self.recipe_spec.anchor, "overrides": dict(self.overrides or {})}
 
 
 @dataclass
@@ -201,14 +235,17 @@ def zquant_latent(z0: torch.Tensor, codebook: torch.Tensor) -> Latent:
     return Latent([z], quantized, after_step, lambda: z, lambda: z)
 
 
-def codebook_latent(logits0: torch.Tensor, codebook: torch.Tensor, generators: Sequence[torch.Generator]) -> Latent:
+def codebook_latent(logits0: torch.Tensor, codebook: torch.Tensor, generators: Sequence[torch.Generator],
+                    sample: str = "gumbel") -> Latent:
     """Codebook sampling (the paper's notebook): per-token logits, straight-through one-hot samples, each job's
-    samples from its own generator. The init-weight term acts on the expected code softmax(logits) @ codebook:
-    the sampled code's index has no gradient."""
+    samples from its own generator. `sample` "probs" is the notebook's: a categorical draw whose gradient is that
+    of softmax(logits); "gumbel": a Gumbel-max draw with the gradient of the Gumbel-softmax. The init-weight term
+    acts on the expected code softmax(logits) @ codebook: the sampled code's index has no gradient."""
     logits = logits0.clone().requires_grad_(True)  # (G, h, w, n_embed)
+    draw = sample_categorical if sample == "probs" else sample_one_hot
 
     def quantized():
-        one_hot = torch.cat([sample_one_hot(logits[i:i + 1], g) for i, g in enumerate(generators)])
+        one_hot = torch.cat([draw(logits[i:i + 1], g) for i, g in enumerate(generators)])
         return (one_hot @ codebook).movedim(3, 1)
 
     def z():
@@ -237,13 +274,27 @@ def check_image_file(path: str, arg: str) -> None:
         raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({quote_error(e)}).") from e
 
 
-def load_image(path: str, size: tuple[int, int], device: torch.device, arg: str) -> torch.Tensor:
-    """Read an image file as a (1, 3, H, W) tensor in [0, 1], resized and centre-cropped to `size` (W, H)."""
+def whole_picture_size(picture: tuple[int, int], run: tuple[int, int]) -> tuple[int, int]:
+    """(W, H) of an image prompt as Crowson's notebook and nerdyrodent size it: the picture's aspect ratio, its area
+    at most the run's (never upscaled)."""
+    ratio = picture[0] / picture[1]
+    area = min(picture[0] * picture[1], run[0] * run[1])
+    return max(1, round((area * ratio) ** 0.5)), max(1, round((area / ratio) ** 0.5))
+
+
+def load_image(path: str, size: tuple[int, int], device: torch.device, arg: str, fit: str = "fit") -> torch.Tensor:
+    """Read an image file as a (1, 3, H, W) tensor in [0, 1], sized for `size` (W, H): `fit` resizes and
+    centre-crops to it, `stretch` resizes to it, `whole` keeps the whole picture (`whole_picture_size`)."""
     from PIL import ImageOps
 
     try:
         with open_image(path) as im:
-            im = ImageOps.fit(im.convert("RGB"), tuple(size), Image.Resampling.LANCZOS)
+            im = im.convert("RGB")
+            if fit == "fit":
+                im = ImageOps.fit(im, tuple(size), Image.Resampling.LANCZOS)
+            else:
+                target = tuple(size) if fit == "stretch" else whole_picture_size(im.size, tuple(size))
+                im = im.resize(target, Image.Resampling.LANCZOS)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise bad_arg(arg, "could not read the image", path, f"Use a PNG or JPEG file ({quote_error(e)}).") from e
     x = torch.from_numpy(__import__("numpy").asarray(im).copy()).float().div(255)
@@ -281,7 +332,7 @@ def encode_targets(settings: Settings, clip, space, make_cutouts: "MakeCutouts |
         always = []
         for p in settings.image_prompts:
             if settings.image_prompt_mode == "cutouts" and make_cutouts is not None:
-                image = load_image(p.text, settings.size, device, "--image-prompt")
+                image = load_image(p.text, settings.size, device, "--image-prompt", fit="whole")
                 images = make_cutouts(image, [generator])
             else:
                 height, width = clip.input_size
@@ -293,22 +344,46 @@ def encode_targets(settings: Settings, clip, space, make_cutouts: "MakeCutouts |
     return phases, always
 
 
-def active_targets(phases: list[list[Target]], always: list[Target], change_every: int, step: int) -> list[Target]:
-    """The targets of (0-based) `step`: its story phase (phases repeat after the last) and the permanent ones."""
+def active_targets(phases: list[list[Target]], always: list[Target], change_every: int, step: int,
+                   keep_always: bool = True) -> list[Target]:
+    """The targets of (0-based) `step`: its story phase (phases repeat after the last) and the image and noise
+    targets; with `keep_always` False (nerdyrodent) those are dropped from the first phase change on."""
     phase = (step // change_every) % len(phases) if change_every else 0
+    if not keep_always and change_every and step >= change_every:
+        return phases[phase]
     return phases[phase] + always
+
+
+def start_image(settings: Settings, vqgan, start: torch.Tensor | None = None) -> torch.Tensor | None:
+    """(1, 3, H, W): `start`, or --init-image sized as the recipe does (fit or stretch), or None."""
+    if start is None and settings.init_image:
+        start = load_image(settings.init_image, settings.size, vqgan.codebook.device, "--init-image",
+                           fit=settings.recipe_spec.init_resize)
+    return start
 
 
 def initial_latent(settings: Settings, vqgan, generator: torch.Generator,
                    start: torch.Tensor | None = None) -> torch.Tensor:
-    """(1, C, h, w): the encoded `start` image or --init-image, else seeded random codebook entries."""
+    """(1, C, h, w): the quantized latent of the `start` image or --init-image (as taming's encode gives it to
+    Crowson's and nerdyrodent's loops), else seeded random codebook entries."""
     width, height = settings.size
-    if start is None and settings.init_image:
-        start = load_image(settings.init_image, (width, height), vqgan.codebook.device, "--init-image")
+    start = start_image(settings, vqgan, start)
     if start is not None:
         with torch.no_grad():
-            return vqgan.encode(start.to(vqgan.codebook.device))
+            z = vqgan.encode(start.to(vqgan.codebook.device))
+            return vector_quantize(z.movedim(1, 3), vqgan.codebook.detach()).movedim(3, 1)
     return random_codes(height // vqgan.factor, width // vqgan.factor, vqgan.codebook.detach(), generator)
+
+
+def initial_logits(settings: Settings, vqgan, generator: torch.Generator, start: torch.Tensor | None) -> torch.Tensor:
+    """(1, h, w, n_embed) starting logits of codebook sampling: the notebook's standard normal draw (recipe
+    `randn`, with no start image), else logits that favour the codes of `initial_latent`."""
+    width, height = settings.size
+    h, w, n = height // vqgan.factor, width // vqgan.factor, vqgan.codebook.shape[0]
+    start = start_image(settings, vqgan, start)
+    if settings.recipe_spec.codebook_init == "randn" and start is None:
+        return torch.randn(h * w, n, generator=generator).view(1, h, w, n).to(vqgan.codebook.device)
+    return codebook_logits(initial_latent(settings, vqgan, generator, start), vqgan.codebook.detach())
 
 
 def codebook_logits(z0: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
@@ -362,6 +437,86 @@ def run(settings: Settings, clip, vqgan, space, callback: Callable[[StepInfo], N
                     starts=None if start is None else [start], step_offset=step_offset)[0]
 
 
+def make_cutout_maker(settings: Settings, cut_size: tuple[int, int]):
+    """The recipe's cutouts: vqclip's batched crops, the notebook's Lanczos crops, or nerdyrodent's pooled ones."""
+    kind = settings.recipe_spec.cutouts
+    if kind == "crowson":
+        from .anchor_cutouts import CrowsonCutouts
+
+        return CrowsonCutouts(cut_size, settings.cutn, settings.cut_pow)
+    if kind == "pooled":
+        from .anchor_cutouts import PooledCutouts
+
+        return PooledCutouts(cut_size, settings.cutn, settings.augment, settings.noise)
+    return MakeCutouts(cut_size, settings.cutn, settings.cut_pow, settings.augment, settings.noise)
+
+
+def _derived_generators(parents: Sequence[torch.Generator], device) -> list[torch.Generator]:
+    """One generator on `device` per job, seeded by a draw from that job's `parents` generator."""
+    return [torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g))) for g in parents]
+
+
+class _Group(NamedTuple):
+    """What `run_many` sets up once for a group: jobs, latents and their parametrisation, cutouts, targets."""
+
+    jobs: list[Settings]
+    spaces: list
+    latent: Latent
+    z0: torch.Tensor  # (G, C, h, w) the start, for the init-weight term
+    optimizer: torch.optim.Optimizer
+    make_cutouts: Callable
+    cut_gens: list[torch.Generator]
+    targets: list
+    memory_format: torch.memory_format
+
+
+def _setup_group(jobs: list[Settings], clip, vqgan, spaces, starts) -> _Group:
+    """Seed each job, make its start latent (or logits), generators, cutouts and targets, and the optimiser."""
+    first, device = jobs[0], clip.device
+    recipe = first.recipe_spec
+    torch.manual_seed(first.seed)  # anything random outside our generators (none expected) is seeded too
+    init_gens = [torch.Generator().manual_seed(s.seed) for s in jobs]
+    codebook = vqgan.codebook.detach()
+    starts = list(starts) if starts is not None else [None] * len(jobs)
+    if first.method == "zquant":
+        z0 = torch.cat([initial_latent(s, vqgan, g, st) for s, g, st in zip(jobs, init_gens, starts)])
+    else:
+        logits0 = torch.cat([initial_logits(s, vqgan, g, st) for s, g, st in zip(jobs, init_gens, starts)])
+    # Each job's step randomness (cutouts, noise, codebook samples) comes from a generator on the device, seeded
+    # from its own seed, so no random number crosses between host and device during the run.
+    step_gens = _derived_generators(init_gens, device)
+    if first.method == "zquant":
+        latent = zquant_latent(z0, codebook)
+    else:
+        latent = codebook_latent(logits0, codebook, step_gens, recipe.codebook_sample)
+        z0 = latent.anchor().detach()
+    extra = {} if recipe.weight_decay is None else {"weight_decay": recipe.weight_decay}
+    optimizer = OPTIMIZERS[first.optimizer](latent.params, lr=first.lr, **extra)
+    make_cutouts = make_cutout_maker(first, clip.input_size)
+    gen_device = getattr(make_cutouts, "generator_device", None)
+    cut_gens = step_gens if gen_device is None else _derived_generators(init_gens, gen_device)
+    prompt_gens = [torch.Generator(gen_device or device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
+                   for g in init_gens]
+    targets = [encode_targets(s, clip, space, make_cutouts, g) for s, space, g in zip(jobs, spaces, prompt_gens)]
+    return _Group(jobs, spaces, latent, z0, optimizer, make_cutouts, cut_gens, targets,
+                  decoder_memory_format(device))
+
+
+def _job_loss(group: _Group, i: int, mine: torch.Tensor, anchor, step: int) -> tuple[torch.Tensor, list, list]:
+    """Job i's loss at (0-based, whole-sequence) `step` from its projected cutout embeddings: its active prompts
+    and the init-weight term as its recipe has it; also the active targets."""
+    s = group.jobs[i]
+    recipe = s.recipe_spec
+    active = active_targets(*group.targets[i], s.change_every, step, recipe.story_keeps_prompts)
+    terms = [prompt_loss(mine, t.embeds, t.prompt.weight, t.prompt.stop, LOSSES[s.loss]) for t in active]
+    total = torch.stack(terms).sum()
+    if s.init_weight and recipe.init_weight == "decay":  # nerdyrodent: z pulled to 0 with weight w / (2i + 1)
+        total = total + anchor[i:i + 1].pow(2).mean() * (s.init_weight / (2 * step + 1)) / 2
+    elif s.init_weight:
+        total = total + F.mse_loss(anchor[i:i + 1], group.z0[i:i + 1]) * s.init_weight / 2
+    return total, terms, active
+
+
 def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, callback:
              Callable[[int, StepInfo], None] | None = None, *, report_every: int | None = None,
              starts: Sequence[torch.Tensor | None] | None = None, step_offset: int = 0) -> list[Result]:
@@ -379,39 +534,17 @@ def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, c
         differ = [name for name in GROUP_FIELDS if len({repr(getattr(s, name)) for s in jobs}) > 1]
         raise VqclipError(f"jobs optimised together must share {', '.join(GROUP_FIELDS)}; these differ: "
                           f"{', '.join(differ)}. Run them in separate groups (vqclip batch groups them for you).")
-    first, count = jobs[0], len(jobs)
-    device = clip.device
+    count, device = len(jobs), clip.device
     report_every = max(1, int(report_every or default_report_every(device)))
     vqgan = vqgan.to(device)
-    memory_format = decoder_memory_format(device)
-    vqgan.to(memory_format=memory_format)  # idempotent; the values are the same, only the layout changes
-    spaces = [space.to(device) for space in spaces]
-    torch.manual_seed(first.seed)  # anything random outside our generators (none expected) is seeded too
-    init_gens = [torch.Generator().manual_seed(s.seed) for s in jobs]
-    codebook = vqgan.codebook.detach()
-    starts = list(starts) if starts is not None else [None] * count
-    z0 = torch.cat([initial_latent(s, vqgan, g, st) for s, g, st in zip(jobs, init_gens, starts)])
-    # Each job's step randomness (cutouts, noise, codebook samples) comes from a generator on the device, seeded
-    # from its own seed, so no random number crosses between host and device during the run.
-    step_gens = [torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-                 for g in init_gens]
-    if first.method == "zquant":
-        latent = zquant_latent(z0, codebook)
-    else:
-        latent = codebook_latent(codebook_logits(z0, codebook), codebook, step_gens)
-    optimizer = OPTIMIZERS[first.optimizer](latent.params, lr=first.lr)
-    make_cutouts = MakeCutouts(clip.input_size, first.cutn, first.cut_pow, first.augment, first.noise)
-    targets = []
-    for s, space, g in zip(jobs, spaces, init_gens):
-        prompt_gen = torch.Generator(device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-        targets.append(encode_targets(s, clip, space, make_cutouts, prompt_gen))
-    dists = [LOSSES[s.loss] for s in jobs]
-    steps, cutn = first.steps, first.cutn
+    vqgan.to(memory_format=decoder_memory_format(device))  # idempotent; the values are the same, only the layout
+    group = _setup_group(jobs, clip, vqgan, [space.to(device) for space in spaces], starts)
+    latent, optimizer, cutn, steps = group.latent, group.optimizer, jobs[0].cutn, jobs[0].steps
 
     history = torch.full((count, max(steps, 1)), float("nan"), device=device)
     alive = torch.ones(count, dtype=torch.bool, device=device)  # every loss so far finite
     good = [p.detach().clone() for p in latent.params]  # each job's parameters at its last finite step
-    best = [p.detach().clone() for p in latent.params] if any(s.save_best for s in jobs) else None
+    best: torch.Tensor | None = None  # with save_best: each job's quantized latent of its best step
     best_loss = torch.full((count,), float("inf"), device=device)
     best_step = torch.zeros(count, dtype=torch.long, device=device)
     running = list(range(count))  # jobs not yet found non-finite (host view, updated at each read-back)
@@ -423,20 +556,16 @@ def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, c
     try:
         for step in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            z_q = latent.quantized().contiguous(memory_format=memory_format)
+            z_q = latent.quantized().contiguous(memory_format=group.memory_format)
             image = clamp_with_grad(vqgan.decode(z_q), 0, 1)  # (G, 3, H, W)
-            embeds = clip.encode_image(make_cutouts(image, step_gens))  # (G * cutn, D)
+            embeds = clip.encode_image(group.make_cutouts(image, group.cut_gens))  # (G * cutn, D)
             anchor = latent.anchor() if any(s.init_weight for s in jobs) else None
             totals = []
-            for i, (s, space) in enumerate(zip(jobs, spaces)):
+            for i, space in enumerate(group.spaces):
                 mine = space.project(embeds[i * cutn:(i + 1) * cutn])
-                active = active_targets(*targets[i], s.change_every, step + step_offset)
-                terms = [prompt_loss(mine, t.embeds, t.prompt.weight, t.prompt.stop, dists[i]) for t in active]
-                total = torch.stack(terms).sum()
-                if s.init_weight:
-                    total = total + F.mse_loss(anchor[i:i + 1], z0[i:i + 1]) * s.init_weight / 2
+                total, last_terms[i], active = _job_loss(group, i, mine, anchor, step + step_offset)
+                last_labels[i] = [t.label for t in active]
                 totals.append(total)
-                last_terms[i], last_labels[i] = terms, [t.label for t in active]
             losses = torch.stack(totals)  # (G,)
             with torch.no_grad():
                 value = losses.detach()
@@ -444,12 +573,12 @@ def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, c
                 history[:, step] = value
                 for p, g in zip(latent.params, good):
                     g.copy_(torch.where(_rows(alive, p), p, g))
-                if best is not None:
+                if any(s.save_best for s in jobs):
+                    # the quantized latent whose decode was scored: with codebook sampling it is this step's sample
                     better = alive & (value < best_loss)
+                    best = z_q.detach().clone() if best is None else torch.where(_rows(better, z_q), z_q, best)
                     best_loss.copy_(torch.where(better, value, best_loss))
                     best_step.copy_(torch.where(better, torch.full_like(best_step, step + 1), best_step))
-                    for p, b in zip(latent.params, best):
-                        b.copy_(torch.where(_rows(better, p), p, b))
             losses.sum().backward()
             optimizer.step()
             latent.after_step()
@@ -468,7 +597,7 @@ def run_many(settings_list: Sequence[Settings], clip, vqgan, spaces: Sequence, c
         status = "interrupted"
     seconds = time.perf_counter() - start_time
     _read_back(history, alive, running, stopped_at, completed)  # note jobs that turned non-finite since the last
-    return _results(jobs, latent, good, best, best_step, codebook, vqgan, history, stopped_at, completed, status,
+    return _results(jobs, latent, good, best, best_step, vqgan, history, stopped_at, completed, status,
                     last_terms, last_labels, seconds)
 
 
@@ -482,22 +611,25 @@ def _read_back(history, alive, running, stopped_at, completed) -> list[int]:
     return [i for i in running if ok[i]]
 
 
-def _results(jobs, latent, good, best, best_step, codebook, vqgan, history, stopped_at, completed, status,
+def _results(jobs, latent, good, best, best_step, vqgan, history, stopped_at, completed, status,
              last_terms, last_labels, seconds) -> list[Result]:
     """Decode each job's kept latent (last, best, or last finite) and build its Result."""
+    codebook = vqgan.codebook.detach()
+    best_steps = best_step.tolist()
     with torch.no_grad():
         params = [p.detach().clone() for p in latent.params]
-        keep_best = torch.tensor([bool(s.save_best) for s in jobs], device=params[0].device)
         dead = torch.tensor([i in stopped_at for i in range(len(jobs))], device=params[0].device)
-        for p, g, b in zip(latent.params, good, best or good):
-            chosen = torch.where(_rows(keep_best, p), b, p) if best is not None else p
-            p.copy_(torch.where(_rows(dead, p), g, chosen))
-        z_final = latent.z().detach()
-        finals = vqgan.decode(vector_quantize(z_final.movedim(1, 3), codebook).movedim(3, 1)).clamp(0, 1)
+        for p, g in zip(latent.params, good):
+            p.copy_(torch.where(_rows(dead, p), g, p))
+        z_final = vector_quantize(latent.z().detach().movedim(1, 3), codebook).movedim(3, 1)
+        keep_best = torch.tensor([bool(s.save_best) and best_steps[i] > 0 and i not in stopped_at
+                                  for i, s in enumerate(jobs)], device=z_final.device)
+        if best is not None:
+            z_final = torch.where(_rows(keep_best, z_final), best, z_final)
+        finals = vqgan.decode(z_final).clamp(0, 1)
         for p, saved in zip(latent.params, params):
             p.copy_(saved)
     rows = history[:, :completed].cpu().tolist()
-    best_steps = best_step.tolist()
     results = []
     for i, s in enumerate(jobs):
         done = stopped_at[i][0] if i in stopped_at else completed
@@ -509,7 +641,7 @@ def _results(jobs, latent, good, best, best_step, codebook, vqgan, history, stop
         elif status == "interrupted":
             message = f"interrupted after {done} of {s.steps} steps"
         terms = [] if i in stopped_at or not last_terms[i] else torch.stack(last_terms[i]).detach().tolist()
-        kept_best = best_steps[i] if s.save_best and best_steps[i] > 0 else None
+        kept_best = best_steps[i] if bool(keep_best[i]) else None
         loss = hist[kept_best - 1] if kept_best else (hist[-1] if hist else float("nan"))
         results.append(Result(image=to_pil(finals[i:i + 1]), latent=z_final[i:i + 1].cpu(), loss=loss,
                               losses=dict(zip(last_labels[i], terms)), history=hist, settings=s, steps_done=done,

@@ -89,3 +89,13 @@ def sample_one_hot(logits: torch.Tensor, generator: torch.Generator, tau: float 
     soft = F.softmax((logits + gumbel) / tau, dim=-1)
     hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
     return hard - soft.detach() + soft
+
+
+def sample_categorical(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Crowson's codebook-sampling step: a one-hot categorical draw from softmax(logits) over the last dim, with
+    the gradient of softmax(logits) itself (straight through, no Gumbel noise in the gradient)."""
+    probs = logits.softmax(-1)
+    flat = probs.reshape(-1, probs.shape[-1])
+    index = torch.multinomial(flat, 1, generator=generator)[:, 0]
+    one_hot = F.one_hot(index, probs.shape[-1]).to(probs.dtype).view(probs.shape)
+    return replace_grad(one_hot, probs)

@@ -36,6 +36,10 @@ def _number(s: str) -> float | None:
     return value
 
 
+FLOAT32_TINY = 1.1754944e-38  # the smallest normal float32
+MAX_DIST = math.pi ** 2 / 2  # the largest spherical distance loss, 2·arcsin(1)²
+
+
 def parse_prompt(item: str, arg: str = "PROMPT") -> Prompt:
     """`"an apple:1.5:-inf"` -> Prompt. Up to two numbers (weight, stop) are read from the right.
 
@@ -77,9 +81,27 @@ def parse_prompt(item: str, arg: str = "PROMPT") -> Prompt:
     stop = numbers[1] if len(numbers) > 1 else -math.inf
     if not math.isfinite(weight):
         raise bad_arg(arg, "the weight must be a finite number", raw, 'Write e.g. "an apple:1.5".')
-    if weight == 0:
-        raise bad_arg(arg, "a weight of 0 makes the prompt do nothing", raw, "Use a non-zero weight or drop it.")
+    if abs(weight) < FLOAT32_TINY:  # 0, or so small that it is 0 in the float32 loss
+        raise bad_arg(arg, "a weight of 0 (or one that is 0 in float32, below 1.2e-38) makes the prompt do nothing",
+                      raw, "Use a non-zero weight such as 0.5, or drop the prompt.")
+    check_stop(stop, weight, raw, arg)
     return Prompt(text, weight, stop)
+
+
+def check_stop(stop: float, weight: float, raw: str, arg: str) -> None:
+    """A stop value cuts the pull once the signed distance (in [0, π²/2] for a positive weight, [-π²/2, 0] for a
+    negative one) is beyond it; one outside that range, or NaN, would never or always act."""
+    if math.isnan(stop) or stop == math.inf:
+        raise bad_arg(arg, "the stop value must be a number (or -inf, the default)", raw,
+                      'Write e.g. "an apple:1:0.6", or leave the stop out.')
+    if math.isinf(stop):
+        return
+    if weight > 0 and not 0 <= stop <= MAX_DIST:
+        raise bad_arg(arg, f"a positive prompt's stop is a distance in [0, {MAX_DIST:.3g}]; below 0 it never stops",
+                      raw, 'Write e.g. "an apple:1:0.6", or leave the stop out.')
+    if weight < 0 and not -MAX_DIST <= stop <= 0:
+        raise bad_arg(arg, f"a negative prompt's stop is a negated distance in [-{MAX_DIST:.3g}, 0]", raw,
+                      'Write e.g. "written text:-0.5:-1.2", or leave the stop out.')
 
 
 def parse_prompts(spec: str | list[str], arg: str = "PROMPT") -> list[Prompt]:

@@ -168,6 +168,10 @@ def _ocr_md(s: Mapping[str, Any], command: str | None, folder: Path) -> list[str
         lines.append("")
     for page in s.get("grids", []):
         lines += [f"![{Path(page).stem}]({_rel(page, folder)})", ""]
+    recipe = s.get("recipe") or {}
+    if recipe:
+        changed = ", ".join(f"{k}={v}" for k, v in recipe.get("overrides", {}).items()) or "none"
+        lines += [f"Recipe: `{recipe['name']}` ({recipe.get('anchor', '')}); overrides: {changed}.", ""]
     lines += ["Settings: " + ", ".join(f"{k}={v}" for k, v in s["settings"].items()), "",
               f"Generation: {s['grouping']}.", ""]
     lines += _models_md(s.get("models", {}))

@@ -8,7 +8,7 @@ import logging
 import os
 import types
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +16,7 @@ from torch import nn
 
 from ..devices import autocast, resolve_device, resolve_precision
 from ..errors import VqclipError, bad_arg
-from ..errors import quote_error
+from ..errors import one_line, quote_error
 
 DEFAULT_CLIP = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -146,6 +146,7 @@ def _validate_identifier(name: str, pretrained: str | None) -> None:
         if not (path / "open_clip_config.json").is_file():
             raise bad_arg("--clip", "a local-dir: model needs a folder holding open_clip_config.json and weights",
                           name, "Point it at a folder saved in open_clip's format.")
+        check_local_dir(path)
         return
     if name.startswith(HF_HUB):
         return
@@ -156,11 +157,138 @@ def _validate_identifier(name: str, pretrained: str | None) -> None:
         raise bad_arg("--clip", "not a model name open_clip knows", name,
                       f"{hint}`python -c \"import open_clip; print(open_clip.list_models())\"` lists all; "
                       "hf-hub:ORG/REPO and local-dir:PATH also work.")
+    if pretrained is not None and not pretrained.strip():
+        raise bad_arg("--pretrained", "is empty: without weights open_clip builds a CLIP with random weights, which "
+                      "sees nothing", pretrained, f"Pass a tag (e.g. {DEFAULT_PRETRAINED}) or a checkpoint file, or "
+                      "leave --pretrained out.")
+    if pretrained and os.path.isfile(pretrained):
+        check_weights_file(Path(pretrained), "--pretrained")
     if pretrained and not os.path.isfile(pretrained):
         tags = open_clip.list_pretrained_tags_by_model(name.replace("/", "-"))
         if pretrained not in tags:
             raise bad_arg("--pretrained", f"not a pretrained tag for {name} nor an existing file", pretrained,
                           f"Tags for {name}: {', '.join(tags) or '(none)'}; or give the path of a checkpoint file.")
+
+
+# Bounds on an open_clip model config read from a local-dir folder, checked before open_clip builds anything: the
+# largest published CLIPs (ViT-bigG-14: 48 vision / 32 text layers, width 1664 / 1280, 2.5 B parameters) fit well.
+CLIP_CFG_LIMITS = {"embed_dim": 16384, "width": 16384, "layers": 256, "heads": 256, "context_length": 4096,
+                   "vocab_size": 1_000_000, "image_size": 4096, "patch_size": 4096, "head_width": 16384}
+MAX_CLIP_PARAMETERS = 5_000_000_000  # 20 GB of float32 weights
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth")  # what open_clip looks for in a local-dir folder
+
+
+def _needs_package(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is None
+    except (ImportError, ValueError):
+        return True
+
+
+def check_local_dir(path: Path) -> None:
+    """Refuse a local-dir folder whose open_clip_config.json open_clip cannot build from, before it builds: a
+    config that is not bounded JSON, sizes that are not positive whole numbers within CLIP_CFG_LIMITS, a model of
+    more than MAX_CLIP_PARAMETERS, a tokenizer or tower from a package that is not installed, and no weights file
+    (open_clip would build a random CLIP and only log a warning)."""
+    from ..untrusted import UntrustedFileError, read_json
+
+    config_path = path / "open_clip_config.json"
+    fix = "Save the folder again in open_clip's format (or fix the value in open_clip_config.json)."
+
+    def refuse(rule: str, fix: str = fix) -> VqclipError:
+        return bad_arg("--clip", f"{config_path}: {rule}", f"local-dir:{path}", fix)
+
+    try:
+        config = read_json(config_path, max_bytes=1 << 20, max_depth=16)
+    except UntrustedFileError as e:
+        raise refuse(e.rule) from None
+    except OSError as e:
+        raise refuse(f"cannot be read ({e.strerror})") from None
+    model_cfg = config.get("model_cfg") if isinstance(config, dict) else None
+    if not isinstance(model_cfg, dict):
+        raise refuse("must hold a `model_cfg` mapping")
+
+    def whole(where: str, value: Any, key: str) -> int:
+        high = CLIP_CFG_LIMITS[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise refuse(f"`{where}` must be a whole number from 1 to {high} (got {one_line(repr(value), 40)})")
+        return value
+
+    embed = whole("embed_dim", model_cfg.get("embed_dim"), "embed_dim")
+    params = 0
+    for tower in ("text_cfg", "vision_cfg"):
+        cfg = model_cfg.get(tower, {})
+        if not isinstance(cfg, dict):
+            raise refuse(f"`{tower}` must be a mapping")
+        hf = cfg.get("hf_tokenizer_name") or cfg.get("hf_model_name")
+        if hf and _needs_package("transformers"):
+            raise refuse(f"`{tower}` names the Hugging Face model {one_line(str(hf), 60)!r}, which needs the "
+                         "package transformers", "Install it: pip install transformers.")
+        timm_name = cfg.get("timm_model_name")
+        if timm_name and _needs_package("timm"):
+            raise refuse(f"`{tower}` names the timm model {one_line(str(timm_name), 60)!r}, which needs the package "
+                         "timm", "Install it: pip install timm.")
+        if timm_name:
+            import timm
+
+            if not timm.is_model(str(timm_name)):
+                raise refuse(f"`{tower}.timm_model_name` is not a model timm {timm.__version__} knows (got "
+                             f"{one_line(str(timm_name), 60)!r})", "Name a model from timm.list_models(), or "
+                             "upgrade timm.")
+        if hf or timm_name:
+            continue  # the tower is built by that package from its own config
+        width = whole(f"{tower}.width", cfg.get("width", 512 if tower == "text_cfg" else 768), "width")
+        layers = cfg.get("layers", 12)
+        if isinstance(layers, (list, tuple)):  # a ModifiedResNet: blocks per stage
+            if not 1 <= len(layers) <= 8:
+                raise refuse(f"`{tower}.layers` must be a number or a list of 1 to 8 numbers")
+            depth = sum(whole(f"{tower}.layers entry", n, "layers") for n in layers)
+        else:
+            depth = whole(f"{tower}.layers", layers, "layers")
+        for key in ("heads", "head_width", "patch_size"):
+            if key in cfg and cfg[key] is not None:
+                whole(f"{tower}.{key}", cfg[key], key)
+        if tower == "text_cfg":
+            whole("text_cfg.context_length", cfg.get("context_length", 77), "context_length")
+            vocab = whole("text_cfg.vocab_size", cfg.get("vocab_size", 49408), "vocab_size")
+            params += vocab * width
+        else:
+            size = cfg.get("image_size", 224)
+            for v in (size if isinstance(size, (list, tuple)) and len(size) == 2 else [size]):
+                whole("vision_cfg.image_size", v, "image_size")
+        params += 12 * width * width * depth + width * embed
+    if params > MAX_CLIP_PARAMETERS:
+        raise refuse(f"describes a CLIP of about {params / 1e9:.1f} B parameters, more than the "
+                     f"{MAX_CLIP_PARAMETERS / 1e9:.0f} B vqclip builds")
+    weights = [p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES and p.is_file()]
+    if not weights:
+        raise bad_arg("--clip", "the local-dir folder holds no weights file (.safetensors, .bin or .pth): open_clip "
+                      "would build a CLIP with random weights", f"local-dir:{path}",
+                      "Put the model's weights in the folder (e.g. open_clip_model.safetensors).")
+    for p in weights:
+        check_weights_file(p, "--clip")
+
+
+def check_weights_file(path: Path, arg: str) -> None:
+    """A pickled weights file open_clip will `torch.load(weights_only=True)`: refuse a pickle bomb (and any global
+    that allocates beyond its arguments) before torch builds it."""
+    from .checkpoints import CheckpointBombError, EXPANDING_GLOBALS, is_safetensors, scan_pickle
+
+    if is_safetensors(path):
+        return
+    try:
+        names = scan_pickle(Path(path))
+    except CheckpointBombError as e:
+        raise bad_arg(arg, str(e), str(path), "Use weights from a trusted source, or a .safetensors file.") from None
+    except (OSError, ValueError, RuntimeError):
+        return  # unreadable: open_clip's own load reports it
+    if names & EXPANDING_GLOBALS:
+        found = ", ".join(sorted(f"{m}.{n}" for m, n in names & EXPANDING_GLOBALS))
+        raise bad_arg(arg, f"the weights file names {found}, which allocates beyond its arguments and no weights "
+                      "file needs (a pickle bomb?); refused without reading it", str(path),
+                      "Use weights from a trusted source, or a .safetensors file.")
 
 
 def _check_preprocess(mean: tuple, std: tuple, size: tuple, identity: str) -> None:

@@ -255,9 +255,15 @@ def test_resume_removes_only_vqclips_own_temporaries(tmp_path):
     run_fake(spec, base, out, jobs=spec.jobs[:2])
     job_dir = out / spec.jobs[2].folder
     job_dir.mkdir(parents=True)
-    ours = [job_dir / ".image.png.k3j_x9a2.part.png", out / ".run.json.abcdefgh.part.json",
-            out / ".vqclip-write-test-a1b2c3d4"]
-    theirs = [job_dir / "image.part.png", out / ".notes.txt", out / "my.part.png", out / ".x.short.part.png"]
+    from vqclip.io import host_tag
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    tag = f"vqclip-{host_tag()}-{dead}"  # a killed vqclip process of this host made these
+    ours = [job_dir / f".image.png.{tag}-k3j_x9a2.part.png", out / f".run.json.{tag}-abcdefgh.part.json",
+            out / f".vqclip-write-test-{host_tag()}-{dead}-a1b2c3d4"]
+    theirs = [job_dir / "image.part.png", out / ".notes.txt", out / "my.part.png", out / ".x.short.part.png",
+              job_dir / ".image.png.k3j_x9a2.part.png", out / ".vqclip-write-test-a1b2c3d4"]  # not vqclip's names
     for p in ours + theirs:
         p.write_bytes(b"x")
     run_fake(spec, base, out)

@@ -55,6 +55,10 @@ def check_run_dir(path: str | os.PathLike, overwrite: bool = False) -> Path:
             raise bad_arg("--out", "--overwrite replaces only a vqclip run (a folder with vqclip's run.json), and "
                           "this folder holds other files", str(path),
                           "Choose a new or empty --out folder; vqclip never deletes files it did not write.")
+    if (path / FRAMES_DIR).is_symlink():
+        raise bad_arg("--out", f"{FRAMES_DIR}/ in the run folder is a symbolic link, and vqclip never writes through "
+                      "a link it did not make", str(path / FRAMES_DIR),
+                      "Remove the link (or choose another --out); what it points to is left alone.")
     check_writable(path, "--out")
     return path
 
@@ -116,6 +120,7 @@ def build_record(result, models_info: Mapping[str, Any], space_info: Mapping[str
         "loss": result.loss,
         "losses": result.losses,
         "settings": result.settings.to_dict(),
+        "recipe": result.settings.recipe_record(),
         "models": dict(models_info),
         "timings": {"loop_seconds": round(result.seconds, 3),
                     "seconds_per_step": round(result.seconds / max(result.steps_done, 1), 4)},
@@ -135,11 +140,53 @@ def write_run(run_dir: str | os.PathLike, result, record: Mapping[str, Any]) -> 
     return run_dir / IMAGE_NAME
 
 
+# Frames saved by this process, per run folder: a video is made from these (and from earlier processes' frames
+# that carry vqclip's mark), never from whatever else sits in frames/.
+_SAVED_FRAMES: dict[str, set[str]] = {}
+FRAME_MARK = "vqclip frame"
+
+
+def _frames_dir(run_dir: Path) -> Path:
+    frames = run_dir / FRAMES_DIR
+    if frames.is_symlink():
+        raise bad_arg("--out", f"{FRAMES_DIR}/ in the run folder is a symbolic link, and vqclip never writes through a "
+                      "link it did not make", str(frames),
+                      "Remove the link (or choose another --out); what it points to is left alone.")
+    return frames
+
+
 def save_frame(run_dir: str | os.PathLike, step: int, image) -> Path:
-    """Save one progress frame (a PIL image) as frames/NNNNNN.png."""
-    path = Path(run_dir) / FRAMES_DIR / f"{step:06d}.png"
-    save_png(image, path)
+    """Save one progress frame (a PIL image) as frames/NNNNNN.png, marked as vqclip's (never through a link)."""
+    run_dir = Path(run_dir)
+    path = _frames_dir(run_dir) / f"{step:06d}.png"
+    save_png(image, path, {"software": f"vqclip {__version__}", "vqclip": FRAME_MARK})
+    _SAVED_FRAMES.setdefault(str(run_dir.absolute()), set()).add(path.name)
     return path
+
+
+def run_frames(run_dir: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """(frames vqclip wrote for this run, in order; other files in frames/ that are left alone and ignored).
+
+    A frame is vqclip's when this process saved it, or when it has vqclip's name (NNNNNN.png) and mark."""
+    from .io import png_text
+
+    run_dir = Path(run_dir)
+    frames = _frames_dir(run_dir)
+    if not frames.is_dir():
+        return [], []
+    mine = _SAVED_FRAMES.get(str(run_dir.absolute()), set())
+    ours, others = [], []
+    for f in sorted(frames.iterdir()):
+        if f.name.startswith(".") and not f.is_symlink():
+            continue  # in-flight temporaries
+        ok = FRAME_NAME.fullmatch(f.name) is not None and f.is_file() and not f.is_symlink()
+        if ok and f.name not in mine:
+            try:
+                ok = png_text(f).get("vqclip") == FRAME_MARK
+            except Exception:  # noqa: BLE001 - not a readable PNG: not a frame vqclip wrote
+                ok = False
+        (ours if ok else others).append(f)
+    return ours, others
 
 
 def check_video_support(fmt: str) -> None:
@@ -153,7 +200,8 @@ def check_video_support(fmt: str) -> None:
 
 
 def write_video(run_dir: str | os.PathLike, fps: int = 12, fmt: str = "mp4") -> Path:
-    """Assemble the saved frames into video.mp4 (needs imageio-ffmpeg) or video.gif."""
+    """Assemble the frames vqclip saved for this run (`run_frames`) into video.mp4 (needs imageio-ffmpeg) or
+    video.gif; any other file in frames/ is left alone and ignored."""
     import imageio.v3 as iio
     import numpy as np
     from PIL import Image
@@ -163,12 +211,17 @@ def write_video(run_dir: str | os.PathLike, fps: int = 12, fmt: str = "mp4") -> 
     if not (isinstance(fps, int) and fps > 0):
         raise bad_arg("--fps", "the frame rate must be a whole number above 0", fps, "Try --fps 12.")
     check_video_support(fmt)
-    frames = sorted((Path(run_dir) / FRAMES_DIR).glob("*.png"))
+    frames, _ = run_frames(run_dir)  # a user's file in frames/ is left alone and not put in the video
     if not frames:
         raise bad_arg("--video", "no frames were saved to make a video from", str(run_dir),
                       "Add --save-every N (e.g. 10), at most --steps.")
     out = Path(run_dir) / f"video.{fmt}"
-    arrays = [np.asarray(Image.open(f).convert("RGB")) for f in frames]
+    from .untrusted import open_image
+
+    arrays = []
+    for f in frames:
+        with open_image(f) as im:
+            arrays.append(np.asarray(im.convert("RGB")))
     with atomic_path(out) as tmp:
         if fmt == "gif":
             iio.imwrite(tmp, arrays, extension=".gif", duration=1000 / fps, loop=0)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import DISK_ERRNOS, bad_arg, describe_exception, is_disk_error
+from ..io import linked_part
 from ..outputs import build_record, write_run
 from .plan import BatchSpec, Job, job_settings
 from .store import (MANIFEST_NAME, append_manifest, claim_job, finished_record, job_state, manifest_line,
@@ -322,6 +323,11 @@ def _write_job(job: Job, result, space, ctx: _Context) -> tuple[str, dict | None
                   "source": job.item.source, "group_size": result.group_size}})
     if finished_record(ctx.folder, job, fp) is not None:
         return "done", None  # another process finished it meanwhile: never rewrite a finished image
+    linked = linked_part(ctx.folder, job.folder)
+    if linked is not None:  # planted while the batch ran (check_batch_dir refuses one found before)
+        raise bad_arg("--out", "a job folder of the batch is (or lies under) a symbolic link, and vqclip never writes "
+                      "through a link it did not make", str(linked),
+                      "Remove the link and run the same command again; what it points to is left alone.")
     write_run(ctx.folder / job.folder, result, record)
     status = "ok" if result.status == "finished" else "failed"
     error = None if status == "ok" else f"{result.status}: {result.message}"

@@ -11,7 +11,6 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
 import socket
 import time
 from pathlib import Path
@@ -19,8 +18,8 @@ from typing import Any, Mapping
 
 from ..cache import slug
 from ..errors import VqclipError, bad_arg, one_line
-from ..io import append_jsonl, inside, read_jsonl, write_json
-from ..outputs import IMAGE_NAME, RECORD_NAME
+from ..io import TEMP_NAME, append_jsonl, inside, linked_part, own_temporary, read_jsonl, write_json
+from ..outputs import IMAGE_NAME, RECORD_NAME, is_run_dir
 from .plan import FORMAT, Job, item_conflicts, merge_records, record_differences
 
 BATCH_NAME = "batch.json"
@@ -51,25 +50,66 @@ def _visible_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
+def _refuse_links(folder: Path, record: Mapping[str, Any]) -> None:
+    """vqclip writes batch.json, manifest.jsonl and the job folders itself: a link planted under one of those names
+    (to a file or folder elsewhere) is refused, never written through."""
+    for name in (BATCH_NAME, MANIFEST_NAME, CLAIMS_DIR):
+        if (folder / name).is_symlink():
+            raise bad_arg("--out", f"{name} in the batch folder is a symbolic link, and vqclip never writes through a "
+                          "link it did not make", str(folder / name),
+                          "Remove the link (or choose another --out); the file it points to is left alone.")
+    for job in record.get("jobs", []):
+        linked = linked_part(folder, str(job.get("id", "")))
+        if linked is not None:
+            raise bad_arg("--out", "a job folder of the batch is (or lies under) a symbolic link, and vqclip never "
+                          "writes through a link it did not make", str(linked),
+                          "Remove the link (or choose another --out); what it points to is left alone.")
+
+
+def _foreign_job_folders(folder: Path, record: Mapping[str, Any]) -> list[str]:
+    """Job folders of the plan that hold files but no run vqclip wrote (a user's image.png would be replaced)."""
+    out = []
+    for job in record.get("jobs", []):
+        job_dir = folder / str(job.get("id", ""))
+        if job_dir.is_dir() and any(job_dir.iterdir()) and not is_run_dir(job_dir) and \
+                any(p.name in (IMAGE_NAME, RECORD_NAME) for p in job_dir.iterdir()):
+            out.append(str(job_dir))
+    return out
+
+
 def check_batch_dir(folder: str | os.PathLike, record: Mapping[str, Any], overwrite: bool = False) -> str:
     """How to use `folder` for the batch `record`: new, resume, extend or replace; refuse another batch's folder.
 
-    Creates nothing, so a command that cannot start leaves no trace.
+    --overwrite replaces a vqclip batch (a folder with vqclip's batch.json), never a folder of other files, and never
+    writes through a link planted in the folder. Creates nothing, so a command that cannot start leaves no trace.
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise bad_arg("--out", "must be a folder, not a file", str(folder), "Choose another --out path.")
+    if folder.is_dir():
+        _refuse_links(folder, record)
     try:
         old = read_batch_record(folder) if folder.is_dir() else None
-    except VqclipError:
+    except VqclipError as e:
         if not overwrite:
             raise
-        return "replace"
+        raise bad_arg("--out", "--overwrite replaces only a vqclip batch, and this folder's batch.json is not one "
+                      "vqclip wrote", str(folder / BATCH_NAME),
+                      "Choose a new or empty --out folder; vqclip never replaces files it did not write.") from e
     if old is None:
-        if folder.is_dir() and _visible_files(folder) and not overwrite:
-            raise bad_arg("--out", "the folder holds files but no batch.json, so it is not a vqclip batch folder",
-                          str(folder), "Choose an empty or new --out folder, or pass --overwrite.")
+        if folder.is_dir() and _visible_files(folder):
+            if not overwrite:
+                raise bad_arg("--out", "the folder holds files but no batch.json, so it is not a vqclip batch folder",
+                              str(folder), "Choose an empty or new --out folder, or pass --overwrite.")
+            raise bad_arg("--out", "--overwrite replaces only a vqclip batch (a folder with vqclip's batch.json), and "
+                          "this folder holds other files", str(folder),
+                          "Choose a new or empty --out folder; vqclip never replaces files it did not write.")
         return "new"
+    foreign = _foreign_job_folders(folder, record)
+    if foreign:
+        raise bad_arg("--out", f"{len(foreign)} job folder(s) hold an image.png or run.json that vqclip did not "
+                      "write, and vqclip never replaces files it did not write", foreign[0],
+                      "Move those files away, or choose another --out.")
     if old.get("fingerprint") != record["fingerprint"]:
         if overwrite:
             return "replace"
@@ -117,6 +157,8 @@ def open_batch_dir(folder: str | os.PathLike, record: Mapping[str, Any], action:
 
 def end_torn_line(path: Path) -> None:
     """A process that died mid-write can leave a last line without its newline; end it so the next line is whole."""
+    if path.is_symlink():  # never written through (check_batch_dir refuses it)
+        return
     try:
         with open(path, "rb") as f:
             f.seek(-1, os.SEEK_END)
@@ -124,7 +166,7 @@ def end_torn_line(path: Path) -> None:
     except (FileNotFoundError, OSError):  # no manifest yet, or an empty one
         return
     if last != b"\n":
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0))
         try:
             os.write(fd, b"\n")
         finally:
@@ -204,8 +246,6 @@ CLAIMS_DIR = ".claims"
 STALE_SECONDS = 600.0  # a claim whose owner cannot be checked (another host) is stale after this long untouched
 REFRESH_SECONDS = 30.0  # a running job touches its claim this often
 TEMP_STALE_SECONDS = 120.0
-# What vqclip's own atomic writes and write probes leave behind when killed: `.image.png.k3j_x9a2.part.png`.
-TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.part(\.[A-Za-z0-9]+)?|\.vqclip-write-test-[a-z0-9_]{8}")
 
 
 def claim_path(folder: str | os.PathLike, job_id: str) -> Path:
@@ -214,13 +254,9 @@ def claim_path(folder: str | os.PathLike, job_id: str) -> Path:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True
-    return True
+    from ..io import pid_alive
+
+    return pid_alive(pid)
 
 
 def _claim_owner(path: Path) -> dict | None:
@@ -305,21 +341,19 @@ def claim_job(folder: str | os.PathLike, job_id: str, stale_after: float = STALE
 
 
 def clean_temporaries(folder: str | os.PathLike, min_age: float = TEMP_STALE_SECONDS) -> list[Path]:
-    """Remove vqclip's own temporary files left by killed writes (only its names): all of them when no other
-    worker holds a claim in the folder, else only those older than `min_age` (a live worker may be writing)."""
+    """Remove the temporaries vqclip's own killed writes left (`io.own_temporary`: a name only vqclip writes, made
+    by this process or by a vqclip process of this host that is gone); a user's file, a link, and a live process's
+    in-flight temporary (another worker, a running `vqclip grid`) are never touched. Links are not followed.
+    `min_age` is kept for callers; liveness, not age, decides."""
     folder = Path(folder)
-    claims = folder / CLAIMS_DIR
-    busy = claims.is_dir() and any(not claim_is_stale(p) for p in claims.glob("*.lock"))
-    now, removed = time.time(), []
+    removed = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if d != CLAIMS_DIR]
         for name in filenames:
             path = Path(dirpath) / name
-            if not TEMP_NAME.fullmatch(name) or path.is_symlink():
+            if not TEMP_NAME.fullmatch(name) or not own_temporary(path):
                 continue
             try:
-                if busy and now - path.stat().st_mtime < min_age:
-                    continue
                 path.unlink()
             except FileNotFoundError:
                 continue

@@ -30,6 +30,9 @@ def register(evals) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="report folder (default outputs/eval/typographic-<dataset name>)")
     p.add_argument("--batch-size", type=int, default=32, help="images per CLIP batch (default 32)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in --out (and --synthetic-out) that vqclip did not write (its own are always "
+                        "replaced)")
     g = p.add_argument_group("synthetic attacks")
     g.add_argument("--synthetic-out", default=None, metavar="DIR",
                    help="where the synthetic set is written (default: in the cache; reused when the recipe matches)")
@@ -69,14 +72,17 @@ def run(args) -> int:
     from ..cache import cache_dir, slug
     from ..errors import bad_arg
     from ..evaluate.common import resolve_eval_spaces
-    from ..evaluate.typographic import (build_synthetic_attacks, check_template, evaluate_typographic,
-                                        open_typographic_dataset, write_typographic_report)
+    from ..evaluate.typographic import (build_synthetic_attacks, check_report_out, check_template,
+                                        evaluate_typographic, open_typographic_dataset, write_typographic_report)
+    from ..io import disk_errors
     from .common import load_clip_from_args
 
     check_template(args.template)
     if args.batch_size < 1:
         raise bad_arg("--batch-size", "must be at least 1", args.batch_size, "Try 32.")
     progress = not args.quiet
+    if args.out:  # a user's table.md or report.json is refused before any work
+        check_report_out(Path(args.out).expanduser(), args.overwrite)
     if args.dataset:
         dataset = open_typographic_dataset(args.dataset, args.format)
     else:
@@ -88,15 +94,17 @@ def run(args) -> int:
         words = read_word_arg(args.attack_words, "--attack-words") if args.attack_words else None
         where = Path(args.synthetic_out).expanduser() if args.synthetic_out else (
             cache_dir(args.cache_dir) / "typographic" / f"{slug(source.name)}-seed{args.seed}-{args.size}")
-        dataset = build_synthetic_attacks(source, where, args.seed, args.size, args.max_images or None,
-                                          attack_words=words, progress=progress)
+        with disk_errors("--synthetic-out", "rerun to rebuild the set"):
+            dataset = build_synthetic_attacks(source, where, args.seed, args.size, args.max_images or None,
+                                              attack_words=words, progress=progress, overwrite=args.overwrite)
     clip = load_clip_from_args(args)
     spaces = resolve_eval_spaces(clip.identity, clip.embed_dim, split_spaces(args.spaces), args.projection,
                                  args.cache_dir, clip_flags=clip.cli_flags())
     report = evaluate_typographic(dataset, clip, spaces, args.template, args.batch_size, progress)
     report["clip"] = clip.describe()
     out = Path(args.out).expanduser() if args.out else Path("outputs") / "eval" / f"typographic-{slug(dataset.name)}"
-    table = write_typographic_report(report, out)
+    with disk_errors("--out", "nothing partial is left; rerun to write the reports"):
+        table = write_typographic_report(report, out, args.overwrite)
     d = report["dataset"]
     print(f"dataset {d['name']} ({d['format']}): {d['evaluated']} images evaluated "
           f"({d['clean']} clean, {d['attacked']} attacked listed), {len(d['skipped'])} skipped")

@@ -133,8 +133,9 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ..cache import slug, writable_dir
+    from ..cache import slug
     from ..errors import bad_arg
+    from ..io import disk_errors, writable_folder
     from ..models.registry import VQGAN_ASSETS, asset_dir, converted_path, get_asset
     from ..models.vqgan import convert_checkpoint
 
@@ -157,8 +158,11 @@ def cmd_convert(args: argparse.Namespace) -> int:
         where = "--output" if args.output else "--name"
         raise bad_arg(where, "a file already exists there and is never replaced silently", str(out),
                       f"Pass --overwrite to replace it, or choose another {where}.")
-    writable_dir(out.parent, arg="--output" if args.output else "--cache-dir")
-    convert_checkpoint(config, args.checkpoint, out, name=name, config_arg="--config", checkpoint_arg="--checkpoint")
+    where = "--output" if args.output else "--cache-dir"
+    writable_folder(out.parent, arg=where)  # the probe is O_EXCL: a link planted in the folder is never followed
+    with disk_errors(where, "nothing was written (no partial file is left)"):
+        convert_checkpoint(config, args.checkpoint, out, name=name, config_arg="--config",
+                           checkpoint_arg="--checkpoint")
     use = f"--vqgan {name}" if not args.output else f"--vqgan-checkpoint {out}"
     print(f"{out}\nUse it with {use} (no config needed: the file carries it).")
     return 0

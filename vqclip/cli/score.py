@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="images per EasyOCR detection batch (default 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N for EasyOCR (default auto)")
     p.add_argument("--no-chart", action="store_true", help="skip the bar chart")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace report files in --out that vqclip did not write (its own are always replaced)")
     add_quiet_arg(p, "no progress bar")
     add_cache_arg(p)
     p.set_defaults(func=run)
@@ -80,9 +82,9 @@ def default_out(paths: list[str]) -> Path:
 def run(args) -> int:
     from ..errors import VqclipError, bad_arg
     from ..evaluate.ocr import EasyOcrReader, OcrCache
-    from ..evaluate.scoring import check_group_fields, score_paths
+    from ..evaluate.scoring import check_group_fields, output_paths, score_paths
     from ..evaluate.sources import collect_images, read_words_file
-    from ..io import check_writable
+    from ..io import check_replaceable, check_writable, disk_errors
 
     if not 0.0 <= args.max_distance <= 1.0:
         raise bad_arg("--max-distance", "must be between 0 and 1", args.max_distance, "Try 0.3 (the default).")
@@ -90,6 +92,7 @@ def run(args) -> int:
         raise bad_arg("--batch-size", "must be at least 1", args.batch_size, "Try 8.")
     check_detector(args.detector)
     out = Path(args.out).expanduser() if args.out else default_out(args.paths)
+    check_replaceable(output_paths(out), args.overwrite, "--out")  # a user's table.md is never replaced silently
     check_writable(out, "--out")  # before OCR runs over every image
     words = read_words_file(args.words) if args.words else None
     items, skipped = collect_images(args.paths, exclude=[out])
@@ -111,10 +114,11 @@ def run(args) -> int:
     detector = {"name": args.detector.split(":", 1)[0], "key": reader.key}
     if args.detector != "easyocr":
         detector["path"] = str(reader.path)
-    summary = score_paths(items, skipped, out, reader, cache, words, args.thresholds, args.max_distance, group_by,
-                          args.space, not args.no_stem_words, args.batch_size, not args.quiet,
-                          extra={"inputs": [str(p) for p in args.paths], "detector": detector},
-                          chart=not args.no_chart)
+    with disk_errors("--out", "OCR results are cached, so running again resumes at once"):
+        summary = score_paths(items, skipped, out, reader, cache, words, args.thresholds, args.max_distance,
+                              group_by, args.space, not args.no_stem_words, args.batch_size, not args.quiet,
+                              extra={"inputs": [str(p) for p in args.paths], "detector": detector},
+                              chart=not args.no_chart, overwrite=args.overwrite)
     print(summary["table"], end="")
     print(f"\nscored {summary['n_scored']} images ({summary['n_cached']} from the OCR cache), "
           f"skipped {summary['n_skipped']}; reports in {out}")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..errors import bad_arg
-from ..io import check_writable
+from ..io import check_replaceable, check_writable, disk_errors, record_written
 from .common import add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, command_parser
 
 
@@ -207,7 +207,8 @@ def register(sub) -> None:
     o.add_argument("--out", metavar="FILE.safetensors",
                    help="where to write the projection (default: <cache>/projections/<clip>/<space>.safetensors, "
                         "where vqclip generate looks)")
-    o.add_argument("--overwrite", action="store_true", help="replace an existing projection file")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace an existing projection file (and a --json file vqclip did not write)")
     o.add_argument("--json", metavar="FILE", help="also write the run summary and metrics as JSON")
     add_clip_args(p)
     add_device_args(p)
@@ -246,6 +247,7 @@ def run(args) -> int:
                          seed=args.seed, device=str(device)).check()  # before any image is read
 
     if args.json:
+        check_replaceable([args.json], args.overwrite, "--json")  # a user's file of that name is never replaced
         check_writable(Path(args.json).parent, "--json")
     if args.out and not args.extract_only:
         check_writable(Path(args.out).parent, "--out")  # before any image is read
@@ -281,8 +283,10 @@ def run(args) -> int:
     test = train_test_metrics(features, result.W, test_split, device)
     recipe = {**features.metadata.get("recipe", {}), "features": str(folder),
               "clip_precision": features.metadata.get("clip_precision")}
-    path = write_projection(result, identity, target, recipe=recipe, split_sizes=sizes,
-                            metrics={"test": test} if test else None, overwrite=True)
+    with disk_errors("--out" if args.out else "--cache-dir", "no projection file was written (no partial file is "
+                     "left)"):
+        path = write_projection(result, identity, target, recipe=recipe, split_sizes=sizes,
+                                metrics={"test": test} if test else None, overwrite=True)
     summary = {"projection": str(path), "space": result.space, "clip_model": identity, "dim": result.dim,
                "embed_dim": features.embed_dim, "weights": result.weights, "gamma": result.gamma,
                "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 2),
@@ -294,5 +298,8 @@ def run(args) -> int:
     print(f"wrote {path}  (d={result.dim}, best epoch {result.best_epoch}, trained in {result.seconds:.1f} s"
           + ("; too few steps to matter, see the warning above)" if short else ")"))
     if args.json:
-        write_json(args.json, summary)
+        with disk_errors("--json", f"the projection {path} is written"):
+            check_replaceable([args.json], args.overwrite, "--json")
+            write_json(args.json, summary)
+            record_written(args.json)
     return 0

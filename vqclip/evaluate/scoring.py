@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..errors import bad_arg
-from ..io import write_json, write_text
+from ..io import check_replaceable, record_written, write_json, write_text
 from .ocr import OcrCache, OcrReader, OcrResult, ocr_images
 from .sources import ImageItem, describe_item
 from .textscore import (DEFAULT_MAX_DISTANCE, DEFAULT_THRESHOLDS, UNKNOWN, bar_chart, group_value, markdown_table,
@@ -121,11 +121,15 @@ def score_items(items: Sequence[ImageItem], reader: OcrReader, cache: OcrCache |
 def write_reports(records: Sequence[Mapping[str, Any]], skipped: Sequence[Mapping[str, Any]], out_dir: str |
                   os.PathLike, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                   max_distance: float = DEFAULT_MAX_DISTANCE, group_by: Sequence[str] = ("space", "word_type"),
-                  extra: Mapping[str, Any] | None = None, chart: bool = True) -> dict:
-    """Write scores.jsonl, summary.json, table.md and chart.png (each atomically); return the summary."""
+                  extra: Mapping[str, Any] | None = None, chart: bool = True, overwrite: bool = False) -> dict:
+    """Write scores.jsonl, summary.json, table.md and chart.png (each atomically); return the summary.
+
+    A file of those names is replaced only when vqclip wrote it (the folder's ledger, `io.record_written`), or with
+    `overwrite`; a user's file is refused (`output_paths` lets the CLI check that before any OCR)."""
     import json
 
     out = Path(out_dir)
+    check_replaceable(output_paths(out), overwrite, "--out")
     scored = [r for r in records if r.get("status") == "ok"]
     skipped_all = list(skipped) + [{"path": r["path"], "reason": r["reason"]} for r in records
                                    if r.get("status") != "ok"]
@@ -150,7 +154,13 @@ def write_reports(records: Sequence[Mapping[str, Any]], skipped: Sequence[Mappin
         summary["files"].pop("chart")
     summary["table"] = table
     write_json(out / OUTPUT_FILES["summary"], summary)
+    record_written(*[out / name for key, name in OUTPUT_FILES.items() if key in summary["files"]])
     return summary
+
+
+def output_paths(out_dir: str | os.PathLike) -> list[Path]:
+    """The files `write_reports` writes into `out_dir`."""
+    return [Path(out_dir) / name for name in OUTPUT_FILES.values()]
 
 
 def score_paths(items: Sequence[ImageItem], skipped: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
@@ -158,7 +168,7 @@ def score_paths(items: Sequence[ImageItem], skipped: Sequence[Mapping[str, Any]]
                 thresholds: Sequence[float] = DEFAULT_THRESHOLDS, max_distance: float = DEFAULT_MAX_DISTANCE,
                 group_by: Sequence[str] = ("space", "word_type"), default_space: str | None = None,
                 stem_words: bool = True, batch_size: int = 8, progress: bool = True,
-                extra: Mapping[str, Any] | None = None, chart: bool = True) -> dict:
+                extra: Mapping[str, Any] | None = None, chart: bool = True, overwrite: bool = False) -> dict:
     """Score `items` and write the reports; on an interrupt, the images scored so far are still reported."""
     from .. import __version__
 
@@ -171,8 +181,8 @@ def score_paths(items: Sequence[ImageItem], skipped: Sequence[Mapping[str, Any]]
     except BaseException:
         if records:  # keep what was gathered: OCR results are cached too, so a re-run resumes at once
             write_reports(records, skipped, out_dir, thresholds, max_distance, group_by,
-                          {**meta, "partial": True}, chart=False)
+                          {**meta, "partial": True}, chart=False, overwrite=overwrite)
         raise
     meta["seconds"] = round(time.time() - started, 2)
     return write_reports(records, skipped, out_dir, thresholds, max_distance, group_by, {**meta, "partial": False},
-                         chart=chart)
+                         chart=chart, overwrite=overwrite)

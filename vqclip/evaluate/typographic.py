@@ -22,7 +22,7 @@ import torch
 
 from ..errors import VqclipError, bad_arg
 from ..errors import quote_error
-from ..io import write_json
+from ..io import record_written, write_json
 from ..untrusted import open_image
 from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import rate
@@ -266,7 +266,7 @@ def fetch_paper_dataset(cache: str | os.PathLike | None = None, download: bool =
     import shutil
     import tempfile
 
-    from ..cache import writable_dir
+    from ..io import writable_folder
     from ..models import registry
 
     dest = paper_dataset_dir(cache)
@@ -281,7 +281,7 @@ def fetch_paper_dataset(cache: str | os.PathLike | None = None, download: bool =
     if not download:
         raise bad_arg("--dataset", "the paper's typographic-attack photos are not in the cache, and downloads are "
                       "off", str(dest), fix)
-    writable_dir(dest.parent)
+    writable_folder(dest.parent, "--cache-dir")  # an O_EXCL probe: a link planted in the cache is never followed
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
     try:
         (fetcher or registry.gdown_folder)(PAPER_DATASET_URL, tmp, progress)  # looked up now: tests replace it
@@ -306,6 +306,39 @@ def fetch_paper_dataset(cache: str | os.PathLike | None = None, download: bool =
 
 # ---------------------------------------------------------------- synthetic attacks
 
+SYNTHETIC_MARK = "synthetic typographic attack"
+
+
+def _synthetic_image_is_ours(path: Path) -> bool:
+    from ..io import png_text
+
+    try:
+        return not path.is_symlink() and path.is_file() and png_text(path).get("vqclip") == SYNTHETIC_MARK
+    except Exception:  # noqa: BLE001 - unreadable: not an image vqclip wrote
+        return False
+
+
+def check_synthetic_out(out: Path, count: int, overwrite: bool = False) -> None:
+    """Before any image is written: every file the synthetic set would replace is vqclip's, or `overwrite`."""
+    from ..io import check_replaceable, linked_part
+
+    linked = linked_part(out, "images")
+    if linked is not None:
+        raise bad_arg("--synthetic-out", "images/ is a symbolic link, and vqclip never writes through a link it did "
+                      "not make", str(linked), "Remove the link, or choose another --synthetic-out.")
+    check_replaceable([out / "annotation.json", out / "recipe.json"], overwrite, "--synthetic-out")
+    images = out / "images"
+    if overwrite or not images.is_dir():
+        return
+    for k in range(count):
+        for kind in ("clean", "attack"):
+            path = images / f"{k:05d}_{kind}.png"
+            if os.path.lexists(path) and not _synthetic_image_is_ours(path):
+                raise bad_arg("--synthetic-out", "a file vqclip did not write is in the way, and vqclip never "
+                              "replaces a file it did not write", str(path),
+                              "Choose another --synthetic-out, or pass --overwrite to replace it.")
+
+
 def synthetic_recipe(source, seed: int, size: int, max_images: int | None, style, attack_words) -> dict:
     """Everything that decides the synthetic set's images (compared to reuse a folder built before)."""
     return {"format": SYNTHETIC_FORMAT, "source": source.name, "source_description": source.description,
@@ -316,11 +349,13 @@ def synthetic_recipe(source, seed: int, size: int, max_images: int | None, style
 
 def build_synthetic_attacks(source, out_dir: str | os.PathLike, seed: int = 0, size: int = 384,
                             max_images: int | None = 1000, style=None, attack_words: Sequence[str] | None = None,
-                            progress: bool = True) -> TypoDataset:
+                            progress: bool = True, overwrite: bool = False) -> TypoDataset:
     """Write a wrong class word on images of a labelled `ImageSource`; save clean + attacked copies, recipe, seed.
 
     Each image's sample, attack word and rendering come from generators keyed by (seed, index), so the set does
-    not depend on iteration order. A folder already built with the same recipe is reused as is.
+    not depend on iteration order. A folder already built with the same recipe is reused as is. A file in the way
+    that vqclip did not write (its JSON files are in the folder's ledger, its images carry vqclip's mark) is
+    refused before anything is written, unless `overwrite`.
     """
     import random
 
@@ -353,6 +388,7 @@ def build_synthetic_attacks(source, out_dir: str | os.PathLike, seed: int = 0, s
     n = len(source)
     indices = sorted(random.Random(f"{seed}:subset").sample(range(n), max_images)) if max_images and max_images < n \
         else list(range(n))
+    check_synthetic_out(out, len(indices), overwrite)
     annotation, skipped = {}, []
     for k, i in enumerate(tqdm(indices, desc="synthetic attacks", unit="img", disable=not progress, leave=False)):
         image = source.load(i)
@@ -366,13 +402,14 @@ def build_synthetic_attacks(source, out_dir: str | os.PathLike, seed: int = 0, s
             continue
         word = wrong[item_rng(seed, "attack", i).randrange(len(wrong))]
         clean_name, attack_name = f"images/{k:05d}_clean.png", f"images/{k:05d}_attack.png"
-        save_png(resize_center_crop(image, size), out / clean_name)
+        save_png(resize_center_crop(image, size), out / clean_name, {"vqclip": SYNTHETIC_MARK})
         save_png(draw_word(image, word, style, item_rng(seed, "render", i), box=True, size=size), out / attack_name,
-                 text={"true object": label, "typographic attack label": word})
+                 text={"true object": label, "typographic attack label": word, "vqclip": SYNTHETIC_MARK})
         annotation[clean_name] = {TRUE_KEY: label, ATTACK_KEY: "", "source_index": i}
         annotation[attack_name] = {TRUE_KEY: label, ATTACK_KEY: word, "source_index": i}
     write_json(out / "annotation.json", annotation)
     write_json(out / "recipe.json", {**recipe, "vqclip_version": __version__, "skipped": skipped})
+    record_written(out / "annotation.json", out / "recipe.json")
     ds = open_typographic_dataset(out, "annotation")
     ds.skipped = skipped + ds.skipped
     return ds
@@ -464,17 +501,35 @@ def _opener(path: Path):
     return lambda: open_image(path)
 
 
-def write_typographic_report(report: dict, out: str | os.PathLike) -> str:
+REPORT_FILES = ("predictions.jsonl", "table.md", "report.json")
+
+
+def report_paths(out: str | os.PathLike) -> list[Path]:
+    """The files `write_typographic_report` writes into `out`."""
+    return [Path(out) / name for name in REPORT_FILES]
+
+
+def check_report_out(out: str | os.PathLike, overwrite: bool = False, arg: str = "--out") -> None:
+    """Before any work: the report files may be written into `out` (each absent, or one vqclip wrote)."""
+    from ..io import check_replaceable
+
+    check_replaceable(report_paths(out), overwrite, arg)
+
+
+def write_typographic_report(report: dict, out: str | os.PathLike, overwrite: bool = False) -> str:
     """Write an evaluation's predictions.jsonl (its per-image rows, taken out of `report`), table.md and
-    report.json into `out`; returns the table."""
+    report.json into `out`; returns the table. A file of those names that vqclip did not write is refused (before
+    anything is written) unless `overwrite`."""
     from ..io import write_text
 
     out = Path(out)
+    check_report_out(out, overwrite)
     per_image = report.pop("per_image")
     table = typographic_table(report)
     write_text(out / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in per_image))
     write_text(out / "table.md", table)
     write_json(out / "report.json", {**report, "table": table})
+    record_written(*report_paths(out))
     return table
 
 

@@ -61,6 +61,7 @@ class GenerationConfig:
     page: tuple[int, int, int] = PAGE
     group_size: int = 6
     margins: GenMargins | None = None  # None: GenMargins.for_seeds(the number of CLIP seeds)
+    recipe: str = "vqclip"  # the generation recipe (its cutouts, augmentations, noise, method); size etc. as above
 
     def __post_init__(self):
         self.seeds, self.templates = tuple(int(s) for s in self.seeds), tuple(self.templates)
@@ -105,6 +106,7 @@ def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config:
             "--projection-forget", str(testbed_out / "forget.safetensors"),
             "--size", str(config.size), str(config.size), "--steps", str(config.steps), "--lr", str(config.lr),
             "--cutn", str(config.cutn), "--init-image", str(page), "--group-size", str(config.group_size),
+            "--recipe", config.recipe,
             "--device", "cpu", "--quiet"]
 
 

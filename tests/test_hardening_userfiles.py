@@ -214,7 +214,7 @@ def test_case08_score_never_replaces_a_users_report_files(images, tmp_path, monk
 
 
 def _typo_dataset(tmp_path) -> Path:
-    ds = tmp_path / "photos"
+    ds = tmp_path / "typo-photos"
     ds.mkdir()
     entries = {}
     for i, (obj, attack) in enumerate([("apple", ""), ("apple", "ipod"), ("cup", "good"), ("cup", "")]):
@@ -467,3 +467,62 @@ def test_append_jsonl_never_follows_a_link(tmp_path, victim):
         append_jsonl(tmp_path / "m.jsonl", {"id": 1})
     assert caught.value.errno == errno.ELOOP
     assert (victim / "precious.txt").read_text() == "the user's thesis\n"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The planted-files table: a user's file, a hidden file matching the old temp pattern and a link to a victim file
+# in the output folder of every command that writes; nothing of the user's (or the victim) changes.
+
+PLANTED = [  # (name, argv with {out}, {model}, {imgs}, {batch}, {ds}, {vq}, {train} placeholders, exit codes)
+    ("generate", "generate apple --out {out} {model}", {2}),
+    ("generate --overwrite", "generate apple --out {out} --overwrite {model}", {2}),
+    ("animate", "animate apple --frames 2 --steps-per-frame 1 --out {out} {model}", {2}),
+    ("animate --overwrite", "animate apple --frames 2 --steps-per-frame 1 --out {out} --overwrite {model}", {2}),
+    ("batch", "batch {prompts} --out {out} {model}", {2}),
+    ("batch --overwrite", "batch {prompts} --out {out} --overwrite {model}", {2}),
+    ("grid", "grid {batch} --out {out}/grid.png --html {out}/index.html", {0}),
+    ("score", "score {imgs} --out {out} -q", {0}),
+    ("eval typographic", "eval typographic --dataset {ds} --out {out} --spaces clip --no-progress {clip}", {0}),
+    ("eval typographic --synthetic-out", "eval typographic --synthetic {src} --synthetic-out {out} --size 32 "
+     "--spaces clip --out {out}/report --no-progress {clip}", {0}),
+    ("models convert", "models convert {vq} --output {out}/x.safetensors", {0}),
+    ("train --json", "{train} --json {out}/t.json --out {out}/p.safetensors", {0}),
+]
+
+
+@pytest.mark.parametrize("name, argv, codes", PLANTED, ids=[p[0] for p in PLANTED])
+def test_planted_files_in_every_output_folder_are_left_alone(name, argv, codes, model_args, tmp_path, victim,
+                                                             images, class_images, tiny_clip_id, monkeypatch,
+                                                             capsys):
+    import shlex
+
+    from vqclip.models.tiny import make_vqgan, write_taming_files
+
+    monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader", lambda device="auto": _Reader())
+    values = {"model": " ".join(model_args), "imgs": images, "clip": f"--clip {tiny_clip_id} --device cpu",
+              "ds": _typo_dataset(tmp_path) if "--dataset" in argv else "", "prompts": tmp_path / "p.txt",
+              "train": " ".join(_train_args(class_images, tiny_clip_id))}
+    (tmp_path / "p.txt").write_text("apple\n")
+    if "{batch}" in argv:
+        assert main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "b"), *model_args]) == 0
+        values["batch"] = tmp_path / "b"
+    if "{vq}" in argv:
+        config, ckpt = write_taming_files(tmp_path / "files", make_vqgan())
+        values["vq"] = f"--config {config} --checkpoint {ckpt}"
+    if "{src}" in argv:
+        for obj in ("apple", "cup"):
+            (tmp_path / "src" / obj).mkdir(parents=True)
+            Image.new("RGB", (50, 40), (20, 200, 90)).save(tmp_path / "src" / obj / "a.png")
+        values["src"] = tmp_path / "src"
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("mine")
+    (out / ".notes.abcdefgh.part.png").write_text("hidden, mine")
+    (out / "link.png").symlink_to(victim / "precious.txt")
+    (out / f".write-test-{os.getpid()}").symlink_to(victim / "precious.txt")
+    before, victim_before = digest(out), digest(victim)
+    capsys.readouterr()
+    rc = main(shlex.split(argv.format(out=out, **values)))
+    clean_exit(rc, capsys.readouterr().err, codes)
+    after = digest(out)
+    assert {k: after.get(k) for k in before} == before and digest(victim) == victim_before

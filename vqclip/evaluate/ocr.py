@@ -16,7 +16,7 @@ import numpy as np
 from ..cache import cache_dir, slug
 from ..errors import MissingExtraError
 from ..io import sha256_bytes, write_json
-from ..untrusted import open_image
+from ..untrusted import open_image, read_json
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class OcrCache:
     def get(self, sha: str) -> list[Detection] | None:
         p = self._path(sha)
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
+            data = read_json(p)
             if data.get("sha256") != sha or not isinstance(data["detections"], list):
                 return None  # written for another image, or by something else: OCR runs again
             detections = [Detection.from_dict(d) for d in data["detections"]]

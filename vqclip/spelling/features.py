@@ -14,6 +14,7 @@ computes the missing ones and reuses the rest.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from ..untrusted import read_json
 
 from ..cache import cache_dir, slug
 from ..errors import VqclipError, bad_arg
@@ -82,7 +85,7 @@ def _check_meta(folder: Path, meta: dict[str, Any]) -> None:
     if not path.is_file():
         return
     try:
-        old = json.loads(path.read_text())
+        old = read_json(path)
     except (OSError, ValueError):
         return  # unreadable meta: rewritten below, shards are checked one by one
     if old.get("clip_model") != meta["clip_model"] or old.get("embed_dim") != meta["embed_dim"]:
@@ -210,7 +213,7 @@ def _old_shard_size(folder: Path) -> int | None:
     if not path.is_file() or not any(folder.glob("shard-*.safetensors")):
         return None
     try:
-        return int(json.loads(path.read_text())["shard_size"])
+        return int(read_json(path)["shard_size"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -233,7 +236,7 @@ def read_meta(folder: str | Path) -> dict:
         raise bad_arg("--features", "not a vqclip feature cache folder (no meta.json)", str(folder),
                       "Pass a folder made by `vqclip train`, or leave --features out to extract.")
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8"))
+        meta = read_json(path)  # bounded: a regular UTF-8 file, 64 MiB, 64 levels
     except (OSError, ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
         raise _damaged(folder, "meta.json", f"is not readable JSON ({type(e).__name__})") from None
     if not isinstance(meta, dict):
@@ -325,6 +328,15 @@ def load_features(folder: str | Path, clip_identity: str | None = None, embed_di
     if len(words) != len(text["y_t"]):
         raise _damaged(folder, "words.json", f"lists {len(words)} words but text.safetensors encodes "
                                              f"{len(text['y_t'])}")
+    recorded = (meta.get("recipe") or {}).get("words") if isinstance(meta.get("recipe"), dict) else None
+    expected = recorded.get("sha256") if isinstance(recorded, dict) else None
+    got = hashlib.sha256(json.dumps([words.words, words.is_real]).encode()).hexdigest()[:16]
+    if expected is not None and got != expected:  # the same count, other words: text.safetensors encodes others
+        raise _damaged(folder, "words.json", f"does not list the words the features encode (their sha256 {got} "
+                                             f"is not {expected!s:.16} recorded in meta.json)")
+    real = torch.tensor(words.is_real, dtype=torch.bool)
+    if n and not bool((real[plan["word_ids"].long()] == plan["is_real"].bool()).all()):
+        raise _damaged(folder, "words.json", "marks words real or nonsense otherwise than plan.safetensors")
     f = SpellingFeatures(
         x_i=cat["x_i"][valid].to(dtype), x_t=cat["x_t"][valid].to(dtype), x_it=cat["x_it"][valid].to(dtype),
         y_t=text["y_t"][plan["word_ids"][valid]].to(dtype), class_ids=plan["class_ids"][valid].long(),

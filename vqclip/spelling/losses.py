@@ -6,6 +6,8 @@ cosines). The objective is  Σ_k w_k · Lk + γ ‖I − W Wᵀ‖_F ; a negativ
 
 from __future__ import annotations
 
+import math
+
 import re
 from typing import Mapping
 
@@ -178,7 +180,7 @@ def resolve_preset(space: str, dim: int | None = None, weights: str | Mapping[st
         raise bad_arg(flag["dim"], f"must be between 1 and the CLIP embedding size D={embed_dim}", d,
                       "At d = D a projection is only a rotation; the paper used 64 (learn) and 256 (forget).")
     g = float(preset["gamma"] if gamma is None else gamma)
-    if g < 0:
-        raise bad_arg(flag["gamma"], "must be >= 0", g, "Use e.g. 1.0 (0 switches the orthogonality penalty off).")
+    if not math.isfinite(g) or g < 0:
+        raise bad_arg(flag["gamma"], "must be a finite number >= 0", g, "Use e.g. 1.0 (0 switches the orthogonality penalty off).")
     w = dict(preset["weights"]) if weights is None else parse_weights(weights, flag["weights"])
     return {"space": space, "dim": d, "weights": w, "gamma": g}

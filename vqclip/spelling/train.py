@@ -60,6 +60,11 @@ class TrainConfig:
                           "Use e.g. 4000.")
         if not (0 < self.lr_decay <= 1):
             raise bad_arg(flag["lr_decay"], "the StepLR factor must be in (0, 1]", self.lr_decay, "Use e.g. 0.5.")
+        gamma = flag.get("gamma", "--gamma")
+        if self.gamma is not None and (isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float))
+                                       or not math.isfinite(self.gamma) or self.gamma < 0):
+            raise bad_arg(gamma, "the orthogonality weight must be a finite number >= 0", self.gamma,
+                          "Use e.g. 1.0 (0 switches the orthogonality penalty off).")
         check_seed(self.seed, flag["seed"])
         return self
 

@@ -160,8 +160,8 @@ def train_clip_stage(world: World, config: TestbedConfig, out: Path, progress: b
 
     record_path = out / "clip" / "testbed_clip.json"
     if reuse and record_path.is_file() and (out / "clip" / "open_clip_model.safetensors").is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("recipe") == config.clip_recipe():
+        record = _read_record(record_path)
+        if isinstance(record, dict) and record.get("recipe") == config.clip_recipe():
             # the folder it was found in, not the path recorded at training: --out may have been moved or copied
             return {**record, "clip": f"local-dir:{out / 'clip'}", "reused": True}
     start = time.perf_counter()
@@ -429,7 +429,7 @@ def markdown_report(result: Mapping[str, Any]) -> str:
 
 def run_testbed(config: TestbedConfig, out: str | os.PathLike, progress: bool = True, reuse_clip: bool = False) -> dict:
     """Run every stage on the CPU and write clip/, learn/forget projections, attacks/, results.{json,md} to `out`."""
-    from ..cache import writable_dir
+    from ..io import writable_folder as writable_dir  # a read-only or full disk: exit 74
     from ..io import write_json, write_text
     from ..models.clip import load_clip
     from .world import attack_set, five_tuples, tuple_words
@@ -494,7 +494,7 @@ def run_testbed_seeds(config: TestbedConfig, seeds: Sequence[int], out: str | os
                       reuse_clip: bool = False) -> dict:
     """`run_testbed` for each seed into `out/seed-N/`, and the directions on the median over the seeds
     (`out/summary.json`, `out/summary.md`)."""
-    from ..cache import writable_dir
+    from ..io import writable_folder as writable_dir  # a read-only or full disk: exit 74
     from ..io import write_json, write_text
 
     if not seeds or len(set(seeds)) != len(seeds):
@@ -514,3 +514,13 @@ def run_testbed_seeds(config: TestbedConfig, seeds: Sequence[int], out: str | os
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", markdown_summary(summary))
     return summary
+
+
+def _read_record(path):
+    """A record this testbed wrote earlier, or None when it is unreadable (then the step runs again)."""
+    from ..untrusted import read_json
+
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None

@@ -319,7 +319,7 @@ def train_vqgan_stage(world, config: VqganTrainConfig, out_dir: str | os.PathLik
                       reuse: bool = False) -> dict:
     """Generate the world's pictures, train the VQGAN, save `vqgan.safetensors`, `vqgan.json` and a grid of
     reconstructions in `out_dir`. With `reuse`, a model already there whose recipe matches is kept as is."""
-    from ..cache import writable_dir
+    from ..io import writable_folder as writable_dir  # a read-only or full disk: exit 74
     from ..io import write_json
     from .run import _bar
     from .world import training_set
@@ -331,8 +331,8 @@ def train_vqgan_stage(world, config: VqganTrainConfig, out_dir: str | os.PathLik
     record_path, model_path = out / RECORD_FILE, out / VQGAN_FILE
     recipe = vqgan_recipe(world, config)
     if reuse and record_path.is_file() and model_path.is_file():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        if record.get("recipe") == recipe:
+        record = _read_record(record_path)
+        if isinstance(record, dict) and record.get("recipe") == recipe:
             return {**record, "reused": True}
     start = time.perf_counter()
     with _bar(config.n_images + config.n_heldout, "world: VQGAN pictures", progress) as bar:
@@ -357,3 +357,13 @@ def train_vqgan_stage(world, config: VqganTrainConfig, out_dir: str | os.PathLik
               "threads": torch.get_num_threads()}
     write_json(record_path, record)
     return {**record, "reused": False}
+
+
+def _read_record(path):
+    """A record this testbed wrote earlier, or None when it is unreadable (then the step runs again)."""
+    from ..untrusted import read_json
+
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None

@@ -22,12 +22,15 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 def writable_dir(path: str | os.PathLike, arg: str = "--cache-dir") -> Path:
     """Create `path` if needed and check that files can be written there."""
+    import tempfile
+
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        # an O_EXCL probe (mkstemp): a link planted under the probe's name is never followed
+        fd, probe = tempfile.mkstemp(prefix=f".vqclip-write-test-{os.getpid()}-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
         raise bad_arg(arg, "must be a folder vqclip can write to", str(path),
                       f"Choose another folder with {arg} or ${ENV_VAR} ({e.strerror}).") from e

@@ -321,6 +321,10 @@ def check_common(args) -> None:
         raise bad_arg("--batch-size", "must be at least 1", args.batch_size, "Try 32.")
     check_report_folder(args.out)
     check_writable(args.out, "--out")
+    if args.part in ("typographic", "all"):  # a user's file under typographic/ is refused before any work
+        from ..evaluate.typographic import check_report_out
+
+        check_report_out(Path(args.out) / "typographic", overwrite=False)
 
 
 def run_typographic_command(args) -> int:

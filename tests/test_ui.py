@@ -54,6 +54,7 @@ def tiny_form(**kw) -> Form:
     ({"seed": -1}, "seed: must be a whole number of at least 0"),
     ({"cutn": float("nan")}, "cutn: must be a whole number"),
     ({"method": "magic"}, "--method: unknown optimisation method"),
+    ({"recipe": "crowson"}, "--recipe: unknown recipe"),
 ])
 def test_form_values_get_the_clis_checks_and_one_line_errors(change, message):
     with pytest.raises(VqclipError) as err:
@@ -245,3 +246,12 @@ def test_stop_while_models_load_runs_nothing_and_writes_nothing(choice, tmp_path
     phase, lanes = job.snapshot()
     assert phase == "stopped" and job.error is None and [l.state for l in lanes] == ["not started"] * 2
     assert not (tmp_path / "outputs").exists()
+
+
+def test_the_page_runs_a_recipe_and_its_method_unless_one_is_chosen():
+    from vqclip.ui.runner import RECIPE_METHOD
+
+    paper = check_form(tiny_form(recipe="paper", method=RECIPE_METHOD)).settings
+    assert (paper.recipe, paper.method, paper.noise, paper.augment) == ("paper", "codebook", 0.0, ())
+    chosen = check_form(tiny_form(recipe="paper", method="zquant")).settings
+    assert chosen.method == "zquant" and chosen.overrides["method"] == "zquant"

@@ -3,6 +3,7 @@ Gallery tab over the outputs folder. The work is done by `runner` and `gallery`,
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from ..errors import VqclipError
 from ..spaces import SPACES
 from . import require_gradio
 from .gallery import ALL, build_gallery, folder_choices
-from .runner import Form, Job, ModelCache, ModelChoice, check_form, page_models
+from .runner import RECIPE_METHOD, Form, Job, ModelCache, ModelChoice, check_form, page_models
 
 POLL_SECONDS = 0.25
 CSS = """
@@ -62,6 +63,7 @@ def build_app(server: Server):
     import gradio as gr
 
     from ..generation.loop import METHODS
+    from ..generation.recipes import RECIPES, recipe_vqgan
 
     d = server.defaults
     # Every live image passes through Gradio's file cache: clear what is older than 15 minutes, every 5 minutes.
@@ -79,7 +81,9 @@ def build_app(server: Server):
                 height = gr.Number(256, label="height", precision=0, elem_id="vq-height")
                 steps = gr.Number(200, label="steps", precision=0, elem_id="vq-steps")
                 cutn = gr.Number(32, label="cutouts", precision=0, elem_id="vq-cutn")
-                method = gr.Dropdown(list(METHODS), value="zquant", label="method", elem_id="vq-method")
+                recipe = gr.Dropdown(sorted(RECIPES), value="vqclip", label="recipe", elem_id="vq-recipe")
+                method = gr.Dropdown([RECIPE_METHOD, *METHODS], value=RECIPE_METHOD, label="method",
+                                     elem_id="vq-method")
             locked = {"interactive": False} if server.lock_models else {}
             with gr.Accordion("models" + (" (fixed by the command line)" if server.lock_models else ""), open=False):
                 with gr.Row():
@@ -122,20 +126,22 @@ def build_app(server: Server):
                       [columns[n] for n in SPACES], queue=False)
 
         form_inputs = [prompt, spaces, seed, width, height, steps, method, cutn, clip, pretrained, vqgan,
-                       vqgan_config, vqgan_checkpoint, learn_projection, forget_projection]
+                       vqgan_config, vqgan_checkpoint, learn_projection, forget_projection, recipe]
         live_outputs = [status] + [images[n] for n in SPACES] + [plots[n] for n in SPACES] + \
                        [lanes[n] for n in SPACES]
 
         def run_job(*values):
-            (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp) = values
+            (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp, rc) = values
             if server.lock_models:
                 lp = fp = ""
             try:
-                checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp))
+                checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp, rc))
             except VqclipError as e:
                 yield [f"**error:** {e}"] + [gr.skip()] * (len(live_outputs) - 1)
                 return
             choice = page_models(d, server.lock_models, cl, pre, vq, vqc, vqk)
+            if not choice.vqgan and not choice.vqgan_checkpoint:  # the recipe's VQGAN (paper: f16 1024)
+                choice = dataclasses.replace(choice, vqgan=recipe_vqgan(checked.settings.recipe, None))
             previous = server.job  # still running if its page was closed: the queue alone would not wait for it
             while previous is not None and not previous.done:
                 yield ["Waiting for the running job to end..."] + [gr.skip()] * (len(live_outputs) - 1)

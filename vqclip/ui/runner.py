@@ -42,10 +42,14 @@ class Form:
     width: Any = 256
     height: Any = 256
     steps: Any = 100
-    method: str = "zquant"
+    method: str | None = None  # None or RECIPE_METHOD: the recipe's
     cutn: Any = 32
     learn_projection: str = ""
     forget_projection: str = ""
+    recipe: str = "vqclip"
+
+
+RECIPE_METHOD = "(recipe)"  # the method dropdown's "as the recipe has it"
 
 
 def _whole(value: Any, arg: str, low: int, example: str) -> int:
@@ -89,8 +93,10 @@ def check_form(form: Form) -> Checked:
         raise bad_arg("spaces", "pick at least one space to compare", "none", "Tick clip, learn or forget.")
     seed = None if form.seed in (None, "") else _whole(form.seed, "seed", 0, "seed 0")
     size = (_whole(form.width, "width", 1, "width 256"), _whole(form.height, "height", 1, "height 256"))
+    method = None if form.method in (None, "", RECIPE_METHOD) else str(form.method)
     settings = Settings(prompts=parse_prompts(prompt), size=size, steps=_whole(form.steps, "steps", 1, "steps 100"),
-                        method=str(form.method), cutn=_whole(form.cutn, "cutn", 1, "cutn 32"), seed=seed)
+                        method=method, cutn=_whole(form.cutn, "cutn", 1, "cutn 32"), seed=seed,
+                        recipe=str(form.recipe or "vqclip"))
     settings, _ = settings.resolved(1)  # every check that needs no VQGAN; draws the seed once for all spaces
     files = {"learn": (form.learn_projection or "").strip() or None,
              "forget": (form.forget_projection or "").strip() or None}

@@ -122,5 +122,27 @@ def run_ui(args: argparse.Namespace) -> int:
             job.thread.join()
             stopped = True
     finally:
-        demo.close()  # the server's threads would keep the process alive
-    return 130 if stopped else 0
+        code = 130 if stopped else 0
+        if not close_within(demo, CLOSE_SECONDS):
+            # Gradio's server did not stop in time (a client holding a connection open, an address whose
+            # shutdown request goes unanswered): its threads would keep the process alive. The job's images and
+            # run.json are written by now, so leave without waiting for them.
+            print(f"vqclip ui: the web server did not stop within {CLOSE_SECONDS:g} s; exiting anyway",
+                  file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    return code
+
+
+CLOSE_SECONDS = 3.0
+
+
+def close_within(demo, seconds: float) -> bool:
+    """`demo.close()` in a helper thread; False when it has not returned after `seconds`."""
+    import threading
+
+    closer = threading.Thread(target=demo.close, name="vqclip-ui-close", daemon=True)
+    closer.start()
+    closer.join(seconds)
+    return not closer.is_alive()

@@ -62,6 +62,19 @@ def test_cli_records_the_recipe_and_its_overrides_in_run_json(tiny_model_flags, 
     assert record["settings"]["augment"] == []
 
 
+def test_a_config_file_names_the_recipe_and_a_flag_still_wins(tiny_model_flags, tmp_path):
+    from vqclip.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text("recipe: nerdyrodent\nsteps: 2\nsize: [32, 32]\n")
+    out = tmp_path / "run"
+    assert main(["generate", "an apple", "--config", str(config), "--noise", "0.05", "--seed", "1", "--out", str(out),
+                 *tiny_model_flags]) == 0
+    record = json.loads((out / "run.json").read_text())
+    assert record["recipe"]["name"] == "nerdyrodent"
+    assert record["recipe"]["overrides"] == {"size": [32, 32], "steps": 2, "cutn": 2, "noise": 0.05}
+
+
 def test_the_paper_recipe_defaults_to_the_papers_vqgan():
     from vqclip.generation.recipes import recipe_vqgan
 

@@ -3,14 +3,21 @@
 Every cutout of every image in a group is made by the same few kernels, whatever `cutn` is: one grid sample (or,
 when a crop can be larger than CLIP's input, one `roi_align` with adaptive area sampling, so a large crop is
 averaged, not aliased) crops and resamples all of them, one resampling per geometric augmentation, one 3×3
-colour matrix per cutout for the jitter, one mask for the erasing, one noise add.
+colour matrix and one grey offset per cutout for the jitter, one mask for the erasing, one noise add.
 The random parameters of a job's cutouts come from that job's generator on the device, in one draw per step, so a
 seed fixes the cutouts and no random number crosses between host and device.
 
 The augmentations follow the VQGAN+CLIP community defaults that vqclip used through kornia's augmentation modules
-(RandomAffine(15°, translate 0.1, border), RandomPerspective(0.7), ColorJitter(hue 0.1, saturation 0.1),
-RandomErasing(0.1–0.4, ratio 0.3–3.3), each with p = 0.7). The jitter rotates hue and scales saturation in YIQ
-space rather than HSV: the same kind of change, in one matrix product.
+(RandomAffine(15°, translate 0.1, border), RandomPerspective(0.7), ColorJitter(brightness, contrast, saturation,
+hue 0.1), RandomErasing(0.1–0.4, ratio 0.3–3.3), each with p = 0.7). The jitter is not kornia's: brightness,
+contrast and saturation are kornia ColorJitter's formulas (scale by the factor; blend with the cutout's mean grey;
+blend with the pixel's grey, which is exactly a scaling of the YIQ chroma plane), but the hue shift is a rotation
+of the YIQ chroma plane, not a shift of the HSV hue. The two are different changes (both leave greys alone): a YIQ
+rotation keeps each pixel's luma and chroma length but can leave the RGB cube, an HSV hue shift keeps each pixel's
+largest and smallest channel but changes its luma. By the nominal angle the rotation changed colours 1.32× as much
+as kornia's hue shift; its angle is scaled so that at the extreme of the range (0.1 of a turn) the mean absolute
+RGB change over 4096 seeded uniform colours matches kornia's `adjust_hue` (see `_YIQ_HUE_SCALE`), and the result
+is clamped into [0, 1], as kornia's ColorJitter clamps, so no value leaves the gamut.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from ..errors import bad_arg, choices_hint
 _AUGS = {
     "affine": (0.7, 4),  # apply, angle, tx, ty
     "perspective": (0.7, 9),  # apply, 8 corner offsets
-    "jitter": (0.7, 3),  # apply, saturation, hue
+    "jitter": (0.7, 5),  # apply, brightness, contrast, saturation, hue
     "erasing": (0.7, 5),  # apply, area, log aspect ratio, x, y
     "sharpness": (0.4, 2),  # apply, factor
     "grayscale": (0.1, 1),  # apply
@@ -38,6 +45,12 @@ AUGMENTATIONS = tuple(_AUGS)
 # RGB -> YIQ: hue is the angle of (I, Q), saturation its length; luma Y is left alone.
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.595716, -0.274453, -0.321263), (0.211456, -0.522591, 0.311135))
 DEFAULT_AUGMENTATIONS = ("affine", "perspective", "jitter", "erasing")
+# YIQ chroma rotation angle per nominal hue angle. Strength: the mean absolute RGB change at a nominal ±0.1 turn
+# (the extreme of the range) over 4096 colours uniform in the RGB cube (torch.Generator().manual_seed(0)). A YIQ
+# rotation by the nominal angle is 1.32× kornia.enhance.adjust_hue's HSV shift by it (1.21× once clamped into
+# [0, 1]); the scale that matches, clamp included, is 0.815 on those colours and 0.79 on smooth random images, so
+# 0.80: 0.98× and 1.01× kornia's (tests/test_recipe_cutouts.py measures both).
+_YIQ_HUE_SCALE = 0.80
 
 
 def parse_augmentations(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -121,20 +134,35 @@ def _warp(x: torch.Tensor, inverse: torch.Tensor, padding_mode: str) -> torch.Te
 
 
 def _jitter(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Saturation × U(0.9, 1.1) and hue + U(-0.1, 0.1) of a turn, as one 3×3 colour matrix per cutout: a rotation
-    and scaling of the chroma plane in YIQ space (one batched matrix product, against about a hundred elementwise
-    kernels for an HSV round trip, which measured as costly as CLIP's forward pass here)."""
+    """kornia ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1)'s ranges, in a fixed order, as
+    one 3×3 colour matrix and one grey offset per cutout (one batched matrix product, against about a hundred
+    elementwise kernels for an HSV round trip, which measured as costly as CLIP's forward pass here):
+
+    - brightness × U(0.9, 1.1): the cutout is scaled;
+    - contrast U(0.9, 1.1): the cutout is blended with its mean grey (luma averaged over its pixels), c·x + (1-c)·m;
+    - saturation U(0.9, 1.1): blended with each pixel's grey, the same as scaling the YIQ chroma plane;
+    - hue U(-0.1, 0.1) of a turn: a rotation of the YIQ chroma plane by `_YIQ_HUE_SCALE` × that angle.
+
+    Grey (Y = 1, I = Q = 0) is left alone by the chroma steps, so the contrast's grey offset passes through them:
+    y = b·c·M·x + (1 - c)·b·m. The result is clamped into [0, 1], as kornia's ColorJitter clamps."""
+    n, _, h, w = x.shape
     apply = (u[:, 0] < _AUGS["jitter"][0]).to(u.dtype)
-    saturation = 1 + (u[:, 1] * 0.2 - 0.1) * apply
-    hue = (u[:, 2] * 0.2 - 0.1) * 2 * math.pi * apply
-    const = _constants(x.device, x.dtype, x.shape[-1], x.shape[-2])
+    brightness = 1 + (u[:, 1] * 0.2 - 0.1) * apply
+    contrast = 1 + (u[:, 2] * 0.2 - 0.1) * apply
+    saturation = 1 + (u[:, 3] * 0.2 - 0.1) * apply
+    hue = (u[:, 4] * 0.2 - 0.1) * (2 * math.pi * _YIQ_HUE_SCALE) * apply
+    const = _constants(x.device, x.dtype, w, h)
     cos, sin = hue.cos() * saturation, hue.sin() * saturation
-    chroma = torch.zeros(len(u), 3, 3, device=x.device, dtype=x.dtype)
+    chroma = torch.zeros(n, 3, 3, device=x.device, dtype=x.dtype)
     chroma[:, 0, 0] = 1
     chroma[:, 1, 1], chroma[:, 1, 2] = cos, -sin
     chroma[:, 2, 1], chroma[:, 2, 2] = sin, cos
-    matrix = const["to_rgb"] @ chroma @ const["to_yiq"]  # (n, 3, 3)
-    return torch.einsum("nij,njhw->nihw", matrix, x)
+    gain = brightness * contrast
+    matrix = const["to_rgb"] @ (chroma * gain.view(n, 1, 1)) @ const["to_yiq"]  # (n, 3, 3)
+    flat = x.reshape(n, 3, h * w)
+    grey = flat.mean(-1) @ const["to_yiq"][0]  # (n,): the cutout's mean luma, kornia's contrast mean
+    offset = ((1 - contrast) * brightness * grey).view(n, 1, 1)
+    return torch.baddbmm(offset, matrix, flat).clamp(0, 1).view(n, 3, h, w)
 
 
 def _erasing(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -203,6 +231,8 @@ def _crop(images: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, size: torch.
 class MakeCutouts:
     """`cutn` random square crops per image (side ~ U^cut_pow between min and max), resampled to `cut_size`,
     augmented in the given order, plus noise of a random strength up to `noise`."""
+
+    generator_device = None  # the jobs' generators live on the images' device (the anchor recipes' take "cpu")
 
     def __init__(self, cut_size: tuple[int, int], cutn: int, cut_pow: float = 1.0,
                  augmentations: Sequence[str] = DEFAULT_AUGMENTATIONS, noise: float = 0.1):

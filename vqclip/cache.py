@@ -21,20 +21,11 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def writable_dir(path: str | os.PathLike, arg: str = "--cache-dir") -> Path:
-    """Create `path` if needed and check that files can be written there."""
-    import tempfile
+    """Create `path` if needed and check that files can be written there (io.writable_folder: an O_EXCL probe, so
+    a link planted under the probe's name is never followed)."""
+    from .io import writable_folder
 
-    path = Path(path)
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        # an O_EXCL probe (mkstemp): a link planted under the probe's name is never followed
-        fd, probe = tempfile.mkstemp(prefix=f".vqclip-write-test-{os.getpid()}-", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise bad_arg(arg, "must be a folder vqclip can write to", str(path),
-                      f"Choose another folder with {arg} or ${ENV_VAR} ({e.strerror}).") from e
-    return path
+    return writable_folder(path, arg)
 
 
 def slug(text: str, max_len: int = 80) -> str:

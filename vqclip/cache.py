@@ -6,7 +6,6 @@ import os
 import re
 from pathlib import Path
 
-from .errors import bad_arg
 
 ENV_VAR = "VQCLIP_CACHE"
 

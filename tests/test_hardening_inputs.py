@@ -153,6 +153,182 @@ CASES = [
 ]
 
 
+# ------------------------------------------------------------------- issue 28: every hostile input gets a rule
+
+class _Reduce:
+    """Pickles as `fn(*args)`: the 40-byte pickle bombs of the issue."""
+
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+BOMBS = {"bytearray": _Reduce(bytearray, (1 << 30,)), "set-range": _Reduce(set, (range(2**27),)),
+         "list-range": _Reduce(list, (range(2**30),))}
+
+
+def _pickle_bomb(kind, zipped=False):
+    import pickle
+
+    def setup(world):
+        if zipped:
+            torch.save({"w": torch.zeros(2), "x": BOMBS[kind]}, world / "bomb.pt")
+        else:
+            (world / "bomb.pt").write_bytes(pickle.dumps(BOMBS[kind], protocol=2))
+    return setup
+
+
+def _state_file(make):
+    def setup(world):
+        state = make_vqgan().state_dict()
+        torch.save(make(state), world / "odd.pt")
+    return setup
+
+
+def _taming_yaml(edit=None, text=None):
+    def setup(world):
+        if text is not None:
+            (world / "odd.yaml").write_bytes(text)
+            return
+        cfg = yaml.safe_load(world.config.read_text())
+        edit(cfg["model"]["params"]["ddconfig"])
+        (world / "odd.yaml").write_text(yaml.safe_dump(cfg))
+    return setup
+
+
+def _clip_dir(edit=None, weights=True):
+    def setup(world):
+        src = Path(world.clip[len("local-dir:"):])
+        dst = world / "clip"
+        dst.mkdir()
+        for f in src.iterdir():
+            if weights or not f.name.endswith(".safetensors"):
+                (dst / f.name).write_bytes(f.read_bytes())
+        if edit:
+            cfg = json.loads((dst / "open_clip_config.json").read_text())
+            edit(cfg["model_cfg"])
+            (dst / "open_clip_config.json").write_text(json.dumps(cfg))
+    return setup
+
+
+def _set(tower, key, value):
+    def edit(model_cfg):
+        (model_cfg[tower] if tower else model_cfg)[key] = value
+    return edit
+
+
+def _needs_missing(module):
+    import importlib.util
+
+    def edit(model_cfg):
+        if importlib.util.find_spec(module) is not None:
+            pytest.skip(f"{module} is installed here")
+        if module == "transformers":
+            model_cfg["text_cfg"]["hf_tokenizer_name"] = "bert-base-uncased"
+        else:
+            model_cfg["vision_cfg"]["timm_model_name"] = "vit_base_patch16_224"
+    return edit
+
+
+def _projection(make):
+    def setup(world):
+        from safetensors.torch import save_file
+
+        q, _ = torch.linalg.qr(torch.randn(32, 4, generator=torch.Generator().manual_seed(0)))
+        save_file({"W": make(q.T.contiguous())}, str(world / "W.safetensors"))
+    return setup
+
+
+def _wrong_registered_conversion(world):
+    from vqclip.models.registry import converted_path
+
+    path = converted_path("vqgan_imagenet_f16_16384", world / "cache")
+    path.parent.mkdir(parents=True)
+    save_converted(make_vqgan(), path)
+
+
+def _swap_words(world):
+    data = json.loads((world.features / "words.json").read_text())
+    words = data["words"]
+    words[0]["word"], words[1]["word"] = words[1]["word"], words[0]["word"]
+    (world.features / "words.json").write_text(json.dumps(data))
+
+
+def _ckpt(w, path):
+    return _gen(w, "--vqgan-config", str(w.config), "--vqgan-checkpoint", str(path))
+
+
+def _convert(w, path, config=None):
+    return ["models", "convert", "--config", str(config or w.config), "--checkpoint", str(path),
+            "--output", "{out}/x.safetensors"]
+
+
+def _gen_clip(w, *extra):
+    args = _gen(w, "--vqgan-config", str(w.config), "--vqgan-checkpoint", str(w.ckpt), *extra)
+    args[args.index("--clip") + 1] = f"local-dir:{w / 'clip'}"
+    return args
+
+
+CASES += [
+    *[(f"pickle bomb {k}{' (zip)' if z else ''}", _pickle_bomb(k, z), lambda w: _ckpt(w, w / "bomb.pt"),
+       "pickle bomb") for k in BOMBS for z in (False, True)],
+    ("pickle bomb via models convert", _pickle_bomb("bytearray"), lambda w: _convert(w, w / "bomb.pt"),
+     "pickle bomb"),
+    *[(f"checkpoint {name} ({cmd})", _state_file(make), (lambda w: _ckpt(w, w / "odd.pt")) if cmd == "generate"
+       else (lambda w: _convert(w, w / "odd.pt")), expect)
+      for name, make, expect in (
+          ("meta tensors", lambda s: {k: v.to("meta") for k, v in s.items()}, "`meta` device"),
+          ("sparse tensors", lambda s: {k: v.to_sparse() if v.ndim == 2 else v for k, v in s.items()}, "not a dense"),
+          ("state dict a list", lambda s: {"state_dict": list(s.values())}, "it is a list"),
+          ("integer keys", lambda s: {i + 100: v for i, v in enumerate(s.values())}, "parameter names"))
+      for cmd in ("generate", "convert")],
+    ("VQGAN YAML nested 10000 deep", _taming_yaml(text=b"model: " + b"[" * 10000 + b"]" * 10000 + b"\n"),
+     lambda w: _gen(w, "--vqgan-config", str(w / "odd.yaml"), "--vqgan-checkpoint", str(w.ckpt)), "--vqgan-config"),
+    ("VQGAN YAML binary", _taming_yaml(text=BINARY),
+     lambda w: _convert(w, w.ckpt, w / "odd.yaml"), "binary"),
+    ("VQGAN of 300 B parameters", _taming_yaml(lambda d: d.update(ch=4096, ch_mult=[1] * 8, num_res_blocks=64)),
+     lambda w: _gen(w, "--vqgan-config", str(w / "odd.yaml"), "--vqgan-checkpoint", str(w.ckpt)), "parameters"),
+    ("CLIP context_length 0", _clip_dir(_set("text_cfg", "context_length", 0)), _gen_clip, "context_length"),
+    ("CLIP embed_dim 0", _clip_dir(_set(None, "embed_dim", 0)), _gen_clip, "embed_dim"),
+    ("CLIP vocab_size 0", _clip_dir(_set("text_cfg", "vocab_size", 0)), _gen_clip, "vocab_size"),
+    ("CLIP layers 100000", _clip_dir(_set("text_cfg", "layers", 100000)), _gen_clip, "layers"),
+    ("CLIP HF tokenizer, transformers missing", _clip_dir(_needs_missing("transformers")), _gen_clip,
+     "needs the package transformers"),
+    ("CLIP timm tower, timm missing", _clip_dir(_needs_missing("timm")), _gen_clip, "needs the package timm"),
+    ("CLIP timm tower unknown to timm", _clip_dir(_set("vision_cfg", "timm_model_name", "no_such_model")),
+     _gen_clip, "timm_model_name"),
+    ("CLIP folder without weights", _clip_dir(weights=False), _gen_clip, "no weights file"),
+    ("--pretrained ''", lambda w: None,
+     lambda w: _gen(w, "--vqgan-config", str(w.config), "--vqgan-checkpoint", str(w.ckpt), "--clip", "ViT-B-32",
+                    "--pretrained", ""), "--pretrained"),
+    *[(f"projection {name}", _projection(make),
+       lambda w: _gen(w, "--vqgan-config", str(w.config), "--vqgan-checkpoint", str(w.ckpt), "--space", "learn",
+                      "--projection", str(w / "W.safetensors")), expect)
+      for name, make, expect in (("W x 1e-30", lambda W: W * 1e-30, "singular values"),
+                                 ("W x 1e30", lambda W: W * 1e30, "singular values"),
+                                 ("20000 x 32", lambda W: torch.randn(20000, 32), "more rows"),
+                                 ("bool", lambda W: W > 0, "floating-point"),
+                                 ("int", lambda W: (W * 100).to(torch.int32), "floating-point"),
+                                 ("complex", lambda W: W.to(torch.complex64), "floating-point"))],
+    ("convert a tiny model into a registered name", lambda w: None,
+     lambda w: ["models", "convert", "--name", "vqgan_imagenet_f16_16384", "--config", str(w.config),
+                "--checkpoint", str(w.ckpt), "--cache-dir", "{out}/cache"], "registered"),
+    ("--vqgan NAME holding another model", _wrong_registered_conversion,
+     lambda w: _gen(w, "--vqgan", "vqgan_imagenet_f16_16384", "--cache-dir", str(w / "cache")), "registered"),
+    ("train --gamma nan", lambda w: None,
+     lambda w: ["train", "--features", str(w.features), "--gamma", "nan", *TRAIN[1:]], "--gamma"),
+    ("testbed --gamma nan", lambda w: None,
+     lambda w: ["testbed", "--quick", "--gamma", "nan", "--out", "{out}/tb"], "--gamma"),
+    ("words.json with other words", _swap_words,
+     lambda w: ["train", "--features", str(w.features), *TRAIN[1:]], "words.json"),
+    ("JSON prompt file with a 10**4000 integer", _write("big.json", b'[{"prompt": "a", "steps": 1' + b"0" * 4000
+                                                         + b'}, {"prompt": "b", "lr": 1' + b"0" * 4000 + b"}]"),
+     lambda w: ["batch", str(w / "big.json"), "--dry-run", "--out", str(w / "out")], "must be"),
+]
+
+
 class World(type(Path())):
     pass
 

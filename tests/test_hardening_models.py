@@ -239,3 +239,69 @@ def test_torch_errors_quoted_about_a_projection_are_one_line(tmp_path):
     with pytest.raises(VqclipError) as e:
         load_projection(tmp_path / "p.pt", "learn", 8)
     assert "could not read the file as a projection" in _one_line_error(e)
+
+
+# ------------------------------------------------------------------------- issue 28: pickle bombs, bounded
+
+
+class _Reduce:
+    def __init__(self, fn, args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.mark.parametrize("bomb", [_Reduce(bytearray, (1 << 30,)), _Reduce(set, (range(2**27),)),
+                                  _Reduce(list, (range(2**30),))], ids=["bytearray", "set-range", "list-range"])
+@pytest.mark.parametrize("zipped", [False, True], ids=["pickle", "torch-zip"])
+def test_pickle_bombs_are_refused_fast_before_they_are_built(tmp_path, bomb, zipped):
+    import pickle
+    import time
+
+    from vqclip.models.checkpoints import CheckpointBombError
+
+    path = tmp_path / "bomb.pt"
+    if zipped:
+        torch.save({"x": bomb}, path)
+    else:
+        path.write_bytes(pickle.dumps(bomb, protocol=2))
+        assert len(path.read_bytes()) < 70
+    start = time.perf_counter()
+    with pytest.raises(CheckpointBombError) as e:
+        read_checkpoint(path)
+    assert time.perf_counter() - start < 2.0
+    assert "pickle bomb" in _one_line_error(e)
+
+
+def test_pickle_bomb_stays_under_500_mb_in_a_fresh_process(tmp_path):
+    import pickle
+    import subprocess
+    import sys
+
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(pickle.dumps(_Reduce(bytearray, (1 << 30,)), protocol=2))
+    code = ("import resource, sys; from vqclip.models.checkpoints import read_checkpoint\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            f"try: read_checkpoint({str(path)!r})\nexcept Exception as e: print(type(e).__name__)\n"
+            "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout.split()
+    assert out[0] == "CheckpointBombError" and int(out[1]) < 500, out
+
+
+def test_projection_loader_refuses_an_allocating_pickle(tmp_path):
+    path = tmp_path / "W.pt"
+    torch.save({"W": _orthonormal(4, 32), "x": _Reduce(bytearray, (1 << 30,))}, path)
+    with pytest.raises(VqclipError) as e:
+        load_projection(path, "learn", 32)
+    assert "--projection" in _one_line_error(e)
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e30])
+def test_badly_scaled_projection_is_refused(tmp_path, scale):
+    from safetensors.torch import save_file
+
+    save_file({"W": _orthonormal(4, 32) * scale}, str(tmp_path / "W.safetensors"))
+    with pytest.raises(VqclipError) as e:
+        load_projection(tmp_path / "W.safetensors", "learn", 32)
+    assert "singular values" in _one_line_error(e)

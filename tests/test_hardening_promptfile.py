@@ -85,3 +85,43 @@ def test_loading_is_linear_in_the_number_of_prompts(tmp_path):
     small = _cpu_seconds(tmp_path / "small.txt", 5000)
     large = _cpu_seconds(tmp_path / "large.txt", 40000)
     assert large < 25 * max(small, 0.01), (small, large)
+
+
+# --------------------------------------------------------------- issue 28: FIFOs, devices, huge numbers
+
+def test_fifo_prompt_file_is_refused_at_once(tmp_path):
+    import os
+
+    fifo = tmp_path / "prompts.txt"
+    os.mkfifo(fifo)
+    start = time.perf_counter()
+    found = problems(fifo)
+    assert time.perf_counter() - start < 2 and "FIFO" in found[0]
+
+
+def test_symlink_to_dev_zero_is_refused_at_once(tmp_path):
+    link = tmp_path / "prompts.txt"
+    link.symlink_to("/dev/zero")
+    start = time.perf_counter()
+    found = problems(link)
+    assert time.perf_counter() - start < 2 and "device" in found[0]
+
+
+def test_oversized_prompt_file_is_refused_before_reading(tmp_path, monkeypatch):
+    import vqclip.batch.promptfile as pf
+
+    monkeypatch.setattr(pf, "MAX_FILE_BYTES", 100)
+    path = tmp_path / "p.txt"
+    path.write_text("an apple\n" * 50)
+    assert "bytes" in problems(path)[0]
+
+
+@pytest.mark.parametrize("text", ['[{"prompt": "a", "lr": 1' + "0" * 4000 + "}]",
+                                  '[{"prompt": "a", "steps": 1' + "0" * 4000 + "}]",
+                                  '[{"prompt": "a", "steps": 1' + "0" * 5000 + "}]",
+                                  "- {prompt: a, noise: 1" + "0" * 5000 + "}"])
+def test_huge_numbers_in_structured_files_are_problems(tmp_path, text):
+    path = tmp_path / ("p.yaml" if text.startswith("-") else "p.json")
+    path.write_text(text)
+    found = problems(path)
+    assert found and "must be" in found[0] or "vqclip reads" in found[0]

@@ -7,6 +7,8 @@ cost per step is the same as with the real weights. Three arms, measured in one 
 - `baseline`: nerdyrodent's generate.py default loop, re-stated in benchmarks/nerdyrodent.py (pooled cutouts,
   kornia augmentations, one batched CLIP call, CLIP fp16 on CUDA / fp32 on the CPU, Adam 0.1, z clamped).
 - `vqclip`: `vqclip.generation.run` with the CLI's defaults for the device (augmentations, noise, precision).
+- `recipe:NAME` (e.g. `recipe:nerdyrodent`, `recipe:paper`): `run` with that recipe's cutouts, augmentations,
+  noise and method at the same size and cutn (issue 24: the nerdyrodent recipe within 10 % of the baseline).
 - `models`: the VQGAN decoder forward + backward and CLIP's image tower forward + backward on `cutn` random
   224² inputs, nothing else: the floor any loop pays. On CUDA CLIP runs in vqclip's precision.
 
@@ -148,6 +150,10 @@ def main() -> None:
                 sec = time_loop(baseline.step, args.warmup, args.steps, device)
             elif arm == "vqclip":
                 sec = time_vqclip([settings], clip, vqgan, [space], args.warmup, args.steps)
+            elif arm.startswith("recipe:"):
+                recipe = Settings(prompts=settings.prompts, size=settings.size, steps=1, cutn=args.cutn, seed=0,
+                                  recipe=arm.split(":", 1)[1]).resolved(vqgan.factor)[0]
+                sec = time_vqclip([recipe], clip, vqgan, [space], args.warmup, args.steps)
             else:
                 sec = time_loop(models_step(clip, vqgan, settings.size, args.cutn), args.warmup, args.steps, device)
             timings[arm].append(sec)
@@ -163,6 +169,9 @@ def main() -> None:
             results[arm]["peak_gib"] = round(peaks[arm], 2)
     if "baseline" in arms and "vqclip" in arms:
         results["vqclip_over_baseline"] = round(results["vqclip"]["s_per_step"] / results["baseline"]["s_per_step"], 3)
+    for arm in arms:
+        if arm.startswith("recipe:") and "baseline" in arms:
+            results[arm]["over_baseline"] = round(results[arm]["s_per_step"] / results["baseline"]["s_per_step"], 3)
     if "models" in arms and "vqclip" in arms:
         results["vqclip_over_models"] = round(results["vqclip"]["s_per_step"] / results["models"]["s_per_step"], 3)
     if args.group:

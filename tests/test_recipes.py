@@ -75,6 +75,15 @@ def test_a_config_file_names_the_recipe_and_a_flag_still_wins(tiny_model_flags, 
     assert record["recipe"]["overrides"] == {"size": [32, 32], "steps": 2, "cutn": 2, "noise": 0.05}
 
 
+def test_an_augmentation_nerdyrodent_lacks_is_refused_before_any_model_loads(capsys):
+    from vqclip.cli import main
+
+    assert main(["generate", "x", "--recipe", "nerdyrodent", "--augment", "affine,flip", "--clip",
+                 "local-dir:/nonexistent"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--augment: the nerdyrodent recipe has no such augmentation" in err[0]
+
+
 def test_the_paper_recipe_defaults_to_the_papers_vqgan():
     from vqclip.generation.recipes import recipe_vqgan
 

@@ -148,6 +148,13 @@ class Settings:
                            f"(a multiple of the VQGAN factor {factor}).")
         seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         augment = parse_augmentations(self.augment)
+        if self.recipe_spec.cutouts == "pooled":  # refused here, before any model loads, not at the first step
+            from .anchor_cutouts import NERDYRODENT_AUGMENTATIONS
+
+            other = [name for name in augment if name not in NERDYRODENT_AUGMENTATIONS]
+            if other:
+                raise bad_arg("--augment", "the nerdyrodent recipe has no such augmentation", ",".join(other),
+                              choices_hint(NERDYRODENT_AUGMENTATIONS) + " Or 'none'.")
         return dataclasses.replace(self, size=snapped, lr=lr, optimizer=optimizer, seed=seed,
                                    augment=augment), notices
 

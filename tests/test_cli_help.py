@@ -174,3 +174,63 @@ def test_missing_wordfreq_is_a_one_line_error(tmp_path, capsys, monkeypatch, tin
     err = capsys.readouterr().err.strip()
     assert err.startswith("vqclip train: error:") and 'pip install "vqclip[train]"' in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_building_the_parser_imports_no_torch():
+    """`vqclip --help` and `vqclip COMMAND --help` stay fast: no torch (or numpy, PIL, open_clip) until a command
+    runs (issue 25)."""
+    import subprocess
+
+    code = ("import sys, vqclip.cli as c; c.build_parser(); "
+            "heavy = [m for m in ('torch', 'numpy', 'PIL', 'open_clip', 'omegaconf', 'huggingface_hub') "
+            "if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_parser_s_literal_choices_equal_the_library_s():
+    from vqclip.cli import choices
+    from vqclip.devices import DEVICES, PRECISIONS
+    from vqclip.generation.animate import EDGES, VIDEO_FORMATS
+    from vqclip.generation.cutouts import AUGMENTATIONS
+    from vqclip.generation.ops import LOSSES
+    from vqclip.generation.recipes import RECIPES
+    from vqclip.models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
+    from vqclip.reproduce.paper import PAPER_GENERATION
+    from vqclip.spelling.dataset import DEFAULT_TEMPLATE
+    from vqclip.spelling.images import TORCHVISION_DATASETS
+    from vqclip.spelling.losses import DEFAULT_GAMMA, PRESETS
+    from vqclip.spelling.words import DEFAULT_VOCAB
+    from vqclip.testbed.run import TestbedConfig
+    try:
+        from vqclip.generation.settings import METHODS, OPTIMIZERS
+    except ImportError:  # before the generation settings moved out of loop.py
+        from vqclip.generation.loop import METHODS, OPTIMIZERS
+
+    assert (choices.DEVICES, choices.PRECISIONS) == (DEVICES, PRECISIONS)
+    assert (choices.DEFAULT_CLIP, choices.DEFAULT_PRETRAINED) == (DEFAULT_CLIP, DEFAULT_PRETRAINED)
+    assert choices.AUGMENTATIONS == tuple(AUGMENTATIONS) and choices.METHODS == tuple(METHODS)
+    assert choices.OPTIMIZERS == tuple(sorted(OPTIMIZERS)) and choices.LOSSES == tuple(sorted(LOSSES))
+    assert choices.RECIPES == tuple(sorted(RECIPES))
+    assert (choices.EDGES, choices.VIDEO_FORMATS) == (tuple(EDGES), tuple(VIDEO_FORMATS))
+    assert choices.SPELLING_TEMPLATE == DEFAULT_TEMPLATE and choices.DEFAULT_VOCAB == DEFAULT_VOCAB
+    assert choices.TORCHVISION_DATASETS == tuple(sorted(TORCHVISION_DATASETS))
+    assert choices.DEFAULT_GAMMA == DEFAULT_GAMMA and choices.SPACE_PRESETS == tuple(PRESETS)
+    assert choices.PAPER_GENERATION == dict(PAPER_GENERATION)
+    full, quick = TestbedConfig(), TestbedConfig.quick()
+    assert choices.TESTBED_DEFAULTS == {f: (getattr(full, f), getattr(quick, f)) for f in choices.TESTBED_DEFAULTS}
+
+
+@pytest.mark.parametrize("argv", [["-q", "models", "list"], ["--quiet", "models", "list"], ["models", "list", "-q"],
+                                  ["-q", "generate", "x"], ["generate", "-q", "x"], ["-q", "-v", "--debug", "score", "x"]],
+                         ids=" ".join)
+def test_global_flags_before_or_after_the_command_name(argv):
+    args = build_parser().parse_args(argv)
+    assert args.quiet is True
+    assert args.verbose is ("-v" in argv) and args.debug is ("--debug" in argv)
+
+
+def test_the_top_level_help_lists_the_global_flags(capsys):
+    text = _help(capsys, [])
+    for flag in ("-q, --quiet", "-v, --verbose", "--debug"):
+        assert flag in text
+    assert "before or after the command name" in text

@@ -21,10 +21,30 @@ DEBUG_ENV = "VQCLIP_DEBUG"
 COMMANDS = ("generate", "animate", "batch", "grid", "train", "eval", "score", "models", "testbed", "reproduce", "ui")
 
 
+# The flags every command takes before or after its name: (option strings, dest, help).
+GLOBAL_FLAGS = ((("-q", "--quiet"), "quiet", "no progress bars or progress messages"),
+                (("-v", "--verbose"), "verbose", "log details (model loading, downloads)"),
+                (("--debug",), "debug", f"show the full traceback of an unexpected error (or set {DEBUG_ENV}=1)"))
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: a global flag given before the command name (`vqclip -q generate ...`) is merged
+    into the command's own flag of the same name, which argparse would otherwise reset to its default."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        for _, dest, _ in GLOBAL_FLAGS:
+            before = getattr(ns, f"_global_{dest}", False)
+            if hasattr(ns, f"_global_{dest}"):
+                delattr(ns, f"_global_{dest}")
+            setattr(ns, dest, bool(getattr(ns, dest, False)) or bool(before))
+        return ns, rest
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .common import HelpFormatter, examples
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vqclip",
         description="VQGAN+CLIP image generation in the original CLIP space or in learn-to-spell / "
                     "forget-to-spell subspaces (Materzynska, Torralba, Bau, CVPR 2022). "
@@ -35,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vqclip {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log details (model loading, downloads)")
-    parser.add_argument("--debug", action="store_true",
-                        help=f"show the full traceback of an unexpected error (or set {DEBUG_ENV}=1)")
+    for flags, dest, text in GLOBAL_FLAGS:
+        parser.add_argument(*flags, dest=f"_global_{dest}", action="store_true", help=text + " (before or after "
+                            "the command name)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
@@ -53,11 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_debug_flag(sub) -> None:
     for subparser in sub.choices.values():
-        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                               help="show the full traceback of an unexpected error")
-        if "--verbose" not in subparser._option_string_actions:
-            subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                                   help="log details (model loading, downloads)")
+        for flags, dest, text in GLOBAL_FLAGS:
+            if flags[-1] not in subparser._option_string_actions:
+                subparser.add_argument(*flags, dest=dest, action="store_true", default=argparse.SUPPRESS,
+                                       help=text.split(" (or set")[0])
         for action in subparser._actions:
             if isinstance(action, argparse._SubParsersAction):
                 _add_debug_flag(action)

@@ -14,7 +14,7 @@ PROG = "vqclip animate"
 
 
 def register(sub) -> None:
-    from ..generation.animate import EDGES
+    from .choices import EDGES
 
     p = command_parser(
         sub, "animate", help="zoom / pan / rotate video, each frame grown from the previous one",

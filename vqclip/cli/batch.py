@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from ..errors import bad_arg
-from ..io import check_writable
 from .common import add_quiet_arg, check_memory, command_parser, sigterm_as_interrupt
 from .generate import add_model_args, add_settings_args, load_models_from_args, settings_from_args
 
@@ -163,6 +162,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from ..batch.plan import base_settings_record, check_item_settings, model_identity
     from ..batch.shard import resolve_shard, shard_jobs
     from ..batch.store import job_state, manifest_ok
+    from ..io import check_writable
 
     from ..batch.runner import parse_group_size
 

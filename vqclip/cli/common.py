@@ -9,9 +9,8 @@ import signal
 import threading
 from typing import Iterable, Iterator, Sequence
 
-from ..devices import DEVICES, PRECISIONS
 from ..errors import bad_arg
-from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
+from .choices import DEFAULT_CLIP, DEFAULT_PRETRAINED, DEVICES, PRECISIONS
 
 # The heading of the epilog every command's --help ends with (tests/test_cli_help.py checks that each has one).
 EXAMPLE_HEADING = "example:"

@@ -10,8 +10,7 @@ from pathlib import Path
 from ..errors import bad_arg, choices_hint
 from .common import (add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, check_memory, command_parser,
                      output_errors, sigterm_as_interrupt)
-
-VIDEO_FORMATS = ("mp4", "gif")
+from .choices import VIDEO_FORMATS  # noqa: F401 - animate and tests take it from here
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -34,10 +33,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 def add_settings_args(p: argparse.ArgumentParser) -> None:
     """The flags that determine an image; shared with `vqclip batch`."""
-    from ..generation.cutouts import AUGMENTATIONS
-    from ..generation.loop import METHODS, OPTIMIZERS
-    from ..generation.ops import LOSSES
-    from ..generation.recipes import RECIPES
+    from .choices import AUGMENTATIONS, LOSSES, METHODS, OPTIMIZERS, RECIPES
 
     g = p.add_argument_group("space")
     g.add_argument("--projection", default=None, metavar="FILE",

@@ -97,7 +97,7 @@ def _set_default(p, dest: str, value, help: str) -> None:
 
 
 def _ocr_args(p) -> None:
-    from ..reproduce.paper import PAPER_GENERATION as G
+    from .choices import PAPER_GENERATION as G
     from .generate import add_model_args, add_settings_args
 
     g = p.add_argument_group("text in generated images")

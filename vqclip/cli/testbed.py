@@ -8,8 +8,7 @@ from .common import add_quiet_arg, command_parser
 
 
 def register(sub) -> None:
-    from ..spelling.losses import DEFAULT_GAMMA
-    from ..testbed.run import TestbedConfig
+    from .choices import DEFAULT_GAMMA, TESTBED_DEFAULTS
 
     p = command_parser(
         sub, "testbed", help="reproduce the paper's qualitative claims in a synthetic world, on the CPU, no downloads",
@@ -28,10 +27,8 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the reduced configuration the test suite runs (6 classes; about 2.5 minutes a seed on 2 cores "
                         "instead of 7)")
-    full, quick = TestbedConfig(), TestbedConfig.quick()
-
     def default(field: str) -> str:
-        value, quick_value = getattr(full, field), getattr(quick, field)
+        value, quick_value = TESTBED_DEFAULTS[field]
         return f"(default {value})" if value == quick_value else f"(default {value}; {quick_value} with --quick)"
 
     p.add_argument("--steps", type=int, default=None, metavar="N",

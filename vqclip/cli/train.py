@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 from ..errors import bad_arg
-from ..io import check_replaceable, check_writable, disk_errors, record_written
 from .common import add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, command_parser
 
 
@@ -30,9 +29,8 @@ def _pair(text: str, cast, arg: str):
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """Options that define the five-tuples and their feature cache (shared with `vqclip eval retrieval`)."""
-    from ..spelling.dataset import DEFAULT_TEMPLATE
-    from ..spelling.images import TORCHVISION_DATASETS
-    from ..spelling.words import DEFAULT_VOCAB
+    from .choices import DEFAULT_VOCAB, TORCHVISION_DATASETS
+    from .choices import SPELLING_TEMPLATE as DEFAULT_TEMPLATE
 
     g = p.add_argument_group("natural images and words")
     g.add_argument("--images", metavar="PATH_OR_NAME",
@@ -167,7 +165,8 @@ def _default_data_root(args):
 
 
 def register(sub) -> None:
-    from ..spelling.losses import DEFAULT_GAMMA, PRESETS
+    from .choices import DEFAULT_GAMMA
+    from .choices import SPACE_PRESETS as PRESETS
 
     p = command_parser(
         sub, "train", help="train a learn-to-spell or forget-to-spell projection",
@@ -217,6 +216,7 @@ def register(sub) -> None:
 
 
 def _target(args, identity: str) -> Path:
+    from ..io import check_writable
     from ..spaces import projection_path
 
     target = Path(args.out) if args.out else projection_path(args.space, identity, args.cache_dir)
@@ -230,7 +230,7 @@ def _target(args, identity: str) -> Path:
 
 def run(args) -> int:
     from ..devices import resolve_device
-    from ..io import write_json
+    from ..io import check_replaceable, check_writable, disk_errors, record_written, write_json
     from ..spelling.losses import parse_weights, resolve_preset
     from ..spelling.retrieval import format_table
     from ..spelling.train import (TrainConfig, too_few_steps_warning, train_projection, train_test_metrics,

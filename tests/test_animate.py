@@ -10,7 +10,7 @@ from vqclip.errors import VqclipError
 from vqclip.generation import Settings, parse_prompts
 from vqclip.generation.animate import (STATE_NAME, Motion, animate, check_animation_args, frame_first_step,
                                        frame_settings, transform_image)
-from vqclip.generation.loop import active_targets
+from vqclip.generation.targets import active_targets
 
 # ----------------------------------------------------------------------------------------------- the motion
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from vqclip.errors import VqclipError
 from vqclip.generation import Settings, parse_prompts, run
-from vqclip.generation.loop import active_targets, encode_targets
+from vqclip.generation.targets import active_targets, encode_targets
 from vqclip.generation.prompts import parse_noise_prompt, parse_story
 from vqclip.spaces import Space
 
@@ -87,16 +87,16 @@ def test_image_prompts_go_through_the_runs_cutouts_by_default(tiny_clip, tmp_pat
 
 def test_a_centre_image_prompt_is_loaded_at_clips_width_and_height(tiny_clip, tmp_path, monkeypatch):
     """load_image takes (W, H); CLIP's input_size is (H, W): a non-square CLIP must get its own shape."""
-    import vqclip.generation.loop as loop
+    import vqclip.generation.targets as targets
 
     Image.new("RGB", (40, 40), (0, 90, 200)).save(tmp_path / "blue.png")
     asked = []
 
-    def fake_load(path, size, device, arg):
+    def fake_load(path, size, device, arg, fit="fit"):
         asked.append(tuple(size))
         return torch.rand(1, 3, size[1], size[0])
 
-    monkeypatch.setattr(loop, "load_image", fake_load)
+    monkeypatch.setattr(targets, "load_image", fake_load)
     monkeypatch.setattr(tiny_clip, "input_size", (24, 40))
     monkeypatch.setattr(tiny_clip, "encode_image", lambda images: torch.ones(len(images), tiny_clip.embed_dim))
     s = dataclasses.replace(_settings(image_prompts=parse_prompts(str(tmp_path / "blue.png")),

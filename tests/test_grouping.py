@@ -175,13 +175,13 @@ def test_the_loss_history_stays_on_the_device_between_read_backs(tiny_clip, tiny
     import vqclip.generation.loop as loop
 
     reads = []
-    original = loop._read_back
+    original = loop._Tracker.read_back
 
-    def counting(*args):
-        reads.append(args[-1])
-        return original(*args)
+    def counting(self):
+        reads.append(self.completed)
+        return original(self)
 
-    monkeypatch.setattr(loop, "_read_back", counting)
+    monkeypatch.setattr(loop._Tracker, "read_back", counting)
     jobs, spaces = _jobs(steps=10)
     results = run_many(jobs, tiny_clip, tiny_vqgan, spaces, report_every=4)
     assert reads == [4, 8, 10, 10]  # every 4 steps, the last step, and the final collection

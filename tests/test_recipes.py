@@ -15,7 +15,9 @@ from PIL import Image
 import anchors
 from vqclip.errors import VqclipError
 from vqclip.generation import Settings, parse_prompts, run
-from vqclip.generation.loop import active_targets, encode_targets, initial_latent, load_image, whole_picture_size
+from vqclip.generation.images import load_image, whole_picture_size
+from vqclip.generation.latents import initial_latent
+from vqclip.generation.targets import active_targets, encode_targets
 from vqclip.generation.recipes import RECIPES, get_recipe
 from vqclip.spaces import Space
 

@@ -329,6 +329,65 @@ CASES += [
 ]
 
 
+
+# ------------------------------------------------- issue 28: every reader of untrusted JSON / YAML is bounded
+
+HOSTILE = {"binary": BINARY, "not UTF-8": b'{"a": "\xff\xfe\xfd"}',
+           "nested 10**5 deep": b"[" * 100_000 + b"]" * 100_000}
+YAML_HOSTILE = {**HOSTILE, "nested 10**5 deep": b"steps: " + b"[" * 100_000 + b"]" * 100_000 + b"\n"}
+
+
+def _planted(rel, data, image=None):
+    def setup(world):
+        path = world / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        if image:
+            Image.new("RGB", (16, 16), (200, 0, 0)).save(path.parent / image)
+    return setup
+
+
+def _reproduce(w):
+    return ["reproduce", "typographic", "--clip", w.clip, "--device", "cpu", "--out", str(w / "r"), "-q"]
+
+
+READERS = [  # (entry point, the hostile file, an image beside it, argv, expected text)
+    ("grid run.json", "g/run.json", "image.png", lambda w: ["grid", str(w / "g"), "--out", "{out}/g.png"],
+     "run.json"),
+    ("grid manifest.jsonl", "g/manifest.jsonl", "image.png",
+     lambda w: ["grid", str(w / "g"), "--out", "{out}/g.png"], "manifest.jsonl"),
+    ("score run.json", "s/run.json", "image.png", lambda w: ["score", str(w / "s"), "--out", "{out}/s", "-q"],
+     "run.json"),
+    ("batch resume batch.json", "b/batch.json", None,
+     lambda w: ["batch", str(w / "p.txt"), "--out", str(w / "b"), "--dry-run"], "batch.json"),
+    ("eval typographic annotation.json", "ds/annotation.json", "IMG_1.JPG",
+     lambda w: ["eval", "typographic", "--dataset", str(w / "ds"), "--clip", w.clip, "--device", "cpu",
+                "--spaces", "clip", "--no-progress", "--out", "{out}/e"], "--dataset"),
+    ("animate resume animation.json", "a/animation.json", None,
+     lambda w: ["animate", "an apple", "--frames", "2", "--steps-per-frame", "1", "--out", str(w / "a"),
+                "--clip", w.clip, "--size", "32", "32", "--cutn", "1", "--device", "cpu",
+                "--vqgan-config", str(w.config), "--vqgan-checkpoint", str(w.ckpt)], "--out"),  # not resumable, kept
+    ("reproduce report.json", "r/report.json", None, _reproduce, "report.json"),
+]
+
+
+def _reader_cases():
+    out = []
+    for name, rel, image, argv, expect in READERS:
+        for kind, data in HOSTILE.items():
+            def setup(world, rel=rel, data=data, image=image):
+                (world / "p.txt").write_text("an apple\n")
+                _planted(rel, data, image)(world)
+            out.append((f"{name} {kind}", setup, argv, expect))
+    for kind, data in YAML_HOSTILE.items():
+        out.append((f"generate --config {kind}", _planted("c.yaml", data),
+                    lambda w: _gen(w, "--config", str(w / "c.yaml")), "--config"))
+    return out
+
+
+CASES += _reader_cases()
+
+
 class World(type(Path())):
     pass
 
@@ -531,7 +590,7 @@ def bomb(tmp_path_factory) -> Path:
 
 def test_decompression_bombs_are_refused_before_decoding(tmp_path, bomb):
     from vqclip.evaluate.ocr import load_rgb
-    from vqclip.generation.loop import check_image_file
+    from vqclip.generation.images import check_image_file
     from vqclip.untrusted import open_image
 
     with pytest.raises(OSError, match="too large to decode"):

@@ -85,3 +85,21 @@ def test_split_words_disjoint_and_balanced():
     assert [len(g) for g in groups] == [80, 10, 10]
     for g in groups:
         assert sum(wl.is_real[i] for i in g) == len(g) // 2  # the ratio holds in every group
+
+
+def test_word_list_errors_name_the_callers_flag(tmp_path):
+    """Issue 28: messages named a --word-list flag even where the file came from reproduce's --words."""
+    from vqclip.reproduce.ocr import word_list
+
+    bad = tmp_path / "w.txt"
+    bad.write_bytes(bytes(range(256)))
+    with pytest.raises(VqclipError, match=r"^--words: ") as e:
+        word_list(tmp_path / "out", words_file=bad, save=False)
+    assert "--word-list" not in str(e.value)
+    deep = tmp_path / "w.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(VqclipError, match=r"^--words: .*words\.json") as e:
+        WordList.load(deep, "--words")
+    assert "\n" not in str(e.value)
+    with pytest.raises(VqclipError, match=r"^--word-list: "):  # train's flag stays the default
+        WordList.load(bad)

@@ -272,8 +272,10 @@ def _read_ledger(folder: Path) -> dict[str, str]:
         st = os.lstat(path)
         if not stat.S_ISREG(st.st_mode) or st.st_size > _LEDGER_MAX_BYTES:
             return {}  # a link or a huge file is not vqclip's ledger
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        from .untrusted import read_json
+
+        record = read_json(path, max_bytes=_LEDGER_MAX_BYTES)
+    except (OSError, ValueError):
         return {}
     files = record.get("files") if isinstance(record, dict) and record.get("format") == LEDGER_FORMAT else None
     return {k: v for k, v in files.items() if isinstance(k, str) and isinstance(v, str)} \
@@ -336,17 +338,21 @@ def inside(folder: str | os.PathLike, name: Any) -> Path | None:
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """Read a JSON-lines file of records (objects), ignoring a torn last line left by a crash and non-record lines."""
+    from .untrusted import MAX_JSON_BYTES, parse_json, read_bytes
+
     records = []
     p = Path(path)
     if not p.exists():
         return records
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
+    # bounded (a regular file of at most MAX_JSON_BYTES); a line that is not UTF-8, not JSON or nested too deep
+    # is skipped like a torn one
+    for raw in read_bytes(p, MAX_JSON_BYTES, what="JSON-lines file").splitlines():
+        raw = raw.strip()
+        if not raw:
             continue
         try:
-            record = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
+            record = parse_json(raw.decode("utf-8"), p)
+        except ValueError:  # UnicodeDecodeError and UntrustedFileError are ValueErrors
             continue
         if isinstance(record, dict):  # a line that is not a record (a list, a number) is skipped like a torn one
             records.append(record)

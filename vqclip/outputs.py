@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import platform
 import re
@@ -35,7 +34,9 @@ FRAME_NAME = re.compile(r"\d{6}\.png")  # what save_frame writes
 def is_run_dir(path: str | os.PathLike) -> bool:
     """True when `path` holds a run.json that vqclip wrote (a JSON object with its `vqclip_version`)."""
     try:
-        record = json.loads((Path(path) / RECORD_NAME).read_text(encoding="utf-8"))
+        from .untrusted import read_json
+
+        record = read_json(Path(path) / RECORD_NAME)
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and "vqclip_version" in record and "settings" in record

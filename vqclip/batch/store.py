@@ -20,6 +20,7 @@ from ..cache import slug
 from ..errors import VqclipError, bad_arg, one_line
 from ..io import TEMP_NAME, append_jsonl, inside, linked_part, own_temporary, read_jsonl, write_json
 from ..outputs import IMAGE_NAME, RECORD_NAME, is_run_dir
+from ..untrusted import UntrustedFileError, read_json
 from .plan import FORMAT, Job, item_conflicts, merge_records, record_differences
 
 BATCH_NAME = "batch.json"
@@ -32,10 +33,11 @@ def read_batch_record(folder: str | os.PathLike) -> dict | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
+        record = read_json(path)
+    except (OSError, ValueError) as e:
+        reason = e.rule if isinstance(e, UntrustedFileError) else one_line(e, 200)
         raise bad_arg("--out", "batch.json in the folder cannot be read", str(path),
-                      f"Fix or remove it, or pass --overwrite ({one_line(e, 200)}).") from e
+                      f"Fix or remove it, or pass --overwrite ({reason}).") from None
     jobs, items = (record.get("jobs"), record.get("items")) if isinstance(record, dict) else (None, None)
     if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(jobs, list) or \
             not all(isinstance(j, dict) and isinstance(j.get("id"), str) for j in jobs) or \
@@ -195,8 +197,8 @@ def finished_record(folder: str | os.PathLike, job: Job, fingerprint: str) -> di
     """The job's run.json when it is finished for this fingerprint and its image is there; else None."""
     run_dir = Path(folder) / job.folder
     try:
-        record = json.loads((run_dir / RECORD_NAME).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        record = read_json(run_dir / RECORD_NAME)
+    except (OSError, ValueError):
         return None
     if not isinstance(record, dict):
         return None
@@ -261,7 +263,7 @@ def _pid_alive(pid: int) -> bool:
 
 def _claim_owner(path: Path) -> dict | None:
     try:
-        owner = json.loads(path.read_text(encoding="utf-8"))
+        owner = read_json(path, max_bytes=1 << 20)
     except (OSError, ValueError):
         return None  # gone, or being written this instant
     return owner if isinstance(owner, dict) else None

@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..errors import bad_arg, choices_hint
+from ..errors import bad_arg, choices_hint, one_line
 from .common import (add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, check_memory, command_parser,
                      output_errors, sigterm_as_interrupt)
 from .choices import VIDEO_FORMATS  # noqa: F401 - animate and tests take it from here
@@ -185,10 +185,17 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, s
     """
     from omegaconf import OmegaConf
 
+    from ..untrusted import UntrustedFileError, read_yaml
+
     try:
-        cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        # bounded first (a regular UTF-8 file of at most 1 MiB, nesting at most 32 deep, no alias bombs), then
+        # omegaconf for its interpolations
+        cfg = OmegaConf.to_container(OmegaConf.create(read_yaml(path, "--config") or {}), resolve=True)
+    except UntrustedFileError as e:
+        raise bad_arg("--config", f"could not read the YAML file ({e.rule})", path, e.fix) from None
     except Exception as e:  # missing file, YAML syntax errors, interpolation errors
-        raise bad_arg("--config", "could not read the YAML file", path, f"Check the file ({e}).") from e
+        raise bad_arg("--config", "could not read the YAML file", path, f"Check the file ({one_line(e, 200)}).") \
+            from None
     if not isinstance(cfg, dict):
         raise bad_arg("--config", "the file must hold a mapping of option names to values", path,
                       "Write e.g. `steps: 200` on its own line.")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..untrusted import read_json
+from ..untrusted import parse_json, read_json
 from ..errors import bad_arg
 from ..io import inside, read_jsonl
 
@@ -75,8 +74,8 @@ def png_metadata(path: Path) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for key, value in chunks.items():
         try:
-            meta[key] = json.loads(value) if key != "prompt" else value
-        except ValueError:
+            meta[key] = parse_json(value, path) if key != "prompt" else value
+        except ValueError:  # not JSON, or JSON beyond the bounds: kept as the text it is
             meta[key] = value
     return meta
 

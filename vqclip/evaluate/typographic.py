@@ -23,7 +23,7 @@ import torch
 from ..errors import VqclipError, bad_arg
 from ..errors import quote_error
 from ..io import record_written, write_json
-from ..untrusted import open_image
+from ..untrusted import UntrustedFileError, open_image, read_json
 from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import rate
 
@@ -88,7 +88,9 @@ def _is_image(p: Path) -> bool:
 
 def _load_annotation(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, "--dataset")
+    except UntrustedFileError:
+        raise
     except (OSError, ValueError) as e:
         raise bad_arg("--dataset", "the annotation file is not readable JSON", str(path), f"Fix the file ({quote_error(e)}).") from e
     fix = 'Use {"IMG_1.JPG": {"true object": "cup", "typographic attack label": "good"}, ...}.'
@@ -195,11 +197,11 @@ def open_typographic_dataset(root: str | os.PathLike, format: str = "auto") -> T
     recipe = root / "recipe.json"
     if recipe.is_file():
         try:
-            ds.recipe = json.loads(recipe.read_text(encoding="utf-8"))
-            if ds.recipe.get("format") == SYNTHETIC_FORMAT:
+            ds.recipe = read_json(recipe, "--dataset")
+            if isinstance(ds.recipe, dict) and ds.recipe.get("format") == SYNTHETIC_FORMAT:
                 ds.format = "synthetic"
-        except ValueError:
-            pass
+        except (OSError, ValueError):  # not vqclip's recipe: the dataset is read without it
+            ds.recipe = None
     check_dataset(ds)
     return ds
 
@@ -372,13 +374,13 @@ def build_synthetic_attacks(source, out_dir: str | os.PathLike, seed: int = 0, s
     old = out / "recipe.json"
     if old.is_file() and (out / "annotation.json").is_file():
         try:
-            previous = json.loads(old.read_text(encoding="utf-8"))
-            if {k: v for k, v in previous.items() if k not in ("vqclip_version", "skipped")} == recipe:
+            previous = read_json(old)
+            if isinstance(previous, dict) and {k: v for k, v in previous.items() if k not in ("vqclip_version", "skipped")} == recipe:
                 log.info("reusing the synthetic attack set in %s", out)
                 ds = open_typographic_dataset(out, "annotation")
                 ds.skipped = list(previous.get("skipped", [])) + ds.skipped
                 return ds
-        except ValueError:
+        except (OSError, ValueError):  # not the recipe vqclip wrote: made anew
             pass
     classes = [clean_label(c) for c in source.classes]
     pool = words if words is not None else sorted(set(classes))

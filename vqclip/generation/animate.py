@@ -208,8 +208,10 @@ def _differences(old: Any, new: Mapping) -> list[str]:
 def read_state(out: str | Path) -> dict | None:
     """The animation state vqclip wrote in `out`, or None (no file, or not one of vqclip's)."""
     try:
-        state = json.loads((Path(out) / STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        from ..untrusted import read_json
+
+        state = read_json(Path(out) / STATE_NAME)
+    except (OSError, ValueError):  # absent, or not a bounded, UTF-8 JSON file: not vqclip's state
         return None
     ok = (isinstance(state, dict) and state.get("format") == STATE_FORMAT and isinstance(state.get("recipe"), dict)
           and isinstance(state.get("frames"), list) and isinstance(state.get("seed"), int))

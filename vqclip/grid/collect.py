@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from ..errors import bad_arg
 from ..io import inside, read_jsonl
+from ..untrusted import read_json
 
 SETTING_FIELDS = ("steps", "size", "lr", "optimizer", "method", "loss", "cutn", "cut_pow", "augment", "noise",
                   "init_image", "init_weight")
@@ -64,8 +65,8 @@ def _settings_fields(settings: Mapping[str, Any]) -> dict[str, Any]:
 
 def _read_json(path: Path) -> dict | None:
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # unreadable, not UTF-8, not JSON, nested too deep
+        obj = read_json(path)
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON, nested too deep
         return None
     return obj if isinstance(obj, dict) else None
 

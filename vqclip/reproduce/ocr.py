@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import os
 import time
 from pathlib import Path
@@ -46,8 +45,10 @@ def words_per_set(scale: float) -> int:
 def _saved_recipe(path: Path) -> dict | None:
     """The recipe of a words.json vqclip wrote, or None when the file is not one."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        from ..untrusted import read_json
+
+        data = read_json(path)
+    except (OSError, ValueError):
         return None
     return data.get("recipe") if isinstance(data, dict) and data.get("format") == WORDS_FORMAT else None
 
@@ -61,7 +62,7 @@ def word_list(folder: str | os.PathLike, seed: int = 0, words_file: str | os.Pat
     """
     path = Path(folder) / WORDS_NAME
     if words_file is not None:
-        words = WordList.load(words_file)
+        words = WordList.load(words_file, "--words")
         if save and not (path.is_file() and _saved_recipe(path) == words.recipe):
             _save_words(words, path)
         return words
@@ -73,7 +74,7 @@ def word_list(folder: str | os.PathLike, seed: int = 0, words_file: str | os.Pat
         if recipe.get("source") == "wordfreq" and recipe.get("seed") != seed:
             raise bad_arg("--seed", f"the folder's word list was drawn with seed {recipe.get('seed')}", seed,
                           f"Use --seed {recipe.get('seed')} to resume it, or choose another --out.")
-        words = WordList.load(path)
+        words = WordList.load(path, "--out")
         words.recipe = recipe
         return words
     words = sample_words(2 * PER_SET, real_fraction=0.5, seed=seed)

@@ -7,7 +7,6 @@ typographic` into the same folder gives one report with both tables.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import platform
 import socket
@@ -30,8 +29,10 @@ def read_report(folder: str | os.PathLike) -> dict | None:
     if not path.exists():
         return None
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        from ..untrusted import read_json
+
+        data = read_json(path, "--out")
+    except (OSError, ValueError):
         data = None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise bad_arg("--out", f"{JSON_NAME} in the folder is not a vqclip reproduce report", str(path),

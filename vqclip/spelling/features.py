@@ -322,7 +322,7 @@ def load_features(folder: str | Path, clip_identity: str | None = None, embed_di
     if not valid.any():
         raise bad_arg("--images", "none of the images could be read", f"0 of {n}", "Check the image files.")
     try:
-        words = WordList.load(folder / "words.json")
+        words = WordList.load(folder / "words.json", "--features")
     except VqclipError as e:
         raise _damaged(folder, "words.json", str(e).split(": ", 1)[-1].split("; got ")[0]) from None
     if len(words) != len(text["y_t"]):

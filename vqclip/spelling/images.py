@@ -8,7 +8,6 @@ torchvision datasets download themselves into `<cache>/datasets` on a connected 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import re
@@ -109,10 +108,12 @@ def load_class_map(path: str | os.PathLike) -> dict[str, str]:
 
     text = read_user_text(path, "--class-map", "a class map (JSON, or `folder name` lines)")
     if path.suffix == ".json":
+        from ..untrusted import UntrustedFileError, parse_json
+
         try:
-            data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise bad_arg("--class-map", "not valid JSON", str(path), f"Fix the file ({quote_error(e)}).") from None
+            data = parse_json(text, path, "--class-map")
+        except UntrustedFileError as e:
+            raise bad_arg("--class-map", "not valid JSON", str(path), f"Fix the file ({e.rule}).") from None
         if isinstance(data, list):  # ImageNet's class_index.json style: {"0": ["n01440764", "tench"]}
             data = {str(i): v for i, v in enumerate(data)}
         if not isinstance(data, dict):

@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Sequence
 
 from ..cache import cache_dir
-from ..errors import VqclipError, bad_arg
+from ..errors import VqclipError, bad_arg, one_line
 from ..errors import quote_error
 from ..models.registry import RemoteFile, _locked, download_file
 
@@ -229,7 +229,6 @@ def fetch_imagenetv2(root: str | os.PathLike | None = None, cache: str | os.Path
 def imagenetv2_source(root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None,
                       download: bool = True, progress: bool = True, arg: str = "--images"):
     """ImageNetV2 matched-frequency as an ImageSource with readable, unique ImageNet class names."""
-    import json
 
     from .images import image_folder
 
@@ -237,7 +236,14 @@ def imagenetv2_source(root: str | os.PathLike | None = None, cache: str | os.Pat
     images = image_root(extracted)
     source = image_folder(images, class_map(images, arg, f"Remove {extracted} and run again to extract it anew."),
                           arg)
-    record = json.loads((extracted / RECORD).read_text())
-    source.description.update(kind="imagenetv2", dataset="ImageNetV2 matched-frequency", url=record["url"],
-                              sha256=record["sha256"])
+    from ..untrusted import read_json
+
+    try:
+        record = read_json(extracted / RECORD, arg)
+        url, sha256 = record["url"], record["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise bad_arg(arg, f"the extraction record {RECORD} is not readable", str(extracted / RECORD),
+                      f"Remove {extracted} and run again to extract it anew ({one_line(e, 160)}).") from None
+    source.description.update(kind="imagenetv2", dataset="ImageNetV2 matched-frequency", url=url,
+                              sha256=sha256)
     return source

@@ -7,7 +7,6 @@ real/nonsense flag, and a list can be saved and reloaded so a dataset is reprodu
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import re
@@ -89,9 +88,11 @@ def nonsense_words(n: int, rng: random.Random, min_len: int = 3, max_len: int = 
 
 def read_user_text(path: str | os.PathLike, arg: str, what: str) -> str:
     """The UTF-8 text of a file the user named; a binary or non-UTF-8 file is a one-line error naming `arg`."""
+    from ..untrusted import MAX_TEXT_BYTES, read_bytes
+
     path = Path(path)
-    try:
-        data = path.read_bytes()
+    try:  # a regular file of at most MAX_TEXT_BYTES: never a FIFO, a device or a link to /dev/zero
+        data = read_bytes(path, MAX_TEXT_BYTES, arg, "text file")
     except OSError as e:
         raise bad_arg(arg, f"cannot be read ({e.strerror or type(e).__name__})", str(path),
                       "Check the path and its permissions.") from None
@@ -132,20 +133,25 @@ class WordList:
         write_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "WordList":
-        """A saved words.json, or a text file with one word per line (optionally `word,real` / `word,nonsense`)."""
+    def load(cls, path: str | os.PathLike, arg: str = "--word-list") -> "WordList":
+        """A saved words.json, or a text file with one word per line (optionally `word,real` / `word,nonsense`).
+
+        `arg` is the flag (or folder option) that named the file, for the error messages: train's --word-list,
+        reproduce's --words, --features or --out for the words.json vqclip keeps in a folder."""
+        from ..untrusted import parse_json
+
         path = Path(path)
         if not path.is_file():
-            raise bad_arg("--word-list", "file not found", str(path), "Pass a words.json or a text file.")
-        text = read_user_text(path, "--word-list", "a word list (one word a line, or a words.json)")
+            raise bad_arg(arg, "file not found", str(path), "Pass a words.json or a text file.")
+        text = read_user_text(path, arg, "a word list (one word a line, or a words.json)")
         if path.suffix == ".json":
             try:
-                data = json.loads(text)
+                data = parse_json(text, path, arg)
                 items = [(d["word"], bool(d["real"])) for d in data["words"]]
                 if any(not isinstance(w, str) for w, _ in items):
                     raise TypeError("a word is not text")
-            except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
-                raise bad_arg("--word-list", "a JSON word list needs {'words': [{'word', 'real'}, ...]}", str(path),
+            except (ValueError, KeyError, TypeError) as e:
+                raise bad_arg(arg, "a JSON word list needs {'words': [{'word', 'real'}, ...]}", str(path),
                               "Use a words.json saved by vqclip, or a text file.") from e
         else:
             items = []
@@ -158,7 +164,7 @@ class WordList:
                 items.append((parts[0].lower(), real))
         bad = [w for w, _ in items if not re.fullmatch(r"[a-z]+", w)]
         if bad or not items:
-            raise bad_arg("--word-list", "needs at least one word, each of lowercase letters a-z", bad[:5] or str(path),
+            raise bad_arg(arg, "needs at least one word, each of lowercase letters a-z", bad[:5] or str(path),
                           "Fix or remove those lines.")
         from ..io import sha256_file
 

@@ -459,7 +459,9 @@ def load_model(path: str | Path, kind: str, arg: str = "detector file") -> tuple
             raise ValueError(f"not a {DETECTOR_FORMAT} file (format={meta.get('format')!r})")
         if meta.get("format_version") != FORMAT_VERSION:
             raise ValueError(f"format version {meta.get('format_version')!r}, this vqclip reads {FORMAT_VERSION}")
-        config = json.loads(meta["config"])
+        from ..untrusted import parse_json
+
+        config = parse_json(meta["config"], path)
         if config.get("kind") != kind:
             raise ValueError(f"it holds a {config.get('kind')!r}, not a {kind!r}")
         model = SmallConvNet(int(config["width"]), {k: int(v) for k, v in config["heads"].items()},
@@ -598,10 +600,12 @@ def train_detector_stage(world: World, config: DetectorConfig, out_dir: str | Pa
     recipe = detector_recipe(world, config)
     if reuse and record_path.is_file() and (out / TEXT_FILE).is_file() and (out / OBJECT_FILE).is_file():
         try:
-            record = json.loads(record_path.read_text(encoding="utf-8"))
+            from ..untrusted import read_json
+
+            record = read_json(record_path)
         except (OSError, ValueError):
             record = {}
-        if record.get("recipe") == recipe:
+        if isinstance(record, dict) and record.get("recipe") == recipe:
             return {**record, "reused": True}
     text_model, object_model, info = train_detectors(world, config, progress)
     start = time.perf_counter()

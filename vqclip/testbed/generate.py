@@ -127,14 +127,13 @@ def measure_images(score_dir: Path, object_classifier, classes: Sequence[str], c
     """Per image: space, template, class, whether text was detected, whether the prompt word was read, what the
     object classifier sees, and (with `clip`) whether the steered CLIP itself, zero-shot over the class prompts in
     its own space, sees the prompted class; from `vqclip score`'s scores.jsonl and the images themselves."""
-    import json
 
     import numpy as np
     from PIL import Image
 
-    records = [json.loads(line) for line in (score_dir / "scores.jsonl").read_text(encoding="utf-8").splitlines()
-               if line.strip()]
-    records = [r for r in records if r.get("status") == "ok"]
+    from ..io import read_jsonl
+
+    records = [r for r in read_jsonl(score_dir / "scores.jsonl") if r.get("status") == "ok"]
     images = [np.asarray(Image.open(r["path"]).convert("RGB")) for r in records]
     labels, _ = object_classifier.predict(images) if images else ([], None)
     clip_sees = _clip_zero_shot(clip, images, classes) if clip is not None and images else [None] * len(images)
@@ -324,15 +323,17 @@ def world_models_stage(world, out: Path, progress: bool = True) -> dict:
 
 def load_world_models(folder: str | os.PathLike) -> dict:
     """World models trained before (a `world-models/` folder of `vqclip testbed --generate`), by their records."""
-    import json
+    from ..untrusted import read_json
 
     from .detector import RECORD_FILE as DETECTOR_RECORD
     from .world_vqgan import RECORD_FILE as VQGAN_RECORD, VQGAN_FILE
 
     folder = Path(folder).expanduser()
     try:
-        vqgan = json.loads((folder / VQGAN_RECORD).read_text(encoding="utf-8"))
-        detector = json.loads((folder / DETECTOR_RECORD).read_text(encoding="utf-8"))
+        vqgan = read_json(folder / VQGAN_RECORD, "--world-models")
+        detector = read_json(folder / DETECTOR_RECORD, "--world-models")
+        if not isinstance(vqgan, dict) or not isinstance(detector, dict):
+            raise ValueError("a record is not a JSON object")
     except (OSError, ValueError) as e:
         raise bad_arg("--world-models", f"needs {VQGAN_RECORD} and {DETECTOR_RECORD} written by `vqclip testbed "
                       "--generate`", str(folder), "Point at the world-models/ folder of an earlier run.") from e

@@ -388,6 +388,41 @@ def _reader_cases():
 CASES += _reader_cases()
 
 
+def _grid_of_one(w):
+    """A run folder grid can draw (run.json and its image)."""
+    folder = w / "g"
+    folder.mkdir()
+    Image.new("RGB", (16, 16), (0, 200, 0)).save(folder / "image.png")
+    (folder / "run.json").write_text(json.dumps({"vqclip_version": "0", "settings": {"prompts": ["a"]},
+                                                 "image": "image.png", "status": "finished"}))
+    return ["grid", str(folder), "--out", "{out}/g.png"]
+
+
+def _synthetic(w, *extra):
+    for obj in ("apple", "cup"):
+        (w / "src" / obj).mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (50, 40), (20, 200, 90)).save(w / "src" / obj / "a.png")
+    return ["eval", "typographic", "--synthetic", str(w / "src"), "--synthetic-out", "{out}/syn", "--spaces", "clip",
+            "--clip", w.clip, "--device", "cpu", "--no-progress", "--out", "{out}/e", *extra]
+
+
+CASES += [  # flags whose size was unbounded (issue 28)
+    ("grid --font-size 100000", lambda w: None, lambda w: [*_grid_of_one(w), "--font-size", "100000"],
+     "--font-size"),
+    ("grid --thumb 100000", lambda w: None, lambda w: [*_grid_of_one(w), "--thumb", "100000"], "--thumb"),
+    ("grid --label-width 10000000", lambda w: None, lambda w: [*_grid_of_one(w), "--label-width", "10000000"],
+     "--label-width"),
+    ("grid page of 1024 px thumbnails", lambda w: None,
+     lambda w: [*_grid_of_one(w), "--thumb", "1024", "--max-rows", "64"], "Lower --thumb"),
+    ("eval typographic --synthetic --size 100000", lambda w: None, lambda w: _synthetic(w, "--size", "100000"),
+     "--size"),
+    ("eval typographic --max-images -5", lambda w: None, lambda w: _synthetic(w, "--max-images", "-5"),
+     "--max-images"),
+    ("eval typographic binary --attack-words", _write("words.bin", BINARY),
+     lambda w: _synthetic(w, "--attack-words", str(w / "words.bin")), "--attack-words"),
+]
+
+
 class World(type(Path())):
     pass
 

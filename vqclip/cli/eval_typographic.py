@@ -37,8 +37,10 @@ def register(evals) -> None:
     g.add_argument("--synthetic-out", default=None, metavar="DIR",
                    help="where the synthetic set is written (default: in the cache; reused when the recipe matches)")
     g.add_argument("--seed", type=int, default=0, help="seed for the image subset, words and rendering (default 0)")
-    g.add_argument("--size", type=int, default=384, help="side of the square synthetic images (default 384)")
-    g.add_argument("--max-images", type=int, default=1000, help="source images to use, 0 = all (default 1000)")
+    g.add_argument("--size", type=int, default=384,
+                   help=f"side of the square synthetic images, {SYNTHETIC_SIZE[0]} to {SYNTHETIC_SIZE[1]} (default 384)")
+    g.add_argument("--max-images", type=int, default=1000,
+                   help=f"source images to use, 0 = all, at most {MAX_IMAGES:,} (default 1000)")
     g.add_argument("--attack-words", default=None, metavar="FILE_OR_LIST",
                    help="words to write (a file, one per line, or a comma-separated list); default: other class names")
     g.add_argument("--class-map", default=None, metavar="FILE", help="folder name -> class name map for --synthetic")
@@ -49,13 +51,19 @@ def register(evals) -> None:
     p.set_defaults(func=run)
 
 
+SYNTHETIC_SIZE = (8, 2048)  # --size 100000 ended in MemoryError (issue 28)
+MAX_IMAGES = 10_000_000
+
+
 def read_word_arg(text: str, arg: str) -> list[str]:
-    """A word file (one per line, `#` comments) or a comma-separated list."""
+    """A word file (one per line, `#` comments; read bounded: a regular UTF-8 text file) or a comma-separated list."""
     from ..errors import bad_arg
+    from ..untrusted import read_text
 
     path = Path(text).expanduser()
-    if path.is_file():
-        words = [l.split("#", 1)[0].split(",")[0].strip() for l in path.read_text(encoding="utf-8").splitlines()]
+    if path.exists() and not path.is_dir():  # a FIFO or a device is refused by read_text, not taken as words
+        lines = read_text(path, arg=arg, what="word file").splitlines()
+        words = [l.split("#", 1)[0].split(",")[0].strip() for l in lines]
     else:
         words = [w.strip() for w in text.split(",")]
     words = [w for w in words if w]
@@ -88,8 +96,12 @@ def run(args) -> int:
     else:
         from ..spelling.images import open_images
 
-        if args.size < 8:
+        from ..untrusted import check_count
+
+        if args.size < SYNTHETIC_SIZE[0]:
             raise bad_arg("--size", "must be at least 8 pixels", args.size, "Try 384.")
+        check_count(args.size, "--size", *SYNTHETIC_SIZE, "384")
+        check_count(args.max_images, "--max-images", 0, MAX_IMAGES, "1000 (0 = all)")
         source = open_images(args.synthetic, args.class_map, arg="--synthetic")
         words = read_word_arg(args.attack_words, "--attack-words") if args.attack_words else None
         where = Path(args.synthetic_out).expanduser() if args.synthetic_out else (

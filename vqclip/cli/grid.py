@@ -27,12 +27,18 @@ def register(sub) -> None:
                    help="comma list of column fields (default space); fields that still vary are appended")
     p.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
                    help="only images with this value, e.g. --where seed=0 (repeatable)")
-    p.add_argument("--thumb", type=int, default=160, metavar="PX", help="thumbnail size in pixels (default 160)")
-    p.add_argument("--font-size", type=int, default=14, metavar="PX", help="label font size (default 14)")
+    p.add_argument("--thumb", type=int, default=160, metavar="PX",
+                   help=f"thumbnail size in pixels, {THUMB[0]} to {THUMB[1]} (default 160)")
+    p.add_argument("--font-size", type=int, default=14, metavar="PX",
+                   help=f"label font size, {FONT_SIZE[0]} to {FONT_SIZE[1]} (default 14)")
     p.add_argument("--label-width", type=int, default=None, metavar="PX",
-                   help="width of the row-label column (default about 1.5 thumbnails)")
-    p.add_argument("--max-rows", type=int, default=16, metavar="N", help="rows per page (default 16)")
-    p.add_argument("--max-cols", type=int, default=12, metavar="N", help="columns per page (default 12)")
+                   help=f"width of the row-label column, {LABEL_WIDTH[0]} to {LABEL_WIDTH[1]} (default about 1.5 "
+                        "thumbnails)")
+    p.add_argument("--max-rows", type=int, default=16, metavar="N",
+                   help=f"rows per page, 1 to {PAGE_CELLS} (default 16)")
+    p.add_argument("--max-cols", type=int, default=12, metavar="N",
+                   help=f"columns per page, 1 to {PAGE_CELLS} (default 12); a page is at most "
+                        f"{PAGE_PIXELS // 1_000_000} M pixels")
     p.add_argument("--out", default=None, metavar="FILE.png",
                    help="grid file (default DIR/grid.png; pages become grid-001.png, grid-002.png, ...)")
     p.add_argument("--html", nargs="?", const="", default=None, metavar="FILE.html",
@@ -45,13 +51,43 @@ def register(sub) -> None:
     p.set_defaults(func=run_grid)
 
 
-def run_grid(args: argparse.Namespace) -> int:
+# Bounds on the page geometry (issue 28: --thumb 100000 or --label-width 10000000 ended in MemoryError, --font-size
+# 100000 in an OS error): every flag within its range, and a whole page (at its largest) within PAGE_PIXELS.
+THUMB = (16, 1024)
+FONT_SIZE = (6, 128)
+LABEL_WIDTH = (16, 4096)
+PAGE_CELLS = 256
+PAGE_PIXELS = 64_000_000  # 192 MB as RGB; the default page (160 px, 16 x 12) is ~6 M pixels
+
+
+def check_grid_flags(args: argparse.Namespace) -> None:
+    """Each size flag within its bounds, and the largest page they allow within PAGE_PIXELS, before any work."""
     from ..errors import bad_arg
-    from ..grid import GridStyle, make_grid, parse_where
+    from ..untrusted import check_count
 
     for name in ("max_rows", "max_cols"):
         if getattr(args, name) < 1:
             raise bad_arg(f"--{name.replace('_', '-')}", "must be at least 1", getattr(args, name), "Try 16.")
+        check_count(getattr(args, name), f"--{name.replace('_', '-')}", 1, PAGE_CELLS, "16")
+    check_count(args.thumb, "--thumb", *THUMB, "160")
+    check_count(args.font_size, "--font-size", *FONT_SIZE, "14")
+    if args.label_width is not None:
+        check_count(args.label_width, "--label-width", *LABEL_WIDTH, "240")
+    pad = 6
+    label_w = args.label_width or max(140, min(320, int(args.thumb * 1.5)))
+    width = 2 * pad + label_w + (args.thumb + pad) * args.max_cols
+    height = 10 * args.font_size + (args.thumb + pad) * args.max_rows + pad  # title and 3 header lines, roughly
+    if width * height > PAGE_PIXELS:
+        raise bad_arg("--thumb", f"a page of {args.max_rows} x {args.max_cols} thumbnails of {args.thumb} px would be "
+                      f"{width} x {height} pixels, more than the {PAGE_PIXELS // 1_000_000} M vqclip draws",
+                      args.thumb, "Lower --thumb, --max-rows or --max-cols.")
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    from ..grid import GridStyle, make_grid, parse_where
+    from ..errors import bad_arg
+
+    check_grid_flags(args)
     if args.no_png and args.html is None:
         raise bad_arg("--no-png", "leaves nothing to write without --html", True, "Add --html, or drop --no-png.")
     cols = [c for c in args.cols.split(",") if c.strip()]

@@ -342,3 +342,27 @@ def test_real_small_scale_run_of_everything_on_a_gpu(tmp_path, capsys):
     assert len(report["ocr"]["rows"]) == 18 and all(r["paper"] is not None for r in report["ocr"]["rows"])
     assert {"learn projection", "forget projection", "vqgan"} <= set(report["ocr"]["models"]["files"])
     assert report["typographic"]["dataset"]["evaluated"] >= 170
+
+
+def test_projection_forget_in_the_papers_torch_format_loads(tmp_path, tiny_clip, tiny_clip_id, capsys):
+    """Issue 28: a torch file holding only W (the paper's format) was refused with a hint to pass --space, which
+    reproduce does not have; the flag names the space."""
+    from vqclip.evaluate.typographic import paper_dataset_dir
+    from vqclip.spaces import projection_path, save_projection
+
+    q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
+    save_projection(projection_path("learn", tiny_clip.identity), q.T, "learn", tiny_clip.identity)
+    q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(1)))
+    torch.save({"W": q.T.contiguous()}, tmp_path / "forget.pt")  # d x D, no metadata
+    dest = paper_dataset_dir() / "photos"
+    dest.mkdir(parents=True)
+    for i in range(len(OBJECTS)):
+        Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(dest / f"{i}.png")
+    (dest / "annotation.json").write_text(json.dumps(
+        {f"{i}.png": {"true object": o, "typographic attack label": a} for i, (o, a) in enumerate(OBJECTS)}))
+    out = tmp_path / "r"
+    code = main(["reproduce", "typographic", "--clip", tiny_clip_id, "--device", "cpu", "--out", str(out), "-q",
+                 "--projection-forget", str(tmp_path / "forget.pt")])
+    assert code == 0, capsys.readouterr().err
+    typo = json.loads((out / "report.json").read_text())["sections"]["typographic"]
+    assert {r["space"] for r in typo["rows"]} == {"clip", "learn", "forget"}

@@ -265,11 +265,19 @@ def dataset_root(args, progress: bool) -> Path:
 
 
 def typographic_spaces(clip, args):
+    """clip, learn and forget: a --projection-SPACE file is loaded as that space (the flag says which, so the
+    paper's torch files holding only W load without a --space reproduce does not have); the others come from the
+    cache or the registry."""
     from ..evaluate.common import resolve_eval_spaces
+    from ..spaces import resolve_space
 
-    given = [f"{space}={path}" for space, path in projection_files(args).items() if path]
-    return resolve_eval_spaces(clip.identity, clip.embed_dim, ["clip", "learn", "forget"], given, args.cache_dir,
-                               clip_flags=clip.cli_flags())
+    given = {space: resolve_space(space, clip.identity, clip.embed_dim, path, args.cache_dir,
+                                  clip_flags=clip.cli_flags(), projection_arg=f"--projection-{space}")
+             for space, path in projection_files(args).items() if path}
+    spaces = resolve_eval_spaces(clip.identity, clip.embed_dim, [s for s in ("clip", "learn", "forget")
+                                                                 if s not in given], [], args.cache_dir,
+                                 clip_flags=clip.cli_flags())
+    return {**spaces, **given}
 
 
 def model_files(clip_args, spaces, vqgan_info=None) -> dict:

@@ -78,3 +78,21 @@ def _no_drive_downloads(request, monkeypatch):
         raise OSError(f"Failed to resolve 'drive.google.com' (network disabled in tests; {url})")
 
     monkeypatch.setattr(registry, "gdown_folder", offline)
+
+
+@pytest.fixture(autouse=True)
+def _network_probe(monkeypatch):
+    """The preflight's network probe never connects in tests: it answers "online" (downloads then go through the
+    fakes above, as before the preflight) unless a test replaces it; HF_HUB_OFFLINE set by a run is undone."""
+    import os
+
+    from vqclip import preflight
+
+    monkeypatch.setattr(preflight, "probe_network", lambda *a, **k: True)
+    monkeypatch.setattr(preflight, "_network", None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "0"))
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)

@@ -87,9 +87,32 @@ def add_cache_arg(p: argparse.ArgumentParser) -> None:
                    help="where weights, projections and features are kept (default $VQCLIP_CACHE or ~/.cache/vqclip)")
 
 
+def plan_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool = False):
+    """The files a command with these flags needs (see vqclip.preflight): CLIP weights, the VQGAN when `vqgan`,
+    a projection for each (space, file given, ...) in `spaces` without a file, the paper's photos."""
+    from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
+    from ..preflight import plan_assets
+
+    clip = getattr(args, "clip", None) or DEFAULT_CLIP
+    pretrained = args.pretrained if getattr(args, "pretrained", None) is not None else DEFAULT_PRETRAINED
+    return plan_assets(clip=clip, pretrained=pretrained, cache=getattr(args, "cache_dir", None),
+                       vqgan=getattr(args, "vqgan", None), vqgan_checkpoint=getattr(args, "vqgan_checkpoint", None),
+                       with_vqgan=vqgan, spaces=[(s[0], s[1]) for s in spaces],
+                       auto_train=bool(getattr(args, "auto_train", False)), paper_dataset=paper_dataset)
+
+
+def preflight_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool = False) -> None:
+    """Before any model loads: every missing file the command needs in one message when it cannot be fetched
+    (offline: in seconds, not after a minute of hub retries), and the hubs offline when nothing must be fetched."""
+    from ..preflight import preflight
+
+    preflight(plan_from_args(args, spaces, vqgan=vqgan, paper_dataset=paper_dataset))
+
+
 def load_clip_from_args(args):
     from ..models.clip import load_clip
 
+    preflight_from_args(args)
     return load_clip(args.clip, args.pretrained, device=args.device, precision=args.precision,
                      cache_dir=getattr(args, "cache_dir", None))
 

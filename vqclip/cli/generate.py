@@ -120,7 +120,9 @@ def load_models_from_args(args: argparse.Namespace, spaces=(), prog: str = "vqcl
     """Load CLIP, then the `spaces` [(space, projection file, flag)] (fetched or, with --auto-train, trained),
     then the VQGAN."""
     from ..generation import load_models
+    from .common import preflight_from_args
 
+    preflight_from_args(args, spaces, vqgan=True)  # every missing file in one message, before anything loads
     quiet = getattr(args, "quiet", False)
     models = load_models(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
                          args.device, args.precision, args.cache_dir, spaces=spaces, auto_train=args.auto_train,

@@ -65,6 +65,39 @@ def register(sub) -> None:
     add_quiet_arg(cv, "accepted by every command; convert shows no progress")
     cv.set_defaults(func=cmd_convert)
 
+    ck = command_parser(models, "check", examples=["vqclip models check", "vqclip models check --space forget",
+                                                    "vqclip models check --recipe paper --space learn"],
+                        help="what a generate command needs, present or missing, with where to put each (no run)",
+                        description="List every file `vqclip generate` with these flags needs (the CLIP weights, "
+                                    "the VQGAN's config and checkpoint, the learn / forget projection), whether it "
+                                    "is in the cache, and for each missing one where to get it and the exact path "
+                                    "to put it at - the list a command prints when it cannot download them. "
+                                    "Nothing is loaded or downloaded. Exits with status 1 when something is missing.")
+    ck.add_argument("--space", action="append", default=[], choices=("clip", "learn", "forget"),
+                    help="a space to generate in (repeatable; default clip)")
+    ck.add_argument("--recipe", default=None, choices=("nerdyrodent", "paper", "vqclip"),
+                    help="the recipe whose VQGAN is needed (default vqclip)")
+    ck.add_argument("--vqgan", default=None, metavar="NAME", help="a registered VQGAN instead of the recipe's")
+    ck.add_argument("--paper-dataset", action="store_true", help="also the paper's typographic-attack photos "
+                    "(`vqclip reproduce typographic`)")
+    from .common import add_clip_args
+
+    add_clip_args(ck)
+    add_cache_arg(ck)
+    add_quiet_arg(ck, "accepted by every command; check shows no progress")
+    ck.set_defaults(func=cmd_check)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from ..generation.recipes import recipe_vqgan
+    from ..preflight import format_table, plan_assets
+
+    needs = plan_assets(clip=args.clip, pretrained=args.pretrained, cache=args.cache_dir,
+                        vqgan=recipe_vqgan(args.recipe or "vqclip", args.vqgan, None),
+                        spaces=[(s, None) for s in args.space], paper_dataset=args.paper_dataset)
+    print(format_table(needs))
+    return 1 if any(not n.present for n in needs) else 0
+
 
 def _table(rows: list[dict]) -> str:
     headers = ("NAME", "KIND", "F", "CODES", "SIZE", "HASH", "CACHE")

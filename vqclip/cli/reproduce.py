@@ -336,13 +336,13 @@ def check_common(args) -> None:
 
 
 def run_typographic_command(args) -> int:
-    from ..reproduce.report import write_report
-    from .common import load_clip_from_args
-
     from ..evaluate.typographic import check_template
+    from ..reproduce.report import write_report
+    from .common import load_clip_from_args, preflight_from_args
 
     check_common(args)
     check_template(args.template)
+    preflight_from_args(args, paper_dataset=not args.dataset)
     start = time.perf_counter()
     root = dataset_root(args, not args.quiet)
     fetched = time.perf_counter() - start
@@ -572,12 +572,14 @@ def _run_ocr(args, typographic: bool) -> int:
 
         check_template(args.template)
     timing = {}
-    start = time.perf_counter()
-    root = dataset_root(args, not args.quiet) if typographic else None
-    timing["fetch"] = round(time.perf_counter() - start, 2)
     plan = OcrPlan(args)
     info = print if args.dry_run else (lambda text: None) if args.quiet else say  # -q hides info lines
     info(f"plan: {plan.describe()}")
+    if not _preflight(args, plan, typographic):
+        return 0  # a dry run offline: the plan and what is missing, printed
+    start = time.perf_counter()
+    root = dataset_root(args, not args.quiet) if typographic else None
+    timing["fetch"] = round(time.perf_counter() - start, 2)
     reader = _ocr_reader(args)
     start = time.perf_counter()
     models = load_generation_models(args, plan)  # also when nothing is left: the report hashes its files
@@ -620,6 +622,23 @@ def _run_ocr(args, typographic: bool) -> int:
     if code == 130:
         say("interrupted; finished images are kept. Run the same command again to resume.")
     return code
+
+
+def _preflight(args, plan: OcrPlan, typographic: bool) -> bool:
+    """Every file the run needs (CLIP, VQGAN, the projections, the paper's photos), before any download: one
+    message for all that are missing when they cannot be fetched. A --dry-run without network prints them and
+    returns False (the time estimate needs the models) instead of failing."""
+    from ..preflight import format_table, network_available, preflight
+    from .common import plan_from_args
+
+    needs = plan_from_args(args, [(s, plan.projections.get(s)) for s in plan.spaces], vqgan=True,
+                           paper_dataset=typographic and not args.dataset)
+    if args.dry_run and any(not n.present for n in needs) and not network_available():
+        print("no network: the time estimate needs the models, and these are missing:")
+        print(format_table([n for n in needs if not n.present]))
+        return False
+    preflight(needs)
+    return True
 
 
 def run_ocr_command(args) -> int:

@@ -108,7 +108,9 @@ def explicit_clip_identity(args) -> str | None:
 
 def load_clip_args(args):
     from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, load_clip
+    from .common import preflight_from_args
 
+    preflight_from_args(args)
     return load_clip(args.clip or DEFAULT_CLIP, args.pretrained if args.pretrained is not None else DEFAULT_PRETRAINED,
                      device=args.device, precision=args.precision, cache_dir=args.cache_dir)
 

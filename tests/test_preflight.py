@@ -133,3 +133,21 @@ def test_reproduce_all_dry_run_offline_prints_the_plan_and_everything_missing(fr
                  "vqgan_imagenet_f16_1024", "typographic-attack photos"):
         assert what in printed, what
     assert not out.exists() and not (fresh / "cache").exists()
+
+
+def test_a_failed_fetch_leaves_no_lock_file_or_empty_folder(fresh):
+    """Issue 25 item 5: an offline first fetch used to leave projections/ViT-B-32_openai/.lock behind."""
+    from vqclip.errors import VqclipError
+    from vqclip.models import registry
+
+    with pytest.raises(VqclipError):
+        registry.ensure_projection("ViT-B-32/openai:forget", fresh / "cache")  # conftest: Drive unreachable
+    assert not (fresh / "cache").exists()
+    folder = fresh / "cache" / "vqgan" / "x"
+    with pytest.raises(KeyboardInterrupt):
+        with registry._locked(folder):
+            raise KeyboardInterrupt
+    assert not (fresh / "cache").exists()
+    with registry._locked(folder):  # a success keeps its folder (and the lock, shared with parallel ranks)
+        (folder / "done").write_text("x")
+    assert (folder / "done").is_file()

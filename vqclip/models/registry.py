@@ -326,19 +326,36 @@ def download_file(remote: RemoteFile, dest: str | os.PathLike, progress: bool = 
 
 @contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` so parallel ranks download and convert a model once."""
+    """Hold an exclusive lock on `folder` so parallel ranks download and convert a model once.
+
+    A run that fails (offline, interrupted) leaves no trace: the lock file, and the folders this call created,
+    are removed when nothing else was written there."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     writable_dir(folder)
+    lock = folder / ".lock"
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; atomic renames still keep files whole
         yield
         return
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    failed = True
+    try:
+        with open(lock, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+                failed = False
+            finally:
+                if failed and not any(p.name != ".lock" for p in folder.iterdir()):
+                    lock.unlink(missing_ok=True)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        if failed:
+            for p in created:  # innermost first; stops at the first that is not empty
+                try:
+                    p.rmdir()
+                except OSError:
+                    break
 
 
 def missing_file_error(asset: VQGANAsset, remote: RemoteFile, dest: Path, arg: str = "--vqgan") -> VqclipError:
@@ -583,7 +600,10 @@ def gdown_folder(url: str, output: Path, progress: bool) -> None:
 
         raise MissingExtraError("gdown is not installed (a vqclip dependency, used to fetch the paper's "
                                 "projections): pip install gdown") from e
-    files = gdown.download_folder(url=url, output=str(output), quiet=not progress, use_cookies=False)
+    import logging
+
+    verbose = progress and logging.getLogger().isEnabledFor(logging.INFO)  # gdown's listing chatter only with -v
+    files = gdown.download_folder(url=url, output=str(output), quiet=not verbose, use_cookies=False)
     if not files:  # older gdown versions return None instead of raising
         raise OSError("gdown downloaded nothing (the folder is empty, private, moved or over its download quota)")
 

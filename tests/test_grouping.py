@@ -261,10 +261,10 @@ def test_generate_many_returns_prompts_x_seeds_x_spaces_in_order(tiny_clip, tiny
 
 def test_auto_group_size_fills_free_gpu_memory_and_is_one_on_the_cpu(monkeypatch):
     from vqclip.batch.runner import AUTO_GROUP_MAX, auto_group_size
-    from vqclip.cli.common import estimate_run_bytes
+    from vqclip.generation.memory import estimate_run_memory
 
     assert auto_group_size(torch.device("cpu"), (256, 256), 32) == 1
-    per_job = 4 * sum(estimate_run_bytes((256, 256), 32))
+    per_job = estimate_run_memory((256, 256), 32).total
     free = {"bytes": 10 * per_job}
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (free["bytes"], 2 * free["bytes"]))
     cuda = torch.device("cuda")

@@ -214,7 +214,7 @@ def auto_group_size(device, size, cutn: int) -> int:
     faster there: README, Speed)."""
     import torch
 
-    from ..cli.common import estimate_run_bytes
+    from ..generation.memory import estimate_run_memory
 
     if getattr(device, "type", str(device)) != "cuda":
         return 1
@@ -222,8 +222,7 @@ def auto_group_size(device, size, cutn: int) -> int:
         free, _ = torch.cuda.mem_get_info(device)
     except Exception:  # noqa: BLE001 - a driver that cannot tell: no grouping
         return 1
-    image_bytes, cutout_bytes = estimate_run_bytes(size, cutn)
-    per_job = 4 * (image_bytes + cutout_bytes)  # the estimate is a lower bound; autograd keeps more
+    per_job = estimate_run_memory(size, cutn).total  # decoder, its attention, image and cutouts (default VQGAN)
     return max(1, min(AUTO_GROUP_MAX, int(0.7 * free) // max(per_job, 1)))
 
 

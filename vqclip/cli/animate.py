@@ -90,7 +90,7 @@ def run_animate(args: argparse.Namespace) -> int:
     check_seed_range(settings.seed, args.frames)
     out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
     check_animation_dir(out, args.overwrite)
-    check_memory([(settings.size, settings.cutn, "")], args.device)
+    check_memory([(settings.size, settings.cutn, "")], args.device, args)
     with sigterm_as_interrupt():
         return _animate(args, settings, motion, prompt, out)
 

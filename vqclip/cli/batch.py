@@ -195,7 +195,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     sizes = [(base.size, base.cutn, "")] + [
         (item.overrides.get("size", base.size), item.overrides.get("cutn", base.cutn), f" (item {item.id!r})")
         for item in items if "size" in item.overrides or "cutn" in item.overrides]
-    check_memory(sizes, args.device)
+    check_memory(sizes, args.device, args)
     with sigterm_as_interrupt():
         return _run(args, out, record, action, spec, base, items, spaces, projections, shard, jobs, mine, done,
                     group_size)

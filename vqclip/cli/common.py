@@ -137,68 +137,22 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-# A lower bound of what one generation step holds, in bytes: the largest VQGAN decoder feature maps at full
-# resolution (>= 64 channels, input and output of a convolution and a normalisation kept for backward, fp32),
-# the image with its gradient and copies, and the cutouts (>= 224 px for CLIP, with augmented copies and gradients).
-DECODER_BYTES_PER_PIXEL = 64 * 3 * 4
-IMAGE_BYTES_PER_PIXEL = 3 * 4 * 4
-CUTOUT_BYTES = 3 * 224 * 224 * 4 * 3
-
-
 def estimate_run_bytes(size: Sequence[int], cutn: int) -> tuple[int, int]:
-    """(bytes for the image, bytes for the cutouts): a lower bound of the memory one generation needs."""
-    w, h = (int(v) for v in size)
-    return max(w, 0) * max(h, 0) * (DECODER_BYTES_PER_PIXEL + IMAGE_BYTES_PER_PIXEL), max(cutn, 0) * CUTOUT_BYTES
+    """(bytes for the image, decoder and attention; bytes for the cutouts) with the default VQGAN's layout; see
+    vqclip.generation.memory, where the estimate lives."""
+    from ..generation.memory import estimate_run_memory
+
+    est = estimate_run_memory(size, cutn)
+    return est.total - est.cutouts, est.cutouts
 
 
-def free_memory_bytes(device: str) -> tuple[int | None, str]:
-    """(free bytes, device name) of `device` (auto, cpu, cuda, cuda:N, mps); None when it cannot be told."""
-    import torch
+def check_memory(sizes_cutns: Iterable[tuple[Sequence[int], int, str]], device: str, args=None) -> None:
+    """vqclip.generation.memory.check_memory for the VQGAN the command's flags name (--vqgan-config, --vqgan),
+    before any model is loaded."""
+    from ..generation.memory import check_memory as check, vqgan_ddconfig
 
-    from ..devices import resolve_device
-
-    dev = resolve_device(device)
-    if dev.type == "cuda":
-        try:
-            free, _ = torch.cuda.mem_get_info(dev)
-        except Exception:  # noqa: BLE001 - a driver that cannot tell is no reason to refuse
-            return None, str(dev)
-        return int(free), f"{dev} ({torch.cuda.get_device_name(dev)})"
-    try:  # cpu and mps share the machine's memory
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024, "cpu memory"
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"), "cpu memory"
-    except (ValueError, OSError, AttributeError):
-        return None, str(dev)
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.0f} MiB"
-
-
-def check_memory(sizes_cutns: Iterable[tuple[Sequence[int], int, str]], device: str) -> None:
-    """Refuse, before any model is loaded, a --size or --cutn whose lower-bound memory need exceeds what `device`
-    has free (instead of an allocator traceback minutes later). `sizes_cutns`: (size, cutn, where) per setting."""
-    worst = max(((sum(estimate_run_bytes(s, c)), s, c, where) for s, c, where in sizes_cutns),
-                key=lambda t: t[0], default=None)
-    if worst is None:
-        return
-    need, size, cutn, where = worst
-    free, name = free_memory_bytes(device)
-    if free is None or need <= free:
-        return
-    image, cutouts = estimate_run_bytes(size, cutn)
-    arg = "--cutn" if cutouts > image else "--size"
-    value = cutn if arg == "--cutn" else f"{size[0]} {size[1]}"
-    raise bad_arg(f"{arg}{where}", f"a run of {size[0]}x{size[1]} pixels with {cutn} cutouts needs at least "
-                  f"{_gib(need)} of memory (image {_gib(image)}, cutouts {_gib(cutouts)}), and {name} has "
-                  f"{_gib(free)} free", value, "Lower --size or --cutn (e.g. --size 480 480 --cutn 32), or use a "
-                  "device with more memory (--device).")
+    ddconfig = vqgan_ddconfig(getattr(args, "vqgan", None), getattr(args, "vqgan_config", None)) if args else None
+    check(sizes_cutns, device, ddconfig)
 
 
 @contextlib.contextmanager

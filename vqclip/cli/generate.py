@@ -279,7 +279,7 @@ def run_generate(args: argparse.Namespace) -> int:
     settings.resolved(1)  # every check that does not need the VQGAN, before loading it
     out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
     check_run_dir(out, args.overwrite)  # also: can files be written there, before any work
-    check_memory([(settings.size, settings.cutn, "")], args.device)
+    check_memory([(settings.size, settings.cutn, "")], args.device, args)
     with sigterm_as_interrupt():
         return _generate(args, settings, prompt, out)
 

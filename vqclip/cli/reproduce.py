@@ -425,7 +425,7 @@ def load_generation_models(args, plan: OcrPlan):
     from .batch import shard_device
     from .generate import load_models_from_args
 
-    check_memory([(plan.base.size, plan.base.cutn, "")], args.device)
+    check_memory([(plan.base.size, plan.base.cutn, "")], args.device, args)
     shard_device(args, plan.shard)
     try:
         return load_models_from_args(args, [(s, plan.projections.get(s), f"--projection-{s}") for s in plan.spaces],

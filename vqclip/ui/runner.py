@@ -242,7 +242,7 @@ class Job:
                         lane.state = "not started" if lane.step == 0 else "failed"
 
     def _run(self) -> None:
-        from ..cli.common import check_memory
+        from ..generation.memory import check_memory
         from ..outputs import build_record, check_run_dir, default_run_dir, prepare_run_dir, write_run
 
         size, cutn = self.checked.settings.size, self.checked.settings.cutn

@@ -69,7 +69,7 @@ def test_a_stated_clip_must_agree_with_a_file_that_says_its_own(tmp_path):
 
 
 def test_a_square_reference_w_is_refused_unless_its_orientation_is_stated(tmp_path):
-    W = torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+    W = torch.linalg.qr(torch.randn(16, 16, generator=torch.Generator().manual_seed(1)))[0]  # orthonormal
     path = tmp_path / "learn.pt"
     torch.save({"W": W}, path)
     with pytest.raises(VqclipError, match="square") as e:

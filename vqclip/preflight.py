@@ -239,8 +239,8 @@ def preflight(needs: Sequence[Need], *, download: bool = True, say: Callable[[st
         go_offline()
         raise MissingAssets(missing, offline=download)
     stuck = [n for n in missing if not n.fetchable]
-    if stuck and len(missing) > 1:  # one message for all; a lone one gets its loader's own, more precise message
-        raise MissingAssets(missing, offline=False)
+    if stuck and len(stuck) < len(missing):  # do not download the others only to fail on these: one message
+        raise MissingAssets(missing, offline=False)  # (none to download: the loaders' own, more precise messages)
     if say is not None:
         say("downloading on first use: " + "; ".join(f"{n.kind} {n.name}" for n in missing))
 

@@ -256,8 +256,9 @@ def _orient(W: torch.Tensor, embed_dim: int | None, path: str, arg: str = "--pro
         raise bad_arg(arg, "W is square, so its shape cannot tell whether its rows (d×D, F.linear) or its columns "
                       "(D×d, x @ W) are the projection's directions", f"{path}: shape {tuple(W.shape)}",
                       f"State it: {arg} {path}@dxD or {arg} {path}@Dxd.")
-    if embed_dim is None:
-        return W, "as stored (not checked: the CLIP embedding size is not known yet)"
+    if embed_dim is None:  # checked again once CLIP is known; a projection keeps fewer directions than D
+        return (W, "as stored (d×D by its shape)") if W.shape[0] < W.shape[1] else \
+            (W.T, "D×d (by its shape), transposed to d×D")
     if W.shape[1] == embed_dim:
         return W, "d×D (told by the shape)"
     if W.shape[0] == embed_dim:
@@ -317,6 +318,21 @@ def check_projection_matrix(W: torch.Tensor, path: str, arg: str = "--projection
 SINGULAR_RANGE = (1e-3, 1e3)
 
 
+# One rule for every projection file, however it comes in (--projection, the published folder, models convert):
+# rows orthonormal within ‖WWᵀ − I‖_F / √d ≤ MAX_ORTHO_ERROR, unless `vqclip train` wrote it (it records γ).
+MAX_ORTHO_ERROR = 0.25
+
+
+def check_orthonormal(W: torch.Tensor, path: str, arg: str = "--projection",
+                      fix: str = "Use the authors' file as published, or train one with `vqclip train`.") -> None:
+    d = W.shape[0]
+    error = float(torch.linalg.matrix_norm(W.double() @ W.double().T - torch.eye(d, dtype=torch.float64)))
+    if error / math.sqrt(d) > MAX_ORTHO_ERROR:
+        raise bad_arg(arg, f"W's rows are far from orthonormal: ‖WWᵀ − I‖_F / √d = {error / math.sqrt(d):.3g}, at "
+                      f"most {MAX_ORTHO_ERROR} is accepted (the paper's projections are orthogonal; a scaled or "
+                      "unrelated matrix is not one)", path, fix)
+
+
 def check_projection_dtype(W: torch.Tensor, path: str, arg: str = "--projection",
                            fix: str = "Re-train the projection with `vqclip train`.") -> None:
     """Refuse a W that is not real floating point (bool, integer, complex): converting it would silently make
@@ -372,8 +388,10 @@ def load_projection(path: str | os.PathLike | ProjectionArg, space: str | None =
         how = None
     else:
         W, how = _orient(W, embed_dim, str(path), arg, given.orientation)
-    W = W.float()
+    W = W.detach().float()  # an nn.Parameter saved as W loads as plain data, without torch's requires_grad warning
     check_projection_matrix(W, str(path), arg)
+    if "training" not in meta:  # vqclip train records its own orthogonality penalty; any other file must be one
+        check_orthonormal(W, str(path), arg)
     if given.clip_model:
         if meta.get("clip_model") and meta["clip_model"] != given.clip_model:
             raise bad_arg(arg, f"the file says it was trained for CLIP {meta['clip_model']!r}, not the stated one",
@@ -388,10 +406,16 @@ def load_projection(path: str | os.PathLike | ProjectionArg, space: str | None =
     if space and file_space and space != file_space:
         raise bad_arg("--space", f"the projection file is a {file_space!r} projection", space,
                       f"Use --space {file_space}, or pass a {space} projection.")
-    name = file_space or space
+    from .models.projection_import import space_from_name
+
+    named = space_from_name(path.name) if not file_space else None  # --space wins over a name (only a guess)
+    name = file_space or space or named
     if name not in ("learn", "forget"):
-        raise bad_arg("--space", "a projection file without metadata needs --space learn or --space forget",
-                      space, "Add --space learn or --space forget.")
+        raise bad_arg("--space", "the file does not say whether it is a learn or a forget projection (no "
+                      "metadata, and its name holds neither 'learn' nor 'forget')", space,
+                      "Add --space learn or --space forget.")
+    if not file_space and not space:
+        meta["space_from"] = "file name"
     meta["path"] = str(path)
     return Space(name, W, meta)
 
@@ -457,9 +481,7 @@ def resolve_space(space: str | None, clip_identity: str, embed_dim: int,
         raise bad_arg("--space", "unknown embedding space", space, choices_hint(SPACES))
     if space == "clip":
         if projection is not None:
-            raise bad_arg("--space", "the clip space is CLIP's own embedding and takes no projection file",
-                          f"clip with {projection_arg} {projection}",
-                          f"Leave --space out to use the file's own space, or drop {projection_arg}.")
+            raise clip_with_file_error(projection, projection_arg)
         return identity_space()
     if projection is not None:
         sp = load_projection(projection, space, embed_dim, projection_arg)
@@ -475,6 +497,23 @@ def resolve_space(space: str | None, clip_identity: str, embed_dim: int,
                                 f"it is fetched again (a registered one) or you re-train it, or pass your own "
                                 f"with {projection_arg} FILE") from None
     return sp
+
+
+def clip_with_file_error(projection, projection_arg: str = "--projection") -> VqclipError:
+    """`--space clip --projection FILE`: the advice names what works for this file (its own space, if it says)."""
+    from .models.projection_import import space_from_name
+    from .models.registry import _read_metadata
+
+    path = parse_projection_arg(projection, projection_arg).path
+    own = _read_metadata(path).get("space") if path.suffix == ".safetensors" else None
+    own = own or space_from_name(path.name)
+    if own in ("learn", "forget"):
+        fix = f"Leave --space out (the file is a {own} projection), or drop {projection_arg} for CLIP's own space."
+    else:
+        fix = (f"Use --space learn or --space forget with the file, or drop {projection_arg} for CLIP's own "
+               "space.")
+    return bad_arg("--space", "the clip space is CLIP's own embedding and takes no projection file",
+                   f"clip with {projection_arg} {projection}", fix)
 
 
 def cached_file_error(error: VqclipError, path: str | os.PathLike, what: str, again: str) -> VqclipError:

@@ -106,7 +106,31 @@ def preflight_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: 
     (offline: in seconds, not after a minute of hub retries), and the hubs offline when nothing must be fetched."""
     from ..preflight import preflight
 
+    check_projection_files(args, spaces)
     preflight(plan_from_args(args, spaces, vqgan=vqgan, paper_dataset=paper_dataset))
+
+
+def check_projection_files(args, spaces) -> None:
+    """The projection files given on the command line, checked before any model loads with the rules the loader
+    applies (shape against the CLIP's D when its config tells it, finite, orthonormal, the space it is)."""
+    from ..spaces import clip_with_file_error, load_projection
+
+    given = [(space, file, flag) for space, file, flag in spaces if file]
+    if not given:
+        return
+    embed_dim = None
+    clip = getattr(args, "clip", None) or DEFAULT_CLIP
+    if not clip.startswith(("hf-hub:", "local-dir:")):
+        try:
+            import open_clip
+
+            embed_dim = (open_clip.get_model_config(clip.replace("/", "-")) or {}).get("embed_dim")
+        except Exception:  # noqa: BLE001 - an unknown name is refused by the loader with close matches
+            embed_dim = None
+    for space, file, flag in given:
+        if space == "clip":
+            raise clip_with_file_error(file, flag)
+        load_projection(file, space, embed_dim, flag)
 
 
 def load_clip_from_args(args):

@@ -165,6 +165,28 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_projection_file(checkpoint: str) -> None:
+    """A learn / forget matrix passed as a VQGAN checkpoint is answered as the projection it is."""
+    from ..errors import bad_arg
+    from ..models.projection_import import MAX_FILE_BYTES, read_matrix_file, space_from_name
+
+    path = Path(checkpoint).expanduser()
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_FILE_BYTES:
+            return  # a VQGAN checkpoint is far larger than any projection
+    except OSError:
+        return
+    W, _, _ = read_matrix_file(path)
+    if W is None or W.ndim != 2:
+        return
+    space = space_from_name(path.name)
+    kind = f"a {space} projection" if space else "a projection matrix"
+    raise bad_arg("--checkpoint", f"this is {kind} ({'×'.join(map(str, W.shape))}), not a VQGAN checkpoint",
+                  str(path), f"Use it with `vqclip generate --projection {path}` (add --space learn|forget if its "
+                  "name does not say), or put the paper's files in the published folder `vqclip models check "
+                  "--space forget` names, where vqclip checks and converts them.")
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from ..cache import slug
     from ..errors import bad_arg
@@ -172,6 +194,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..models.registry import VQGAN_ASSETS, asset_dir, converted_path, get_asset
     from ..models.vqgan import convert_checkpoint
 
+    _refuse_projection_file(args.checkpoint)
     config = args.config
     if config is None and args.name in VQGAN_ASSETS:
         asset = get_asset(args.name)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 
 MAX_FILE_BYTES = 64 << 20  # a d×D float matrix for any open_clip model is far below this
-MAX_ORTHO_ERROR = 0.25  # ‖WWᵀ − I‖_F / √d above this is not the paper's orthogonal projection
+from ..spaces import MAX_ORTHO_ERROR  # noqa: E402 - one tolerance for every route a projection comes in by
 FORGET_WORDS = ("forget", "nospell", "no_spell", "no-spell", "unspell")
 MATRIX_KEYS = ("W", "projection", "weight", "proj.weight", "W.weight")
 
@@ -81,6 +81,7 @@ def read_matrix_file(path: Path) -> tuple[torch.Tensor | None, str | None, str |
         kind = "refused: holds more than tensors" if "weights_only" in str(e) else "not a readable torch file"
         return None, None, kind
     W, key = _matrix_in(obj)
+    W = W.detach() if W is not None else None  # an nn.Parameter: plain data, no requires_grad warning
     if W is None:
         return None, None, "no single matrix in it"
     if W.ndim != 2:

@@ -540,6 +540,8 @@ def projection_status(asset: ProjectionAsset, cache: str | os.PathLike | None = 
         meta = _read_metadata(path)
         if meta.get("source_url") in asset.folders:
             return "converted"
+        if meta.get("expected_source_url") in asset.folders:
+            return "converted (copied by hand)"
         return "another file is there (trained or copied in; used instead)"
     if _published_files(published_dir(asset, cache)):
         return "downloaded (not converted)"
@@ -683,6 +685,27 @@ def _unidentified_error(asset: ProjectionAsset, folder: Path, found: list, arg: 
                    f"{folder} to download {asset.folders[0]} again.")
 
 
+def _named_file_error(asset: ProjectionAsset, folder: Path, found: list, arg: str) -> VqclipError | None:
+    """A file whose name says it is `asset`'s space but that cannot be it: its shape or content is the problem."""
+    from .projection_import import space_from_name
+
+    named = [f for f in found if space_from_name(f.name) == asset.space]
+    if len(named) != 1:
+        return None
+    f = named[0]
+    if f.problem:
+        rule = f"it cannot be read as a matrix ({f.problem})"
+    elif f.shape is not None and asset.embed_dim not in f.shape:
+        rule = (f"its shape {'×'.join(map(str, f.shape))} is wrong: one side must be CLIP {asset.clip_model}'s "
+                f"embedding size {asset.embed_dim} (the paper's {asset.space} projection is "
+                f"{asset.dim}×{asset.embed_dim})")
+    else:
+        return None
+    return bad_arg(arg, f"the published {asset.space} projection {f.name}: {rule}", str(f.path),
+                   f"Replace it with the file from {asset.folders[0]} (or delete {folder} to download it again), "
+                   f"or train one: `vqclip train --space {asset.space}`.")
+
+
 def convert_published(asset: ProjectionAsset, cache: str | os.PathLike | None = None,
                       arg: str = "--space") -> Path:
     """Identify the files in `published/`, check them and convert every registered space they hold that is not in
@@ -698,19 +721,22 @@ def convert_published(asset: ProjectionAsset, cache: str | os.PathLike | None = 
         pick = chosen.get(other.space)
         if out.is_file() or pick is None:
             continue
-        provenance = {"source": PAPER, "source_url": folder_url(other, cache), "registered_name": other.name,
-                      "identified_by": pick.how}
+        downloaded = (folder / ".source").is_file()  # written by fetch_published; files put there by hand have none
+        provenance = {"source": PAPER, "registered_name": other.name, "identified_by": pick.how,
+                      **({"source_url": folder_url(other, cache)} if downloaded else
+                         {"obtained": "copied by hand into the published folder",
+                          "expected_source_url": other.folders[0]})}
         try:
             convert_file(pick.file, other.space, other.clip_model, other.embed_dim, out, provenance)
         except ValueError as e:
             if other is not asset:
                 continue  # reported when that space is asked for
             raise bad_arg(arg, f"the published {asset.space} projection fails a check: {e}", str(pick.file.path),
-                          f"If you trust it anyway, pass it with --projection {pick.file.path}; or delete {folder} "
-                          f"to download {asset.folders[0]} again.") from None
+                          f"Replace it with a good copy of the file from {asset.folders[0]} (or delete {folder} to "
+                          f"download it again), or train one: `vqclip train --space {asset.space}`.") from None
     out = projection_file(asset, cache)
     if not out.is_file():
-        raise _unidentified_error(asset, folder, found, arg)
+        raise _named_file_error(asset, folder, found, arg) or _unidentified_error(asset, folder, found, arg)
     return out
 
 

@@ -284,6 +284,9 @@ def run_generate(args: argparse.Namespace) -> int:
         return _generate(args, settings, prompt, out)
 
 
+FEW_STEPS = 10  # below this a learn/forget run is warned that the spaces may not differ yet
+
+
 def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int:
     from tqdm import tqdm
 
@@ -296,8 +299,14 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
     settings, notices = settings.resolved(models.vqgan.factor)
     created = not out.exists()
     prepare_run_dir(out, args.overwrite)
+    if space.name != "clip" and settings.steps < FEW_STEPS:
+        notices = [*notices, f"with {settings.steps} steps the quantized codes have barely moved: clip, learn and "
+                   "forget can give pixel-identical images; use 100 or more steps to compare spaces"]
     for notice in notices:
         print(f"vqclip generate: note: {notice}", file=sys.stderr)
+    if args.seed is None and not args.quiet:
+        print(f"vqclip generate: seed {settings.seed} (drawn; --seed {settings.seed} repeats this run)",
+              file=sys.stderr)
 
     bar = tqdm(total=settings.steps, desc=space.name, unit="step", disable=args.quiet, dynamic_ncols=True)
     # Losses are read back from a GPU every few steps only; frames need their exact steps.
@@ -315,6 +324,8 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
 
     try:
         result = run(settings, models.clip, models.vqgan, space, on_step, report_every=report_every)
+        bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)  # the bar ends on the loss the run reports
+        bar.update(bar.total - bar.n if result.status == "finished" else 0)
     except BaseException:
         if created:
             discard_empty_run_dir(out)  # a run that failed before writing anything leaves no empty folder

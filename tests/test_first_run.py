@@ -1,0 +1,27 @@
+"""Issue 25 item 8: what a first `vqclip generate` tells: the seed it drew, that a few steps cannot tell the
+spaces apart."""
+
+import json
+import re
+
+import torch
+
+from vqclip.cli import main
+
+
+def test_generate_prints_the_drawn_seed_and_warns_that_few_steps_do_not_tell_spaces_apart(
+        tiny_model_flags, tiny_clip, tmp_path, capsys):
+    from vqclip.spaces import save_projection
+
+    D = tiny_clip.embed_dim
+    q, _ = torch.linalg.qr(torch.randn(D, 4, generator=torch.Generator().manual_seed(0)))
+    proj = save_projection(tmp_path / "f.safetensors", q.T, "forget", tiny_clip.identity)
+    out = tmp_path / "r"
+    rc = main(["generate", "apple", "--steps", "3", "--projection", str(proj), "--out", str(out), "--size", "32",
+               "32"] + [f for f in tiny_model_flags if f != "--quiet"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    drawn = re.search(r"seed (\d+) \(drawn; --seed \1 repeats this run\)", err)
+    assert drawn, err
+    assert int(drawn.group(1)) == json.loads((out / "run.json").read_text())["settings"]["seed"]
+    assert "pixel-identical" in err

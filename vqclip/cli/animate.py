@@ -115,7 +115,7 @@ def _animate(args: argparse.Namespace, settings, motion, prompt: str, out: Path)
             bar = tqdm(total=total, initial=before, unit="step", disable=args.quiet, dynamic_ncols=True)
         if frame != seen["frame"]:
             seen.update(frame=frame, step=0)
-            bar.set_description(f"{space.name} frame {frame}/{args.frames - 1}", refresh=False)
+            bar.set_description(f"{space.name} frame {frame + 1}/{args.frames}", refresh=False)  # 1-based: 6 of 6
         bar.update(info.step - seen["step"])
         seen["step"] = info.step
         if info.step % 10 == 0 or info.step == info.steps:

@@ -450,15 +450,15 @@ def test_grid_keeps_a_users_files_beside_its_output(batch_folder, tmp_path, caps
     mine = {name: f"user {name}".encode() for name in ("grid.png", "grid-001.png", "grid-002.png", "index.html")}
     for name, data in mine.items():
         (pics / name).write_bytes(data)
-    rc = main(["grid", str(batch_folder), "--out", str(pics / "grid.png"), "--html", str(pics / "index.html")])
+    rc = main(["grid", str(batch_folder), "--out-file", str(pics / "grid.png"), "--html", str(pics / "index.html")])
     err = capsys.readouterr().err
     assert rc == 2 and "--overwrite" in err and "Traceback" not in err
     assert snapshot(pics) == mine
-    rc = main(["grid", str(batch_folder), "--out", str(pics / "grid.png"), "--max-rows", "1"])  # 3 pages
+    rc = main(["grid", str(batch_folder), "--out-file", str(pics / "grid.png"), "--max-rows", "1"])  # 3 pages
     assert rc == 2 and snapshot(pics) == mine
     # with --overwrite the named pages are replaced; a user's file the grid does not need is still never removed
     (pics / "grid-009.png").write_bytes(b"user page 9")
-    assert main(["grid", str(batch_folder), "--out", str(pics / "grid.png"), "--overwrite"]) == 0
+    assert main(["grid", str(batch_folder), "--out-file", str(pics / "grid.png"), "--overwrite"]) == 0
     assert (pics / "grid-001.png").read_bytes() == mine["grid-001.png"]
     assert (pics / "grid-009.png").read_bytes() == b"user page 9"
     assert (pics / "grid.png").read_bytes() != mine["grid.png"]
@@ -466,12 +466,12 @@ def test_grid_keeps_a_users_files_beside_its_output(batch_folder, tmp_path, caps
 
 def test_a_grid_replaces_its_own_pages_and_removes_only_those(batch_folder, tmp_path):
     out = tmp_path / "g" / "grid.png"
-    assert main(["grid", str(batch_folder), "--out", str(out), "--max-rows", "1", "--html",
+    assert main(["grid", str(batch_folder), "--out-file", str(out), "--max-rows", "1", "--html",
                  str(tmp_path / "g" / "index.html")]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["grid-001.png", "grid-002.png", "grid-003.png",
                                                             "index.html"]
     (out.parent / "grid-other.png").write_bytes(b"mine")
-    assert main(["grid", str(batch_folder), "--out", str(out), "--html", str(tmp_path / "g" / "index.html")]) == 0
+    assert main(["grid", str(batch_folder), "--out-file", str(out), "--html", str(tmp_path / "g" / "index.html")]) == 0
     assert sorted(p.name for p in out.parent.iterdir()) == ["grid-other.png", "grid.png", "index.html"]
 
 
@@ -543,20 +543,20 @@ def _user_files(root: Path, batch_folder: Path) -> None:
 HOSTILE = [  # (name, argv with {user}, {batch}, {ro} and {model} placeholders, exit codes, words in the error)
     ("overwrite a folder that is not a run", "generate apple --out {user}/holiday --overwrite {model}", {2},
      "replaces only a vqclip run"),
-    ("grid over a user's pages", "grid {batch} --out {user}/pics/grid.png", {2}, "--overwrite"),
-    ("grid pages over a user's pages", "grid {batch} --out {user}/pics/grid.png --max-rows 1", {2}, "--overwrite"),
+    ("grid over a user's pages", "grid {batch} --out-file {user}/pics/grid.png", {2}, "--overwrite"),
+    ("grid pages over a user's pages", "grid {batch} --out-file {user}/pics/grid.png --max-rows 1", {2}, "--overwrite"),
     ("gallery over a user's page", "grid {batch} --no-png --html {user}/pics/grid.png.html", {0}, None),
-    ("huge image", "generate apple --out {user}/r1 {model} --size 100000 100000", {2}, "needs at least"),
-    ("huge cutn", "generate apple --out {user}/r2 {model} --cutn 100000000", {2}, "needs at least"),
-    ("huge batch image", "batch {user}/p.txt --out {user}/b1 {model} --size 100000 100000", {2}, "needs at least"),
+    ("huge image", "generate apple --out {user}/r1 {model} --size 100000 100000", {2}, "needs about"),
+    ("huge cutn", "generate apple --out {user}/r2 {model} --cutn 100000000", {2}, "needs about"),
+    ("huge batch image", "batch {user}/p.txt --out {user}/b1 {model} --size 100000 100000", {2}, "needs about"),
     ("read-only generate", "generate apple --out {ro}/r {model}", {74}, "cannot write"),
     ("read-only batch", "batch {user}/p.txt --out {ro}/b {model}", {74}, "cannot write"),
-    ("read-only grid", "grid {batch} --out {ro}/grid.png", {74}, "cannot write"),
+    ("read-only grid", "grid {batch} --out-file {ro}/grid.png", {74}, "cannot write"),
     ("read-only gallery", "grid {batch} --no-png --html {ro}/index.html", {74}, "cannot write"),
     ("read-only score", "score {batch} --out {ro}/score", {74}, "cannot write"),
-    ("read-only train", "train --space learn --images {user} --out {ro}/p.safetensors", {74}, "cannot write"),
-    ("manifest image outside the folder", "grid {batch} --out {batch}/g.png", {0}, None),
-    ("wrong-typed batch.json and manifest lines", "grid {broken} --out {broken}/g.png", {0}, None),
+    ("read-only train", "train --space learn --images {user} --out-file {ro}/p.safetensors", {74}, "cannot write"),
+    ("manifest image outside the folder", "grid {batch} --out-file {batch}/g.png", {0}, None),
+    ("wrong-typed batch.json and manifest lines", "grid {broken} --out-file {broken}/g.png", {0}, None),
     ("resume a batch whose batch.json is wrong-typed", "batch {user}/p.txt --out {broken} {model}", {2},
      "is not a vqclip.batch/1 record"),
 ]

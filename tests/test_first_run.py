@@ -25,3 +25,18 @@ def test_generate_prints_the_drawn_seed_and_warns_that_few_steps_do_not_tell_spa
     assert drawn, err
     assert int(drawn.group(1)) == json.loads((out / "run.json").read_text())["settings"]["seed"]
     assert "pixel-identical" in err
+
+
+def test_out_is_a_folder_everywhere_and_the_file_commands_take_out_file(tmp_path, capsys):
+    """Issue 25 item 8: `--out` where grid and train write one file is refused in one line naming --out-file."""
+    for argv in (["grid", str(tmp_path), "--out", str(tmp_path / "cmp.png")],
+                 ["train", "--space", "learn", "--out", str(tmp_path / "p.safetensors")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--out-file " + str(argv[-1]) in err, err
+        assert not any(tmp_path.iterdir())
+    from vqclip.cli import build_parser
+
+    for name in ("grid", "train"):
+        text = build_parser()._subparsers._group_actions[0].choices[name].format_help()
+        assert "--out-file" in text and "--out " not in text.replace("--out-file", "")

@@ -107,7 +107,7 @@ def _cached_zero_projection(world):
 
 
 BINARY = bytes(range(256)) * 4
-TRAIN = ["train", "--space", "learn", "--epochs", "1", "--no-progress", "--out", "{out}/p.safetensors"]
+TRAIN = ["train", "--space", "learn", "--epochs", "1", "--no-progress", "--out-file", "{out}/p.safetensors"]
 
 # (name, setup, argv with {w} = the world folder, text the error must contain)
 CASES = [
@@ -352,10 +352,10 @@ def _reproduce(w):
 
 
 READERS = [  # (entry point, the hostile file, an image beside it, argv, expected text)
-    ("grid run.json", "g/run.json", "image.png", lambda w: ["grid", str(w / "g"), "--out", "{out}/g.png"],
+    ("grid run.json", "g/run.json", "image.png", lambda w: ["grid", str(w / "g"), "--out-file", "{out}/g.png"],
      "run.json"),
     ("grid manifest.jsonl", "g/manifest.jsonl", "image.png",
-     lambda w: ["grid", str(w / "g"), "--out", "{out}/g.png"], "manifest.jsonl"),
+     lambda w: ["grid", str(w / "g"), "--out-file", "{out}/g.png"], "manifest.jsonl"),
     ("score run.json", "s/run.json", "image.png", lambda w: ["score", str(w / "s"), "--out", "{out}/s", "-q"],
      "run.json"),
     ("batch resume batch.json", "b/batch.json", None,
@@ -395,7 +395,7 @@ def _grid_of_one(w):
     Image.new("RGB", (16, 16), (0, 200, 0)).save(folder / "image.png")
     (folder / "run.json").write_text(json.dumps({"vqclip_version": "0", "settings": {"prompts": ["a"]},
                                                  "image": "image.png", "status": "finished"}))
-    return ["grid", str(folder), "--out", "{out}/g.png"]
+    return ["grid", str(folder), "--out-file", "{out}/g.png"]
 
 
 def _synthetic(w, *extra):

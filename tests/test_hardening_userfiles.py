@@ -126,7 +126,7 @@ def test_case03_temp_cleanup_keeps_a_running_grids_temporary(model_args, tmp_pat
             cleaned.append(done.stdout.strip() or done.stderr)
 
     monkeypatch.setattr(png, "atomic_path", slow_write)
-    rc = main(["grid", str(out), "--out", str(out / "grid.png")])
+    rc = main(["grid", str(out), "--out-file", str(out / "grid.png")])
     clean_exit(rc, capsys.readouterr().err, {0})
     assert cleaned == ["0"] and (out / "grid.png").is_file()
 
@@ -290,15 +290,15 @@ def _train_args(class_images, clip_id):
 def test_case11_train_json_never_replaces_a_users_file(class_images, tmp_path, tiny_clip_id, capsys):
     mine = tmp_path / "notes.json"
     mine.write_text('{"my": "notes"}\n')
-    rc = main(_train_args(class_images, tiny_clip_id) + ["--json", str(mine), "--out",
+    rc = main(_train_args(class_images, tiny_clip_id) + ["--json", str(mine), "--out-file",
                                                          str(tmp_path / "p.safetensors")])
     clean_exit(rc, capsys.readouterr().err, {2})
     assert mine.read_text() == '{"my": "notes"}\n' and not (tmp_path / "p.safetensors").exists()
     # its own summary is replaced by the next run
     own = tmp_path / "train.json"
     args = _train_args(class_images, tiny_clip_id) + ["--json", str(own)]
-    assert main(args + ["--out", str(tmp_path / "p1.safetensors")]) == 0
-    assert main(args + ["--out", str(tmp_path / "p2.safetensors")]) == 0
+    assert main(args + ["--out-file", str(tmp_path / "p1.safetensors")]) == 0
+    assert main(args + ["--out-file", str(tmp_path / "p2.safetensors")]) == 0
     assert json.loads(own.read_text())["projection"] == str(tmp_path / "p2.safetensors")
 
 
@@ -387,7 +387,7 @@ def test_train_out_on_a_full_disk_is_one_line_exit_74(class_images, tmp_path, ti
         return real(tensors, filename, metadata=metadata)
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_here)
-    rc = main(_train_args(class_images, tiny_clip_id) + ["--out", str(out / "p.safetensors")])
+    rc = main(_train_args(class_images, tiny_clip_id) + ["--out-file", str(out / "p.safetensors")])
     err = capsys.readouterr().err
     clean_exit(rc, err, {74})
     assert "the disk is full" in err and list(out.iterdir()) == []
@@ -480,13 +480,13 @@ PLANTED = [  # (name, argv with {out}, {model}, {imgs}, {batch}, {ds}, {vq}, {tr
     ("animate --overwrite", "animate apple --frames 2 --steps-per-frame 1 --out {out} --overwrite {model}", {2}),
     ("batch", "batch {prompts} --out {out} {model}", {2}),
     ("batch --overwrite", "batch {prompts} --out {out} --overwrite {model}", {2}),
-    ("grid", "grid {batch} --out {out}/grid.png --html {out}/index.html", {0}),
+    ("grid", "grid {batch} --out-file {out}/grid.png --html {out}/index.html", {0}),
     ("score", "score {imgs} --out {out} -q", {0}),
     ("eval typographic", "eval typographic --dataset {ds} --out {out} --spaces clip --no-progress {clip}", {0}),
     ("eval typographic --synthetic-out", "eval typographic --synthetic {src} --synthetic-out {out} --size 32 "
      "--spaces clip --out {out}/report --no-progress {clip}", {0}),
     ("models convert", "models convert {vq} --output {out}/x.safetensors", {0}),
-    ("train --json", "{train} --json {out}/t.json --out {out}/p.safetensors", {0}),
+    ("train --json", "{train} --json {out}/t.json --out-file {out}/p.safetensors", {0}),
 ]
 
 

@@ -89,7 +89,7 @@ def test_train_then_eval_then_generator_lookup(tmp_path, images, tiny_clip_id, c
     # training straight from a feature folder, without naming the CLIP
     target = tmp_path / "from_features.safetensors"
     assert main(["train", "--space", "learn", "--features", summary["features"], "--epochs", "1",
-                 "--batch-size", "4", "--out", str(target), "-q"]) == 0
+                 "--batch-size", "4", "--out-file", str(target), "-q"]) == 0
     assert target.is_file()
 
 

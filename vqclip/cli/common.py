@@ -58,6 +58,21 @@ def add_quiet_arg(p, help: str = "no progress bars or progress messages") -> Non
     p.add_argument("--no-progress", dest="quiet", action="store_true", help=argparse.SUPPRESS)
 
 
+def add_out_file_arg(p, metavar: str, help: str) -> None:
+    """--out-file FILE (dest `out`), for the commands whose output is one file (grid, train): `--out` is a folder
+    in every command, so here the old spelling is kept only to be refused with a hint (`check_out_file`)."""
+    p.add_argument("--out-file", dest="out", default=None, metavar=metavar, help=help)
+    # Defined (hidden) so that argparse does not take --out as an abbreviation of --out-file.
+    p.add_argument("--out", dest="out_as_file", default=None, help=argparse.SUPPRESS)
+
+
+def check_out_file(args, command: str) -> None:
+    """Refuse `--out` where the output is a file: one line that names --out-file (exit 2)."""
+    if getattr(args, "out_as_file", None) is not None:
+        raise bad_arg("--out", f"is a folder in vqclip; {command} writes one file, given with --out-file",
+                      args.out_as_file, f"Use --out-file {args.out_as_file}.")
+
+
 def add_clip_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("CLIP model")
     g.add_argument("--clip", default=DEFAULT_CLIP, metavar="NAME",

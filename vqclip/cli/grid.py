@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 
 
-from .common import add_quiet_arg, command_parser
+from .common import add_out_file_arg, add_quiet_arg, check_out_file, command_parser
 
 
 def register(sub) -> None:
     p = command_parser(
         sub, "grid", help="comparison grid (PNG) and HTML gallery of a batch folder or a folder of runs",
-        examples=["vqclip grid outputs/batch --html", "vqclip grid outputs --where seed=0 --cols space --out cmp.png"],
+        examples=["vqclip grid outputs/batch --html",
+                  "vqclip grid outputs --where seed=0 --cols space --out-file cmp.png"],
         description="Draw a labelled grid of the images of a `vqclip batch` folder (or of `vqclip generate` runs "
                     "below a folder): rows are prompts, columns are spaces by default; any other field that varies "
                     "(e.g. the seed) is added to the columns. Missing or failed images are drawn as empty cells with "
@@ -39,8 +40,8 @@ def register(sub) -> None:
     p.add_argument("--max-cols", type=int, default=12, metavar="N",
                    help=f"columns per page, 1 to {PAGE_CELLS} (default 12); a page is at most "
                         f"{PAGE_PIXELS // 1_000_000} M pixels")
-    p.add_argument("--out", default=None, metavar="FILE.png",
-                   help="grid file (default DIR/grid.png; pages become grid-001.png, grid-002.png, ...)")
+    add_out_file_arg(p, "FILE.png", "grid file (default DIR/grid.png; pages become grid-001.png, grid-002.png, "
+                                    "...)")
     p.add_argument("--html", nargs="?", const="", default=None, metavar="FILE.html",
                    help="also write a static HTML gallery (default DIR/index.html)")
     p.add_argument("--no-png", action="store_true", help="only the HTML gallery (with --html)")
@@ -87,6 +88,7 @@ def run_grid(args: argparse.Namespace) -> int:
     from ..grid import GridStyle, make_grid, parse_where
     from ..errors import bad_arg
 
+    check_out_file(args, "grid")
     check_grid_flags(args)
     if args.no_png and args.html is None:
         raise bad_arg("--no-png", "leaves nothing to write without --html", True, "Add --html, or drop --no-png.")

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from ..errors import bad_arg
-from .common import add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, command_parser
+from .common import (add_cache_arg, add_clip_args, add_device_args, add_out_file_arg, add_quiet_arg, check_out_file,
+                     command_parser)
 
 
 # What the columns of the epoch log mean (printed above it, and in --help and docs/spelling.md).
@@ -179,7 +180,7 @@ def register(sub) -> None:
                     "move W (too few steps for the learning rate) is warned about before it starts. The "
                     + EPOCH_LOG_HEADER + ".",
         examples=["vqclip train --space forget --images /data/imagenet/train   # features cached, then trained",
-                  "vqclip train --space learn --images photos/ --epochs 60 --out learn.safetensors",
+                  "vqclip train --space learn --images photos/ --epochs 60 --out-file learn.safetensors",
                   "vqclip train --space forget --clip ViT-L-14 --pretrained openai  # no --images: ImageNetV2"],
     )
     p.add_argument("--space", required=True, choices=tuple(PRESETS),
@@ -205,9 +206,8 @@ def register(sub) -> None:
                    help="do not count in-batch items of the same class (L2, L6) or word (L4, L5) as negatives")
     t.add_argument("--extract-only", action="store_true", help="build and cache the features, then stop")
     o = p.add_argument_group("output")
-    o.add_argument("--out", metavar="FILE.safetensors",
-                   help="where to write the projection (default: <cache>/projections/<clip>/<space>.safetensors, "
-                        "where vqclip generate looks)")
+    add_out_file_arg(o, "FILE.safetensors", "where to write the projection (default: <cache>/projections/<clip>/"
+                                            "<space>.safetensors, where vqclip generate looks)")
     o.add_argument("--overwrite", action="store_true",
                    help="replace an existing projection file (and a --json file vqclip did not write)")
     o.add_argument("--json", metavar="FILE", help="also write the run summary and metrics as JSON")
@@ -223,10 +223,10 @@ def _target(args, identity: str) -> Path:
 
     target = Path(args.out) if args.out else projection_path(args.space, identity, args.cache_dir)
     if target.exists() and not args.overwrite and not args.extract_only:
-        raise bad_arg("--out", "a projection already exists there", str(target),
-                      "Pass --overwrite to replace it, or --out another file.")
+        raise bad_arg("--out-file", "a projection already exists there", str(target),
+                      "Pass --overwrite to replace it, or --out-file another file.")
     if not args.extract_only:
-        check_writable(target.parent, "--out" if args.out else "--cache-dir")  # before features and training
+        check_writable(target.parent, "--out-file" if args.out else "--cache-dir")  # before features and training
     return target
 
 
@@ -238,6 +238,7 @@ def run(args) -> int:
     from ..spelling.train import (TrainConfig, too_few_steps_warning, train_projection, train_test_metrics,
                                   write_projection)
 
+    check_out_file(args, "train")
     if args.weights:
         parse_weights(args.weights)  # unknown terms fail before any work
     if args.dim is not None and args.dim < 1:
@@ -252,7 +253,7 @@ def run(args) -> int:
         check_replaceable([args.json], args.overwrite, "--json")  # a user's file of that name is never replaced
         check_writable(Path(args.json).parent, "--json")
     if args.out and not args.extract_only:
-        check_writable(Path(args.out).parent, "--out")  # before any image is read
+        check_writable(Path(args.out).parent, "--out-file")  # before any image is read
 
     def check(clip):
         resolve_preset(args.space, args.dim, args.weights, args.gamma, clip.embed_dim)
@@ -285,7 +286,7 @@ def run(args) -> int:
     test = train_test_metrics(features, result.W, test_split, device)
     recipe = {**features.metadata.get("recipe", {}), "features": str(folder),
               "clip_precision": features.metadata.get("clip_precision")}
-    with disk_errors("--out" if args.out else "--cache-dir", "no projection file was written (no partial file is "
+    with disk_errors("--out-file" if args.out else "--cache-dir", "no projection file was written (no partial file is "
                      "left)"):
         path = write_projection(result, identity, target, recipe=recipe, split_sizes=sizes,
                                 metrics={"test": test} if test else None, overwrite=True)

@@ -42,7 +42,7 @@ def make_grid(folder: str | os.PathLike, out: str | os.PathLike | None = None, r
         raise bad_arg("--thumb/--font-size", "too small to read", f"{style.thumb}/{style.font_size}",
                       "Use --thumb 64 or more and --font-size 10 or more.")
     if png:
-        check_writable((Path(out) if out else Path(folder) / "grid.png").parent, "--out")
+        check_writable((Path(out) if out else Path(folder) / "grid.png").parent, "--out-file")
     if html_path is not None:
         check_writable(Path(html_path).parent, "--html")
     found = collect(folder)

@@ -281,8 +281,9 @@ def _check_replaceable(out: Path, paths: Sequence[Path], overwrite: bool) -> Non
         return
     for path in paths:
         if (path.exists() or path.is_symlink()) and grid_page_owner(path) != out.name:
-            raise bad_arg("--out", "a file that is not a page of this grid is in the way (grids replace only the "
-                          "pages they wrote)", str(path), "Choose another --out, or pass --overwrite to replace it.")
+            raise bad_arg("--out-file", "a file that is not a page of this grid is in the way (grids replace only the "
+                          "pages they wrote)", str(path),
+                          "Choose another --out-file, or pass --overwrite to replace it.")
 
 
 def _remove_stale_pages(out: Path, keep: Sequence[Path]) -> list[Path]:
@@ -307,7 +308,7 @@ def write_grid(found: Collection, arr: Arrangement, out: str | os.PathLike, styl
 
     out = Path(out)
     if out.suffix.lower() != ".png":
-        raise bad_arg("--out", "the grid is written as PNG", str(out), "Give a path ending in .png.")
+        raise bad_arg("--out-file", "the grid is written as PNG", str(out), "Give a path ending in .png.")
     pages = paginate(arr, style)
     paths = page_paths(out, len(pages))
     _check_replaceable(out, paths, overwrite)

@@ -273,7 +273,7 @@ def write_projection(result: TrainResult, clip_identity: str, path: str | os.Pat
 
     target = Path(path) if path else projection_path(result.space, clip_identity, cache)
     if target.exists() and not overwrite:
-        raise bad_arg("--out", "the projection file exists", str(target), "Pass --overwrite to replace it.")
+        raise bad_arg("--out-file", "the projection file exists", str(target), "Pass --overwrite to replace it.")
     extra = projection_metadata(result, recipe, split_sizes, metrics)
     return save_projection(target, result.W, result.space, clip_identity, extra)
 

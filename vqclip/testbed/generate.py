@@ -282,8 +282,8 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     by_template = {t: table_rows(images, (t,)) for t in config.templates}
     grid = gen / "grid.png"
     with _quiet(not progress):
-        main(["grid", str(gen / "batch"), "--rows", "prompt", "--cols", "space,seed", "--out", str(grid), "--thumb",
-              "96", "--overwrite"])
+        main(["grid", str(gen / "batch"), "--rows", "prompt", "--cols", "space,seed", "--out-file", str(grid),
+              "--thumb", "96", "--overwrite"])
     result = {"config": config.to_dict(), "rows": rows, "by_template": by_template, "images": images,
               "grid": str(grid) if grid.is_file() else None,
               "seconds": {"generate": round(gen_seconds, 1), "score": round(time.perf_counter() - t, 1)}}

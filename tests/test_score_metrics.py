@@ -109,10 +109,12 @@ def test_markdown_table_has_spaces_as_columns_and_paper_reference():
             _record("forget", "nonsense", None, False)]
     table = markdown_table(summarise(recs), (0.0, 0.25))
     header = table.splitlines()[0]
-    assert header.index("learn") < header.index("clip") < header.index("forget")
+    assert header.index("clip") < header.index("learn") < header.index("forget")  # as in grid and ui (issue 25)
+    assert "paper (CLIP / learn / forget)" in header
     row = next(l for l in table.splitlines() if "conf > 0.0 | all" in l)
-    assert "100.0 [" in row and "(1/1)" in row and "53.3 / 33.0 / 3.3" in row
-    assert math.isclose(float(row.split("|")[3].split()[0]), 100.0)
+    assert "100.0 [" in row and "(1/1)" in row and "33.0 / 53.3 / 3.3" in row
+    learn_col = [c.strip() for c in header.split("|")].index("learn")
+    assert math.isclose(float(row.split("|")[learn_col].split()[0]), 100.0)
 
 
 def test_collect_single_runs_and_describe_their_prompt(tmp_path):
@@ -136,3 +138,19 @@ def test_collect_single_runs_and_describe_their_prompt(tmp_path):
     (tmp_path / "run2" / "run.json").write_text(_json.dumps({"prompt": "x", "image": "gone.png"}))
     items, skipped = collect_images([tmp_path / "run2"])
     assert not items and "missing" in skipped[0]["reason"]
+
+
+def test_chart_bars_follow_the_table_columns_clip_learn_forget(tmp_path, monkeypatch):
+    """Issue 25: score's chart, like its table, puts the spaces in grid and ui's order clip | learn | forget."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    from vqclip.evaluate.textscore import bar_chart
+
+    labels = []
+    real_bar = Axes.bar
+    monkeypatch.setattr(Axes, "bar", lambda self, *a, **k: labels.append(k.get("label")) or real_bar(self, *a, **k))
+    recs = [_record("forget", "real", None, False), _record("learn", "real", 0.9, True),
+            _record("clip", "real", None, False)]
+    bar_chart(summarise(recs, ["space", "word_type"], (0.0,)), tmp_path / "chart.png", (0.0,))
+    assert labels[:3] == ["clip", "learn", "forget"] and (tmp_path / "chart.png").stat().st_size > 1000

@@ -112,7 +112,7 @@ def _make_batch(root, images):
     (root / "manifest.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
 
 
-def test_score_cli_end_to_end_on_a_batch_folder(tmp_path, monkeypatch, easyocr_reader):
+def test_score_cli_end_to_end_on_a_batch_folder(tmp_path, monkeypatch, easyocr_reader, capsys):
     from vqclip.cli import main
 
     blank = Image.new("RGB", (256, 128), "white")
@@ -123,6 +123,7 @@ def test_score_cli_end_to_end_on_a_batch_folder(tmp_path, monkeypatch, easyocr_r
     (batch / "0002_forget_zorbl" / "image.png").write_bytes(b"")  # a broken output is skipped and counted
     monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader", lambda device="auto": easyocr_reader)
     assert main(["score", str(batch), "-q", "--group-by", "settings.steps"]) == 0
+    printed = capsys.readouterr().out
     out = batch / "score"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_scored"] == 2 and summary["n_skipped"] == 2 and summary["n_cached"] == 0
@@ -138,7 +139,9 @@ def test_score_cli_end_to_end_on_a_batch_folder(tmp_path, monkeypatch, easyocr_r
     learn = next(r for r in records if r.get("space") == "learn")
     assert learn["legibility"]["exact"] and learn["detections"][0]["text"].lower() == "apple"
     table = (out / "table.md").read_text()
-    assert "| learn | clip |" in table and "53.3 / 33.0 / 3.3" in table
+    # columns clip | learn | forget as in grid and ui (issue 25), in table.md and in the printed table
+    assert "| clip | learn | paper (CLIP / learn / forget) |" in table and "33.0 / 53.3 / 3.3" in table
+    assert table in printed
     assert (out / "chart.png").stat().st_size > 1000
     # re-scoring is served from the cache: the OCR engine is not touched
     monkeypatch.setattr("vqclip.evaluate.ocr.EasyOcrReader", lambda device="auto": _NoRead(easyocr_reader.key))

@@ -15,7 +15,7 @@ DEFAULT_THRESHOLDS = (0.0, 0.25)  # the paper's OCR confidence cut-offs
 DEFAULT_MAX_DISTANCE = 0.3  # one wrong letter in 4-6 letters, two in 7-8; 3-letter words must be exact
 ALL = "all"
 UNKNOWN = "unknown"
-SPACE_ORDER = ("learn", "clip", "forget")  # the paper's column order
+SPACE_ORDER = ("clip", "learn", "forget")  # the column order of grid, ui and score (the paper's figure: learn first)
 WORD_TYPE_ORDER = (ALL, "nonsense", "real")
 
 # docs/method.md §6: share of images with any detected text (%), read from the paper's figure (±0.5).
@@ -259,7 +259,7 @@ def markdown_table(groups: Sequence[Mapping[str, Any]], thresholds: Sequence[flo
                   key=lambda r: [_order_key(f, v) for f, v in zip(row_fields, r)])
     cell = {(tuple(g["key"][f] for f in row_fields), g["key"][col_field]): g["metrics"] for g in groups}
     show_ref = reference and row_fields[:1] == ["word_type"]
-    header = ["measure", *row_fields, *columns] + (["paper (learn / CLIP / forget)"] if show_ref else [])
+    header = ["measure", *row_fields, *columns] + (["paper (CLIP / learn / forget)"] if show_ref else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for metric in metric_names(thresholds):
         for row in rows:
@@ -277,7 +277,7 @@ def _reference_cell(metric: str, word_type: str) -> str:
     if not metric.startswith("any_text>"):
         return ""
     ref = PAPER_ANY_TEXT.get((float(metric.split(">")[1]), word_type))
-    return "" if ref is None else f"{ref['learn']} / {ref['clip']} / {ref['forget']}"
+    return "" if ref is None else f"{ref['clip']} / {ref['learn']} / {ref['forget']}"
 
 
 SPACE_COLOURS = {"learn": "#3b6fb6", "clip": "#8c8c8c", "forget": "#c8453c"}  # the paper: blue written, red visual

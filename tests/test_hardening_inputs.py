@@ -308,7 +308,7 @@ CASES += [
                       "--projection", str(w / "W.safetensors")), expect)
       for name, make, expect in (("W x 1e-30", lambda W: W * 1e-30, "singular values"),
                                  ("W x 1e30", lambda W: W * 1e30, "singular values"),
-                                 ("20000 x 32", lambda W: torch.randn(20000, 32), "more rows"),
+                                 ("20000 x 32", lambda W: torch.randn(20000, 32), "orthonormal"),
                                  ("bool", lambda W: W > 0, "floating-point"),
                                  ("int", lambda W: (W * 100).to(torch.int32), "floating-point"),
                                  ("complex", lambda W: W.to(torch.complex64), "floating-point"))],

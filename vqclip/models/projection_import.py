@@ -57,8 +57,8 @@ def _matrix_in(obj: Any) -> tuple[torch.Tensor | None, str | None]:
         for key in MATRIX_KEYS:
             if isinstance(obj.get(key), torch.Tensor):
                 return obj[key], key
-        tensors = [(k, v) for k, v in obj.items() if isinstance(v, torch.Tensor) and v.ndim == 2]
-        if len(tensors) == 1:
+        tensors = [(k, v) for k, v in obj.items() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1 and tensors[0][1].ndim == 2:  # a model's state dict holds more than one tensor
             return tensors[0][1], str(tensors[0][0])
     return None, None
 

@@ -218,3 +218,44 @@ def test_grid_cli_says_what_it_placed_unless_quiet(batch, capsys):
     assert "2 rows x 6 columns (space, seed): 12 ok" in captured.err
     assert main(["grid", str(out), "--thumb", "32", "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_title_wraps_only_between_settings():
+    """Issue 25: the PNG title wrapped inside "lr 0.1"; it breaks only at its separators (" · ", ", ", " | ")."""
+    from PIL import ImageFont
+
+    from vqclip.grid.png import wrap_parts
+
+    font = ImageFont.load_default(size=17)
+    title = "batch: 2 prompts  |  rows: prompt · columns: space, seed  |  steps 300 · size 32x32 · lr 0.1 · cutn 32"
+    settings = ["steps 300", "size 32x32", "lr 0.1", "cutn 32"]
+    for width in range(60, 800, 7):
+        lines = wrap_parts(title, font, width, 20)
+        assert all(font.getlength(l) <= width for l in lines if " " in l), (width, lines)
+        for setting in settings:  # a setting that fits on a line is on one line: "lr" and "0.1" never apart
+            assert font.getlength(setting) > width or any(setting in l for l in lines), (width, setting, lines)
+        assert not any(l.endswith(("·", ",", "|")) for l in lines)
+    assert wrap_parts(title, font, 10_000, 2) == [title]
+
+
+def test_png_rows_show_whole_labels_and_each_cell_its_loss(tmp_path):
+    """Issue 25: a row label was cut to the thumbnail's height ("scene ·…") and the PNG had no loss per cell,
+    while the HTML has one; labels now wrap over lines (the row grows) and a loss is written under each image."""
+    prompt = "a scene · with the word apple written on a sign in the morning light"
+    spec, base = make_batch(tmp_path, prompt_text=f"#: word_type: real\n{prompt}\npear\n", spaces=("clip", "forget"),
+                            seeds=(0,))
+    out = tmp_path / "batch"
+    run_fake(spec, base, out)
+    found, arr, st, pages = pages_of(out, thumb=32)
+    page = pages[0]
+    lines = page.row_label_lines[0]
+    assert len(lines) > 1 and " ".join(lines) == prompt and not any("…" in l for l in lines)
+    label_box, cell_box = page.row_label_boxes[0], page.cell_boxes[(0, 0)]
+    assert label_box[3] - label_box[1] > 32  # the row grew to hold the label
+    assert set(page.loss_boxes) == set(page.cell_boxes)  # every image has its loss
+    written = make_grid(out, style=GridStyle(thumb=32))
+    image = Image.open(written["pages"][0])
+    for (i, j), box in page.loss_boxes.items():
+        assert box[1] >= page.cell_boxes[(i, j)][3]  # under the image, not over it
+        assert image.crop(box).convert("L").getextrema()[0] < 160  # text drawn
+    assert image.getpixel(center(cell_box)) == job_color(prompt, "clip", 0)

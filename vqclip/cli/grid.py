@@ -77,7 +77,10 @@ def check_grid_flags(args: argparse.Namespace) -> None:
     pad = 6
     label_w = args.label_width or max(140, min(320, int(args.thumb * 1.5)))
     width = 2 * pad + label_w + (args.thumb + pad) * args.max_cols
-    height = 10 * args.font_size + (args.thumb + pad) * args.max_rows + pad  # title and 3 header lines, roughly
+    # the title (up to 8 lines) and 3 header lines, roughly; a row is its thumbnail and loss line, or up to 8 lines of
+    # label (vqclip.grid.png.ROW_LINES, about 1.5 x the font size each)
+    row = max(args.thumb + 2 * args.font_size, 12 * args.font_size)
+    height = 20 * args.font_size + (row + pad) * args.max_rows + pad
     if width * height > PAGE_PIXELS:
         raise bad_arg("--thumb", f"a page of {args.max_rows} x {args.max_cols} thumbnails of {args.thumb} px would be "
                       f"{width} x {height} pixels, more than the {PAGE_PIXELS // 1_000_000} M vqclip draws",

@@ -48,6 +48,10 @@ class Page:
     col_label_boxes: list[tuple[int, int, int, int]] = field(default_factory=list)
     row_labels: list[str] = field(default_factory=list)
     col_labels: list[str] = field(default_factory=list)
+    title_lines: list[str] = field(default_factory=list)  # the title wrapped only between settings
+    row_label_lines: list[list[str]] = field(default_factory=list)  # each row's label, wrapped, never cut short
+    row_note_lines: list[list[str]] = field(default_factory=list)  # each row's note (word type, prompt id)
+    loss_boxes: dict[tuple[int, int], tuple[int, int, int, int]] = field(default_factory=dict)  # under each image
     font_file: str | None = None  # None: Pillow's own font; else a font that covers the labels' scripts
 
 
@@ -158,6 +162,59 @@ def wrap_text(text: str, font, width: int, max_lines: int) -> list[str]:
     return lines
 
 
+# Where a title or label may wrap: between settings ("steps 300 · lr 0.1"), between list items and parts of the
+# title, never inside one setting (a line ending "lr" above one starting "0.1" reads as two settings).
+SEPARATORS = ("  |  ", " · ", ", ")
+
+
+def split_parts(text: str) -> list[str]:
+    """`text` cut after each separator: the pieces a line may end with, separators kept (joined they give `text`)."""
+    parts, start, i = [], 0, 0
+    while i < len(text):
+        sep = next((s for s in SEPARATORS if text.startswith(s, i)), None)
+        if sep is None:
+            i += 1
+            continue
+        parts.append(text[start:i + len(sep)])
+        start = i = i + len(sep)
+    if start < len(text):
+        parts.append(text[start:])
+    return parts or [""]
+
+
+def wrap_parts(text: str, font, width: int, max_lines: int) -> list[str]:
+    """Wrap `text` only between its parts (see `split_parts`): a part is never split unless it is wider than a line
+    by itself, and then it is word-wrapped as `wrap_text` does. Lines carry no trailing separator."""
+    lines: list[str] = []
+    line = ""
+    for part in split_parts(str(text)):
+        candidate = line + part
+        if font.getlength(candidate.rstrip(" ·,|")) <= width or not line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = part
+        if font.getlength(line.rstrip(" ·,|")) > width:  # one part wider than a line: words, then letters
+            pieces = wrap_text(line.strip(), font, width, 1000)
+            lines += pieces[:-1]
+            line = pieces[-1] + (line[len(line.rstrip()):] if line.rstrip() != line else "")
+    lines.append(line)
+    lines = [l.strip().rstrip(" ·,|").rstrip() for l in lines]
+    lines = [l for l in lines if l] or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        last = lines[-1]
+        while last and font.getlength(last + " …") > width:
+            last = last[:-1]
+        lines[-1] = last + " …"
+    return lines
+
+
+# A row grows to show its whole label and note (issue 25: labels were cut to the thumbnail's height), up to this many
+# lines; cli/grid.py bounds a page's pixels with it.
+ROW_LINES = 8
+
+
 def _line_height(font) -> int:
     top, bottom = font.getbbox("Ågy")[1::2]
     return int((bottom - top) * 1.25) + 1
@@ -170,27 +227,50 @@ def layout_page(page: Page, arr: Arrangement, style: GridStyle, title: str) -> P
     page.row_labels = [arr.row_label(r) for r in page.rows]
     page.font_file = pick_font_file([page.title, *page.col_labels, *page.row_labels,
                                      *(arr.row_notes.get(r, "") for r in page.rows)])
-    font, _, big = _fonts(style, page.font_file)
+    font, small, big = _fonts(style, page.font_file)
     pad, thumb, label_w = style.pad, style.thumb, style.label_w()
-    lh = _line_height(font)
+    lh, small_lh = _line_height(font), _line_height(small)
     col_w = thumb + pad
     header_lines = max([len(wrap_text(t, font, col_w - pad, 3)) for t in page.col_labels] or [1])
-    title_lines = wrap_text(page.title, big, max(label_w + col_w * len(page.cols), 200), 2)
-    title_h = pad + len(title_lines) * _line_height(big) + pad
+    width = max(pad + label_w + pad + col_w * len(page.cols), 200)
+    page.title_lines = wrap_parts(page.title, big, width - 2 * pad, 8)
+    title_h = pad + len(page.title_lines) * _line_height(big) + pad
     header_h = header_lines * lh + pad
     top = title_h + header_h
     left = pad + label_w + pad
-    width = left + col_w * len(page.cols)
-    height = top + (thumb + pad) * len(page.rows) + pad
-    page.size = (max(width, 200), height)
+    # the loss under each image, as the HTML gallery shows it, when any cell of the page has one
+    loss_h = small_lh + 2 if any(_loss_text(arr.table.get((r, c))) for r in page.rows for c in page.cols) else 0
+    page.row_label_lines, page.row_note_lines, heights = [], [], []
+    for row, label in zip(page.rows, page.row_labels):
+        note = arr.row_notes.get(row, "")
+        fit = max(ROW_LINES, (thumb + loss_h) // lh)  # lines of the label font the row has room for
+        note_lines = wrap_parts(note, small, label_w, 2) if note else []
+        label_lines = wrap_text(label, font, label_w, max(1, fit - len(note_lines)))
+        page.row_label_lines.append(label_lines)
+        page.row_note_lines.append(note_lines)
+        heights.append(max(thumb + loss_h, len(label_lines) * lh + len(note_lines) * small_lh))
+    ys = [top]
+    for h in heights:
+        ys.append(ys[-1] + h + pad)
+    page.size = (width, ys[-1] + pad)
     page.col_label_boxes = [(left + j * col_w, title_h, left + j * col_w + thumb, top - pad // 2)
                             for j in range(len(page.cols))]
-    page.row_label_boxes = [(pad, top + i * (thumb + pad), pad + label_w, top + i * (thumb + pad) + thumb)
-                            for i in range(len(page.rows))]
-    page.cell_boxes = {(i, j): (left + j * col_w, top + i * (thumb + pad), left + j * col_w + thumb,
-                                top + i * (thumb + pad) + thumb)
+    page.row_label_boxes = [(pad, ys[i], pad + label_w, ys[i] + heights[i]) for i in range(len(page.rows))]
+    page.cell_boxes = {(i, j): (left + j * col_w, ys[i], left + j * col_w + thumb, ys[i] + thumb)
                        for i in range(len(page.rows)) for j in range(len(page.cols))}
+    page.loss_boxes = {(i, j): (x0, y1, x1, y1 + loss_h) for (i, j), (x0, _, x1, y1) in page.cell_boxes.items()
+                       if loss_h and _loss_text(arr.table.get((page.rows[i], page.cols[j])))}
     return page
+
+
+def _loss_text(cell: Cell | None, font=None, width: int = 0) -> str:
+    """`loss 0.1234` for a cell whose run reported a final loss (the HTML gallery's caption has the same); with a
+    font and a width, the longest of `loss 0.1234`, `0.1234`, `0.123` that fits under the thumbnail."""
+    loss = None if cell is None else cell.info.get("loss")
+    if isinstance(loss, bool) or not isinstance(loss, (int, float)):
+        return ""
+    texts = [f"loss {float(loss):.4f}", f"{float(loss):.4f}", f"{float(loss):.3f}", f"{float(loss):.2f}"]
+    return next((t for t in texts if font is None or font.getlength(t) <= width), texts[-1])
 
 
 def _draw_lines(draw, box, lines: Sequence[str], font, fill, center: bool = False, valign: str = "top") -> None:
@@ -210,24 +290,26 @@ def render_page(page: Page, arr: Arrangement, style: GridStyle):
     font, small, big = _fonts(style, page.font_file)
     image = Image.new("RGB", page.size, "white")
     draw = ImageDraw.Draw(image)
-    _draw_lines(draw, (style.pad, style.pad, page.size[0] - style.pad, page.size[1]),
-                wrap_text(page.title, big, page.size[0] - 2 * style.pad, 2), big, (20, 20, 20))
+    _draw_lines(draw, (style.pad, style.pad, page.size[0] - style.pad, page.size[1]), page.title_lines, big,
+                (20, 20, 20))
     for box, text in zip(page.col_label_boxes, page.col_labels):
         lines = wrap_text(text, font, box[2] - box[0] + style.pad, 3)
         _draw_lines(draw, (box[0] - style.pad // 2, box[1], box[2] + style.pad // 2, box[3]), lines, font,
                     (20, 20, 20), center=True)
-    for i, (box, row) in enumerate(zip(page.row_label_boxes, page.rows)):
-        note = arr.row_notes.get(row, "")
-        max_lines = max(1, (box[3] - box[1]) // _line_height(font) - (1 if note else 0))
-        lines = wrap_text(page.row_labels[i], font, box[2] - box[0], max_lines)
-        _draw_lines(draw, box, lines, font, (20, 20, 20), valign="middle")
-        if note:
-            y = box[1] + (box[3] - box[1] + _line_height(font) * len(lines)) // 2
-            _draw_lines(draw, (box[0], y, box[2], box[3]), wrap_text(note, small, box[2] - box[0], 1), small,
-                        (110, 110, 110))
+    for box, lines, notes in zip(page.row_label_boxes, page.row_label_lines, page.row_note_lines):
+        text_h = _line_height(font) * len(lines) + _line_height(small) * len(notes)
+        y = box[1] + max(0, (box[3] - box[1] - text_h) // 2)  # the label and its note, centred in the row
+        _draw_lines(draw, (box[0], y, box[2], box[3]), lines, font, (20, 20, 20))
+        if notes:
+            y += _line_height(font) * len(lines)
+            _draw_lines(draw, (box[0], y, box[2], box[3]), notes, small, (110, 110, 110))
     for (i, j), box in page.cell_boxes.items():
         cell = arr.table.get((page.rows[i], page.cols[j]))
         _draw_cell(image, draw, box, cell, small, ImageOps)
+        if (i, j) in page.loss_boxes:
+            x0, y0, x1, y1 = page.loss_boxes[(i, j)]
+            _draw_lines(draw, (x0 - style.pad // 2, y0, x1 + style.pad // 2, y1),
+                        [_loss_text(cell, small, x1 - x0 + style.pad - 2)], small, (90, 90, 90), center=True)
     return image
 
 

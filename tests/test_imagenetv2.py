@@ -251,3 +251,18 @@ def test_train_refuses_a_mistyped_clip_before_downloading(served, tmp_path, caps
     assert main(["train", "--space", "forget", "--clip", "ViT-L-15", "--pretrained", "openai"]) == 2
     assert "--clip: not a model name open_clip knows; got 'ViT-L-15'" in capsys.readouterr().err
     assert not (tmp_path / "cache" / "datasets").exists()  # nothing fetched or extracted
+
+
+@pytest.mark.parametrize("cache_there", [False, True])
+def test_a_failed_fetch_leaves_no_empty_datasets_folder(tmp_path, cache_there):
+    """Issue 25 item 5: offline, the first `vqclip train` without --images left an empty datasets/ in the cache."""
+    cache = tmp_path / "cache"
+    if cache_there:
+        cache.mkdir()
+
+    def offline(*a, **k):
+        raise OSError(-2, "Name or service not known")
+
+    with pytest.raises(VqclipError, match="could not download"):
+        fetch_imagenetv2(cache=cache, opener=offline, progress=False)
+    assert not (cache / "datasets").exists() and cache.exists() == cache_there

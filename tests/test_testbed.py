@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -227,6 +228,40 @@ def test_cli_exits_non_zero_with_a_one_line_summary_when_a_direction_fails(monke
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("testbed: 1 of 5 directions not reproduced: forget recovers most")
     assert "results.md" in err[0]
+
+
+def test_ctrl_c_at_the_start_leaves_no_empty_out_folder(monkeypatch, tmp_path, capsys):
+    """Issue 25 item 5: an interrupted testbed removes the --out folders it made while they are still empty, and
+    never a folder that was there before or one that holds a file."""
+    import vqclip.testbed.run as testbed_run
+    from vqclip.cli import main
+    from vqclip.io import writable_folder
+
+    def interrupted(config, out, **kw):
+        writable_folder(out)
+        (Path(out) / "clip").mkdir()  # a stage had started its folder
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(testbed_run, "run_testbed", interrupted)
+    out = tmp_path / "new" / "testbed"
+    assert main(["testbed", "--quick", "--out", str(out), "-q"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists() and tmp_path.is_dir()  # both folders it made are gone
+    mine = tmp_path / "mine"
+    mine.mkdir()  # a folder the user made: kept, even empty
+    assert main(["testbed", "--quick", "--out", str(mine), "-q"]) == 130
+    assert mine.is_dir()
+
+    def wrote_then_failed(config, out, **kw):
+        writable_folder(out)
+        (Path(out) / "clip").mkdir()
+        (Path(out) / "clip" / "log.txt").write_text("partial")
+        (Path(out) / "attacks").mkdir()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(testbed_run, "run_testbed", wrote_then_failed)
+    assert main(["testbed", "--quick", "--out", str(out), "-q"]) == 130
+    assert (out / "clip" / "log.txt").is_file() and not (out / "attacks").exists()  # files kept, empty folders go
 
 
 # ---------------------------------------------------------------------------------------------- end to end

@@ -13,7 +13,7 @@ import stat
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from PIL import Image, PngImagePlugin
 
@@ -224,6 +224,37 @@ def writable_folder(path: str | os.PathLike, arg: str = "--out") -> Path:
         raise bad_arg(arg, "must be a folder vqclip can write to", str(path),
                       f"Choose another folder with {arg} ({e.strerror or e}).") from e
     return path
+
+
+@contextlib.contextmanager
+def no_empty_folders_left(path: str | os.PathLike) -> Iterator[Path]:
+    """For a command that makes output folder `path`: when it fails or is interrupted (Ctrl-C), the folders it
+    created are removed again if they hold nothing (empty sub-folders aside), so a failed first run leaves no empty
+    --out behind. A folder that existed before, or one that holds any file, is never touched."""
+    path = Path(path).expanduser()
+    created = [p for p in (path, *path.parents) if not p.exists() and not p.is_symlink()]  # innermost first
+    try:
+        yield path
+    except BaseException:
+        remove_empty_created(created)
+        raise
+
+
+def remove_empty_created(created: Sequence[Path]) -> None:
+    """Remove `created` (folders this process made, innermost first) and the empty folders below the innermost,
+    stopping at the first that holds anything."""
+    if not created:
+        return
+    if created[0].is_dir() and not created[0].is_symlink():  # everything below a folder this process made is its own
+        for root, dirs, _ in os.walk(created[0], topdown=False):
+            for name in dirs:
+                with contextlib.suppress(OSError):
+                    os.rmdir(os.path.join(root, name))  # only empty ones go; a link to a folder is not removed
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 @contextlib.contextmanager

@@ -79,6 +79,13 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    from ..io import no_empty_folders_left
+
+    with no_empty_folders_left(args.out):  # Ctrl-C or a failure before anything is written leaves no empty --out
+        return _run(args)
+
+
+def _run(args) -> int:
     from dataclasses import replace
 
     from ..testbed.generate import markdown_table as markdown_gen_table

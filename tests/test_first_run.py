@@ -40,3 +40,16 @@ def test_out_is_a_folder_everywhere_and_the_file_commands_take_out_file(tmp_path
     for name in ("grid", "train"):
         text = build_parser()._subparsers._group_actions[0].choices[name].format_help()
         assert "--out-file" in text and "--out " not in text.replace("--out-file", "")
+
+
+def test_a_long_run_says_its_time_estimate_after_the_first_measured_steps(tiny_model_flags, tmp_path, capsys,
+                                                                         monkeypatch):
+    import vqclip.cli.generate as generate_cli
+    from vqclip.cli import main
+
+    monkeypatch.setattr(generate_cli, "LONG_RUN_SECONDS", 0.0)
+    flags = [f for f in tiny_model_flags if f != "--quiet"]
+    assert main(["generate", "an apple", "--size", "32", "32", "--steps", "4", "--seed", "0", "--out",
+                 str(tmp_path / "run"), *flags]) == 0
+    err = capsys.readouterr().err
+    assert err.count("minutes for 4 steps on cpu") == 1 and "s a step measured" in err

@@ -287,6 +287,9 @@ def run_generate(args: argparse.Namespace) -> int:
 FEW_STEPS = 10  # below this a learn/forget run is warned that the spaces may not differ yet
 
 
+LONG_RUN_SECONDS = 600  # a run expected to take longer says so after its first measured steps
+
+
 def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int:
     from tqdm import tqdm
 
@@ -314,9 +317,18 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
     if args.save_every:
         report_every = math.gcd(report_every, args.save_every)
 
+    said = []
+
     def on_step(info):
         bar.update(info.step - bar.n)
         bar.set_postfix(loss=f"{info.loss:.4f}", refresh=False)
+        if not said and info.step >= 2 and info.step < info.steps and not args.quiet:
+            said.append(True)  # one estimate, from the steps measured so far (the first one pays warm-up)
+            total = info.elapsed / info.step * info.steps
+            if total > LONG_RUN_SECONDS:
+                bar.write(f"vqclip generate: note: about {total / 60:.0f} minutes for {info.steps} steps on "
+                          f"{models.clip.device.type} ({info.elapsed / info.step:.1f} s a step measured); lower "
+                          "--size, --cutn or --steps for a quicker look", file=sys.stderr)
         if args.save_every and info.step % args.save_every == 0:
             with output_errors(out, f"frames up to step {info.step - args.save_every} are kept; no image was "
                                     "written"):

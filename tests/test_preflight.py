@@ -151,3 +151,33 @@ def test_a_failed_fetch_leaves_no_lock_file_or_empty_folder(fresh):
     with registry._locked(folder):  # a success keeps its folder (and the lock, shared with parallel ranks)
         (folder / "done").write_text("x")
     assert (folder / "done").is_file()
+
+
+def test_offline_first_train_lists_clip_imagenetv2_and_wordfreq_at_once(fresh, monkeypatch, capsys):
+    """Issue 25: train without --images also needs ImageNetV2, and a missing extra is said in the same message."""
+    import importlib.util
+
+    calls = _probe(monkeypatch, online=False)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wordfreq" else real_find_spec(name, *a))
+    rc = main(["train", "--space", "forget"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("vqclip train: error:") == 1, err
+    assert "CLIP weights ViT-B-32/openai" in err
+    assert "dataset ImageNetV2 matched-frequency" in err
+    assert str(fresh / "cache" / "datasets" / "imagenetv2" / "imagenetv2-matched-frequency.tar.gz") in err
+    assert 'extra wordfreq: install it with pip install "vqclip[train]"' in err
+    assert calls == [1] and not (fresh / "cache").exists()
+
+
+def test_a_missing_extra_alone_is_said_without_probing_the_network(monkeypatch):
+    import importlib.util
+
+    calls = _probe(monkeypatch, online=True)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    need = preflight.extra_need("easyocr")
+    assert not need.present and 'pip install "vqclip[ocr]"' in need.line()
+    with pytest.raises(preflight.MissingAssets, match="extra easyocr"):
+        preflight.preflight([need])
+    assert calls == []

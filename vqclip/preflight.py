@@ -39,6 +39,8 @@ class Need:
     fetchable: bool = True  # vqclip downloads it itself when the network is there
 
     def line(self) -> str:
+        if self.kind == "extra":
+            return f"{self.kind} {self.name}: {self.source}"
         return f"{self.kind} {self.name}: get {self.source} and put it at {self.path}"
 
 
@@ -181,12 +183,39 @@ def paper_dataset_need(cache: str | os.PathLike | None = None) -> Need:
                 f"{dest}/", f"the files of {PAPER_DATASET_URL} (or pass --dataset DIR)")
 
 
+def imagenetv2_need(cache: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Need:
+    """`vqclip train` without --images: ImageNetV2 matched-frequency (the tarball, which vqclip extracts)."""
+    from .spelling.sources import IMAGENETV2, IMAGENETV2_URL, dataset_dir, is_ready
+
+    archive = dataset_dir(root, cache) / IMAGENETV2.filename
+    return Need("dataset", "ImageNetV2 matched-frequency (train's default images)",
+                is_ready(root, cache) or archive.is_file(), str(archive), f"{IMAGENETV2_URL} (or pass --images DIR)")
+
+
+# Optional modules a command needs -> the extra that installs them (pyproject.toml).
+EXTRAS = {"easyocr": "ocr", "wordfreq": "train", "gradio": "ui"}
+
+
+def extra_need(module: str) -> Need:
+    """An optional dependency: present when importable (found, not imported: that can take seconds)."""
+    import importlib.util
+
+    extra = EXTRAS.get(module, module)
+    try:
+        present = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        present = False
+    return Need("extra", module, present, f'pip install "vqclip[{extra}]"',
+                f'install it with pip install "vqclip[{extra}]" (or: pip install {module})', fetchable=False)
+
+
 def plan_assets(*, clip: str, pretrained: str | None, cache: str | os.PathLike | None = None,
                 vqgan: str | None = None, vqgan_checkpoint: str | None = None, with_vqgan: bool = True,
                 spaces: Iterable[tuple[str, str | None]] = (), auto_train: bool = False,
-                paper_dataset: bool = False) -> list[Need]:
+                paper_dataset: bool = False, imagenetv2: bool = False, data_root: str | os.PathLike | None = None,
+                extras: Iterable[str] = ()) -> list[Need]:
     """Everything a command needs: CLIP weights, the VQGAN (`with_vqgan`), a projection for each (space, file
-    given) without a file, the paper's photos."""
+    given) without a file, the paper's photos, ImageNetV2 (train without --images), optional modules."""
     from .models.clip import clip_flags, clip_identity
 
     needs = [n for n in [clip_need(clip, pretrained, cache)] if n]
@@ -208,6 +237,9 @@ def plan_assets(*, clip: str, pretrained: str | None, cache: str | os.PathLike |
         needs += vqgan_needs(vqgan, vqgan_checkpoint, cache)
     if paper_dataset:
         needs.append(paper_dataset_need(cache))
+    if imagenetv2:
+        needs.append(imagenetv2_need(cache, data_root))
+    needs += [extra_need(m) for m in dict.fromkeys(extras)]
     return needs
 
 
@@ -234,11 +266,15 @@ def preflight(needs: Sequence[Need], *, download: bool = True, say: Callable[[st
         if any(n.kind == "CLIP weights" for n in needs):
             go_offline()
         return
+    if all(n.kind == "extra" for n in missing):  # nothing to download, no network probe
+        raise MissingAssets(missing, offline=False)
     online = download and network_available()
     if not online:
         go_offline()
         raise MissingAssets(missing, offline=download)
     stuck = [n for n in missing if not n.fetchable]
+    if any(n.kind == "extra" for n in stuck):  # an extra is never fetched: say it with the rest, before downloads
+        raise MissingAssets(missing, offline=False)
     if stuck and len(stuck) < len(missing):  # do not download the others only to fail on these: one message
         raise MissingAssets(missing, offline=False)  # (none to download: the loaders' own, more precise messages)
     if say is not None:

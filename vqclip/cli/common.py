@@ -102,7 +102,8 @@ def add_cache_arg(p: argparse.ArgumentParser) -> None:
                    help="where weights, projections and features are kept (default $VQCLIP_CACHE or ~/.cache/vqclip)")
 
 
-def plan_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool = False):
+def plan_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool = False, imagenetv2: bool = False,
+                   extras=()):
     """The files a command with these flags needs (see vqclip.preflight): CLIP weights, the VQGAN when `vqgan`,
     a projection for each (space, file given, ...) in `spaces` without a file, the paper's photos."""
     from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
@@ -113,16 +114,19 @@ def plan_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool 
     return plan_assets(clip=clip, pretrained=pretrained, cache=getattr(args, "cache_dir", None),
                        vqgan=getattr(args, "vqgan", None), vqgan_checkpoint=getattr(args, "vqgan_checkpoint", None),
                        with_vqgan=vqgan, spaces=[(s[0], s[1]) for s in spaces],
-                       auto_train=bool(getattr(args, "auto_train", False)), paper_dataset=paper_dataset)
+                       auto_train=bool(getattr(args, "auto_train", False)), paper_dataset=paper_dataset,
+                       imagenetv2=imagenetv2, data_root=getattr(args, "data_root", None), extras=extras)
 
 
-def preflight_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool = False) -> None:
+def preflight_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool = False,
+                        imagenetv2: bool = False, extras=()) -> None:
     """Before any model loads: every missing file the command needs in one message when it cannot be fetched
     (offline: in seconds, not after a minute of hub retries), and the hubs offline when nothing must be fetched."""
     from ..preflight import preflight
 
     check_projection_files(args, spaces)
-    preflight(plan_from_args(args, spaces, vqgan=vqgan, paper_dataset=paper_dataset))
+    preflight(plan_from_args(args, spaces, vqgan=vqgan, paper_dataset=paper_dataset, imagenetv2=imagenetv2,
+                             extras=extras))
 
 
 def check_projection_files(args, spaces) -> None:

@@ -144,6 +144,10 @@ def features_from_args(args, clip=None, on_clip=None):
 
         check_identifier(args.clip or DEFAULT_CLIP,
                          args.pretrained if args.pretrained is not None else DEFAULT_PRETRAINED)
+    if clip is None:  # CLIP, ImageNetV2 (no --images) and wordfreq (no --word-list): what is missing, in one message
+        from .common import preflight_from_args
+
+        preflight_from_args(args, imagenetv2=not args.images, extras=() if args.word_list else ("wordfreq",))
     if not args.images and not args.quiet:
         print(f"vqclip train: no --images, so the default training set: "
               f"{download_note(args.cache_dir, args.data_root)}", file=sys.stderr)

@@ -266,8 +266,11 @@ def preflight(needs: Sequence[Need], *, download: bool = True, say: Callable[[st
         if any(n.kind == "CLIP weights" for n in needs):
             go_offline()
         return
-    if all(n.kind == "extra" for n in missing):  # nothing to download, no network probe
-        raise MissingAssets(missing, offline=False)
+    if all(n.kind == "extra" for n in missing):  # nothing to download, no network probe; one line, as before
+        error = MissingAssets(missing, offline=False)
+        error.args = ("optional modules this command needs are not installed: " +
+                      "; ".join(f"{n.name}: {n.source}" for n in missing) + ".",)
+        raise error
     online = download and network_available()
     if not online:
         go_offline()

@@ -153,13 +153,7 @@ def wrap_text(text: str, font, width: int, max_lines: int) -> list[str]:
                 word = word[cut:]
             line = word
         lines.append(line)
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        last = lines[-1]
-        while last and font.getlength(last + "…") > width:
-            last = last[:-1]
-        lines[-1] = last + "…"
-    return lines
+    return _cut_to(lines, font, width, max_lines, "…")
 
 
 # Where a title or label may wrap: between settings ("steps 300 · lr 0.1"), between list items and parts of the
@@ -201,12 +195,18 @@ def wrap_parts(text: str, font, width: int, max_lines: int) -> list[str]:
     lines.append(line)
     lines = [l.strip().rstrip(" ·,|").rstrip() for l in lines]
     lines = [l for l in lines if l] or [""]
-    if len(lines) > max_lines:
-        lines = lines[:max_lines]
-        last = lines[-1]
-        while last and font.getlength(last + " …") > width:
-            last = last[:-1]
-        lines[-1] = last + " …"
+    return _cut_to(lines, font, width, max_lines, " …")
+
+
+def _cut_to(lines: list[str], font, width: int, max_lines: int, mark: str) -> list[str]:
+    """At most `max_lines` lines; when some are dropped, the last kept one ends in `mark` within `width`."""
+    if len(lines) <= max_lines:
+        return lines
+    lines = lines[:max_lines]
+    last = lines[-1]
+    while last and font.getlength(last + mark) > width:
+        last = last[:-1]
+    lines[-1] = last + mark
     return lines
 
 

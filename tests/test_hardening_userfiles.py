@@ -241,19 +241,13 @@ def test_case09_eval_typographic_never_replaces_a_users_report_files(tmp_path, t
 
 
 def test_case10_reproduce_typographic_never_replaces_a_users_files(tmp_path, tiny_clip, tiny_clip_id, capsys):
-    from test_reproduce import OBJECTS
-    from vqclip.evaluate.typographic import paper_dataset_dir
+    from test_reproduce import fake_paper_photos
     from vqclip.spaces import projection_path, save_projection
 
     for seed, space in enumerate(("learn", "forget")):
         q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(seed)))
         save_projection(projection_path(space, tiny_clip.identity), q.T, space, tiny_clip.identity)
-    dest = paper_dataset_dir() / "photos"
-    dest.mkdir(parents=True)
-    for i in range(len(OBJECTS)):
-        Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(dest / f"{i}.png")
-    (dest / "annotation.json").write_text(json.dumps(
-        {f"{i}.png": {"true object": o, "typographic attack label": a} for i, (o, a) in enumerate(OBJECTS)}))
+    fake_paper_photos()
     out = tmp_path / "r"
     (out / "typographic").mkdir(parents=True)
     for name in ("predictions.jsonl", "table.md", "report.json"):

@@ -20,6 +20,19 @@ from vqclip.io import read_jsonl, sha256_file
 OBJECTS = [("apple", ""), ("apple", "ipod"), ("cup", "good"), ("cup", ""), ("dog", "cat"), ("dog", "")]
 
 
+def fake_paper_photos():
+    """A stand-in for the authors' photo folder in the cache (one 20x20 picture per OBJECTS row, annotation.json)."""
+    from vqclip.evaluate.typographic import paper_dataset_dir
+
+    dest = paper_dataset_dir() / "photos"
+    dest.mkdir(parents=True)
+    for i in range(len(OBJECTS)):
+        Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(dest / f"{i}.png")
+    (dest / "annotation.json").write_text(json.dumps(
+        {f"{i}.png": {"true object": o, "typographic attack label": a} for i, (o, a) in enumerate(OBJECTS)}))
+    return dest
+
+
 class BrightnessReader:
     """A fake OCR engine: one detection whose confidence is the image's mean brightness (0..1)."""
 
@@ -185,16 +198,11 @@ def test_dry_run_prints_plan_and_measured_estimate_and_writes_nothing(tiny_model
 
 
 def test_a_local_copy_in_the_cache_is_used_without_fetching(tmp_path, monkeypatch, tiny_clip_id, projections):
-    from vqclip.evaluate.typographic import fetch_paper_dataset, paper_dataset_dir
+    from vqclip.evaluate.typographic import fetch_paper_dataset
     from vqclip.models import registry
 
     monkeypatch.setattr(registry, "gdown_folder", lambda *a: pytest.fail("fetched although a copy is there"))
-    dest = paper_dataset_dir() / "photos"
-    dest.mkdir(parents=True)
-    for i in range(len(OBJECTS)):
-        Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(dest / f"{i}.png")
-    (dest / "annotation.json").write_text(json.dumps(
-        {f"{i}.png": {"true object": o, "typographic attack label": a} for i, (o, a) in enumerate(OBJECTS)}))
+    dest = fake_paper_photos()
     assert fetch_paper_dataset() == dest
     out = tmp_path / "r"
     assert main(["reproduce", "typographic", "--clip", tiny_clip_id, "--device", "cpu", "--out", str(out), "-q"]) == 0
@@ -347,19 +355,13 @@ def test_real_small_scale_run_of_everything_on_a_gpu(tmp_path, capsys):
 def test_projection_forget_in_the_papers_torch_format_loads(tmp_path, tiny_clip, tiny_clip_id, capsys):
     """Issue 28: a torch file holding only W (the paper's format) was refused with a hint to pass --space, which
     reproduce does not have; the flag names the space."""
-    from vqclip.evaluate.typographic import paper_dataset_dir
     from vqclip.spaces import projection_path, save_projection
 
     q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
     save_projection(projection_path("learn", tiny_clip.identity), q.T, "learn", tiny_clip.identity)
     q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(1)))
     torch.save({"W": q.T.contiguous()}, tmp_path / "forget.pt")  # d x D, no metadata
-    dest = paper_dataset_dir() / "photos"
-    dest.mkdir(parents=True)
-    for i in range(len(OBJECTS)):
-        Image.new("RGB", (20, 20), (30 * i, 0, 0)).save(dest / f"{i}.png")
-    (dest / "annotation.json").write_text(json.dumps(
-        {f"{i}.png": {"true object": o, "typographic attack label": a} for i, (o, a) in enumerate(OBJECTS)}))
+    fake_paper_photos()
     out = tmp_path / "r"
     code = main(["reproduce", "typographic", "--clip", tiny_clip_id, "--device", "cpu", "--out", str(out), "-q",
                  "--projection-forget", str(tmp_path / "forget.pt")])

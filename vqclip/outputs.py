@@ -205,7 +205,6 @@ def write_video(run_dir: str | os.PathLike, fps: int = 12, fmt: str = "mp4") -> 
     video.gif; any other file in frames/ is left alone and ignored."""
     import imageio.v3 as iio
     import numpy as np
-    from PIL import Image
 
     from .io import atomic_path
 

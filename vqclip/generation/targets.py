@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -21,7 +22,7 @@ class Target:
     label: str
 
 
-def encode_targets(settings: Settings, clip, space, make_cutouts: "MakeCutouts | None" = None,
+def encode_targets(settings: Settings, clip, space, make_cutouts: Callable | None = None,
                    generator: torch.Generator | None = None) -> tuple[list[list[Target]], list[Target]]:
     """([targets of each text phase], [image and noise targets, active in every phase]), projected into `space`.
 

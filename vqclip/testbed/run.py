@@ -6,7 +6,6 @@ trainer and presets (`vqclip.spelling.train`), the retrieval metrics and the typ
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -14,7 +13,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -197,7 +196,7 @@ def encode_uint8(clip, images: torch.Tensor, batch_size: int = 256) -> torch.Ten
 
 
 @torch.no_grad()
-def tuple_features(clip, world: World, tuples) -> "SpellingFeatures":
+def tuple_features(clip, world: World, tuples):
     """CLIP features of the five-tuples, in the trainer's format (y_i = one class prompt per class)."""
     from ..spelling.train import SpellingFeatures
     from .world import class_prompt, word_image

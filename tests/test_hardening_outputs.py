@@ -626,3 +626,18 @@ def test_generate_on_a_full_disk_says_what_is_kept_in_one_line(model_args, small
     assert rc == 74 and "Traceback" not in err and "the disk is full" in err and "Free some space" in err
     assert len(err.strip().splitlines()) == 1
     assert not any(p.name.endswith(".part.png") for p in small_disk.rglob("*"))  # no torn temporaries left
+
+
+def test_a_generate_whose_first_write_fails_on_a_full_disk_leaves_no_empty_folder(model_args, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import vqclip.outputs as outputs
+
+    def full(folder, result, record):
+        raise OSError(errno.ENOSPC, "No space left on device", str(folder / "image.png"))
+
+    monkeypatch.setattr(outputs, "write_run", full)
+    out = tmp_path / "run"
+    assert main(["generate", "an apple", "--steps", "1", "--seed", "0", "--out", str(out)] + model_args) == 74
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the disk is full" in err[0]
+    assert not out.exists()  # the folder this run made is gone, as it held nothing

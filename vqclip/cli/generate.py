@@ -335,19 +335,20 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
                 save_frame(out, info.step, to_pil(info.image))
 
     try:
-        result = run(settings, models.clip, models.vqgan, space, on_step, report_every=report_every)
-        bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)  # the bar ends on the loss the run reports
-        bar.update(bar.total - bar.n if result.status == "finished" else 0)
+        try:
+            result = run(settings, models.clip, models.vqgan, space, on_step, report_every=report_every)
+            bar.set_postfix(loss=f"{result.loss:.4f}", refresh=False)  # the bar ends on the loss the run reports
+            bar.update(bar.total - bar.n if result.status == "finished" else 0)
+        finally:
+            bar.close()
+        record = build_record(result, models.describe(), space.describe(), prompt,
+                              {"space_name": space.name, "load_seconds": round(models.load_seconds, 3)})
+        with output_errors(out, "the image of this run could not be kept"):
+            image_path = write_run(out, result, record)
     except BaseException:
-        if created:
-            discard_empty_run_dir(out)  # a run that failed before writing anything leaves no empty folder
+        if created:  # a run that failed (or whose first write failed: a full disk) leaves no empty folder
+            discard_empty_run_dir(out)
         raise
-    finally:
-        bar.close()
-    record = build_record(result, models.describe(), space.describe(), prompt,
-                          {"space_name": space.name, "load_seconds": round(models.load_seconds, 3)})
-    with output_errors(out, "the image of this run could not be kept"):
-        image_path = write_run(out, result, record)
     if args.video:
         if result.steps_done >= args.save_every:
             with output_errors(out, "image.png, run.json and the frames are kept"):

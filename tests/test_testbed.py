@@ -341,7 +341,7 @@ def quick_generation(quick_run, tmp_path_factory):
     recipes (as `vqclip testbed --generate` does; about 3 minutes on two cores), then on the seed-0 quick CLIP and
     its projections `vqclip batch` of the bare class words and the phrases in three spaces with generation seeds
     0-2 (108 images; with fewer, one image moves a share by 17 points), `vqclip score --detector world:...`, the
-    object classifier, the table, the grid and the directions."""
+    object classifier, the table, the grid and the directions; under the default recipe, the paper's."""
     from vqclip.testbed.generate import GenerationConfig, run_generation
     from vqclip.testbed.run import TestbedConfig
 

@@ -110,3 +110,14 @@ def test_cli_refuses_generation_flags_without_generate(capsys):
     assert capsys.readouterr().err.startswith("vqclip testbed: error: --gen-seeds: ")  # not --seeds
     assert main(["testbed", "--quick", "--generate", "--world-models", "nowhere", "--out", "unused"]) == 2
     assert "--world-models: needs vqgan.json and detector.json" in capsys.readouterr().err
+
+
+def test_the_experiment_runs_the_papers_recipe_unless_told_otherwise(tmp_path):
+    from vqclip.testbed.generate import GenerationConfig, batch_args
+
+    args = batch_args(tmp_path, tmp_path / "vqgan.safetensors", tmp_path / "p.csv", tmp_path / "out",
+                      GenerationConfig(), tmp_path / "page.png")
+    assert args[args.index("--recipe") + 1] == "paper"
+    other = batch_args(tmp_path, tmp_path / "vqgan.safetensors", tmp_path / "p.csv", tmp_path / "out",
+                       GenerationConfig(recipe="nerdyrodent"), tmp_path / "page.png")
+    assert other[other.index("--recipe") + 1] == "nerdyrodent"

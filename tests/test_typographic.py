@@ -166,7 +166,7 @@ def test_empty_and_invalid_datasets_are_clear_errors(tmp_path):
     with pytest.raises(VqclipError, match="no usable images"):
         open_typographic_dataset(tmp_path / "bad")
     (tmp_path / "bad" / "annotation.json").write_text("{not json")
-    with pytest.raises(VqclipError, match="not readable JSON"):
+    with pytest.raises(VqclipError, match="is not valid JSON"):
         open_typographic_dataset(tmp_path / "bad")
     make_annotation_set(tmp_path / "ok")
     with pytest.raises(VqclipError, match="--template"):

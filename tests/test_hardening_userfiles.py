@@ -214,14 +214,9 @@ def test_case08_score_never_replaces_a_users_report_files(images, tmp_path, monk
 
 
 def _typo_dataset(tmp_path) -> Path:
-    ds = tmp_path / "typo-photos"
-    ds.mkdir()
-    entries = {}
-    for i, (obj, attack) in enumerate([("apple", ""), ("apple", "ipod"), ("cup", "good"), ("cup", "")]):
-        Image.new("RGB", (40, 30), (60 * i, 100, 30)).save(ds / f"IMG_{i}.JPG")
-        entries[f"IMG_{i}.JPG"] = {"true object": obj, "typographic attack label": attack}
-    (ds / "annotation.json").write_text(json.dumps(entries))
-    return ds
+    from test_typographic_cli import photo_set
+
+    return photo_set(tmp_path / "typo-photos")
 
 
 def test_case09_eval_typographic_never_replaces_a_users_report_files(tmp_path, tiny_clip_id, capsys):

@@ -17,15 +17,20 @@ def orthonormal(d, D, seed):
     return q.T.contiguous()  # (d, D)
 
 
-def test_cli_compares_spaces_on_an_annotation_set_and_on_synthetic_attacks(tmp_path, tiny_clip, tiny_clip_id,
-                                                                          capsys):
-    ds = tmp_path / "photos"
+def photo_set(ds):
+    """Four small photos (two objects, two attack words) and their annotation.json, in the paper's format."""
     ds.mkdir()
     entries = {}
     for i, (obj, attack) in enumerate([("apple", ""), ("apple", "ipod"), ("cup", "good"), ("cup", "")]):
         Image.new("RGB", (40, 30), (60 * i, 100, 30)).save(ds / f"IMG_{i}.JPG")
         entries[f"IMG_{i}.JPG"] = {"true object": obj, "typographic attack label": attack}
     (ds / "annotation.json").write_text(json.dumps(entries))
+    return ds
+
+
+def test_cli_compares_spaces_on_an_annotation_set_and_on_synthetic_attacks(tmp_path, tiny_clip, tiny_clip_id,
+                                                                          capsys):
+    ds = photo_set(tmp_path / "photos")
     learn = save_projection(tmp_path / "learn.safetensors", orthonormal(8, 32, 0), "learn", tiny_clip.identity)
     save_projection(projection_path("forget", tiny_clip.identity), orthonormal(16, 32, 1), "forget", tiny_clip.identity)
     out = tmp_path / "report"

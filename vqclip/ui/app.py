@@ -57,152 +57,246 @@ def _plot_frame(lane):
     return pd.DataFrame({"step": lane.loss_steps, "loss": lane.losses})
 
 
+@dataclass
+class GenerateTab:
+    """The Generate tab's components: the form fields (in `run_job`'s order), the buttons, and per space its column,
+    live image, loss plot and lane line."""
+
+    spaces: object
+    form: list
+    start: object
+    stop: object
+    status: object
+    columns: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    plots: dict = field(default_factory=dict)
+    lanes: dict = field(default_factory=dict)
+
+    def live_outputs(self) -> list:
+        """What `run_job` updates: the status line, then every space's image, then plot, then lane line."""
+        return [self.status] + [self.images[n] for n in SPACES] + [self.plots[n] for n in SPACES] + \
+               [self.lanes[n] for n in SPACES]
+
+
+@dataclass
+class GalleryTab:
+    """The Gallery tab's components: the tab itself, its three filters, the refresh button and the results."""
+
+    tab: object
+    folder: object
+    seed_filter: object
+    type_filter: object
+    refresh: object
+    summary: object
+    table: object
+
+
 def build_app(server: Server):
     """The Blocks of the page (not launched)."""
     require_gradio()  # also turns Gradio's analytics off before it is imported
     import gradio as gr
 
-    from ..generation.loop import METHODS
-    from ..generation.recipes import RECIPES, recipe_vqgan
-
-    d = server.defaults
     # Every live image passes through Gradio's file cache: clear what is older than 15 minutes, every 5 minutes.
     with gr.Blocks(title="vqclip", analytics_enabled=False, delete_cache=(300, 900)) as demo:
         gr.Markdown("## vqclip: compare the clip, learn and forget spaces\nPrompts as in `vqclip generate`: "
                     "`text:weight:stop` items separated by `|`, e.g. `an apple | written text:-0.5`.")
-        with gr.Tab("Generate", id="generate"):
-            with gr.Row():
-                prompt = gr.Textbox(label="prompt", placeholder="a photo of an apple", elem_id="vq-prompt", scale=4)
-                spaces = gr.CheckboxGroup(list(SPACES), value=["clip", "forget"], label="spaces to compare",
-                                          elem_id="vq-spaces", scale=2)
-            with gr.Row():
-                seed = gr.Number(0, label="seed (empty: drawn)", precision=0, elem_id="vq-seed")
-                width = gr.Number(256, label="width", precision=0, elem_id="vq-width")
-                height = gr.Number(256, label="height", precision=0, elem_id="vq-height")
-                steps = gr.Number(200, label="steps", precision=0, elem_id="vq-steps")
-                cutn = gr.Number(32, label="cutouts", precision=0, elem_id="vq-cutn")
-                recipe = gr.Dropdown(sorted(RECIPES), value="vqclip", label="recipe", elem_id="vq-recipe")
-                method = gr.Dropdown([RECIPE_METHOD, *METHODS], value=RECIPE_METHOD, label="method",
-                                     elem_id="vq-method")
-            locked = {"interactive": False} if server.lock_models else {}
-            with gr.Accordion("models" + (" (fixed by the command line)" if server.lock_models else ""), open=False):
-                with gr.Row():
-                    clip = gr.Textbox(d.clip, label="CLIP (open_clip name, hf-hub:..., local-dir:...)",
-                                      elem_id="vq-clip", **locked)
-                    pretrained = gr.Textbox(d.pretrained or "", label="pretrained tag or file", elem_id="vq-pretrained", **locked)
-                with gr.Row():
-                    vqgan = gr.Textbox(d.vqgan or "", label="VQGAN registry name (empty: default)", elem_id="vq-vqgan", **locked)
-                    vqgan_config = gr.Textbox(d.vqgan_config or "", label="VQGAN config (offline)", **locked)
-                    vqgan_checkpoint = gr.Textbox(d.vqgan_checkpoint or "", label="VQGAN checkpoint (offline)", **locked)
-                with gr.Row():
-                    learn_projection = gr.Textbox("", label="learn projection file (empty: cached/registered)", **locked)
-                    forget_projection = gr.Textbox("", label="forget projection file (empty: cached/registered)", **locked)
-            with gr.Row():
-                start = gr.Button("Start", variant="primary", elem_id="vq-start")
-                stop = gr.Button("Stop", variant="stop", elem_id="vq-stop")
-            status = gr.Markdown("Ready.", elem_id="vq-status")
-            images, plots, lanes, columns = {}, {}, {}, {}
-            with gr.Row():
-                for name in SPACES:
-                    with gr.Column(visible=name in ("clip", "forget"), elem_id=f"vq-col-{name}") as col:
-                        columns[name] = col
-                        images[name] = gr.Image(label=name, type="pil", format="png", interactive=False,
-                                                elem_id=f"vq-image-{name}", height=280,
-                                                elem_classes=["vq-live"])
-                        lanes[name] = gr.Markdown(f"**{name}**", elem_id=f"vq-lane-{name}")
-                        plots[name] = gr.LinePlot(x="step", y="loss", label=f"{name} loss", height=200,
-                                                  elem_id=f"vq-loss-{name}")
-        with gr.Tab("Gallery", id="gallery", elem_id="vq-gallery-tab") as gallery_tab:
-            with gr.Row():
-                folder = gr.Dropdown(folder_choices(server.outputs_root), value=ALL, label="folder",
-                                     elem_id="vq-folder")
-                seed_filter = gr.Dropdown([ALL], value=ALL, label="seed", elem_id="vq-seed-filter")
-                type_filter = gr.Dropdown([ALL], value=ALL, label="word type", elem_id="vq-type-filter")
-                refresh = gr.Button("Refresh", elem_id="vq-refresh")
-            summary = gr.Markdown("", elem_id="vq-gallery-summary")
-            table = gr.HTML("", elem_id="vq-gallery")
-
-        spaces.change(lambda chosen: [gr.update(visible=n in (chosen or [])) for n in SPACES], spaces,
-                      [columns[n] for n in SPACES], queue=False)
-
-        form_inputs = [prompt, spaces, seed, width, height, steps, method, cutn, clip, pretrained, vqgan,
-                       vqgan_config, vqgan_checkpoint, learn_projection, forget_projection, recipe]
-        live_outputs = [status] + [images[n] for n in SPACES] + [plots[n] for n in SPACES] + \
-                       [lanes[n] for n in SPACES]
-
-        def run_job(*values):
-            (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp, rc) = values
-            if server.lock_models:
-                lp = fp = ""
-            try:
-                checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp, rc))
-            except VqclipError as e:
-                yield [f"**error:** {e}"] + [gr.skip()] * (len(live_outputs) - 1)
-                return
-            choice = page_models(d, server.lock_models, cl, pre, vq, vqc, vqk)
-            if not choice.vqgan and not choice.vqgan_checkpoint:  # the recipe's VQGAN (paper: f16 1024)
-                choice = dataclasses.replace(choice, vqgan=recipe_vqgan(checked.settings.recipe, None))
-            previous = server.job  # still running if its page was closed: the queue alone would not wait for it
-            while previous is not None and not previous.done:
-                yield ["Waiting for the running job to end..."] + [gr.skip()] * (len(live_outputs) - 1)
-                time.sleep(POLL_SECONDS)
-            job = Job(checked, choice, server.outputs_root, server.cache, server.report_seconds)
-            server.job = job
-            job.start()
-            seen: dict[str, int] = {}
-            first = True
-            while True:
-                finished = job.done
-                phase, current = job.snapshot()
-                by_name = {lane.space: lane for lane in current}
-                out_images, out_plots, out_lanes = [], [], []
-                for name in SPACES:
-                    lane = by_name.get(name)
-                    if lane is None:
-                        out_images.append(None if first else gr.skip())
-                        out_plots.append(None if first else gr.skip())
-                        out_lanes.append(f"**{name}**: not in this run" if first else gr.skip())
-                        continue
-                    changed = lane.version != seen.get(name)
-                    seen[name] = lane.version
-                    out_images.append(lane.image if changed else (None if first else gr.skip()))
-                    out_plots.append(_plot_frame(lane) if changed or finished else gr.skip())
-                    out_lanes.append(_lane_text(lane))
-                head = _status_text(job, phase)
-                yield [head] + out_images + out_plots + out_lanes
-                first = False
-                if finished:
-                    return
-                time.sleep(POLL_SECONDS)
-
-        def request_stop():
-            job = server.job
-            if job is None or job.done:
-                return "Nothing is running."
-            job.request_stop()
-            return "Stopping: the current images and run.json of each space are being written..."
-
-        def show_gallery(chosen_folder, chosen_seed, chosen_type):
-            try:
-                g = build_gallery(server.outputs_root, chosen_folder, chosen_seed, chosen_type)
-            except VqclipError as e:
-                return (gr.update(), gr.update(), gr.update(), f"**error:** {e}", "")
-            seeds = [ALL] + g.seeds
-            types = [ALL] + g.word_types
-            return (gr.update(choices=folder_choices(server.outputs_root)),
-                    gr.update(choices=seeds, value=chosen_seed if chosen_seed in seeds else ALL),
-                    gr.update(choices=types, value=chosen_type if chosen_type in types else ALL),
-                    g.summary, g.html)
-
-        start.click(run_job, form_inputs, live_outputs, concurrency_limit=1, concurrency_id="gpu",
-                    show_progress="hidden")
-        stop.click(request_stop, None, status, queue=False)
-        gallery_io = ([folder, seed_filter, type_filter], [folder, seed_filter, type_filter, summary, table])
-        refresh.click(show_gallery, *gallery_io, concurrency_limit=4)
-        for filt in (folder, seed_filter, type_filter):
-            filt.input(show_gallery, *gallery_io, concurrency_limit=4)
-        gallery_tab.select(show_gallery, *gallery_io, concurrency_limit=4)
+        generate = _generate_tab(gr, server)
+        gallery = _gallery_tab(gr, server)
+        _wire_events(gr, server, generate, gallery)
     return demo
+
+
+def _generate_tab(gr, server: Server) -> GenerateTab:
+    """The Generate tab: the run's fields, the models accordion, Start/Stop, and the live panels of each space."""
+    with gr.Tab("Generate", id="generate"):
+        run = _run_fields(gr)
+        models = _models_accordion(gr, server)
+        with gr.Row():
+            start = gr.Button("Start", variant="primary", elem_id="vq-start")
+            stop = gr.Button("Stop", variant="stop", elem_id="vq-stop")
+        status = gr.Markdown("Ready.", elem_id="vq-status")
+        form = [run["prompt"], run["spaces"], run["seed"], run["width"], run["height"], run["steps"], run["method"],
+                run["cutn"], *models, run["recipe"]]
+        tab = GenerateTab(run["spaces"], form, start, stop, status)
+        _live_panels(gr, tab)
+    return tab
+
+
+def _run_fields(gr) -> dict:
+    """The prompt, the spaces to compare and the numbers of the run, by name."""
+    from ..generation.loop import METHODS
+    from ..generation.recipes import RECIPES
+
+    f = {}
+    with gr.Row():
+        f["prompt"] = gr.Textbox(label="prompt", placeholder="a photo of an apple", elem_id="vq-prompt", scale=4)
+        f["spaces"] = gr.CheckboxGroup(list(SPACES), value=["clip", "forget"], label="spaces to compare",
+                                       elem_id="vq-spaces", scale=2)
+    with gr.Row():
+        f["seed"] = gr.Number(0, label="seed (empty: drawn)", precision=0, elem_id="vq-seed")
+        f["width"] = gr.Number(256, label="width", precision=0, elem_id="vq-width")
+        f["height"] = gr.Number(256, label="height", precision=0, elem_id="vq-height")
+        f["steps"] = gr.Number(200, label="steps", precision=0, elem_id="vq-steps")
+        f["cutn"] = gr.Number(32, label="cutouts", precision=0, elem_id="vq-cutn")
+        f["recipe"] = gr.Dropdown(sorted(RECIPES), value="vqclip", label="recipe", elem_id="vq-recipe")
+        f["method"] = gr.Dropdown([RECIPE_METHOD, *METHODS], value=RECIPE_METHOD, label="method",
+                                  elem_id="vq-method")
+    return f
+
+
+def _models_accordion(gr, server: Server) -> list:
+    """The model fields, folded away, in `run_job`'s order (clip ... forget projection); read-only when the command
+    line fixed the models."""
+    d = server.defaults
+    locked = {"interactive": False} if server.lock_models else {}
+    with gr.Accordion("models" + (" (fixed by the command line)" if server.lock_models else ""), open=False):
+        with gr.Row():
+            clip = gr.Textbox(d.clip, label="CLIP (open_clip name, hf-hub:..., local-dir:...)",
+                              elem_id="vq-clip", **locked)
+            pretrained = gr.Textbox(d.pretrained or "", label="pretrained tag or file", elem_id="vq-pretrained", **locked)
+        with gr.Row():
+            vqgan = gr.Textbox(d.vqgan or "", label="VQGAN registry name (empty: default)", elem_id="vq-vqgan", **locked)
+            vqgan_config = gr.Textbox(d.vqgan_config or "", label="VQGAN config (offline)", **locked)
+            vqgan_checkpoint = gr.Textbox(d.vqgan_checkpoint or "", label="VQGAN checkpoint (offline)", **locked)
+        with gr.Row():
+            learn_projection = gr.Textbox("", label="learn projection file (empty: cached/registered)", **locked)
+            forget_projection = gr.Textbox("", label="forget projection file (empty: cached/registered)", **locked)
+    return [clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, learn_projection, forget_projection]
+
+
+def _live_panels(gr, tab: GenerateTab) -> None:
+    """One column per space (shown when the space is ticked): its live image, its lane line and its loss curve."""
+    with gr.Row():
+        for name in SPACES:
+            with gr.Column(visible=name in ("clip", "forget"), elem_id=f"vq-col-{name}") as col:
+                tab.columns[name] = col
+                tab.images[name] = gr.Image(label=name, type="pil", format="png", interactive=False,
+                                            elem_id=f"vq-image-{name}", height=280, elem_classes=["vq-live"])
+                tab.lanes[name] = gr.Markdown(f"**{name}**", elem_id=f"vq-lane-{name}")
+                tab.plots[name] = gr.LinePlot(x="step", y="loss", label=f"{name} loss", height=200,
+                                              elem_id=f"vq-loss-{name}")
+
+
+def _gallery_tab(gr, server: Server) -> GalleryTab:
+    """The Gallery tab: folder, seed and word-type filters over the outputs folder, a summary and the table."""
+    with gr.Tab("Gallery", id="gallery", elem_id="vq-gallery-tab") as gallery_tab:
+        with gr.Row():
+            folder = gr.Dropdown(folder_choices(server.outputs_root), value=ALL, label="folder",
+                                 elem_id="vq-folder")
+            seed_filter = gr.Dropdown([ALL], value=ALL, label="seed", elem_id="vq-seed-filter")
+            type_filter = gr.Dropdown([ALL], value=ALL, label="word type", elem_id="vq-type-filter")
+            refresh = gr.Button("Refresh", elem_id="vq-refresh")
+        summary = gr.Markdown("", elem_id="vq-gallery-summary")
+        table = gr.HTML("", elem_id="vq-gallery")
+    return GalleryTab(gallery_tab, folder, seed_filter, type_filter, refresh, summary, table)
+
+
+def _wire_events(gr, server: Server, generate: GenerateTab, gallery: GalleryTab) -> None:
+    """Ticking a space shows its column; Start runs one job at a time; Stop asks it to end; the gallery refreshes
+    on its button, on any filter and on opening its tab."""
+    generate.spaces.change(lambda chosen: [gr.update(visible=n in (chosen or [])) for n in SPACES], generate.spaces,
+                           [generate.columns[n] for n in SPACES], queue=False)
+    live_outputs = generate.live_outputs()
+    generate.start.click(_job_handler(gr, server, len(live_outputs)), generate.form, live_outputs,
+                         concurrency_limit=1, concurrency_id="gpu", show_progress="hidden")
+    generate.stop.click(_stop_handler(server), None, generate.status, queue=False)
+    filters = [gallery.folder, gallery.seed_filter, gallery.type_filter]
+    gallery_io = (filters, filters + [gallery.summary, gallery.table])
+    show_gallery = _gallery_handler(gr, server)
+    gallery.refresh.click(show_gallery, *gallery_io, concurrency_limit=4)
+    for filt in filters:
+        filt.input(show_gallery, *gallery_io, concurrency_limit=4)
+    gallery.tab.select(show_gallery, *gallery_io, concurrency_limit=4)
+
+
+def _job_handler(gr, server: Server, n_outputs: int):
+    """Start's handler: check the form, wait for a running job to end, then start one and stream its progress."""
+    from ..generation.recipes import recipe_vqgan
+
+    d = server.defaults
+
+    def run_job(*values):
+        (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp, rc) = values
+        if server.lock_models:
+            lp = fp = ""
+        try:
+            checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp, rc))
+        except VqclipError as e:
+            yield [f"**error:** {e}"] + [gr.skip()] * (n_outputs - 1)
+            return
+        choice = page_models(d, server.lock_models, cl, pre, vq, vqc, vqk)
+        if not choice.vqgan and not choice.vqgan_checkpoint:  # the recipe's VQGAN (paper: f16 1024)
+            choice = dataclasses.replace(choice, vqgan=recipe_vqgan(checked.settings.recipe, None))
+        previous = server.job  # still running if its page was closed: the queue alone would not wait for it
+        while previous is not None and not previous.done:
+            yield ["Waiting for the running job to end..."] + [gr.skip()] * (n_outputs - 1)
+            time.sleep(POLL_SECONDS)
+        job = Job(checked, choice, server.outputs_root, server.cache, server.report_seconds)
+        server.job = job
+        job.start()
+        yield from _stream_job(gr, job)
+
+    return run_job
+
+
+def _stream_job(gr, job: Job):
+    """The page's updates while `job` runs, every POLL_SECONDS until it is done: an image only when its lane has a
+    new one, a space not in the run said once."""
+    seen: dict[str, int] = {}
+    first = True
+    while True:
+        finished = job.done
+        phase, current = job.snapshot()
+        by_name = {lane.space: lane for lane in current}
+        out_images, out_plots, out_lanes = [], [], []
+        for name in SPACES:
+            lane = by_name.get(name)
+            if lane is None:
+                out_images.append(None if first else gr.skip())
+                out_plots.append(None if first else gr.skip())
+                out_lanes.append(f"**{name}**: not in this run" if first else gr.skip())
+                continue
+            changed = lane.version != seen.get(name)
+            seen[name] = lane.version
+            out_images.append(lane.image if changed else (None if first else gr.skip()))
+            out_plots.append(_plot_frame(lane) if changed or finished else gr.skip())
+            out_lanes.append(_lane_text(lane))
+        yield [_status_text(job, phase)] + out_images + out_plots + out_lanes
+        first = False
+        if finished:
+            return
+        time.sleep(POLL_SECONDS)
+
+
+def _stop_handler(server: Server):
+    """Stop's handler: ask the running job to end (it writes what it has)."""
+
+    def request_stop():
+        job = server.job
+        if job is None or job.done:
+            return "Nothing is running."
+        job.request_stop()
+        return "Stopping: the current images and run.json of each space are being written..."
+
+    return request_stop
+
+
+def _gallery_handler(gr, server: Server):
+    """The gallery's handler: rebuild the table for the chosen filters, and offer the seeds and word types found."""
+
+    def show_gallery(chosen_folder, chosen_seed, chosen_type):
+        try:
+            g = build_gallery(server.outputs_root, chosen_folder, chosen_seed, chosen_type)
+        except VqclipError as e:
+            return (gr.update(), gr.update(), gr.update(), f"**error:** {e}", "")
+        seeds = [ALL] + g.seeds
+        types = [ALL] + g.word_types
+        return (gr.update(choices=folder_choices(server.outputs_root)),
+                gr.update(choices=seeds, value=chosen_seed if chosen_seed in seeds else ALL),
+                gr.update(choices=types, value=chosen_type if chosen_type in types else ALL),
+                g.summary, g.html)
+
+    return show_gallery
 
 
 def _status_text(job: Job, phase: str) -> str:

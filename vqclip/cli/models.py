@@ -6,17 +6,25 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_cache_arg, add_quiet_arg, command_parser
+from .common import add_cache_arg, add_clip_args, add_quiet_arg, command_parser
 
 
 def register(sub) -> None:
+    """`vqclip models` and its actions: list, download, convert, check."""
     p = command_parser(sub, "models", help="list, download and convert VQGAN checkpoints and registered projections",
                        examples=["vqclip models list", "vqclip models download vqgan_imagenet_f16_16384"],
                        description="Named VQGAN checkpoints and the paper's released learn/forget projections: list "
                                    "them with their cache status, download them (verified; VQGAN downloads resume) "
                                    "and convert them to pickle-free .safetensors.")
     models = p.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    _register_list(models)
+    _register_download(models)
+    _register_convert(models)
+    _register_check(models)
 
+
+def _register_list(models) -> None:
+    """`vqclip models list`: the registry with cache status, as tables or JSON."""
     ls = command_parser(models, "list", help="registered models and projections, sizes, verification and cache status",
                         description="Registered VQGAN checkpoints and projections, with their size, how they are "
                                     "verified and whether they are in the cache.",
@@ -27,6 +35,9 @@ def register(sub) -> None:
     add_quiet_arg(ls, "accepted by every command; list shows no progress")
     ls.set_defaults(func=cmd_list)
 
+
+def _register_download(models) -> None:
+    """`vqclip models download NAME...`: fetch, verify and convert registered models and projections."""
     dl = command_parser(models, "download", examples=["vqclip models download vqgan_imagenet_f16_16384",
                                                       "vqclip models download ViT-B-32/openai:forget"],
                         help="download, verify and convert registered models and projections",
@@ -45,6 +56,9 @@ def register(sub) -> None:
     add_quiet_arg(dl, "no progress bar")
     dl.set_defaults(func=cmd_download)
 
+
+def _register_convert(models) -> None:
+    """`vqclip models convert`: a taming checkpoint to one compact .safetensors."""
     cv = command_parser(models, "convert", examples=[
                             "vqclip models convert --checkpoint last.ckpt --config model.yaml --name my_vqgan",
                             "vqclip models convert --checkpoint last.ckpt --config model.yaml --output my.safetensors"],
@@ -65,6 +79,9 @@ def register(sub) -> None:
     add_quiet_arg(cv, "accepted by every command; convert shows no progress")
     cv.set_defaults(func=cmd_convert)
 
+
+def _register_check(models) -> None:
+    """`vqclip models check`: what a generate command with these flags needs, present or missing."""
     ck = command_parser(models, "check", examples=["vqclip models check", "vqclip models check --space forget",
                                                     "vqclip models check --recipe paper --space learn"],
                         help="what a generate command needs, present or missing, with where to put each (no run)",
@@ -80,8 +97,6 @@ def register(sub) -> None:
     ck.add_argument("--vqgan", default=None, metavar="NAME", help="a registered VQGAN instead of the recipe's")
     ck.add_argument("--paper-dataset", action="store_true", help="also the paper's typographic-attack photos "
                     "(`vqclip reproduce typographic`)")
-    from .common import add_clip_args
-
     add_clip_args(ck)
     add_cache_arg(ck)
     add_quiet_arg(ck, "accepted by every command; check shows no progress")
@@ -121,7 +136,9 @@ def _projection_table(rows: list[dict]) -> str:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from ..cache import cache_dir
-    from ..models.registry import PAPER_DRIVE_FOLDER, list_assets, list_projection_assets, vqgan_root
+    from ..models.registry import list_assets, vqgan_root
+    from ..projections import list_projection_assets
+    from ..projections.published import PAPER_DRIVE_FOLDER
 
     rows = list_assets(args.cache_dir)
     projections = list_projection_assets(args.cache_dir)
@@ -146,8 +163,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from ..models.registry import (PROJECTION_ASSETS, VQGAN_ASSETS, ensure_converted, ensure_projection,
-                                   fetch_asset, unknown_registered_name)
+    from ..models.registry import ensure_converted, fetch_asset, VQGAN_ASSETS
+    from ..projections import ensure_projection, PROJECTION_ASSETS, unknown_registered_name
 
     for name in args.names:  # check every name before fetching anything
         if name not in VQGAN_ASSETS and name not in PROJECTION_ASSETS:
@@ -168,7 +185,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 def _refuse_projection_file(checkpoint: str) -> None:
     """A learn / forget matrix passed as a VQGAN checkpoint is answered as the projection it is."""
     from ..errors import bad_arg
-    from ..models.projection_import import MAX_FILE_BYTES, read_matrix_file, space_from_name
+    from ..projections.authors import MAX_FILE_BYTES, read_matrix_file
+    from ..projections.files import space_from_name
 
     path = Path(checkpoint).expanduser()
     try:

@@ -136,7 +136,8 @@ def features_from_args(args, clip=None, on_clip=None):
             Path(args.features), 0.0
     from ..spelling.dataset import build_dataset
     from ..spelling.images import open_images
-    from ..spelling.sources import DEFAULT_IMAGES, download_note
+    from ..downloads import download_note
+    from ..spelling.sources import DEFAULT_IMAGES
 
     config, style = _data_config(args), _style_from_args(args)  # validate before loading anything heavy
     if clip is None:  # a mistyped model name fails before a 1.26 GB download, not after
@@ -223,7 +224,7 @@ def register(sub) -> None:
 
 def _target(args, identity: str) -> Path:
     from ..io import check_writable
-    from ..spaces import projection_path
+    from ..projections import projection_path
 
     target = Path(args.out) if args.out else projection_path(args.space, identity, args.cache_dir)
     if target.exists() and not args.overwrite and not args.extract_only:
@@ -235,12 +236,40 @@ def _target(args, identity: str) -> Path:
 
 
 def run(args) -> int:
+    """`vqclip train`: check every flag, get the features (extracted once, cached), train W, write it and report."""
+    from ..spelling.train import train_test_metrics
+
+    config, device = _checked_config(args)
+    features, identity, folder, extract_s = _features_checked(args)
+    target = _target(args, identity)
+    sizes = features.split_sizes()
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    say(f"features: {folder} ({len(features)} tuples, splits {sizes}, "
+        f"{features.metadata.get('skipped_images', 0)} unreadable images skipped)")
+    if args.extract_only:
+        print(folder)
+        return 0
+
+    result, short = _train(features, config, say)
+    test_split = "test" if sizes.get("test", 0) >= 2 else "val"
+    test = train_test_metrics(features, result.W, test_split, device)
+    path = _write(args, result, features, identity, target, folder, test)
+    summary = {"projection": str(path), "space": result.space, "clip_model": identity, "dim": result.dim,
+               "embed_dim": features.embed_dim, "weights": result.weights, "gamma": result.gamma,
+               "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 2),
+               "extract_seconds": round(extract_s, 2), "features": str(folder), "split_sizes": sizes,
+               "metrics": {"val": result.metrics.get("val"), "test": test}, "warnings": [short] if short else []}
+    _report(args, path, result, test, test_split, short, summary)
+    return 0
+
+
+def _checked_config(args):
+    """Every flag checked before any image is read: the output files, the weights, --dim and the training
+    config; returns (TrainConfig, device)."""
     from ..devices import resolve_device
-    from ..io import check_replaceable, check_writable, disk_errors, record_written, write_json
-    from ..spelling.losses import parse_weights, resolve_preset
-    from ..spelling.retrieval import format_table
-    from ..spelling.train import (TrainConfig, too_few_steps_warning, train_projection, train_test_metrics,
-                                  write_projection)
+    from ..io import check_replaceable, check_writable
+    from ..spelling.losses import parse_weights
+    from ..spelling.train import TrainConfig
 
     check_out_file(args, "train")
     if args.weights:
@@ -258,6 +287,13 @@ def run(args) -> int:
         check_writable(Path(args.json).parent, "--json")
     if args.out and not args.extract_only:
         check_writable(Path(args.out).parent, "--out-file")  # before any image is read
+    return config, device
+
+
+def _features_checked(args):
+    """The features (extracted or cached), with the preset and the target file checked against the CLIP as soon as
+    it is known, before extraction; returns what `features_from_args` does."""
+    from ..spelling.losses import resolve_preset
 
     def check(clip):
         resolve_preset(args.space, args.dim, args.weights, args.gamma, clip.embed_dim)
@@ -265,14 +301,13 @@ def run(args) -> int:
 
     features, identity, folder, extract_s = features_from_args(args, on_clip=check)
     resolve_preset(args.space, args.dim, args.weights, args.gamma, features.embed_dim)
-    target = _target(args, identity)
-    sizes = features.split_sizes()
-    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-    say(f"features: {folder} ({len(features)} tuples, splits {sizes}, "
-        f"{features.metadata.get('skipped_images', 0)} unreadable images skipped)")
-    if args.extract_only:
-        print(folder)
-        return 0
+    return features, identity, folder, extract_s
+
+
+def _train(features, config, say):
+    """Train W on the train split (keeping the epoch of lowest val loss), logging each epoch; returns (result, the
+    too-few-steps warning or None)."""
+    from ..spelling.train import too_few_steps_warning, train_projection
 
     train = features.part("train") if features.split is not None else features
     short = too_few_steps_warning(len(train), config, features.embed_dim)
@@ -285,20 +320,27 @@ def run(args) -> int:
 
     say(EPOCH_LOG_HEADER)
     val = features.part("val") if features.split is not None else None
-    result = train_projection(train, val, config, on_epoch)
-    test_split = "test" if sizes.get("test", 0) >= 2 else "val"
-    test = train_test_metrics(features, result.W, test_split, device)
+    return train_projection(train, val, config, on_epoch), short
+
+
+def _write(args, result, features, identity: str, target: Path, folder, test):
+    """Write the projection file with its recipe, split sizes and test metrics; returns its path."""
+    from ..io import disk_errors
+    from ..spelling.train import write_projection
+
     recipe = {**features.metadata.get("recipe", {}), "features": str(folder),
               "clip_precision": features.metadata.get("clip_precision")}
     with disk_errors("--out-file" if args.out else "--cache-dir", "no projection file was written (no partial file is "
                      "left)"):
-        path = write_projection(result, identity, target, recipe=recipe, split_sizes=sizes,
+        return write_projection(result, identity, target, recipe=recipe, split_sizes=features.split_sizes(),
                                 metrics={"test": test} if test else None, overwrite=True)
-    summary = {"projection": str(path), "space": result.space, "clip_model": identity, "dim": result.dim,
-               "embed_dim": features.embed_dim, "weights": result.weights, "gamma": result.gamma,
-               "best_epoch": result.best_epoch, "train_seconds": round(result.seconds, 2),
-               "extract_seconds": round(extract_s, 2), "features": str(folder), "split_sizes": sizes,
-               "metrics": {"val": result.metrics.get("val"), "test": test}, "warnings": [short] if short else []}
+
+
+def _report(args, path, result, test, test_split: str, short, summary: dict) -> None:
+    """The test table and the `wrote` line on stdout, and the summary as --json."""
+    from ..io import check_replaceable, disk_errors, record_written, write_json
+    from ..spelling.retrieval import format_table
+
     if test:
         print(f"{test_split} split ({test['n']} tuples):")
         print(format_table({"clip": test["clip"], result.space: test["projection"]}))
@@ -309,4 +351,3 @@ def run(args) -> int:
             check_replaceable([args.json], args.overwrite, "--json")
             write_json(args.json, summary)
             record_written(args.json)
-    return 0

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
@@ -31,6 +31,9 @@ from ..errors import VqclipError, bad_arg
 from ..io import atomic_path, write_json
 from .dataset import SpellingDataset, to_uint8_tensor
 from .featureset import SpellingFeatures
+
+if TYPE_CHECKING:
+    from .words import WordList
 
 log = logging.getLogger(__name__)
 
@@ -145,44 +148,51 @@ def _encode_batch(clip, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {"x_t": feats[:b], "x_i": x_i, "x_it": x_it, "valid": valid}
 
 
-def extract_features(clip, dataset: SpellingDataset, out: str | Path | None = None, cache: str | None = None,
-                     batch_size: int = 64, num_workers: int = 0, shard_size: int = 4096, progress: bool = True,
-                     callback: Callable[[dict], None] | None = None) -> Path:
-    """Compute (or finish computing) the features of every tuple; returns the cache folder."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
+def _extraction_meta(clip, dataset: SpellingDataset, precision: str, shard_size: int) -> dict[str, Any]:
+    """meta.json of a cache folder being filled: the CLIP, its precision, the recipe and the layout."""
     from .. import __version__
 
-    if batch_size < 1 or shard_size < 1 or num_workers < 0:
-        raise bad_arg("--extract-batch-size", "batch and shard sizes must be >= 1, workers >= 0",
-                      (batch_size, shard_size, num_workers), "Use e.g. 64, 4096, 4.")
-    precision = getattr(clip, "precision", "fp32")
-    folder = Path(out) if out else feature_dir(clip.identity, dataset, cache, precision)
-    n, dim = len(dataset), clip.embed_dim
-    meta = {"format": FORMAT, "clip_model": clip.identity, "clip_quick_gelu": getattr(clip, "quick_gelu", None),
-            "clip_precision": precision, "embed_dim": dim, "recipe_key": dataset.key(),
-            "recipe": dataset.recipe(), "tuples": n, "shard_size": shard_size, "classes": dataset.classes,
+    return {"format": FORMAT, "clip_model": clip.identity, "clip_quick_gelu": getattr(clip, "quick_gelu", None),
+            "clip_precision": precision, "embed_dim": clip.embed_dim, "recipe_key": dataset.key(),
+            "recipe": dataset.recipe(), "tuples": len(dataset), "shard_size": shard_size, "classes": dataset.classes,
             "prompts": dataset.prompts, "split_sizes": dataset.split_sizes(), "vqclip_version": __version__,
             "complete": False}
+
+
+def _prepare_folder(clip, dataset: SpellingDataset, folder: Path, meta: dict[str, Any], batch_size: int) -> int:
+    """Check the folder holds this CLIP's features of this recipe, write meta, words, plan and text features (each
+    kept if already there); returns the shard size, the one on disk if shards already fix the layout."""
     _check_meta(folder, meta)
     folder.mkdir(parents=True, exist_ok=True)
     old_shard = _old_shard_size(folder)
     if old_shard:
-        meta["shard_size"] = shard_size = old_shard  # shards already on disk fix the layout
+        meta["shard_size"] = old_shard  # shards already on disk fix the layout
     write_json(folder / "meta.json", meta)
     dataset.words.save(folder / "words.json")
     if _load(folder / "plan.safetensors") is None:
         _save(folder / "plan.safetensors", dataset.tuple_table())
     text = _load(folder / "text.safetensors")
-    if text is None or text["y_t"].shape != (len(dataset.words), dim):
+    if text is None or text["y_t"].shape != (len(dataset.words), clip.embed_dim):
         _save(folder / "text.safetensors", _text_features(clip, dataset, batch_size))
-    n_shards = math.ceil(n / shard_size)
-    rows = [min(shard_size, n - k * shard_size) for k in range(n_shards)]
-    todo = [k for k in range(n_shards) if not _shard_ok(folder, k, rows[k], dim)]
+    return meta["shard_size"]
+
+
+def _shard_tensors(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One shard from its encoded batches: features stored as STORE_DTYPE, the `valid` mask as is."""
+    shard = {key: torch.cat([p[key] for p in parts]) for key in ("x_i", "x_t", "x_it", "valid")}
+    return {key: (v if key == "valid" else v.to(STORE_DTYPE)) for key, v in shard.items()}
+
+
+def _encode_shards(clip, dataset: SpellingDataset, folder: Path, rows: list[int], todo: list[int], shard_size: int,
+                   batch_size: int, num_workers: int, progress: bool,
+                   callback: Callable[[dict], None] | None) -> None:
+    """Encode the tuples of the shards in `todo` and save each shard as soon as all its rows are encoded."""
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    n = len(dataset)
     batches = [list(range(s, min(s + batch_size, k * shard_size + rows[k])))
                for k in todo for s in range(k * shard_size, k * shard_size + rows[k], batch_size)]
-    start = time.perf_counter()
     bar = tqdm(total=n, initial=n - sum(rows[k] for k in todo), unit="tuple", desc="features",
                disable=not progress)
     loader = DataLoader(dataset, batch_sampler=batches, num_workers=num_workers,
@@ -193,13 +203,29 @@ def extract_features(clip, dataset: SpellingDataset, out: str | Path | None = No
         parts.setdefault(k, []).append(_encode_batch(clip, batch))
         bar.update(len(batch["index"]))
         if sum(len(p["valid"]) for p in parts[k]) == rows[k]:
-            done = parts.pop(k)
-            shard = {key: torch.cat([p[key] for p in done]) for key in ("x_i", "x_t", "x_it", "valid")}
-            shard = {key: (v if key == "valid" else v.to(STORE_DTYPE)) for key, v in shard.items()}
-            _save(_shard_path(folder, k), shard)
+            _save(_shard_path(folder, k), _shard_tensors(parts.pop(k)))
             if callback:
-                callback({"shard": k, "shards": n_shards, "rows": rows[k]})
+                callback({"shard": k, "shards": len(rows), "rows": rows[k]})
     bar.close()
+
+
+def extract_features(clip, dataset: SpellingDataset, out: str | Path | None = None, cache: str | None = None,
+                     batch_size: int = 64, num_workers: int = 0, shard_size: int = 4096, progress: bool = True,
+                     callback: Callable[[dict], None] | None = None) -> Path:
+    """Compute (or finish computing) the features of every tuple; returns the cache folder."""
+    if batch_size < 1 or shard_size < 1 or num_workers < 0:
+        raise bad_arg("--extract-batch-size", "batch and shard sizes must be >= 1, workers >= 0",
+                      (batch_size, shard_size, num_workers), "Use e.g. 64, 4096, 4.")
+    precision = getattr(clip, "precision", "fp32")
+    folder = Path(out) if out else feature_dir(clip.identity, dataset, cache, precision)
+    n, dim = len(dataset), clip.embed_dim
+    meta = _extraction_meta(clip, dataset, precision, shard_size)
+    shard_size = _prepare_folder(clip, dataset, folder, meta, batch_size)
+    n_shards = math.ceil(n / shard_size)
+    rows = [min(shard_size, n - k * shard_size) for k in range(n_shards)]
+    todo = [k for k in range(n_shards) if not _shard_ok(folder, k, rows[k], dim)]
+    start = time.perf_counter()
+    _encode_shards(clip, dataset, folder, rows, todo, shard_size, batch_size, num_workers, progress, callback)
     skipped = sum(int((~_load(_shard_path(folder, k))["valid"]).sum()) for k in range(n_shards))
     meta.update(complete=True, skipped_images=skipped, seconds_last_run=round(time.perf_counter() - start, 2))
     write_json(folder / "meta.json", meta)
@@ -276,22 +302,28 @@ def _check_tensors(folder: Path, file: str, tensors: dict, shapes: dict[str, tup
             raise _damaged(folder, file, f"{key} holds NaN or infinite values")
 
 
-def load_features(folder: str | Path, clip_identity: str | None = None, embed_dim: int | None = None,
-                  dtype: torch.dtype = torch.float32) -> SpellingFeatures:
-    """Read a complete cache folder into SpellingFeatures (unreadable images dropped); checks the CLIP.
-
-    Every file is checked before use (shapes, index ranges, finite values), so a damaged cache is a one-line
-    error naming the file, never a traceback or features silently wrong.
-    """
-    from .words import WordList
-
-    folder = Path(folder)
-    meta = read_meta(folder)
+def _check_model(meta: dict, clip_identity: str | None, embed_dim: int | None) -> None:
+    """Refuse features extracted with another CLIP than the one named, or of another width."""
     if clip_identity is not None and meta["clip_model"] != clip_identity:
         raise bad_arg("--features", f"these features were extracted with CLIP {meta['clip_model']!r}", clip_identity,
                       "Pass the same --clip/--pretrained, or extract features for this model.")
     if embed_dim is not None and meta["embed_dim"] != embed_dim:
         raise bad_arg("--features", f"these features have D={meta['embed_dim']}", embed_dim, "Use matching CLIP.")
+
+
+def _read_shard(folder: Path, k: int, rows: int, dim: int) -> dict[str, torch.Tensor]:
+    """Shard `k`, checked to hold `rows` finite feature rows of width `dim` and their `valid` mask."""
+    shard = _load(_shard_path(folder, k))
+    if shard is None:
+        raise _damaged(folder, _shard_path(folder, k).name, "is not a readable safetensors file")
+    _check_tensors(folder, _shard_path(folder, k).name, shard,
+                   {"x_i": (rows, dim), "x_t": (rows, dim), "x_it": (rows, dim), "valid": (rows,)})
+    return shard
+
+
+def _read_tensors(folder: Path, meta: dict) -> tuple[dict, dict, list[dict]]:
+    """plan, text and every shard of a complete folder, each checked for shape and finite values, and the plan's
+    word and class ids for their range."""
     n, shard_size, dim = meta["tuples"], meta["shard_size"], meta["embed_dim"]
     n_shards = math.ceil(n / shard_size)
     missing = [k for k in range(n_shards) if not _shard_path(folder, k).is_file()]
@@ -299,15 +331,7 @@ def load_features(folder: str | Path, clip_identity: str | None = None, embed_di
     if missing or plan is None or text is None:
         raise VqclipError(f"--features: the feature cache {folder} is incomplete ({n_shards - len(missing)} of "
                           f"{n_shards} shards): re-run the same command to resume the extraction.")
-    shards = []
-    for k in range(n_shards):
-        rows = min(shard_size, n - k * shard_size)
-        shard = _load(_shard_path(folder, k))
-        if shard is None:
-            raise _damaged(folder, _shard_path(folder, k).name, "is not a readable safetensors file")
-        _check_tensors(folder, _shard_path(folder, k).name, shard,
-                       {"x_i": (rows, dim), "x_t": (rows, dim), "x_it": (rows, dim), "valid": (rows,)})
-        shards.append(shard)
+    shards = [_read_shard(folder, k, min(shard_size, n - k * shard_size), dim) for k in range(n_shards)]
     _check_tensors(folder, "plan.safetensors", plan, {k: (n,) for k in ("word_ids", "class_ids", "is_real", "split")})
     n_classes = len(meta["classes"])
     _check_tensors(folder, "text.safetensors", text, {"y_t": (None, dim), "class_prompts": (n_classes, dim),
@@ -317,10 +341,14 @@ def load_features(folder: str | Path, clip_identity: str | None = None, embed_di
         ids = plan[key]
         if ids.is_floating_point() or (n and (int(ids.min()) < 0 or int(ids.max()) >= limit)):
             raise _damaged(folder, "plan.safetensors", f"{key} must index the {limit} {what}")
-    cat = {k: torch.cat([s[k] for s in shards]) for k in ("x_i", "x_t", "x_it", "valid")}
-    valid = cat["valid"].bool()
-    if not valid.any():
-        raise bad_arg("--images", "none of the images could be read", f"0 of {n}", "Check the image files.")
+    return plan, text, shards
+
+
+def _read_words(folder: Path, meta: dict, text: dict, plan: dict) -> WordList:
+    """words.json, checked to list the words text.safetensors encodes, with the plan's real/nonsense flags."""
+    from .words import WordList
+
+    n = meta["tuples"]
     try:
         words = WordList.load(folder / "words.json", "--features")
     except VqclipError as e:
@@ -337,6 +365,26 @@ def load_features(folder: str | Path, clip_identity: str | None = None, embed_di
     real = torch.tensor(words.is_real, dtype=torch.bool)
     if n and not bool((real[plan["word_ids"].long()] == plan["is_real"].bool()).all()):
         raise _damaged(folder, "words.json", "marks words real or nonsense otherwise than plan.safetensors")
+    return words
+
+
+def load_features(folder: str | Path, clip_identity: str | None = None, embed_dim: int | None = None,
+                  dtype: torch.dtype = torch.float32) -> SpellingFeatures:
+    """Read a complete cache folder into SpellingFeatures (unreadable images dropped); checks the CLIP.
+
+    Every file is checked before use (shapes, index ranges, finite values), so a damaged cache is a one-line
+    error naming the file, never a traceback or features silently wrong.
+    """
+    folder = Path(folder)
+    meta = read_meta(folder)
+    _check_model(meta, clip_identity, embed_dim)
+    plan, text, shards = _read_tensors(folder, meta)
+    cat = {k: torch.cat([s[k] for s in shards]) for k in ("x_i", "x_t", "x_it", "valid")}
+    valid = cat["valid"].bool()
+    if not valid.any():
+        raise bad_arg("--images", "none of the images could be read", f"0 of {meta['tuples']}",
+                      "Check the image files.")
+    words = _read_words(folder, meta, text, plan)
     f = SpellingFeatures(
         x_i=cat["x_i"][valid].to(dtype), x_t=cat["x_t"][valid].to(dtype), x_it=cat["x_it"][valid].to(dtype),
         y_t=text["y_t"][plan["word_ids"][valid]].to(dtype), class_ids=plan["class_ids"][valid].long(),

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from vqclip.errors import VqclipError
-from vqclip.evaluate.typographic import (build_synthetic_attacks, evaluate_typographic, open_typographic_dataset,
+from vqclip.evaluate.synthetic_attacks import build_synthetic_attacks
+from vqclip.evaluate.typographic import (evaluate_typographic, open_typographic_dataset,
                                          parse_attack_filename, typographic_table)
 from vqclip.spaces import Space
 

@@ -5,13 +5,13 @@ Datasets:
   `{"true object": ..., "typographic attack label": ...}` (an empty attack label marks a clean photo);
 - PAINT / RTA-100: files named `label=OBJECT_text=WORD.ext`;
 - synthetic attacks: a wrong class word written on each image of a labelled folder (rendering shared with the
-  projection data builder), saved as a folder in the paper's format with its recipe and seed.
+  projection data builder), saved as a folder in the paper's format with its recipe and seed; built by
+  `.synthetic_attacks`, read here like the paper's photos.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -26,8 +26,6 @@ from ..io import record_written, write_json
 from ..untrusted import UntrustedFileError, open_image, read_json
 from .common import Encoder, encode_images, encode_texts, inside
 from .textscore import rate
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = "a photo of a {}."
 ANNOTATION_FILES = ("annotation.json", "annotations.json")
@@ -269,7 +267,7 @@ def fetch_paper_dataset(cache: str | os.PathLike | None = None, download: bool =
     import tempfile
 
     from ..io import writable_folder
-    from ..models import registry
+    from .. import downloads
 
     dest = paper_dataset_dir(cache)
     root = find_dataset_root(dest)
@@ -286,7 +284,7 @@ def fetch_paper_dataset(cache: str | os.PathLike | None = None, download: bool =
     writable_folder(dest.parent, "--cache-dir")  # an O_EXCL probe: a link planted in the cache is never followed
     tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=dest.parent))
     try:
-        (fetcher or registry.gdown_folder)(PAPER_DATASET_URL, tmp, progress)  # looked up now: tests replace it
+        (fetcher or downloads.gdown_folder)(PAPER_DATASET_URL, tmp, progress)  # looked up now: tests replace it
         unpack_archives(tmp)
         if find_dataset_root(tmp) is None:
             raise OSError(f"the download holds no {' or '.join(ANNOTATION_FILES)}")
@@ -302,119 +300,8 @@ def fetch_paper_dataset(cache: str | os.PathLike | None = None, download: bool =
         if find_dataset_root(dest) is not None:  # another process fetched it meanwhile
             return find_dataset_root(dest)
         raise bad_arg("--dataset", "could not download the paper's typographic-attack photos",
-                      f"{PAPER_DATASET_URL} ({registry._first_line(e)})", fix) from None
+                      f"{PAPER_DATASET_URL} ({downloads.first_line(e)})", fix) from None
     return find_dataset_root(dest)
-
-
-# ---------------------------------------------------------------- synthetic attacks
-
-SYNTHETIC_MARK = "synthetic typographic attack"
-
-
-def _synthetic_image_is_ours(path: Path) -> bool:
-    from ..io import png_text
-
-    try:
-        return not path.is_symlink() and path.is_file() and png_text(path).get("vqclip") == SYNTHETIC_MARK
-    except Exception:  # noqa: BLE001 - unreadable: not an image vqclip wrote
-        return False
-
-
-def check_synthetic_out(out: Path, count: int, overwrite: bool = False) -> None:
-    """Before any image is written: every file the synthetic set would replace is vqclip's, or `overwrite`."""
-    from ..io import check_replaceable, linked_part
-
-    linked = linked_part(out, "images")
-    if linked is not None:
-        raise bad_arg("--synthetic-out", "images/ is a symbolic link, and vqclip never writes through a link it did "
-                      "not make", str(linked), "Remove the link, or choose another --synthetic-out.")
-    check_replaceable([out / "annotation.json", out / "recipe.json"], overwrite, "--synthetic-out")
-    images = out / "images"
-    if overwrite or not images.is_dir():
-        return
-    for k in range(count):
-        for kind in ("clean", "attack"):
-            path = images / f"{k:05d}_{kind}.png"
-            if os.path.lexists(path) and not _synthetic_image_is_ours(path):
-                raise bad_arg("--synthetic-out", "a file vqclip did not write is in the way, and vqclip never "
-                              "replaces a file it did not write", str(path),
-                              "Choose another --synthetic-out, or pass --overwrite to replace it.")
-
-
-def synthetic_recipe(source, seed: int, size: int, max_images: int | None, style, attack_words) -> dict:
-    """Everything that decides the synthetic set's images (compared to reuse a folder built before)."""
-    return {"format": SYNTHETIC_FORMAT, "source": source.name, "source_description": source.description,
-            "seed": int(seed), "size": int(size), "max_images": max_images,
-            "attack_words": "other class names" if attack_words is None else list(attack_words),
-            "style": style.to_dict(), "box": True}
-
-
-def build_synthetic_attacks(source, out_dir: str | os.PathLike, seed: int = 0, size: int = 384,
-                            max_images: int | None = 1000, style=None, attack_words: Sequence[str] | None = None,
-                            progress: bool = True, overwrite: bool = False) -> TypoDataset:
-    """Write a wrong class word on images of a labelled `ImageSource`; save clean + attacked copies, recipe, seed.
-
-    Each image's sample, attack word and rendering come from generators keyed by (seed, index), so the set does
-    not depend on iteration order. A folder already built with the same recipe is reused as is. A file in the way
-    that vqclip did not write (its JSON files are in the folder's ledger, its images carry vqclip's mark) is
-    refused before anything is written, unless `overwrite`.
-    """
-    import random
-
-    from tqdm import tqdm
-
-    from .. import __version__
-    from ..io import save_png
-    from ..spelling.render import TextStyle, draw_word, item_rng, resize_center_crop
-
-    out = Path(out_dir).expanduser()
-    style = (style or TextStyle()).with_fonts()
-    words = [clean_label(w) for w in attack_words if clean_label(w)] if attack_words is not None else None
-    recipe = synthetic_recipe(source, seed, size, max_images, style, words)
-    old = out / "recipe.json"
-    if old.is_file() and (out / "annotation.json").is_file():
-        try:
-            previous = read_json(old)
-            if isinstance(previous, dict) and {k: v for k, v in previous.items() if k not in ("vqclip_version", "skipped")} == recipe:
-                log.info("reusing the synthetic attack set in %s", out)
-                ds = open_typographic_dataset(out, "annotation")
-                ds.skipped = list(previous.get("skipped", [])) + ds.skipped
-                return ds
-        except (OSError, ValueError):  # not the recipe vqclip wrote: made anew
-            pass
-    classes = [clean_label(c) for c in source.classes]
-    pool = words if words is not None else sorted(set(classes))
-    if len(set(pool)) < 2 and not (words and set(words) - set(classes)):
-        raise bad_arg("--synthetic", "needs at least two classes (or --attack-words) to write a wrong word",
-                      source.name, "Use a folder with images of two or more classes.")
-    n = len(source)
-    indices = sorted(random.Random(f"{seed}:subset").sample(range(n), max_images)) if max_images and max_images < n \
-        else list(range(n))
-    check_synthetic_out(out, len(indices), overwrite)
-    annotation, skipped = {}, []
-    for k, i in enumerate(tqdm(indices, desc="synthetic attacks", unit="img", disable=not progress, leave=False)):
-        image = source.load(i)
-        if image is None:
-            skipped.append({"path": source.where(i), "reason": "unreadable source image"})
-            continue
-        label = classes[source.class_ids[i]]
-        wrong = [w for w in pool if w != label]
-        if not wrong:
-            skipped.append({"path": source.where(i), "reason": "no attack word differs from the label"})
-            continue
-        word = wrong[item_rng(seed, "attack", i).randrange(len(wrong))]
-        clean_name, attack_name = f"images/{k:05d}_clean.png", f"images/{k:05d}_attack.png"
-        save_png(resize_center_crop(image, size), out / clean_name, {"vqclip": SYNTHETIC_MARK})
-        save_png(draw_word(image, word, style, item_rng(seed, "render", i), box=True, size=size), out / attack_name,
-                 text={"true object": label, "typographic attack label": word, "vqclip": SYNTHETIC_MARK})
-        annotation[clean_name] = {TRUE_KEY: label, ATTACK_KEY: "", "source_index": i}
-        annotation[attack_name] = {TRUE_KEY: label, ATTACK_KEY: word, "source_index": i}
-    write_json(out / "annotation.json", annotation)
-    write_json(out / "recipe.json", {**recipe, "vqclip_version": __version__, "skipped": skipped})
-    record_written(out / "annotation.json", out / "recipe.json")
-    ds = open_typographic_dataset(out, "annotation")
-    ds.skipped = skipped + ds.skipped
-    return ds
 
 
 # ---------------------------------------------------------------- zero-shot protocols
@@ -556,3 +443,16 @@ def typographic_table(report: Mapping[str, Any], reference: bool = True) -> str:
                             if (proto, key) == ("union", "all") else "")
             lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines) + "\n"
+
+
+_SYNTHETIC_NAMES = ("build_synthetic_attacks", "check_synthetic_out", "synthetic_recipe", "SYNTHETIC_MARK")
+
+
+def __getattr__(name: str):
+    """The synthetic set's builder stays importable from here; loaded on first use, as .synthetic_attacks reads
+    its datasets with this module."""
+    if name in _SYNTHETIC_NAMES:
+        from . import synthetic_attacks
+
+        return getattr(synthetic_attacks, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

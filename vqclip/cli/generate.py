@@ -291,17 +291,22 @@ LONG_RUN_SECONDS = 600  # a run expected to take longer says so after its first 
 
 
 def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int:
-    from tqdm import tqdm
-
-    from ..generation import run
-    from ..generation.loop import default_report_every, to_pil
-    from ..outputs import build_record, discard_empty_run_dir, prepare_run_dir, save_frame, write_run, write_video
+    """Load the models, resolve the settings against the VQGAN, run with a progress bar, write the run folder and
+    report; returns the exit status."""
+    from ..outputs import prepare_run_dir
 
     models = load_models_from_args(args, spaces=[(args.space, args.projection, "--projection")])
     space = models.space(args.space, args.projection)
     settings, notices = settings.resolved(models.vqgan.factor)
     created = not out.exists()
     prepare_run_dir(out, args.overwrite)
+    _print_notes(args, settings, space, notices)
+    result, image_path = _run_and_write(args, settings, models, space, prompt, out, created)
+    return _report(args, out, result, image_path)
+
+
+def _print_notes(args: argparse.Namespace, settings, space, notices: list) -> None:
+    """The settings' notices, a note when too few steps leave the spaces alike, and the seed when it was drawn."""
     if space.name != "clip" and settings.steps < FEW_STEPS:
         notices = [*notices, f"with {settings.steps} steps the quantized codes have barely moved: clip, learn and "
                    "forget can give pixel-identical images; use 100 or more steps to compare spaces"]
@@ -311,12 +316,16 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
         print(f"vqclip generate: seed {settings.seed} (drawn; --seed {settings.seed} repeats this run)",
               file=sys.stderr)
 
-    bar = tqdm(total=settings.steps, desc=space.name, unit="step", disable=args.quiet, dynamic_ncols=True)
-    # Losses are read back from a GPU every few steps only; frames need their exact steps.
-    report_every = default_report_every(models.clip.device)
-    if args.save_every:
-        report_every = math.gcd(report_every, args.save_every)
 
+def _progress(args: argparse.Namespace, settings, space, models, out: Path):
+    """The progress bar and the step callback that moves it, says once when the run will be long, and saves a
+    frame every --save-every steps; returns (bar, on_step)."""
+    from tqdm import tqdm
+
+    from ..generation.loop import to_pil
+    from ..outputs import save_frame
+
+    bar = tqdm(total=settings.steps, desc=space.name, unit="step", disable=args.quiet, dynamic_ncols=True)
     said = []
 
     def on_step(info):
@@ -334,6 +343,21 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
                                     "written"):
                 save_frame(out, info.step, to_pil(info.image))
 
+    return bar, on_step
+
+
+def _run_and_write(args: argparse.Namespace, settings, models, space, prompt: str, out: Path, created: bool):
+    """Run the loop, then write image.png and run.json; a failed run leaves no empty folder that it created.
+    Returns (result, image path)."""
+    from ..generation import run
+    from ..generation.loop import default_report_every
+    from ..outputs import build_record, discard_empty_run_dir, write_run
+
+    bar, on_step = _progress(args, settings, space, models, out)
+    # Losses are read back from a GPU every few steps only; frames need their exact steps.
+    report_every = default_report_every(models.clip.device)
+    if args.save_every:
+        report_every = math.gcd(report_every, args.save_every)
     try:
         try:
             result = run(settings, models.clip, models.vqgan, space, on_step, report_every=report_every)
@@ -349,6 +373,13 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
         if created:  # a run that failed (or whose first write failed: a full disk) leaves no empty folder
             discard_empty_run_dir(out)
         raise
+    return result, image_path
+
+
+def _report(args: argparse.Namespace, out: Path, result, image_path) -> int:
+    """The video when asked for, the image's path on stdout, and the exit status (130 interrupted, 1 non-finite)."""
+    from ..outputs import write_video
+
     if args.video:
         if result.steps_done >= args.save_every:
             with output_errors(out, "image.png, run.json and the frames are kept"):

@@ -72,12 +72,12 @@ def _no_drive_downloads(request, monkeypatch):
     """Tests never reach Google Drive: the default folder fetcher fails as on an offline machine (slow tests aside)."""
     if "slow" in request.keywords:
         return
-    from vqclip.models import registry
+    from vqclip import downloads
 
     def offline(url, output, progress):
         raise OSError(f"Failed to resolve 'drive.google.com' (network disabled in tests; {url})")
 
-    monkeypatch.setattr(registry, "gdown_folder", offline)
+    monkeypatch.setattr(downloads, "gdown_folder", offline)
 
 
 @pytest.fixture(autouse=True)

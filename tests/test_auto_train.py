@@ -16,9 +16,10 @@ import torch
 from PIL import Image, ImageDraw
 
 from vqclip.cli import main
-from vqclip.models import registry
+from vqclip import downloads
+from vqclip.projections import published
 from vqclip.models.clip import clip_identity
-from vqclip.spaces import load_projection, projection_path
+from vqclip.projections import load_projection, projection_path
 from vqclip.spelling import pipeline
 
 
@@ -170,10 +171,10 @@ def test_batch_auto_trains_each_missing_projection_once_before_the_first_job(mod
 def registered_tiny(tiny_clip, monkeypatch):
     """Register projections for the tiny CLIP (D = 32) served by a fake Drive folder, as the paper's are."""
     identity = tiny_clip.identity
-    assets = {f"{identity}:{space}": registry.ProjectionAsset(identity, space, ("https://drive.example/folder",), 32,
+    assets = {f"{identity}:{space}": published.ProjectionAsset(identity, space, ("https://drive.example/folder",), 32,
                                                              dim, "test", "https://example")
               for space, dim in (("learn", 4), ("forget", 16))}
-    monkeypatch.setattr(registry, "PROJECTION_ASSETS", MappingProxyType(assets))
+    monkeypatch.setattr(published, "PROJECTION_ASSETS", MappingProxyType(assets))
 
     def serve(url, output, progress):
         for space, d, seed in (("learn", 4, 1), ("forget", 16, 2)):
@@ -186,7 +187,7 @@ def registered_tiny(tiny_clip, monkeypatch):
 def test_generate_with_a_registered_projection_fetches_it_on_first_use(model_args, tmp_path, registered_tiny,
                                                                        monkeypatch):
     identity, serve = registered_tiny
-    monkeypatch.setattr(registry, "gdown_folder", serve)
+    monkeypatch.setattr(downloads, "gdown_folder", serve)
     out = tmp_path / "r"
     assert main(["generate", "apple", "--space", "forget", "--out", str(out)] + model_args) == 0
     record = json.loads((out / "run.json").read_text())

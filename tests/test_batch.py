@@ -176,7 +176,7 @@ def cached_projections(tiny_clip):
     """learn and forget projections where `vqclip train` would leave them for the tiny CLIP."""
     import torch
 
-    from vqclip.spaces import projection_path, save_projection
+    from vqclip.projections import projection_path, save_projection
 
     for seed, space in enumerate(("learn", "forget")):
         q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(seed)))

@@ -89,7 +89,7 @@ def ui(tiny_clip_id, tmp_path_factory):
     """The page of `vqclip ui` on the tiny models (learn and forget projections cached), served on a free port."""
     from vqclip.models.clip import load_clip
     from vqclip.models.tiny import write_taming_files
-    from vqclip.spaces import projection_path, save_projection
+    from vqclip.projections import projection_path, save_projection
     from vqclip.ui.app import Server, launch
     from vqclip.ui.runner import ModelChoice
 

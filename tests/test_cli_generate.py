@@ -105,7 +105,7 @@ def test_learn_space_without_projection_says_how_to_train(model_args, tmp_path, 
 def test_forget_space_with_a_projection_file(model_args, tmp_path, tiny_clip):
     import torch
 
-    from vqclip.spaces import save_projection
+    from vqclip.projections import save_projection
 
     q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
     proj = save_projection(tmp_path / "f.safetensors", q.T, "forget", tiny_clip.identity)
@@ -269,7 +269,7 @@ def test_a_rule_broken_by_a_config_value_names_the_file_and_key(model_args, tmp_
 def _projection(tmp_path, clip, space="forget"):
     import torch
 
-    from vqclip.spaces import save_projection
+    from vqclip.projections import save_projection
 
     q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
     return save_projection(tmp_path / f"{space}.safetensors", q.T, space, clip.identity)

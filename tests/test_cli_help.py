@@ -122,9 +122,9 @@ def test_score_help_prints_a_plain_percent_sign(capsys):
 
 
 def test_epochs_are_checked_before_any_image_is_read(tmp_path, capsys, monkeypatch):
-    import vqclip.spelling.images as images
+    import vqclip.spelling.sources as sources
 
-    monkeypatch.setattr(images, "open_images", lambda *a, **k: pytest.fail("images read before the check"))
+    monkeypatch.setattr(sources, "open_images", lambda *a, **k: pytest.fail("images read before the check"))
     for flag, value in (("--epochs", "0"), ("--batch-size", "1"), ("--seed", "-1")):
         assert main(["train", "--space", "learn", "--images", str(tmp_path), flag, value]) == 2
         err = capsys.readouterr().err

@@ -11,7 +11,7 @@ from vqclip.cli import main
 
 def test_generate_prints_the_drawn_seed_and_warns_that_few_steps_do_not_tell_spaces_apart(
         tiny_model_flags, tiny_clip, tmp_path, capsys):
-    from vqclip.spaces import save_projection
+    from vqclip.projections import save_projection
 
     D = tiny_clip.embed_dim
     q, _ = torch.linalg.qr(torch.randn(D, 4, generator=torch.Generator().manual_seed(0)))

@@ -100,7 +100,7 @@ def _write(name, data: bytes):
 
 
 def _cached_zero_projection(world):
-    from vqclip.spaces import projection_path, save_projection
+    from vqclip.projections import projection_path, save_projection
 
     save_projection(projection_path("learn", world.clip_identity), torch.zeros(4, 32), "learn",
                     world.clip_identity)

@@ -13,7 +13,7 @@ from vqclip.errors import quote_error
 from vqclip.models.checkpoints import read_checkpoint
 from vqclip.models.tiny import make_clip_dir, make_vqgan, write_taming_files
 from vqclip.models.vqgan import load_vqgan, save_converted
-from vqclip.spaces import load_projection, projection_path, resolve_space, save_projection
+from vqclip.projections import load_projection, projection_path, resolve_space, save_projection
 
 
 def _orthonormal(d, D, seed=0):

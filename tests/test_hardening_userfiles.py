@@ -237,7 +237,7 @@ def test_case09_eval_typographic_never_replaces_a_users_report_files(tmp_path, t
 
 def test_case10_reproduce_typographic_never_replaces_a_users_files(tmp_path, tiny_clip, tiny_clip_id, capsys):
     from test_reproduce import fake_paper_photos
-    from vqclip.spaces import projection_path, save_projection
+    from vqclip.projections import projection_path, save_projection
 
     for seed, space in enumerate(("learn", "forget")):
         q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(seed)))

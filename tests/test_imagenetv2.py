@@ -15,9 +15,8 @@ from PIL import Image
 from vqclip.errors import VqclipError
 from vqclip.io import sha256_file
 from vqclip.spelling import sources
-from vqclip.spelling.images import open_images, readable_class_name
-from vqclip.spelling.sources import (EXTRACTED, IMAGENET_ALTERNATIVES, fetch_imagenetv2, imagenet_class_names,
-                                     member_problem, unique_class_names)
+from vqclip.spelling.images import IMAGENET_ALTERNATIVES, imagenet_class_names, readable_class_name, unique_class_names
+from vqclip.spelling.sources import EXTRACTED, fetch_imagenetv2, member_problem, open_images
 
 TOP = "imagenetv2-matched-frequency-format-val"
 
@@ -233,7 +232,7 @@ def test_train_without_images_uses_imagenetv2(served, tiny_clip_id, capsys):
 
     from vqclip.cli import main
     from vqclip.models.clip import clip_identity
-    from vqclip.spaces import load_projection, projection_path
+    from vqclip.projections import load_projection, projection_path
 
     torch.set_num_threads(1)
     assert main(["train", "--space", "forget", "--clip", tiny_clip_id, "--words", "8", "--workers", "0",

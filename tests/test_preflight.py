@@ -138,17 +138,18 @@ def test_reproduce_all_dry_run_offline_prints_the_plan_and_everything_missing(fr
 def test_a_failed_fetch_leaves_no_lock_file_or_empty_folder(fresh):
     """Issue 25 item 5: an offline first fetch used to leave projections/ViT-B-32_openai/.lock behind."""
     from vqclip.errors import VqclipError
-    from vqclip.models import registry
+    from vqclip import downloads
+    from vqclip.projections import ensure_projection
 
     with pytest.raises(VqclipError):
-        registry.ensure_projection("ViT-B-32/openai:forget", fresh / "cache")  # conftest: Drive unreachable
+        ensure_projection("ViT-B-32/openai:forget", fresh / "cache")  # conftest: Drive unreachable
     assert not (fresh / "cache").exists()
     folder = fresh / "cache" / "vqgan" / "x"
     with pytest.raises(KeyboardInterrupt):
-        with registry._locked(folder):
+        with downloads.locked(folder):
             raise KeyboardInterrupt
     assert not (fresh / "cache").exists()
-    with registry._locked(folder):  # a success keeps its folder (and the lock, shared with parallel ranks)
+    with downloads.locked(folder):  # a success keeps its folder (and the lock, shared with parallel ranks)
         (folder / "done").write_text("x")
     assert (folder / "done").is_file()
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from vqclip.errors import VqclipError
-from vqclip.spaces import (load_projection, parse_projection_arg, projection_arg_identity, resolve_space,
-                           save_projection)
+from vqclip.projections import (load_projection, parse_projection_arg, projection_arg_identity, resolve_space,
+                                save_projection)
 
 CLIP = "ViT-B-32/openai"
 

@@ -71,10 +71,10 @@ def test_projection_file_cases_through_the_cli(offline, tmp_path, capsys, recwar
 
 
 def _published(tmp_path, files):
-    from vqclip.models import registry
+    from vqclip.projections import published
 
-    asset = registry.get_projection_asset("ViT-B-32/openai:forget")
-    folder = registry.published_dir(asset, tmp_path / "cache")
+    asset = published.get_projection_asset("ViT-B-32/openai:forget")
+    folder = published.published_dir(asset, tmp_path / "cache")
     folder.mkdir(parents=True)
     for name, obj in files.items():
         torch.save(obj, folder / name)
@@ -83,30 +83,30 @@ def _published(tmp_path, files):
 
 def test_published_forget_pt_of_the_wrong_shape_says_the_shape_is_wrong(tmp_path):
     from vqclip.errors import VqclipError
-    from vqclip.models import registry
+    from vqclip.projections import published
 
     asset = _published(tmp_path, {"forget.pt": {"W": torch.randn(500, 256)}, "learn.pt": {"W": _orthonormal(64, 512)}})
     with pytest.raises(VqclipError) as e:
-        registry.ensure_projection(asset, tmp_path / "cache")
+        published.ensure_projection(asset, tmp_path / "cache")
     assert "shape 500×256 is wrong" in str(e.value) and "not recognisably" not in str(e.value)
 
 
 def test_published_nan_file_gets_advice_that_works(tmp_path):
     from vqclip.errors import VqclipError
-    from vqclip.models import registry
+    from vqclip.projections import published
 
     asset = _published(tmp_path, {"forget.pt": {"W": _nan()}, "learn.pt": {"W": _orthonormal(64, 512)}})
     with pytest.raises(VqclipError) as e:
-        registry.ensure_projection(asset, tmp_path / "cache")
+        published.ensure_projection(asset, tmp_path / "cache")
     msg = str(e.value)
     assert "NaN" in msg and "--projection" not in msg and "vqclip train --space forget" in msg
 
 
 def test_files_copied_by_hand_are_recorded_as_copied_by_hand(tmp_path):
-    from vqclip.models import registry
+    from vqclip.projections import published
 
     asset = _published(tmp_path, {"forget.pt": {"W": _orthonormal(256, 512)}, "learn.pt": {"W": _orthonormal(64, 512)}})
-    out = registry.ensure_projection(asset, tmp_path / "cache")
-    meta = registry._read_metadata(out)
+    out = published.ensure_projection(asset, tmp_path / "cache")
+    meta = published.read_metadata(out)
     assert meta["obtained"] == "copied by hand into the published folder" and "source_url" not in meta
-    assert registry.projection_status(asset, tmp_path / "cache") == "converted (copied by hand)"
+    assert published.projection_status(asset, tmp_path / "cache") == "converted (copied by hand)"

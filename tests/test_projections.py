@@ -13,14 +13,15 @@ import torch
 
 from vqclip.errors import VqclipError
 from vqclip.io import sha256_file
-from vqclip.models import registry
-from vqclip.models.projection_import import identify, orient, scan_folder, space_from_name
-from vqclip.models.registry import (PAPER_DRIVE_FOLDER, PROJECTION_ASSETS, ensure_projection, projection_file,
-                                    projection_status, published_dir)
-from vqclip.spaces import MissingProjection, load_projection, projection_path, resolve_space, save_projection
+from vqclip import downloads
+from vqclip.projections.authors import identify, orient, scan_folder
+from vqclip.projections.files import space_from_name
+from vqclip.projections import ensure_projection, PROJECTION_ASSETS
+from vqclip.projections.published import PAPER_DRIVE_FOLDER, projection_file, projection_status, published_dir
+from vqclip.projections import load_projection, MissingProjection, projection_path, resolve_space, save_projection
 
 CLIP = "ViT-B-32/openai"
-REAL_GDOWN_FOLDER = registry.gdown_folder  # before the conftest replaces it with an offline stand-in
+REAL_GDOWN_FOLDER = downloads.gdown_folder  # before the conftest replaces it with an offline stand-in
 
 
 def orthonormal(d: int, D: int, seed: int = 0) -> torch.Tensor:
@@ -254,7 +255,7 @@ def test_models_list_and_download_show_and_fetch_projections(capsys, paper_matri
         assert "not cached" in line and "paper" in line
     assert PAPER_DRIVE_FOLDER in out
     files, _, _ = paper_matrices
-    monkeypatch.setattr(registry, "gdown_folder", folder_fetcher(files))
+    monkeypatch.setattr(downloads, "gdown_folder", folder_fetcher(files))
     assert main(["models", "download", "ViT-B-32/openai:forget", "--quiet"]) == 0
     assert str(projection_path("forget", CLIP)) in capsys.readouterr().out
     assert main(["models", "list", "--json"]) == 0

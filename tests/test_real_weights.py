@@ -11,7 +11,7 @@ import pytest
 def test_real_models_generate_in_each_space(space, tmp_path):
     from vqclip.generation import generate, load_models
     from vqclip.models.registry import DEFAULT_VQGAN, VQGAN_ASSETS, cache_status
-    from vqclip.spaces import projection_path
+    from vqclip.projections import projection_path
 
     cache = Path(os.environ.get("VQCLIP_WEIGHTS_CACHE", "~/.cache/vqclip")).expanduser()
     if cache_status(VQGAN_ASSETS[DEFAULT_VQGAN], cache) != "converted":

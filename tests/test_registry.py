@@ -13,9 +13,9 @@ import torch
 
 from vqclip.errors import VqclipError
 from vqclip.models import registry
-from vqclip.models.registry import (DEFAULT_VQGAN, NO_HASH, VQGAN_ASSETS, RemoteFile, asset_dir, cache_status,
-                                    converted_path, download_file, ensure_converted, fetch_asset, get_asset,
-                                    resolve_vqgan, verify_file)
+from vqclip.downloads import download_file, NO_HASH, RemoteFile, verify_file
+from vqclip.models.registry import (asset_dir, cache_status, converted_path, DEFAULT_VQGAN, ensure_converted,
+                                    fetch_asset, get_asset, resolve_vqgan, VQGAN_ASSETS)
 from vqclip.models.tiny import make_file_asset
 
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from vqclip.errors import VqclipError
-from vqclip.spaces import (Space, load_projection, orthogonality_error, projection_path, resolve_space,
-                           save_projection)
+from vqclip.projections import load_projection, projection_path, resolve_space, save_projection
+from vqclip.spaces import orthogonality_error, Space
 
 
 def _orthonormal(d, D, seed=0):

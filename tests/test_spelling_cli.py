@@ -39,7 +39,7 @@ def _data_args(images, clip_id):
 
 def test_train_then_eval_then_generator_lookup(tmp_path, images, tiny_clip_id, capsys):
     from vqclip.models.clip import load_clip
-    from vqclip.spaces import projection_path, resolve_space
+    from vqclip.projections import projection_path, resolve_space
 
     args = _data_args(images, tiny_clip_id)
     assert main(["train", "--space", "forget", *args, "--epochs", "2", "--batch-size", "4",
@@ -123,7 +123,7 @@ def test_bad_inputs_fail_cleanly(tmp_path, images, tiny_clip_id, capsys):
     fails(["train", "--space", "forget", "--features", folder, "--clip", other], "written by CLIP")
     fails(["eval", "retrieval", "--features", folder, "--spaces", "learn"], "no learn projection")
     # a projection trained for another CLIP is refused by the evaluation
-    from vqclip.spaces import save_projection
+    from vqclip.projections import save_projection
 
     save_projection(tmp_path / "alien.safetensors", torch.eye(32)[:8], "learn", "ViT-B-32/openai")
     fails(["eval", "retrieval", "--features", folder, "--projection", str(tmp_path / "alien.safetensors")],

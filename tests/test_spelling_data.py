@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw
 from vqclip.errors import VqclipError
 from vqclip.spelling.dataset import DataConfig, build_dataset, class_prompt
 from vqclip.spelling.features import extract_features, load_features
-from vqclip.spelling.images import image_folder, load_class_map, open_images, torchvision_dataset
+from vqclip.spelling.images import image_folder, load_class_map, torchvision_dataset
+from vqclip.spelling.sources import open_images
 
 COLORS = {"apple": (200, 30, 30), "banana": (230, 220, 40), "grape": (100, 30, 140), "orange": (240, 140, 20)}
 

@@ -134,7 +134,7 @@ def test_bad_training_inputs(data):
 
 
 def test_written_projection_is_found_by_the_generator(tmp_path, data, trained):
-    from vqclip.spaces import projection_path, resolve_space
+    from vqclip.projections import projection_path, resolve_space
 
     forget, _ = trained
     path = write_projection(forget, "tiny/clip", recipe={"images": "planted"}, split_sizes=data.split_sizes())

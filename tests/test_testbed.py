@@ -299,7 +299,7 @@ def test_median_checks_are_the_medians_of_the_seeds(quick_run):
 @pytest.mark.testbed
 def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(quick_run):
     from vqclip.models.clip import load_clip
-    from vqclip.spaces import load_projection
+    from vqclip.projections import load_projection
 
     root, summary = quick_run
     out = root / "seed-0"

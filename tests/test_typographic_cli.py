@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vqclip.cli import main
-from vqclip.spaces import projection_path, save_projection
+from vqclip.projections import projection_path, save_projection
 
 
 def orthonormal(d, D, seed):

@@ -25,7 +25,7 @@ def choice(tiny_clip_id, tmp_path):
     """Tiny CLIP and VQGAN, with learn and forget projections in the (per-test) cache, as the page would name them."""
     from vqclip.models.clip import load_clip
     from vqclip.models.tiny import write_taming_files
-    from vqclip.spaces import projection_path, save_projection
+    from vqclip.projections import projection_path, save_projection
 
     config, ckpt = write_taming_files(tmp_path / "vqgan")
     clip = load_clip(tiny_clip_id, device="cpu")

@@ -135,6 +135,18 @@ def test_failed_conversion_leaves_nothing(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_registered_name_holds_only_the_registered_model(tmp_path):
+    """`models convert --name vqgan_imagenet_f16_16384` with another model is refused before anything is written."""
+    from vqclip.models.registry import convert_named
+
+    config, ckpt = write_taming_files(tmp_path, make_vqgan())
+    out = tmp_path / "out" / "x.safetensors"
+    with pytest.raises(VqclipError, match="a registered name holds only the registered model") as e:
+        convert_named(config, ckpt, out, "vqgan_imagenet_f16_16384")
+    assert str(e.value).startswith("--name:") and not out.exists()
+    assert convert_named(config, ckpt, out, "my_vqgan") == out and load_vqgan(None, out).origin["name"] == "my_vqgan"
+
+
 @pytest.mark.parametrize("name", ["vqgan_imagenet_f16_16384", "vqgan_imagenet_f16_1024", "vqgan_gumbel_f8_8192",
                                   "wikiart_16384"])
 def test_real_checkpoint_reconstructs_an_image(name):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
 from typing import Any, Iterable
 
@@ -106,3 +107,14 @@ def check_seed(seed: Any, arg: str = "--seed") -> int:
 def choices_hint(valid: Iterable[str]) -> str:
     """`Valid choices: a, b, c.` for an error message."""
     return "Valid choices: " + ", ".join(sorted(valid)) + "."
+
+
+def cached_file_error(error: VqclipError, path: str | os.PathLike, what: str, again: str) -> VqclipError:
+    """Re-word an error about a file vqclip found in its cache: name the file and say to delete it, not a flag."""
+    text = str(error)
+    if error.arg and text.startswith(f"{error.arg}: "):
+        text = text[len(error.arg) + 2:]
+    rule = text.split("; got ", 1)[0].rstrip(".")
+    out = VqclipError(f"{what} {path}: {rule}. Delete that file and run again: {again}.")
+    out.arg = str(path)
+    return out

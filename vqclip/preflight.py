@@ -156,8 +156,9 @@ def vqgan_needs(name: str | None, checkpoint: str | None, cache: str | os.PathLi
 def projection_need(space: str, clip_identity: str | None, cache: str | os.PathLike | None = None,
                     auto_train: bool = False, clip_flags: str = "") -> Need | None:
     """The learn / forget projection for this CLIP: the cached one, or the paper's published folder."""
-    from .models.registry import _published_files, published_dir, registered_projection
-    from .spaces import projection_path
+    from .projections import registered_projection
+    from .projections.published import _published_files, published_dir
+    from .projections import projection_path
 
     if space not in ("learn", "forget") or clip_identity is None:
         return None
@@ -185,7 +186,7 @@ def paper_dataset_need(cache: str | os.PathLike | None = None) -> Need:
 
 def imagenetv2_need(cache: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Need:
     """`vqclip train` without --images: ImageNetV2 matched-frequency (the tarball, which vqclip extracts)."""
-    from .spelling.sources import IMAGENETV2, IMAGENETV2_URL, dataset_dir, is_ready
+    from .downloads import IMAGENETV2, IMAGENETV2_URL, dataset_dir, is_ready
 
     archive = dataset_dir(root, cache) / IMAGENETV2.filename
     return Need("dataset", "ImageNetV2 matched-frequency (train's default images)",

@@ -78,7 +78,7 @@ def seeds_from_args(args) -> tuple[int, ...]:
 
 def projections_from_args(args, spaces: tuple[str, ...]) -> dict[str, str | None]:
     """Projection file (recorded by absolute path) per space; None means the cached one for the CLIP in use."""
-    from ..spaces import load_projection, projection_arg_identity
+    from ..projections import load_projection, projection_arg_identity
 
     out: dict[str, str | None] = {s: None for s in spaces}
     for space in ("learn", "forget"):

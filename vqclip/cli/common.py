@@ -131,7 +131,7 @@ def preflight_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: 
 def check_projection_files(args, spaces) -> None:
     """The projection files given on the command line, checked before any model loads with the rules the loader
     applies (shape against the CLIP's D when its config tells it, finite, orthonormal, the space it is)."""
-    from ..spaces import clip_with_file_error, load_projection
+    from ..projections import clip_with_file_error, load_projection
 
     given = [(space, file, flag) for space, file, flag in spaces if file]
     if not given:

@@ -37,7 +37,8 @@ def register(sub) -> None:
 
 def _spaces(args, identity: str, embed_dim: int, clip_flags: str | None = None) -> dict:
     """name -> Space for every space asked for; explicit names must exist, `auto` takes what is cached."""
-    from ..spaces import identity_space, load_projection, projection_path, resolve_space
+    from ..projections import load_projection, projection_path, resolve_space
+    from ..spaces import identity_space
 
     names = [s.strip() for s in args.spaces.split(",") if s.strip()]
     out = {}

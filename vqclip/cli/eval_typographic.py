@@ -94,7 +94,7 @@ def run(args) -> int:
     if args.dataset:
         dataset = open_typographic_dataset(args.dataset, args.format)
     else:
-        from ..spelling.images import open_images
+        from ..spelling.sources import open_images
 
         from ..untrusted import check_count
 

@@ -222,9 +222,10 @@ def offline_hint(args, vqgan: bool = False, already: str = "") -> str:
     """What else an offline run needs by hand: the paper's projections (and, for generation, the VQGAN files) that
     are not cached, with where each goes. Folders `already` names are left out."""
     from ..models.clip import clip_identity
-    from ..models.registry import (VQGAN_ASSETS, cache_status, cached_file, published_dir,
-                                   registered_projection)
-    from ..spaces import projection_path
+    from ..models.registry import cache_status, cached_file, VQGAN_ASSETS
+    from ..projections import registered_projection
+    from ..projections.published import published_dir
+    from ..projections import projection_path
 
     needed = []
     try:
@@ -269,7 +270,7 @@ def typographic_spaces(clip, args):
     paper's torch files holding only W load without a --space reproduce does not have); the others come from the
     cache or the registry."""
     from ..evaluate.common import resolve_eval_spaces
-    from ..spaces import resolve_space
+    from ..projections import resolve_space
 
     given = {space: resolve_space(space, clip.identity, clip.embed_dim, path, args.cache_dir,
                                   clip_flags=clip.cli_flags(), projection_arg=f"--projection-{space}")

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from ..errors import VqclipError, bad_arg, choices_hint
-from ..spaces import SPACES, Space, identity_space, load_projection, projection_path, resolve_space
+from ..projections import load_projection, projection_path, resolve_space
+from ..spaces import identity_space, Space, SPACES
 
 log = logging.getLogger(__name__)
 

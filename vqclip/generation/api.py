@@ -9,7 +9,8 @@ from typing import Any, Callable, Sequence
 from ..io import sha256_file
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, ClipModel, load_clip
 from ..errors import VqclipError
-from ..spaces import MissingProjection, Space, resolve_space
+from ..projections import MissingProjection, resolve_space
+from ..spaces import Space
 from .loop import Result, Settings, StepInfo, group_key, run, run_many
 from .prompts import parse_image_prompt, parse_noise_prompt, parse_story
 from .recipes import recipe_vqgan
@@ -72,7 +73,7 @@ class Models:
     def explain(self, missing: MissingProjection) -> MissingProjection:
         """The error with what training costs here (measured on this device) and the --auto-train way out."""
         from ..spelling.pipeline import estimate_training
-        from ..spelling.sources import download_note
+        from ..downloads import download_note
 
         if missing.space not in self._estimates:
             try:

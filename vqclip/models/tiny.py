@@ -121,7 +121,8 @@ def make_file_asset(directory: str | os.PathLike, name: str = "tiny_vq", kind: s
                     mirrors: tuple[str, ...] = (), seed: int = 0):
     """A registry entry (VQGANAsset) whose file:// mirrors hold a tiny taming pair, for offline download tests."""
     from ..io import sha256_file
-    from .registry import RemoteFile, VQGANAsset
+    from ..downloads import RemoteFile
+    from .registry import VQGANAsset
 
     model = make_vqgan(kind=kind, seed=seed)
     config, ckpt = write_taming_files(Path(directory), model, kind=kind, name=name)

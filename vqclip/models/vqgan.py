@@ -7,7 +7,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import torch
 from torch import nn
@@ -327,18 +327,16 @@ def save_converted(model: VQGAN, out_path: str | os.PathLike, metadata: Mapping[
 
 def convert_checkpoint(config: str | os.PathLike | Mapping | VQGANConfig | None, checkpoint: str | os.PathLike,
                        out_path: str | os.PathLike, name: str | None = None, config_arg: str = "--vqgan-config",
-                       checkpoint_arg: str = "--vqgan-checkpoint") -> Path:
-    """Turn a taming checkpoint (Lightning .ckpt, state dict, .safetensors) into a compact pickle-free file."""
+                       checkpoint_arg: str = "--vqgan-checkpoint",
+                       check: Callable[[VQGAN], None] | None = None) -> Path:
+    """Turn a taming checkpoint (Lightning .ckpt, state dict, .safetensors) into a compact pickle-free file.
+
+    `check` sees the loaded model before anything is written (the registry refuses a model converted under a
+    registered name that is not that model: `registry.convert_named`)."""
     from ..io import sha256_file
 
     model = load_vqgan(config, checkpoint, "cpu", config_arg, checkpoint_arg)
-    if name:
-        from .registry import VQGAN_ASSETS, asset_mismatch
-
-        asset = VQGAN_ASSETS.get(name)
-        wrong = asset and asset_mismatch(asset, model.n_embed, model.kind, model.ddconfig)
-        if wrong:
-            raise bad_arg("--name", f"a registered name holds only the registered model ({wrong})", name,
-                          "Give the model a name of its own, e.g. --name my_vqgan.")
+    if check is not None:
+        check(model)
     meta = {"name": name, "source_file": Path(checkpoint).name, "source_sha256": sha256_file(checkpoint)}
     return save_converted(model, out_path, meta)

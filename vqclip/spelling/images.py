@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from PIL import Image
 
@@ -136,12 +136,39 @@ def load_class_map(path: str | os.PathLike) -> dict[str, str]:
     return out
 
 
+# open_clip's ImageNet names repeat two words; WordNet's first lemma of the second synset tells them apart
+# (n04008634 "projectile, missile"; n04355933 "sunglass", the burning lens, beside n04356056 "sunglasses").
+IMAGENET_ALTERNATIVES = {744: "projectile", 836: "sunglass"}
+
+
+
+def unique_class_names(names: Sequence[str], alternatives: dict[int, str] | None = None) -> list[str]:
+    """`names` with every repeat replaced: by `alternatives[i]` where given, else by 'name (k)'."""
+    alternatives = alternatives or {}
+    out: list[str] = []
+    for i, name in enumerate(names):
+        if names.count(name) > 1 and i in alternatives:
+            name = alternatives[i]
+        k = 2
+        unique = name
+        while unique in out:
+            unique, k = f"{name} ({k})", k + 1
+        out.append(unique)
+    return out
+
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names in class order (open_clip's cleaned names), each used once."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    return unique_class_names(list(IMAGENET_CLASSNAMES), IMAGENET_ALTERNATIVES)
+
+
 def _imagenet_names(folders: list[str]) -> dict[str, str] | None:
     """A full ImageNet-1k folder of WordNet ids, sorted, gets open_clip's cleaned class names."""
     if len(folders) != 1000 or not all(WNID.fullmatch(f) for f in folders):
         return None
-    from .sources import imagenet_class_names
-
     return dict(zip(sorted(folders), imagenet_class_names()))
 
 
@@ -246,18 +273,3 @@ def _targets(ds) -> list[int]:
     return [int(ds[i][1]) for i in range(len(ds))]
 
 
-def open_images(spec: str, class_map: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
-                download: bool = True, arg: str = "--images") -> ImageSource:
-    """`--images` (or the flag `arg`): an existing folder path, `imagenetv2` (fetched on first use, see
-    sources.py), or a torchvision dataset name (see TORCHVISION_DATASETS)."""
-    from .sources import NAMES, imagenetv2_source
-
-    path = Path(spec).expanduser()
-    if path.exists() or os.sep in spec or spec.startswith("."):
-        return image_folder(path, class_map, arg)
-    if spec.lower() in NAMES:
-        if class_map:
-            raise bad_arg("--class-map", "ImageNetV2 brings its own class names", str(class_map),
-                          "Leave --class-map out (it is for image folders).")
-        return imagenetv2_source(data_root, download=download, arg=arg)
-    return torchvision_dataset(spec, data_root, download, arg)

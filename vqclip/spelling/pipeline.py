@@ -15,7 +15,8 @@ from typing import Callable
 
 import torch
 
-from .sources import DEFAULT_IMAGES, IMAGENETV2_IMAGES
+from ..downloads import IMAGENETV2_IMAGES
+from .sources import DEFAULT_IMAGES
 
 # Rendering x_t and x_it and decoding x_i run on DataLoader workers: about 60 tuples/s per worker, measured with
 # 14 workers on a 16-core host (docs/spelling.md, "How long it takes"). CLIP's own speed is measured, not assumed.
@@ -139,17 +140,17 @@ def train_default_projection(clip, space: str, cache: str | os.PathLike | None =
     Holds the projection folder's lock, so parallel processes (torchrun ranks) train it once.
     """
     from ..cache import cache_dir
-    from ..models.registry import _locked
-    from ..spaces import projection_path
+    from ..downloads import locked
+    from ..projections import projection_path
     from .dataset import DataConfig, build_dataset
     from .features import extract_features, load_features
-    from .images import open_images
+    from .sources import open_images
     from .render import TextStyle, resolve_fonts
     from .train import TrainConfig, too_few_steps_warning, train_projection, train_test_metrics, write_projection
 
     say = say or (lambda text: None)
     target = projection_path(space, clip.identity, cache)
-    with _locked(target.parent):
+    with locked(target.parent):
         if target.is_file():  # another process trained it while this one waited
             return target
         config = TrainConfig(space=space, device=str(clip.device)).check()

@@ -1,8 +1,8 @@
 """Public training images any user can fetch: ImageNetV2 matched-frequency, what `vqclip train` uses by default.
 
 ImageNetV2 matched-frequency (Recht et al., ICML 2019): 10 images for each of the 1000 ImageNet classes, in
-folders 0..999 in ImageNet class order, one ~1.26 GB tarball on the Hugging Face hub. It is fetched with the
-registry's downloader (resumable `.part` file, progress bar, size check, atomic rename), its sha256 is recorded,
+folders 0..999 in ImageNet class order, one ~1.26 GB tarball on the Hugging Face hub. It is fetched with
+vqclip.downloads (resumable `.part` file, progress bar, size check, atomic rename), its sha256 is recorded,
 and it is extracted safely: a member that would land outside the target, a link or a device file refuses the
 whole archive. Class names are open_clip's ImageNet names, made unique.
 
@@ -22,68 +22,14 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Sequence
+from typing import Iterator
 
-from ..cache import cache_dir
-from ..errors import VqclipError, bad_arg, one_line
-from ..errors import quote_error
-from ..models.registry import RemoteFile, _locked, download_file
+from ..downloads import EXTRACTED, IMAGENETV2, IMAGENETV2_URL, RECORD, dataset_dir, download_file, locked
+from ..errors import VqclipError, bad_arg, one_line, quote_error
+from .images import ImageSource, image_folder, imagenet_class_names, torchvision_dataset
 
-IMAGENETV2_URL = ("https://huggingface.co/datasets/vaishaal/ImageNetV2/resolve/main/"
-                  "imagenetv2-matched-frequency.tar.gz")
-IMAGENETV2_BYTES = 1_260_000_000  # as published ("1.26 GB"); no exact size or sha256 is published
-IMAGENETV2 = RemoteFile("imagenetv2-matched-frequency.tar.gz", (IMAGENETV2_URL,), approx_size=IMAGENETV2_BYTES)
-IMAGENETV2_IMAGES = 10_000
 DEFAULT_IMAGES = "imagenetv2"
 NAMES = ("imagenetv2", "imagenetv2-matched-frequency")
-EXTRACTED = "matched-frequency"
-RECORD = "source.json"
-
-# open_clip's ImageNet names repeat two words; WordNet's first lemma of the second synset tells them apart
-# (n04008634 "projectile, missile"; n04355933 "sunglass", the burning lens, beside n04356056 "sunglasses").
-IMAGENET_ALTERNATIVES = {744: "projectile", 836: "sunglass"}
-
-
-def unique_class_names(names: Sequence[str], alternatives: dict[int, str] | None = None) -> list[str]:
-    """`names` with every repeat replaced: by `alternatives[i]` where given, else by 'name (k)'."""
-    alternatives = alternatives or {}
-    out: list[str] = []
-    for i, name in enumerate(names):
-        if names.count(name) > 1 and i in alternatives:
-            name = alternatives[i]
-        k = 2
-        unique = name
-        while unique in out:
-            unique, k = f"{name} ({k})", k + 1
-        out.append(unique)
-    return out
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names in class order (open_clip's cleaned names), each used once."""
-    from open_clip import IMAGENET_CLASSNAMES
-
-    return unique_class_names(list(IMAGENET_CLASSNAMES), IMAGENET_ALTERNATIVES)
-
-
-def data_root(root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Path:
-    return Path(root).expanduser() if root else cache_dir(cache) / "datasets"
-
-
-def dataset_dir(root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> Path:
-    return data_root(root, cache) / "imagenetv2"
-
-
-def is_ready(root: str | os.PathLike | None = None, cache: str | os.PathLike | None = None) -> bool:
-    return (dataset_dir(root, cache) / EXTRACTED / RECORD).is_file()
-
-
-def download_note(cache: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> str:
-    """What the default training run downloads first, for hints."""
-    if is_ready(root, cache):
-        return "its training images (ImageNetV2) are already in the cache"
-    return (f"it first downloads ImageNetV2 matched-frequency (~{IMAGENETV2_BYTES / 1e9:.2f} GB, "
-            f"{IMAGENETV2_IMAGES:,} images) once")
 
 
 # ------------------------------------------------------------------------------------------------ safe extraction
@@ -194,7 +140,7 @@ def fetch_imagenetv2(root: str | os.PathLike | None = None, cache: str | os.Path
     extracted = folder / EXTRACTED
     if (extracted / RECORD).is_file():
         return extracted
-    with _locked(folder):
+    with locked(folder):
         if (extracted / RECORD).is_file():
             return extracted
         for stale in folder.glob(".extract-*"):  # an extraction killed midway (vqclip's own temporary folders)
@@ -230,7 +176,6 @@ def imagenetv2_source(root: str | os.PathLike | None = None, cache: str | os.Pat
                       download: bool = True, progress: bool = True, arg: str = "--images"):
     """ImageNetV2 matched-frequency as an ImageSource with readable, unique ImageNet class names."""
 
-    from .images import image_folder
 
     extracted = fetch_imagenetv2(root, cache, download, progress, arg=arg)
     images = image_root(extracted)
@@ -247,3 +192,18 @@ def imagenetv2_source(root: str | os.PathLike | None = None, cache: str | os.Pat
     source.description.update(kind="imagenetv2", dataset="ImageNetV2 matched-frequency", url=url,
                               sha256=sha256)
     return source
+
+
+def open_images(spec: str, class_map: str | os.PathLike | None = None, data_root: str | os.PathLike | None = None,
+                download: bool = True, arg: str = "--images") -> ImageSource:
+    """`--images` (or the flag `arg`): an existing folder path, `imagenetv2` (fetched on first use, see
+    `fetch_imagenetv2`), or a torchvision dataset name (see TORCHVISION_DATASETS)."""
+    path = Path(spec).expanduser()
+    if path.exists() or os.sep in spec or spec.startswith("."):
+        return image_folder(path, class_map, arg)
+    if spec.lower() in NAMES:
+        if class_map:
+            raise bad_arg("--class-map", "ImageNetV2 brings its own class names", str(class_map),
+                          "Leave --class-map out (it is for image folders).")
+        return imagenetv2_source(data_root, download=download, arg=arg)
+    return torchvision_dataset(spec, data_root, download, arg)

@@ -269,7 +269,7 @@ def write_projection(result: TrainResult, clip_identity: str, path: str | os.Pat
                      split_sizes: Mapping[str, int] | None = None, metrics: Mapping[str, Any] | None = None,
                      overwrite: bool = True) -> Path:
     """Write the projection atomically where the generator looks for it (or to `path`)."""
-    from ..spaces import projection_path, save_projection
+    from ..projections import projection_path, save_projection
 
     target = Path(path) if path else projection_path(result.space, clip_identity, cache)
     if target.exists() and not overwrite:

@@ -266,7 +266,8 @@ def write_attack_dataset(world: World, attacks, folder: Path) -> Path:
 
 def load_spaces(out: Path, clip) -> dict:
     """clip (identity) and the two trained projections, checked against the CLIP they were trained for."""
-    from ..spaces import identity_space, load_projection
+    from ..projections import load_projection
+    from ..spaces import identity_space
 
     spaces = {"clip": identity_space()}
     for name in ("learn", "forget"):

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
+from ..io import sha256_file
+from .checks import MAX_ORTHO_ERROR  # one tolerance for every route a projection comes in by
+from .files import save_projection, space_from_name
+
 MAX_FILE_BYTES = 64 << 20  # a d×D float matrix for any open_clip model is far below this
-from ..spaces import MAX_ORTHO_ERROR  # noqa: E402 - one tolerance for every route a projection comes in by
-FORGET_WORDS = ("forget", "nospell", "no_spell", "no-spell", "unspell")
 MATRIX_KEYS = ("W", "projection", "weight", "proj.weight", "W.weight")
 
 
@@ -74,7 +75,7 @@ def read_matrix_file(path: Path) -> tuple[torch.Tensor | None, str | None, str |
 
             obj: Any = load_file(str(path))
         else:
-            from .checkpoints import load_weights_only
+            from ..models.checkpoints import load_weights_only
 
             obj = load_weights_only(path)
     except Exception as e:  # not a torch file, a pickle with code in it, truncated: many error types
@@ -97,21 +98,6 @@ def scan_folder(folder: Path) -> list[FoundFile]:
         found.append(FoundFile(path.relative_to(folder).as_posix(), path, path.stat().st_size,
                                tuple(W.shape) if W is not None else None, key, problem))
     return found
-
-
-def _space_in(text: str) -> str | None:
-    text = text.lower()
-    forget = any(w in text for w in FORGET_WORDS)
-    learn = "learn" in text or (not forget and re.search(r"spell", text) is not None)
-    if forget == learn:
-        return None
-    return "forget" if forget else "learn"
-
-
-def space_from_name(name: str) -> str | None:
-    """`learn` or `forget` when the file name says so unambiguously (else its folder's name), else None."""
-    path = Path(name)
-    return _space_in(path.name) or (_space_in(path.parent.name) if path.parent.name else None)
 
 
 def _reduced_dim(shape: tuple[int, ...], embed_dim: int) -> int | None:
@@ -187,8 +173,6 @@ def check_matrix(W: torch.Tensor, embed_dim: int) -> str | None:
 
 
 def sha256_of(path: Path) -> str:
-    from ..io import sha256_file
-
     return sha256_file(path)
 
 
@@ -198,8 +182,6 @@ def convert_file(found: FoundFile, space: str, clip_model: str, embed_dim: int, 
 
     Raises ValueError naming the rule it breaks; the caller adds the file and the fix.
     """
-    from ..spaces import save_projection
-
     W, _, problem = read_matrix_file(found.path)
     if W is None:
         raise ValueError(problem)

@@ -166,13 +166,64 @@ def read_json(path: str | os.PathLike, arg: str | None = None, max_bytes: int = 
     return parse_json(text, path, arg, max_depth, finite)
 
 
+# How far YAML aliases may expand: a few hundred bytes of nested aliases otherwise stand for billions of values.
+ALIAS_EXPANSION = 10  # expanded nodes allowed per node written, beyond a small allowance
+ALIAS_ALLOWANCE = 10_000
+
+
+def yaml_loader():
+    """libyaml's safe loader when PyYAML was built with it (pure Python is ~10x slower on long files)."""
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def yaml_shape_problem(text: str, max_depth: int) -> tuple[int | None, str] | None:
+    """(line, rule) when YAML/JSON text nests deeper than `max_depth` or its aliases expand far beyond its size.
+
+    Reads parser events only (nothing is built), so a hostile file costs time linear in its length: an alias bomb
+    is refused before it is expanded and deep nesting before any recursive reader sees it.
+    """
+    import yaml
+
+    stack: list[list] = [[None, 0]]  # per open collection: its anchor and its expanded size so far
+    anchors: dict[str, int] = {}  # anchor -> expanded size of what it names
+    written = expanded = 0
+    for event in yaml.parse(text, Loader=yaml_loader()):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            stack.append([event.anchor, 1])
+            if len(stack) - 1 > max_depth:
+                return event.start_mark.line + 1, f"nests lists/mappings more than {max_depth} levels deep"
+            size = 1
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, inner = stack.pop()
+            stack[-1][1] += inner
+            if anchor:
+                anchors[anchor] = inner
+            continue
+        elif isinstance(event, yaml.ScalarEvent):
+            stack[-1][1] += 1
+            size = 1
+            if event.anchor:
+                anchors[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            size = anchors.get(event.anchor, 1)
+            stack[-1][1] += size
+        else:
+            continue
+        written += 1
+        expanded += size
+        if expanded > ALIAS_EXPANSION * written + ALIAS_ALLOWANCE:
+            return event.start_mark.line + 1, (f"its aliases (*name) expand to more than {ALIAS_EXPANSION} times "
+                                               "the values written (a YAML alias bomb?)")
+    return None
+
+
 def read_yaml(path: str | os.PathLike, arg: str | None = None, max_bytes: int = MAX_YAML_BYTES,
               max_depth: int = 32) -> Any:
     """A YAML document read with `yaml.safe_load` after its event stream was checked (without recursion) for
     nesting deeper than `max_depth` and for aliases that expand far beyond the text (an alias bomb)."""
     import yaml
-
-    from .batch.promptfile import _yaml_loader, yaml_shape_problem
 
     text = read_text(path, max_bytes, arg, "YAML file", encoding="utf-8-sig")
     try:
@@ -180,7 +231,7 @@ def read_yaml(path: str | os.PathLike, arg: str | None = None, max_bytes: int = 
         if shape:
             raise _refuse(path, f"{shape[1]} (line {shape[0]})" if shape[0] else shape[1],
                           "Fix or replace the file.", arg)
-        data = yaml.load(text, Loader=_yaml_loader())
+        data = yaml.load(text, Loader=yaml_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

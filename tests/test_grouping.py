@@ -260,7 +260,7 @@ def test_generate_many_returns_prompts_x_seeds_x_spaces_in_order(tiny_clip, tiny
 
 
 def test_auto_group_size_fills_free_gpu_memory_and_is_one_on_the_cpu(monkeypatch):
-    from vqclip.batch.runner import AUTO_GROUP_MAX, auto_group_size
+    from vqclip.generation.groups import AUTO_GROUP_MAX, auto_group_size
     from vqclip.generation.memory import estimate_run_memory
 
     assert auto_group_size(torch.device("cpu"), (256, 256), 32) == 1

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import DISK_ERRNOS, bad_arg, describe_exception, is_disk_error
+from ..generation.groups import auto_group_size
+from ..generation.groups import parse_group_size  # noqa: F401 - `vqclip batch` and reproduce.ocr import it here
 from ..io import linked_part
 from ..outputs import build_record, write_run
 from .plan import BatchSpec, Job, job_settings
@@ -178,52 +180,11 @@ def _count(summary: BatchSummary, hooks: BatchHooks, job: Job, outcome: str, lin
     hooks.on_job_end(job, outcome, line)
 
 
-def parse_group_size(value: int | str | None, arg: str = "--group-size") -> int | str | None:
-    """`auto`, a whole number of at least 1, or None (the caller's default)."""
-    if value is None:
-        return None
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise bad_arg(arg, "must be auto or a whole number of at least 1", value,
-                      "Use --group-size auto (as many as the GPU's memory holds), or e.g. --group-size 4 "
-                      "(1 runs the jobs one at a time).")
-    return n
-
-
 def resolve_group_size(group_size: int | str, models, settings) -> int:
     """`group_size` as a number: "auto" asks `auto_group_size` for this device and these settings."""
     if group_size != "auto":
         return max(1, int(group_size))
     return auto_group_size(models.clip.device, settings.size, settings.cutn)
-
-
-# Measured bytes per job of one generation step (fp32 VQGAN f16 decoder at 256², ViT-B/32 on 32 cutouts, with
-# the autograd graph), scaled linearly by pixels and cutouts; the group is sized to 70 % of the free memory.
-AUTO_GROUP_MAX = 16
-
-
-def auto_group_size(device, size, cutn: int) -> int:
-    """How many jobs to optimise together: on a CUDA GPU as many as 70 % of the free memory holds (at most
-    AUTO_GROUP_MAX); elsewhere one (on the CPU the models' arithmetic sets the pace, and grouping measured no
-    faster there: README, Speed)."""
-    import torch
-
-    from ..generation.memory import estimate_run_memory
-
-    if getattr(device, "type", str(device)) != "cuda":
-        return 1
-    try:
-        free, _ = torch.cuda.mem_get_info(device)
-    except Exception:  # noqa: BLE001 - a driver that cannot tell: no grouping
-        return 1
-    per_job = estimate_run_memory(size, cutn).total  # decoder, its attention, image and cutouts (default VQGAN)
-    return max(1, min(AUTO_GROUP_MAX, int(0.7 * free) // max(per_job, 1)))
 
 
 def _prepare(job: Job, ctx: _Context):

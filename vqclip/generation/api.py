@@ -176,7 +176,7 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
     `callback(index, info)` gets the index of the job in the returned list. Keyword settings are those of
     `Settings`, shared by every job.
     """
-    from ..batch.runner import auto_group_size, parse_group_size
+    from .groups import auto_group_size, parse_group_size
 
     projections = dict(projections or {})
     if models is None:

@@ -80,8 +80,9 @@ def run(args) -> int:
     from ..cache import cache_dir, slug
     from ..errors import bad_arg
     from ..evaluate.common import resolve_eval_spaces
-    from ..evaluate.typographic import (build_synthetic_attacks, check_report_out, check_template,
-                                        evaluate_typographic, open_typographic_dataset, write_typographic_report)
+    from ..evaluate.synthetic_attacks import build_synthetic_attacks
+    from ..evaluate.typographic import (check_report_out, check_template, evaluate_typographic,
+                                        open_typographic_dataset, write_typographic_report)
     from ..io import disk_errors
     from .common import load_clip_from_args
 

@@ -443,16 +443,3 @@ def typographic_table(report: Mapping[str, Any], reference: bool = True) -> str:
                             if (proto, key) == ("union", "all") else "")
             lines.append("| " + " | ".join(line) + " |")
     return "\n".join(lines) + "\n"
-
-
-_SYNTHETIC_NAMES = ("build_synthetic_attacks", "check_synthetic_out", "synthetic_recipe", "SYNTHETIC_MARK")
-
-
-def __getattr__(name: str):
-    """The synthetic set's builder stays importable from here; loaded on first use, as .synthetic_attacks reads
-    its datasets with this module."""
-    if name in _SYNTHETIC_NAMES:
-        from . import synthetic_attacks
-
-        return getattr(synthetic_attacks, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -87,8 +87,18 @@ class Settings:
         """Validate, fill in the recipe's and the method's defaults, draw a seed and snap the size; also return
         notices for the user."""
         self = self.with_recipe()
-        notices = []
         check_weights_nonzero(self.prompts + self.image_prompts + self.noise_prompts)
+        optimizer, lr = self._checked_optimisation()
+        self._check_schedule()
+        self._check_inputs()
+        size, notices = self._snapped_size(factor)
+        seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        augment = self._checked_augment()
+        return dataclasses.replace(self, size=size, lr=lr, optimizer=optimizer, seed=seed,
+                                   augment=augment), notices
+
+    def _checked_optimisation(self) -> tuple[str, float]:
+        """The method and loss checked; the optimizer and learning rate, the method's defaults where not given."""
         if self.method not in METHODS:
             raise bad_arg("--method", "unknown optimisation method", self.method, choices_hint(METHODS))
         if self.loss not in LOSSES:
@@ -99,6 +109,10 @@ class Settings:
         lr = METHOD_DEFAULTS[self.method][1] if self.lr is None else float(self.lr)
         if not (math.isfinite(lr) and lr > 0):
             raise bad_arg("--lr", "the learning rate must be a positive number", self.lr, "Try --lr 0.1.")
+        return optimizer, lr
+
+    def _check_schedule(self) -> None:
+        """Steps, cutouts, noise and init weight in range; '^' story phases with their steps per phase."""
         if self.steps < 1:
             raise bad_arg("--steps", "at least one optimisation step is needed", self.steps, "Try --steps 300.")
         if self.cutn < 1:
@@ -117,6 +131,9 @@ class Settings:
                           "Add e.g. --change-every 50, or drop the '^'.")
         for phase in self.story:
             check_weights_nonzero(list(phase) + self.image_prompts + self.noise_prompts)
+
+    def _check_inputs(self) -> None:
+        """The image-prompt mode, the noise prompts' seeds, the init and prompt image files, and the seed."""
         if self.image_prompt_mode not in IMAGE_PROMPT_MODES:
             raise bad_arg("--image-prompt-mode", "unknown mode", self.image_prompt_mode,
                           choices_hint(IMAGE_PROMPT_MODES))
@@ -128,15 +145,23 @@ class Settings:
             check_image_file(p.text, "--image-prompt")
         if self.seed is not None:
             check_seed(self.seed)
+
+    def _snapped_size(self, factor: int) -> tuple[tuple[int, int], list[str]]:
+        """The size snapped down to a multiple of the VQGAN's factor (at least one latent token a side), and a
+        notice when it changed."""
         width, height = (int(v) for v in self.size)
         if width < factor or height < factor:
             raise bad_arg("--size", f"each side must hold at least one latent token ({factor} px for this VQGAN)",
                           f"{width} {height}", f"Use e.g. --size {max(width, 16 * factor)} {max(height, 16 * factor)}.")
         snapped = (width // factor * factor, height // factor * factor)
+        notices = []
         if snapped != (width, height):
             notices.append(f"--size {width} {height} snapped down to {snapped[0]} {snapped[1]} "
                            f"(a multiple of the VQGAN factor {factor}).")
-        seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+        return snapped, notices
+
+    def _checked_augment(self) -> tuple[str, ...]:
+        """The augmentations parsed; the nerdyrodent recipe's pooled cutouts know only their own."""
         augment = parse_augmentations(self.augment)
         if self.recipe_spec.cutouts == "pooled":  # refused here, before any model loads, not at the first step
             from .anchor_cutouts import NERDYRODENT_AUGMENTATIONS
@@ -145,8 +170,7 @@ class Settings:
             if other:
                 raise bad_arg("--augment", "the nerdyrodent recipe has no such augmentation", ",".join(other),
                               choices_hint(NERDYRODENT_AUGMENTATIONS) + " Or 'none'.")
-        return dataclasses.replace(self, size=snapped, lr=lr, optimizer=optimizer, seed=seed,
-                                   augment=augment), notices
+        return augment
 
     def to_dict(self) -> dict:
         """The settings (the recipe by name; `recipe_record` adds its overrides)."""

@@ -121,3 +121,41 @@ def test_the_experiment_runs_the_papers_recipe_unless_told_otherwise(tmp_path):
     other = batch_args(tmp_path, tmp_path / "vqgan.safetensors", tmp_path / "p.csv", tmp_path / "out",
                        GenerationConfig(recipe="nerdyrodent"), tmp_path / "page.png")
     assert other[other.index("--recipe") + 1] == "nerdyrodent"
+
+
+def test_the_library_batch_is_the_batch_its_command_line_makes(tmp_path):
+    """The generation batch goes through `vqclip.batch` now, not `vqclip batch`: the plan it makes records what the
+    command made of `batch_args` (settings once the recipe fills them, models, items, jobs, projections), and it runs
+    with the same group size, device and precision."""
+    from vqclip.batch import BatchSpec, load_prompt_files, make_plan, parse_spaces
+    from vqclip.batch.plan import base_settings_record, model_identity
+    from vqclip.cli import build_parser
+    from vqclip.cli.batch import projections_from_args, seeds_from_args
+    from vqclip.cli.generate import fill_recipe_defaults, settings_from_args
+    from vqclip.generation.groups import parse_group_size
+    from vqclip.testbed.gen_pipeline import DEVICE, PRECISION, plan_batch
+    from vqclip.testbed.generate import SPACES
+
+    config = GenerationConfig(seeds=(2, 0), steps=7, cutn=3)
+    gen = tmp_path / "run" / "generation"
+    gen.mkdir(parents=True)
+    (gen / "prompts.csv").write_text(prompts_csv(("star", "moon"), config.templates))
+    write_page(gen / "page.png", config)
+    where = (tmp_path / "run", tmp_path / "vqgan.safetensors", gen / "prompts.csv", gen / "batch", config,
+             gen / "page.png")
+    batch = plan_batch(*where, SPACES)
+
+    args = build_parser().parse_args(batch_args(*where))
+    fill_recipe_defaults(args)
+    base = settings_from_args(args, "")
+    items, spaces, seeds = load_prompt_files(args.files, args.word_type), parse_spaces(args.spaces), \
+        seeds_from_args(args)
+    spec = BatchSpec(base_settings_record(base), model_identity(args.clip, args.pretrained, args.vqgan,
+                                                                args.vqgan_config, args.vqgan_checkpoint,
+                                                                args.precision),
+                     items, spaces, seeds, make_plan(items, spaces, seeds), projections_from_args(args, spaces))
+    assert batch.spec.to_record() == spec.to_record()
+    assert batch.base.with_recipe() == base.with_recipe()
+    assert parse_group_size(args.group_size) == parse_group_size(config.group_size)
+    assert (args.device, args.precision) == (DEVICE, PRECISION) and batch.vqgan == args.vqgan is None
+    assert batch.action == "new" and batch.done == 0 and len(batch.mine) == len(spec.jobs) == 2 * 2 * 2 * 3

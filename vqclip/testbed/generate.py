@@ -1,10 +1,11 @@
 """The paper's generation result in the testbed world: VQGAN+CLIP in clip, learn and forget space, text measured.
 
-The experiment goes through the commands a user runs: `vqclip batch` generates every class prompt in the three
-spaces with the testbed's small CLIP, its projections and a VQGAN trained on the world; `vqclip score --detector
-world:FILE` reads the images with a text detector trained on the world (not the CLIP being steered); an object
-classifier, a third independent model, says what is drawn. The table is the paper's OCR table in miniature
-(docs/method.md §6): share of images with text, share where the prompt word is read, share showing the object.
+The experiment goes through the library functions behind the commands a user runs (gen_pipeline.py): `vqclip
+batch`'s runner generates every class prompt in the three spaces with the testbed's small CLIP, its projections and
+a VQGAN trained on the world; `vqclip score --detector world:FILE`'s scorer reads the images with a text detector
+trained on the world (not the CLIP being steered); an object classifier, a third independent model, says what is
+drawn. The table is the paper's OCR table in miniature (docs/method.md §6): share of images with text, share where
+the prompt word is read, share showing the object.
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def prompts_csv(classes: Sequence[str], templates: Sequence[str]) -> str:
 
 def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config: GenerationConfig,
                page: Path) -> list[str]:
-    """`vqclip batch` arguments: the testbed's CLIP and projections, the world VQGAN, every space, on the CPU,
-    every image from the blank `page`."""
+    """The `vqclip batch` command line of the generation batch: the testbed's CLIP and projections, the world
+    VQGAN, every space, on the CPU, every image from the blank `page`. `gen_pipeline.generate_batch` makes the same
+    batch through the library (tests/test_testbed_generation.py holds the two equal); this line reruns it by hand."""
     return ["batch", str(prompts), "--out", str(out), "--spaces", ",".join(SPACES),
             "--seeds", ",".join(map(str, config.seeds)),
             "--clip", f"local-dir:{testbed_out / 'clip'}", "--vqgan-checkpoint", str(vqgan),
@@ -253,11 +255,11 @@ def _quiet(enabled: bool):
 def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, detector_dir: str | os.PathLike,
                       classes: Sequence[str], config: GenerationConfig, progress: bool = True) -> dict:
     """Generate, score and measure for one testbed run (its clip/ and projections); writes `generation/` in it."""
-    from ..cli import main
     from ..errors import VqclipError
     from ..io import write_json, write_text
     from ..models.clip import load_clip
     from .detector import OBJECT_FILE, TEXT_FILE, load_object_classifier
+    from .gen_pipeline import draw_grid, generate_batch, score_batch
 
     start = time.perf_counter()
     testbed_out, detector_dir = Path(testbed_out), Path(detector_dir)
@@ -267,15 +269,12 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     write_text(prompts, prompts_csv(classes, config.templates))
     page = gen / "page.png"
     write_page(page, config)
-    if main(batch_args(testbed_out, Path(vqgan), prompts, gen / "batch", config, page)) != 0:
+    if generate_batch(testbed_out, Path(vqgan), prompts, gen / "batch", config, page, SPACES) != 0:
         raise VqclipError(f"testbed: the generation batch in {gen / 'batch'} did not finish; run it again to resume.")
     gen_seconds = time.perf_counter() - start
     t = time.perf_counter()
-    detector = detector_dir / TEXT_FILE
-    score_args = ["score", str(gen / "batch"), "--detector", f"world:{detector}", "--out", str(gen / "score"),
-                  "--thresholds", "0.0", "--no-chart", "--device", "cpu"] + ([] if progress else ["--quiet"])
     with _quiet(not progress):
-        scored = main(score_args)
+        scored = score_batch(gen / "batch", detector_dir / TEXT_FILE, gen / "score", progress)
     if scored != 0:
         raise VqclipError(f"testbed: scoring {gen / 'batch'} failed.")
     clip = load_clip(f"local-dir:{testbed_out / 'clip'}", device="cpu", precision="fp32")
@@ -285,8 +284,7 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     by_template = {t: table_rows(images, (t,)) for t in config.templates}
     grid = gen / "grid.png"
     with _quiet(not progress):
-        main(["grid", str(gen / "batch"), "--rows", "prompt", "--cols", "space,seed", "--out-file", str(grid),
-              "--thumb", "96", "--overwrite"])
+        draw_grid(gen / "batch", grid)
     result = {"config": config.to_dict(), "rows": rows, "by_template": by_template, "images": images,
               "grid": str(grid) if grid.is_file() else None,
               "seconds": {"generate": round(gen_seconds, 1), "score": round(time.perf_counter() - t, 1)}}

@@ -287,10 +287,38 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
     `run`; raising KeyboardInterrupt in it stops after the frames already saved. At the end: image.png (the last
     frame), run.json with an `animation` section and, when `video` is "mp4" or "gif", the video of all frames.
     """
-    from ..outputs import build_record, check_video_support, save_frame, write_run, write_video
-
     say = say or (lambda text: None)
     motion = check_animation_args(frames, steps_per_frame, motion, video, fps)
+    plan = _plan(settings, models, space, Path(out), frames, steps_per_frame, motion, overwrite, video, say)
+    seeds = [int(plan.base.seed) + i for i in range(frames)]
+    first = len(plan.done)
+    status, message, last_image = _make_frames(plan, models, space, callback)
+    animation = Animation(plan.out, status, message, frames, len(plan.done), first, seeds)
+    if plan.done:
+        _write_outputs(animation, plan, models, space, last_image, prompt, video, fps, record_extra)
+    return animation
+
+
+@dataclass
+class _Plan:
+    """What the frames of one `animate` call share: the folder, the resolved settings (with the folder's seed when
+    resuming), the recipe kept in the state file, and the frames saved so far (appended to as each is saved)."""
+
+    out: Path
+    base: Settings
+    wanted: dict
+    done: list[dict]
+    frames: int
+    steps_per_frame: int
+    motion: Motion
+
+
+def _plan(settings: Settings, models, space, out: Path, frames: int, steps_per_frame: int, motion: Motion,
+          overwrite: bool, video: str | None, say: Callable[[str], None]) -> _Plan:
+    """Check the video support and the seeds, resolve the settings against the VQGAN, and open the folder: resume
+    this recipe's frames (dropping any saved after the state was last written), start over, or start new."""
+    from ..outputs import check_video_support
+
     if video:
         check_video_support(video)  # before the frames, not after them
     requested_seed = settings.seed
@@ -298,32 +326,39 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
     base, notices = settings.resolved(models.vqgan.factor)
     for notice in notices:
         say(f"note: {notice}")
-    out = Path(out)
     wanted = recipe(base, models, space, steps_per_frame, motion)
     base, done = _open_folder(out, base, wanted, requested_seed, frames, overwrite)
     check_seed_range(int(base.seed), frames)
-    seeds = [int(base.seed) + i for i in range(frames)]
     first = len(done)
     if first:
         _remove_frames(out, first)  # a frame saved just before a crash, whose state was never written
         say(f"resuming: {_span(first)} of {frames} done; continuing with frame {first}"
             if first < frames else f"all {frames} frames are already done")
+    return _Plan(out, base, wanted, done, frames, steps_per_frame, motion)
+
+
+def _make_frames(plan: _Plan, models, space, callback) -> tuple[str, str | None, Any]:
+    """Run and save the frames not yet done, each from the previous saved frame moved by the motion, writing the
+    state after each. Returns (status, message, the last saved frame's image or None)."""
+    from ..outputs import save_frame
+
+    out, base, done, first = plan.out, plan.base, plan.done, len(plan.done)
     previous = _load_frame(_frame_path(out, first - 1)) if first else None
     status, message = "finished", None
     try:
-        for index in range(first, frames):
-            current = frame_settings(base, index, steps_per_frame)
-            start = None if previous is None else transform_image(pil_to_tensor(previous), motion)
+        for index in range(first, plan.frames):
+            current = frame_settings(base, index, plan.steps_per_frame)
+            start = None if previous is None else transform_image(pil_to_tensor(previous), plan.motion)
             wrapped = None if callback is None else (lambda info, i=index: callback(i, info))
             result = run(current, models.clip, models.vqgan, space, wrapped, start=start,
-                         step_offset=frame_first_step(base, index, steps_per_frame))
+                         step_offset=frame_first_step(base, index, plan.steps_per_frame))
             if result.status != "finished":
                 status = result.status
                 message = f"frame {index} was not saved: {result.message}"
                 break
             save_frame(out, index, result.image)
-            done.append(_frame_entry(index, frame_first_step(base, index, steps_per_frame), result))
-            _write_state(out, base, wanted, done)
+            done.append(_frame_entry(index, frame_first_step(base, index, plan.steps_per_frame), result))
+            _write_state(out, base, plan.wanted, done)
             if index == first:
                 _remove_videos(out)  # an older video lacks the new frames
             previous = result.image
@@ -331,19 +366,26 @@ def animate(settings: Settings, models, space, out: str | Path, *, frames: int, 
         status, message = "interrupted", None
     if status == "interrupted":
         saved = f"{_span(len(done))} saved" if done else "no frame saved"
-        message = f"interrupted during frame {len(done)} of {frames} (counted from 0); {saved}"
-    animation = Animation(out, status, message, frames, len(done), first, seeds)
-    if not done:
-        return animation
+        message = f"interrupted during frame {len(done)} of {plan.frames} (counted from 0); {saved}"
+    return status, message, previous
+
+
+def _write_outputs(animation: Animation, plan: _Plan, models, space, image, prompt: str | None, video: str | None,
+                   fps: int, record_extra: Mapping[str, Any] | None) -> None:
+    """image.png (the last saved frame) and run.json with its `animation` section, and the video once every frame
+    is done; fills in `animation`."""
+    from ..outputs import build_record, write_run, write_video
+
+    base, done = plan.base, plan.done
     extra = {"space_name": space.name, **dict(record_extra or {}),
-             "animation": _animation_record(base, frames, steps_per_frame, motion, done, seeds, video, fps)}
-    record_result = _record_result(base, previous, done, status, message)
+             "animation": _animation_record(base, plan.frames, plan.steps_per_frame, plan.motion, done,
+                                            animation.seeds, video, fps)}
+    record_result = _record_result(base, image, done, animation.status, animation.message)
     animation.record = build_record(record_result, models.describe(), space.describe(), prompt or _prompt_text(base),
                                     extra)
-    animation.image = write_run(out, record_result, animation.record)
-    if video and status == "finished":
-        animation.video = write_video(out, fps, video)
-    return animation
+    animation.image = write_run(plan.out, record_result, animation.record)
+    if video and animation.status == "finished":
+        animation.video = write_video(plan.out, fps, video)
 
 
 def _open_folder(out: Path, base: Settings, wanted: dict, requested_seed: int | None, frames: int,

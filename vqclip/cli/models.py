@@ -209,8 +209,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from ..cache import slug
     from ..errors import bad_arg
     from ..io import disk_errors, writable_folder
-    from ..models.registry import VQGAN_ASSETS, asset_dir, converted_path, get_asset
-    from ..models.vqgan import convert_checkpoint
+    from ..models.registry import VQGAN_ASSETS, asset_dir, convert_named, converted_path, get_asset
 
     _refuse_projection_file(args.checkpoint)
     config = args.config
@@ -235,8 +234,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     where = "--output" if args.output else "--cache-dir"
     writable_folder(out.parent, arg=where)  # the probe is O_EXCL: a link planted in the folder is never followed
     with disk_errors(where, "nothing was written (no partial file is left)"):
-        convert_checkpoint(config, args.checkpoint, out, name=name, config_arg="--config",
-                           checkpoint_arg="--checkpoint")
+        convert_named(config, args.checkpoint, out, name, config_arg="--config", checkpoint_arg="--checkpoint")
     use = f"--vqgan {name}" if not args.output else f"--vqgan-checkpoint {out}"
     print(f"{out}\nUse it with {use} (no config needed: the file carries it).")
     return 0

@@ -135,7 +135,7 @@ def features_from_args(args, clip=None, on_clip=None):
         return load_features(args.features, meta["clip_model"], dtype=dtype), meta["clip_model"], \
             Path(args.features), 0.0
     from ..spelling.dataset import build_dataset
-    from ..spelling.images import open_images
+    from ..spelling.sources import open_images
     from ..downloads import download_note
     from ..spelling.sources import DEFAULT_IMAGES
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from ..errors import bad_arg
-from ..io import sha256_file, write_json, write_text
+from ..io import check_writable, sha256_file, write_json, write_text
 from .paper import PAPER, format_comparison, format_paper
 
 FORMAT = "vqclip.reproduce/1"
@@ -47,6 +47,17 @@ def check_report_folder(folder: str | os.PathLike) -> None:
     if md.exists() and not md.read_text(encoding="utf-8", errors="replace").startswith("# vqclip reproduce"):
         raise bad_arg("--out", f"{MD_NAME} in the folder was not written by vqclip reproduce", str(md),
                       "Choose another --out folder; vqclip replaces only reports it wrote.")
+
+
+def check_out_folder(folder: str | os.PathLike, typographic: bool = True) -> None:
+    """--out before any work: no report files vqclip did not write, writable, and (for the typographic part) no
+    user's file under typographic/ that the evaluation would replace."""
+    check_report_folder(folder)
+    check_writable(folder, "--out")
+    if typographic:
+        from ..evaluate.typographic import check_report_out
+
+        check_report_out(Path(folder) / "typographic", overwrite=False)
 
 
 def file_hashes(paths: Mapping[str, str | os.PathLike | None]) -> dict[str, dict]:
@@ -184,3 +195,28 @@ def _ocr_md(s: Mapping[str, Any], command: str | None, folder: Path) -> list[str
     if command:
         lines += [f"Command: `{command}`", ""]
     return lines
+
+
+def summary_lines(sections: Mapping[str, Any], folder: str | os.PathLike) -> list[str]:
+    """What the command prints when the report is written: the table of each section this run made, then where
+    the report is."""
+    lines = _typographic_summary(sections["typographic"]) if "typographic" in sections else []
+    lines += _ocr_summary(sections["ocr"]) if "ocr" in sections else []
+    return lines + [f"report: {Path(folder) / MD_NAME}"]
+
+
+def _typographic_summary(s: Mapping[str, Any]) -> list[str]:
+    d = s["dataset"]
+    return [f"Typographic attacks: {d['evaluated']} photos ({d['clean']} clean, {d['attacked']} attacked listed), "
+            "object accuracy on all images, % [95 % CI] (k/n):",
+            *(f"  {r['protocol_label']:<24} {r['space']:<7} {format_comparison(r):<28} paper {format_paper(r)}"
+              for r in s["rows"]),
+            *(f"  note: {note}" for note in s["notes"])]
+
+
+def _ocr_summary(s: Mapping[str, Any]) -> list[str]:
+    j = s["jobs"]
+    return [f"Text in generated images: {j['scored']} images scored of {j['planned']} planned"
+            f"{'' if s['complete'] else ' (incomplete)'}; share with any OCR text, % [95 % CI] (k/n):",
+            *(f"  > {r['threshold']:<4g} {r['word_type']:<8} {r['space']:<6} {format_comparison(r):<28} "
+              f"paper {format_paper(r)}" for r in s["rows"])]

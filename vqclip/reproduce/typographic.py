@@ -10,9 +10,9 @@ from typing import Any, Mapping
 from ..evaluate.typographic import (DEFAULT_TEMPLATE, PAPER_ACCURACY, PAPER_DATASET_ATTACKS, PAPER_DATASET_IMAGES,
                                     PAPER_DATASET_OBJECTS, PROTOCOLS, evaluate_typographic,
                                     open_typographic_dataset, write_typographic_report)
+from .options import SPACES, ReproduceOptions
 from .paper import compare_rate
 
-SPACES = ("clip", "learn", "forget")
 REFERENCE = ("union", "all")  # protocol and measure the paper's numbers are compared with (docs/evaluation.md)
 
 
@@ -64,3 +64,21 @@ def run_typographic(dataset_root: str | os.PathLike, clip, spaces: Mapping[str, 
             "seconds": round(time.perf_counter() - start, 2),
             "files": {"report": str(out / "report.json"), "table": str(out / "table.md"),
                       "predictions": str(out / "predictions.jsonl")}}
+
+
+def typographic_section(o: ReproduceOptions, clip, root: str | os.PathLike, progress=None) -> dict:
+    """The typographic part of a reproduce run: the photos in `root` in clip / learn / forget into
+    OUT/typographic, with the names and hashes of the models used; `progress` (a `Progress`) counts the photos."""
+    from ..evaluate.typographic import check_template
+    from .assets import model_files, typographic_spaces
+
+    check_template(o.template)
+    spaces = typographic_spaces(clip, o)
+    if progress is not None:
+        progress.stage("typographic attacks")
+    section = run_typographic(root, clip, spaces, Path(o.out) / "typographic", o.template, o.batch_size,
+                              progress=not o.quiet)
+    if progress is not None:
+        progress.advance(section["dataset"]["images"])
+    section["models"] = {"names": {"clip": clip.identity}, "files": model_files(o.pretrained, spaces)}
+    return section

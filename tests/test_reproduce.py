@@ -58,7 +58,7 @@ def fake_ocr(monkeypatch):
 @pytest.fixture()
 def projections(tiny_clip):
     """learn and forget projections where the registry would leave them for the tiny CLIP."""
-    from vqclip.spaces import projection_path, save_projection
+    from vqclip.projections import projection_path, save_projection
 
     for seed, space in enumerate(("learn", "forget")):
         q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(seed)))
@@ -75,7 +75,7 @@ def words_file(tmp_path):
 @pytest.fixture()
 def drive(monkeypatch, tmp_path):
     """The authors' Drive folder, faked: a zip holding the photos and `annotations.json` (the alias some copies use)."""
-    from vqclip.models import registry
+    from vqclip import downloads
 
     src = tmp_path / "drive" / "typographic_attack_dataset"
     src.mkdir(parents=True)
@@ -92,7 +92,7 @@ def drive(monkeypatch, tmp_path):
             for p in sorted(src.iterdir()):
                 zf.write(p, f"typographic_attack_dataset/{p.name}")
 
-    monkeypatch.setattr(registry, "gdown_folder", fetch)
+    monkeypatch.setattr(downloads, "gdown_folder", fetch)
     return calls
 
 
@@ -199,9 +199,9 @@ def test_dry_run_prints_plan_and_measured_estimate_and_writes_nothing(tiny_model
 
 def test_a_local_copy_in_the_cache_is_used_without_fetching(tmp_path, monkeypatch, tiny_clip_id, projections):
     from vqclip.evaluate.typographic import fetch_paper_dataset
-    from vqclip.models import registry
+    from vqclip import downloads
 
-    monkeypatch.setattr(registry, "gdown_folder", lambda *a: pytest.fail("fetched although a copy is there"))
+    monkeypatch.setattr(downloads, "gdown_folder", lambda *a: pytest.fail("fetched although a copy is there"))
     dest = fake_paper_photos()
     assert fetch_paper_dataset() == dest
     out = tmp_path / "r"
@@ -355,7 +355,7 @@ def test_real_small_scale_run_of_everything_on_a_gpu(tmp_path, capsys):
 def test_projection_forget_in_the_papers_torch_format_loads(tmp_path, tiny_clip, tiny_clip_id, capsys):
     """Issue 28: a torch file holding only W (the paper's format) was refused with a hint to pass --space, which
     reproduce does not have; the flag names the space."""
-    from vqclip.spaces import projection_path, save_projection
+    from vqclip.projections import projection_path, save_projection
 
     q, _ = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))
     save_projection(projection_path("learn", tiny_clip.identity), q.T, "learn", tiny_clip.identity)
@@ -368,3 +368,18 @@ def test_projection_forget_in_the_papers_torch_format_loads(tmp_path, tiny_clip,
     assert code == 0, capsys.readouterr().err
     typo = json.loads((out / "report.json").read_text())["sections"]["typographic"]
     assert {r["space"] for r in typo["rows"]} == {"clip", "learn", "forget"}
+
+
+def test_the_library_runs_a_part_without_the_cli(tmp_path, tiny_clip_id, projections):
+    """`vqclip.reproduce.run` takes plain options and prints through `echo`; the CLI only parses and checks flags."""
+    from vqclip.cli import reproduce as cli
+    from vqclip.reproduce import options
+    from vqclip.reproduce.run import reproduce_typographic
+
+    assert (cli.PROG, cli.DEFAULT_OUT) == (options.PROG, options.DEFAULT_OUT)  # the parser's literals
+    fake_paper_photos()
+    out, lines = tmp_path / "r", []
+    o = options.ReproduceOptions(out=str(out), clip=tiny_clip_id, device="cpu", quiet=True, command="by hand")
+    assert reproduce_typographic(o, echo=lines.append) == 0
+    assert lines[0].startswith("Typographic attacks: 6 photos") and lines[-1] == f"report: {out / 'report.md'}"
+    assert json.loads((out / "report.json").read_text())["commands"] == {"typographic": "by hand"}

@@ -111,6 +111,7 @@ def build_record(result, models_info: Mapping[str, Any], space_info: Mapping[str
         "prompts": [p.to_dict() for p in result.settings.prompts],
         "image_prompts": [p.to_dict() for p in result.settings.image_prompts],
         "space": dict(space_info),
+        "text_method": result.settings.text_method(space_info.get("space")),  # clip, forget, negative, ...
         "seed": result.seed,
         "image": IMAGE_NAME,
         "status": result.status,

@@ -17,6 +17,7 @@ from torch import nn
 from .errors import bad_arg, choices_hint
 
 SPACES = ("clip", "learn", "forget")
+TEXT_MODES = ("target", "project")  # how a text direction keeps text out: a negative target, or removed
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,9 @@ class Space(nn.Module):
             self.W = None
         else:
             self.register_buffer("W", W.detach().float().contiguous())
+        self.register_buffer("text_direction", None)  # (D,) unit vector toward written text, see without_text
+        self.text_mode: str | None = None
+        self.text_info: dict = {}
 
     @property
     def dim(self) -> int | None:
@@ -44,12 +48,35 @@ class Space(nn.Module):
         return None if self.W is None else int(self.W.shape[1])
 
     def project(self, e: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., d) unit vectors; the identity space only normalises."""
+        """(..., D) -> (..., d) unit vectors; the identity space only normalises. With a text direction in mode
+        "project", e − (e·t)t first: the direction is removed from every embedding (docs/method.md §10)."""
+        if self.text_mode == TEXT_MODES[1]:
+            t = self.text_direction
+            e = e.float() - (e.float() @ t)[..., None] * t  # (..., D)
         if self.W is not None:
             e = e.float() @ self.W.T  # (..., D) @ (D, d)
         return F.normalize(e.float(), dim=-1)
 
     forward = project
+
+    def without_text(self, direction: torch.Tensor, mode: str, info: Mapping[str, Any] | None = None) -> "Space":
+        """This space keeping text out along `direction` (D,): mode "target" keeps it for a negative target
+        (`text_target`), mode "project" removes it from every embedding in `project`."""
+        if mode not in TEXT_MODES:
+            raise bad_arg("--textoff-mode", "unknown way to use the text direction", mode, choices_hint(TEXT_MODES))
+        if self.W is not None and direction.numel() != self.embed_dim:
+            raise bad_arg("--textoff", f"the direction has {direction.numel()} values, the space takes D = "
+                          f"{self.embed_dim}", direction.numel(), "Use a direction computed for this CLIP model.")
+        out = Space(self.name, self.W, self.metadata)
+        out.text_direction = F.normalize(direction.detach().float().reshape(-1), dim=0).to(
+            self.W.device if self.W is not None else direction.device)
+        out.text_mode, out.text_info = mode, {"mode": mode, **dict(info or {})}
+        return out
+
+    def text_target(self) -> torch.Tensor:
+        """(1, d): the text direction as seen in this space, the embedding a "target" mode run pushes away from."""
+        return F.normalize((self.text_direction.float() @ self.W.T if self.W is not None else
+                            self.text_direction.float())[None], dim=-1)
 
     def check_clip(self, clip_identity: str, embed_dim: int, arg: str = "--projection",
                    clip_flags: str | None = None) -> None:
@@ -87,6 +114,8 @@ class Space(nn.Module):
             out["clip_model_from"] = self.metadata["clip_model_from"]
         if self.W is not None and "orientation" in self.metadata:
             out["orientation"] = self.metadata["orientation"]
+        if self.text_mode:
+            out["textoff"] = dict(self.text_info)
         return out
 
 

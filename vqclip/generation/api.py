@@ -10,7 +10,9 @@ from ..io import sha256_file
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, ClipModel, load_clip
 from ..errors import VqclipError
 from ..projections import MissingProjection, resolve_space
+from ..projections.direction import resolve_direction
 from ..spaces import Space
+from .antitext import DEFAULT_TEXTOFF_MODE, parse_anti_text, parse_method
 from .loop import Result, Settings, StepInfo, group_key, run, run_many
 from .prompts import parse_image_prompt, parse_noise_prompt, parse_story
 from .recipes import recipe_vqgan
@@ -36,15 +38,21 @@ class Models:
     auto_train: bool = False
     progress: bool = True
     say: Callable[[str], None] | None = None
+    textoff: str | None = None  # text direction file for --anti-text textoff (None: the one cached for this CLIP)
+    textoff_mode: str = DEFAULT_TEXTOFF_MODE  # target: a negative target; project: removed from every embedding
     _spaces: dict = field(default_factory=dict)
     _estimates: dict = field(default_factory=dict)
 
-    def space(self, name: str | None, projection: str | None = None, projection_arg: str = "--projection") -> Space:
+    def space(self, name: str | None, projection: str | None = None, projection_arg: str = "--projection",
+              anti_text: Sequence[str] | str = ()) -> Space:
         """The space `name` for this CLIP (from --projection, the cache or the registry); loaded once and reused.
 
         `name` None: the projection file's space (clip without one). `projection_arg` is the flag that gives
-        projection files in the command being run, for hints.
+        projection files in the command being run, for hints. With "textoff" in `anti_text` the space holds this
+        CLIP's text direction (`textoff`, `textoff_mode`).
         """
+        if "textoff" in parse_anti_text(anti_text):
+            return self._with_textoff(self.space(name, projection, projection_arg))
         key = (name, str(projection) if projection else None)
         if key not in self._spaces:
             try:
@@ -55,6 +63,15 @@ class Models:
                 self._train(missing)
                 sp = self._resolve(name, projection, projection_arg)
             self._spaces[key] = sp.to(self.clip.device)
+        return self._spaces[key]
+
+    def _with_textoff(self, space: Space) -> Space:
+        """`space` keeping text out along this CLIP's text direction; built once per space."""
+        key = ("textoff", id(space), self.textoff, self.textoff_mode)
+        if key not in self._spaces:
+            found = resolve_direction(self.textoff, self.clip.identity, self.clip.embed_dim, self.cache_dir)
+            info = {"source": found.metadata.get("source", "vqclip train --direction textoff"), **found.describe()}
+            self._spaces[key] = space.without_text(found.vector.to(self.clip.device), self.textoff_mode, info)
         return self._spaces[key]
 
     def _resolve(self, name, projection, projection_arg) -> Space:
@@ -136,21 +153,44 @@ def generate(prompt: str, *, space: str | None = None, projection: str | None = 
              image_prompts: list[str] | None = None, callback: Callable[[StepInfo], None] | None = None,
              clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
              vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
-             precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False, **settings) -> Result:
+             precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False,
+             textoff: str | None = None, textoff_mode: str | None = None, **settings) -> Result:
     """Generate one image for `prompt` ("text:weight:stop | ...") with the CLIP loss in `space`.
 
-    `space` None: the space of `projection`, or clip without one.
+    `space` None: the space of `projection`, or clip without one. `space` may also name a way of keeping text out
+    (`negative`, `textoff`, `forget+negative`, ...: antitext.py), as may `anti_text=`; `textoff` is a text
+    direction file (default: the one computed for this CLIP) and `textoff_mode` "target" or "project".
 
     Keyword settings are those of `Settings` (recipe, size, steps, lr, cutn, cut_pow, seed, ...); `recipe`
     ("vqclip", "paper", "nerdyrodent") gives the defaults, its VQGAN included. Pass `models` to reuse loaded
     models; otherwise they are loaded from the names given (`auto_train`: see `Models`).
     """
+    space, settings["anti_text"] = _method(space, settings.get("anti_text"))
     if models is None:
         vqgan = recipe_vqgan(settings.get("recipe"), vqgan, vqgan_checkpoint)
         models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
                              spaces=[(space, projection, "--projection")], auto_train=auto_train)
+    _set_textoff(models, textoff, textoff_mode)
     return run(_settings(prompt, image_prompts, settings), models.clip, models.vqgan,
-               models.space(space, projection), callback)
+               models.space(space, projection, anti_text=settings["anti_text"]), callback)
+
+
+def _method(space: str | None, anti_text) -> tuple[str | None, tuple[str, ...]]:
+    """(space, anti-text parts) of an API `space` that may be a method label (`forget+negative`), with the
+    parts of `anti_text=` added."""
+    parts = parse_anti_text(anti_text, "anti_text")
+    if space is None:
+        return None, parts
+    space, more = parse_method(space, "space")
+    return space, parse_anti_text(more + parts, "anti_text")
+
+
+def _set_textoff(models: Models, textoff: str | None, textoff_mode: str | None) -> None:
+    """The text direction file and mode the API call asked for, on the (possibly reused) models."""
+    if textoff is not None:
+        models.textoff = textoff
+    if textoff_mode is not None:
+        models.textoff_mode = textoff_mode
 
 
 def _settings(prompt: str, image_prompts: Sequence[str] | None, settings: dict) -> Settings:
@@ -168,23 +208,27 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
                   clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
                   vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
                   precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False,
-                  **settings) -> list[Result]:
+                  textoff: str | None = None, textoff_mode: str | None = None, **settings) -> list[Result]:
     """One image per (prompt, seed, space), optimised `group_size` at a time in one batched latent.
 
     Results come in the order prompts × seeds × spaces. `projections` maps a space to a projection file (default:
     the cached or registered one). `group_size` "auto" fills the GPU's free memory (one job at a time on the CPU);
     `callback(index, info)` gets the index of the job in the returned list. Keyword settings are those of
-    `Settings`, shared by every job.
+    `Settings`, shared by every job. A space may name a way of keeping text out (`negative`, `forget+textoff`,
+    ...; see `generate`).
     """
     from .groups import auto_group_size, parse_group_size
 
     projections = dict(projections or {})
+    methods = {label: _method(label, settings.get("anti_text")) for label in spaces}
     if models is None:
         vqgan = recipe_vqgan(settings.get("recipe"), vqgan, vqgan_checkpoint)
         models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
-                             spaces=[(s, projections.get(s), "--projection") for s in spaces], auto_train=auto_train)
-    jobs = [(_settings(p, None, dict(settings, seed=seed)), space) for p in prompts for seed in seeds
-            for space in spaces]
+                             spaces=[(s, projections.get(s), "--projection") for s, _ in methods.values()],
+                             auto_train=auto_train)
+    _set_textoff(models, textoff, textoff_mode)
+    jobs = [(_settings(p, None, dict(settings, seed=seed, anti_text=methods[label][1])), methods[label][0])
+            for p in prompts for seed in seeds for label in spaces]
     if not jobs:
         return []
     first = jobs[0][0].resolved(models.vqgan.factor)[0]
@@ -199,7 +243,8 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
             done = run_many([jobs[i][0] for i in chunk], models.clip, models.vqgan,
-                            [models.space(jobs[i][1], projections.get(jobs[i][1])) for i in chunk],
+                            [models.space(jobs[i][1], projections.get(jobs[i][1]), anti_text=jobs[i][0].anti_text)
+                             for i in chunk],
                             None if callback is None else (lambda k, info, chunk=chunk: callback(chunk[k], info)))
             for i, result in zip(chunk, done):
                 results[i] = result

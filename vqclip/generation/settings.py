@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import bad_arg, check_seed, choices_hint
+from .antitext import (DEFAULT_NEGATIVE_TEXT, DEFAULT_NEGATIVE_WEIGHT, DEFAULT_TEXTOFF_WEIGHT, method_label,
+                       negative_prompt, parse_anti_text)
 from .cutouts import parse_augmentations
 from .images import check_image_file
 from .ops import LOSSES
@@ -67,6 +69,11 @@ class Settings:
     noise_prompts: list[Prompt] = field(default_factory=list)  # text = the seed of a random target embedding
     image_prompt_mode: str = "cutouts"  # cutouts: encoded through the run's cutouts (Crowson); centre: one crop
     save_best: bool = False  # keep the image of the step with the lowest loss instead of the last one
+    # Keeping text out besides the space (antitext.py): a negative prompt and/or the text direction.
+    anti_text: tuple[str, ...] | str = ()  # negative, textoff
+    negative_text: str = DEFAULT_NEGATIVE_TEXT
+    negative_weight: float = DEFAULT_NEGATIVE_WEIGHT
+    textoff_weight: float = DEFAULT_TEXTOFF_WEIGHT  # mode "target" only (the space holds the direction and mode)
 
     def with_recipe(self) -> "Settings":
         """The recipe's values in every field left None, and the explicit values that differ from it recorded in
@@ -94,8 +101,8 @@ class Settings:
         size, notices = self._snapped_size(factor)
         seed = self.seed if self.seed is not None else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         augment = self._checked_augment()
-        return dataclasses.replace(self, size=size, lr=lr, optimizer=optimizer, seed=seed,
-                                   augment=augment), notices
+        return dataclasses.replace(self, size=size, lr=lr, optimizer=optimizer, seed=seed, augment=augment,
+                                   anti_text=parse_anti_text(self.anti_text)), notices
 
     def _checked_optimisation(self) -> tuple[str, float]:
         """The method and loss checked; the optimizer and learning rate, the method's defaults where not given."""
@@ -145,6 +152,12 @@ class Settings:
             check_image_file(p.text, "--image-prompt")
         if self.seed is not None:
             check_seed(self.seed)
+        anti_text = parse_anti_text(self.anti_text)
+        if "negative" in anti_text:
+            negative_prompt(self.negative_text, self.negative_weight)
+        if "textoff" in anti_text and not self.textoff_weight < 0:
+            raise bad_arg("--textoff-weight", "the text direction is pushed away from: its weight must be below "
+                          "zero", self.textoff_weight, "Try -0.5.")
 
     def _snapped_size(self, factor: int) -> tuple[tuple[int, int], list[str]]:
         """The size snapped down to a multiple of the VQGAN's factor (at least one latent token a side), and a
@@ -182,7 +195,12 @@ class Settings:
         d["noise_prompts"] = [p.to_dict() for p in self.noise_prompts]
         d["size"] = None if self.size is None else list(self.size)
         d["augment"] = None if self.augment is None else list(parse_augmentations(self.augment))
+        d["anti_text"] = list(parse_anti_text(self.anti_text))
         return d
+
+    def text_method(self, space: str | None) -> str:
+        """How this run in `space` keeps text out (antitext.py): clip, forget, negative, forget+negative, ..."""
+        return method_label(space, parse_anti_text(self.anti_text))
 
     @property
     def recipe_spec(self) -> Recipe:

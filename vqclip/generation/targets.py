@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from ..errors import VqclipError
+from .antitext import negative_prompt, parse_anti_text, textoff_prompt
 from .images import load_image
 from .prompts import Prompt
 from .settings import Settings, noise_seed
@@ -31,9 +33,10 @@ def encode_targets(settings: Settings, clip, space, make_cutouts: Callable | Non
     device = clip.device
     with torch.no_grad():
         phases = []
+        keep_out = anti_text_targets(settings, clip, space)  # in every phase: a story switch never drops them
         for phase in [settings.prompts] + list(settings.story):
             embeds = space.project(clip.encode_text([p.text for p in phase])) if phase else None
-            phases.append([Target(p, embeds[i:i + 1], p.text) for i, p in enumerate(phase)])
+            phases.append([Target(p, embeds[i:i + 1], p.text) for i, p in enumerate(phase)] + keep_out)
         always = []
         for p in settings.image_prompts:
             if settings.image_prompt_mode == "cutouts" and make_cutouts is not None:
@@ -47,6 +50,24 @@ def encode_targets(settings: Settings, clip, space, make_cutouts: Callable | Non
             noise = torch.randn(1, clip.embed_dim, generator=torch.Generator().manual_seed(noise_seed(p)))
             always.append(Target(p, space.project(noise.to(device)), f"noise:{p.text}"))
     return phases, always
+
+
+def anti_text_targets(settings: Settings, clip, space) -> list[Target]:
+    """The negative prompt and the text direction's negative target of a run (antitext.py), projected into
+    `space`; none without --anti-text. A textoff run needs a space that holds the direction (`Models.space`)."""
+    anti_text = parse_anti_text(settings.anti_text)
+    out = []
+    if "negative" in anti_text:
+        p = negative_prompt(settings.negative_text, settings.negative_weight)
+        out.append(Target(p, space.project(clip.encode_text([p.text])), f"negative:{p.text}"))
+    if "textoff" in anti_text:
+        if getattr(space, "text_direction", None) is None:
+            raise VqclipError("anti-text textoff: the space holds no text direction; load it with "
+                              "Models.space(..., anti_text=('textoff',)) or pass --anti-text textoff to the CLI")
+        found = textoff_prompt(space, settings.textoff_weight)
+        if found is not None:  # mode "project" removes the direction in space.project instead
+            out.append(Target(found[0], found[1].to(clip.device), "textoff"))
+    return out
 
 
 def active_targets(phases: list[list[Target]], always: list[Target], change_every: int, step: int,

@@ -1,0 +1,116 @@
+"""Ways of keeping text out besides the forget space (issue 27): negative prompts and the text direction, as
+generation options of the loop and the Python API, recorded in run.json."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqclip.errors import VqclipError
+from vqclip.generation import Settings, parse_prompts, run
+from vqclip.generation.antitext import METHODS, method_label, parse_anti_text, parse_method
+from vqclip.generation.ops import prompt_loss
+from vqclip.generation.targets import encode_targets
+from vqclip.spaces import Space, identity_space
+from vqclip.spelling.direction import write_direction
+
+
+def test_methods_parse_into_a_space_and_anti_text_parts_and_back():
+    for label in METHODS:
+        space, parts = parse_method(label)
+        assert method_label(space, parts) == label
+    assert parse_method("forget+negative") == ("forget", ("negative",))
+    assert parse_method("textoff+negative") == ("clip", ("negative", "textoff"))  # canonical order
+    assert parse_anti_text("none") == () and parse_anti_text(["textoff", "negative"]) == ("negative", "textoff")
+    with pytest.raises(VqclipError, match="--anti-text: unknown way of keeping text out; got 'nospell'"):
+        parse_anti_text("negative+nospell")
+    with pytest.raises(VqclipError, match="at most one space"):
+        parse_method("forget+learn")
+    with pytest.raises(VqclipError, match="unknown method part"):
+        parse_method("forget+blur")
+
+
+def test_a_text_direction_is_removed_from_every_embedding_or_kept_as_a_target():
+    g = torch.Generator().manual_seed(0)
+    t = F.normalize(torch.randn(32, generator=g), dim=0)
+    e = torch.randn(5, 32, generator=g)
+    W = torch.linalg.qr(torch.randn(32, 8, generator=g))[0].T  # (8, 32) orthonormal rows
+    for base in (identity_space(), Space("forget", W)):
+        removed = base.without_text(t, "project", {"source": "test"})
+        if base.W is None:
+            assert torch.allclose(removed.project(e) @ t, torch.zeros(5), atol=1e-5)
+        expected = base.project(e - (e @ t)[:, None] * t)
+        assert torch.allclose(removed.project(e), expected, atol=1e-6)
+        kept = base.without_text(t, "target")
+        assert torch.equal(kept.project(e), base.project(e))  # a target run leaves the projection alone
+        assert torch.allclose(kept.text_target(), base.project(t[None]), atol=1e-6)
+        assert removed.describe()["textoff"] == {"mode": "project", "source": "test"}
+    with pytest.raises(VqclipError, match="--textoff-mode: unknown way"):
+        identity_space().without_text(t, "subtract")
+
+
+def test_the_negative_prompt_and_the_direction_are_targets_in_every_story_phase(tiny_clip):
+    t = F.normalize(torch.randn(tiny_clip.embed_dim), dim=0)
+    space = identity_space().without_text(t, "target")
+    s = Settings(prompts=parse_prompts("an apple"), story=[parse_prompts("a pear")], change_every=2,
+                 anti_text=("negative", "textoff"), negative_text="written words", negative_weight=-0.7,
+                 textoff_weight=-0.3)
+    phases, always = encode_targets(s, tiny_clip, space)
+    for phase in phases:
+        labels = {x.label: x.prompt.weight for x in phase}
+        assert labels == {phase[0].label: 1.0, "negative:written words": -0.7, "textoff": -0.3}
+    negative = next(x for x in phases[0] if x.label.startswith("negative"))
+    assert torch.allclose(negative.embeds, space.project(tiny_clip.encode_text(["written words"])), atol=1e-6)
+    off = next(x for x in phases[0] if x.label == "textoff")
+    assert torch.allclose(off.embeds, F.normalize(t[None], dim=-1), atol=1e-6) and always == []
+    # a negative target pushes away: the loss term is the spherical distance times the (negative) weight
+    embeds = F.normalize(torch.randn(3, tiny_clip.embed_dim), dim=-1)
+    assert float(prompt_loss(embeds, off.embeds, -0.3, float("-inf"))) < 0
+    with pytest.raises(VqclipError, match="the space holds no text direction"):
+        encode_targets(s, tiny_clip, identity_space())
+
+
+@pytest.mark.parametrize("weight, flag", [(0.5, "--negative-weight"), (0.0, "--negative-weight")])
+def test_a_negative_prompt_must_push_away(weight, flag, tiny_vqgan):
+    s = Settings(prompts=parse_prompts("an apple"), anti_text="negative", negative_weight=weight, size=(16, 16))
+    with pytest.raises(VqclipError, match=f"{flag}: a negative prompt's weight must be below zero"):
+        s.resolved(tiny_vqgan.factor)
+    with pytest.raises(VqclipError, match="--textoff-weight: the text direction is pushed away from"):
+        Settings(prompts=parse_prompts("x"), anti_text="textoff", textoff_weight=0.1, size=(16, 16)).resolved(4)
+
+
+def test_the_negative_prompt_changes_the_image_and_is_recorded(tiny_clip, tiny_vqgan):
+    from vqclip.outputs import build_record
+
+    base = dict(prompts=parse_prompts("an apple"), size=(16, 16), steps=3, cutn=2, seed=3, augment="none")
+    plain = run(Settings(**base), tiny_clip, tiny_vqgan, identity_space())
+    neg = run(Settings(**base, anti_text="negative"), tiny_clip, tiny_vqgan, identity_space())
+    again = run(Settings(**base, anti_text="negative"), tiny_clip, tiny_vqgan, identity_space())
+    assert (np.asarray(neg.image) == np.asarray(again.image)).all() and torch.equal(neg.latent, again.latent)
+    assert set(plain.losses) == {"an apple"} and neg.losses["negative:written text"] < 0  # a term of its own
+    record = build_record(neg, {}, identity_space().describe(), "an apple")
+    assert record["text_method"] == "negative" and record["settings"]["anti_text"] == ["negative"]
+    assert record["settings"]["negative_text"] == "written text" and record["settings"]["negative_weight"] == -0.5
+    assert build_record(plain, {}, identity_space().describe(), "x")["text_method"] == "clip"
+
+
+def test_the_api_uses_the_cached_direction_for_its_clip_and_refuses_another(tiny_clip_id, tmp_path):
+    from vqclip.generation.api import generate, load_models
+    from vqclip.models.tiny import write_taming_files
+
+    config, ckpt = write_taming_files(tmp_path / "vqgan")
+    models = load_models(tiny_clip_id, None, vqgan_config=str(config), vqgan_checkpoint=str(ckpt), device="cpu")
+    with pytest.raises(VqclipError, match="no text direction for CLIP .* vqclip train --direction textoff"):
+        generate("an apple", space="textoff", models=models, size=(16, 16), steps=1, cutn=2, seed=0)
+    d = F.normalize(torch.randn(models.clip.embed_dim), dim=0)
+    write_direction(d, models.clip.identity)
+    result = generate("an apple", space="textoff", models=models, size=(16, 16), steps=1, cutn=2, seed=0)
+    assert result.settings.anti_text == ("textoff",) and result.settings.text_method("clip") == "textoff"
+    space = models.space("clip", anti_text="textoff")
+    assert space.text_mode == "target" and torch.allclose(space.text_direction, d, atol=1e-6)
+    other = write_direction(d, "ViT-B-32/openai", tmp_path / "other.safetensors")
+    with pytest.raises(VqclipError, match="--textoff: the text direction was computed for CLIP 'ViT-B-32/openai'"):
+        generate("an apple", space="clip", anti_text="textoff", textoff=str(other), textoff_mode="project",
+                 models=models, size=(16, 16), steps=1, cutn=2, seed=0)

@@ -142,7 +142,8 @@ def test_small_clip_trains_deterministically_and_loads_as_local_dir(tmp_path):
 def test_a_reused_clip_is_loaded_from_the_folder_it_was_found_in(tmp_path):
     """A copied or moved --out keeps working with --reuse-clip: the CLIP (and so the identity its projections
     record) is the one in the folder, not the path written when it was trained."""
-    from vqclip.testbed.run import TestbedConfig, train_clip_stage
+    from vqclip.testbed.config import TestbedConfig
+    from vqclip.testbed.stages import train_clip_stage
 
     config = TestbedConfig.quick(0)
     clip_dir = tmp_path / "copied" / "clip"
@@ -171,7 +172,8 @@ def _rows(clip=(0.9, 0.2, 0.6), learn=(0.3, 0.1, 0.7), forget=(0.88, 0.7, 0.05))
 
 
 def test_directions_pass_and_fail_on_the_numbers():
-    from vqclip.testbed.run import Margins, check_directions
+    from vqclip.testbed.config import Margins
+    from vqclip.testbed.report import check_directions
 
     assert all(c["passed"] for c in check_directions(_rows(), Margins()))
     failed = {c["claim"] for c in check_directions(_rows(forget=(0.88, 0.3, 0.05)), Margins()) if not c["passed"]}
@@ -185,7 +187,8 @@ def test_directions_pass_and_fail_on_the_numbers():
 
 
 def test_median_over_seeds_tolerates_one_odd_seed_but_not_two():
-    from vqclip.testbed.run import Margins, check_median
+    from vqclip.testbed.config import Margins
+    from vqclip.testbed.report import check_median
 
     good, odd = _rows(), _rows(forget=(0.88, 0.3, 0.05))  # odd: forget wins back only 1/7 of the loss
     checks = check_median({0: good, 1: odd, 2: good}, Margins())
@@ -217,7 +220,8 @@ def test_cli_rejects_bad_sizes(capsys):
 def test_cli_exits_non_zero_with_a_one_line_summary_when_a_direction_fails(monkeypatch, tmp_path, capsys):
     import vqclip.testbed.run as testbed_run
     from vqclip.cli import main
-    from vqclip.testbed.run import Margins, check_directions
+    from vqclip.testbed.config import Margins
+    from vqclip.testbed.report import check_directions
 
     rows = _rows(forget=(0.88, 0.3, 0.05))
     for row in rows.values():
@@ -272,7 +276,8 @@ QUICK_SEEDS = (0, 1, 2)
 def quick_run(tmp_path_factory):
     """The reduced testbed on three seeds, once for the module: world, small CLIP, five-tuples, learn / forget and
     evaluations per seed, and the directions on the median over the seeds (docs/testbed.md says why the median)."""
-    from vqclip.testbed.run import TestbedConfig, run_testbed_seeds
+    from vqclip.testbed.config import TestbedConfig
+    from vqclip.testbed.run import run_testbed_seeds
 
     out = tmp_path_factory.mktemp("testbed")
     return out, run_testbed_seeds(TestbedConfig.quick(), QUICK_SEEDS, out, progress=False)
@@ -288,7 +293,7 @@ def test_quick_testbed_reproduces_the_papers_directions(quick_run):
 
 @pytest.mark.testbed
 def test_median_checks_are_the_medians_of_the_seeds(quick_run):
-    from vqclip.testbed.run import direction_values
+    from vqclip.testbed.report import direction_values
 
     _, summary = quick_run
     per_seed = [direction_values(run["rows"]) for run in summary["per_seed"].values()]
@@ -343,7 +348,7 @@ def quick_generation(quick_run, tmp_path_factory):
     0-2 (108 images; with fewer, one image moves a share by 17 points), `vqclip score --detector world:...`, the
     object classifier, the table, the grid and the directions; under the default recipe, the paper's."""
     from vqclip.testbed.generate import GenerationConfig, run_generation
-    from vqclip.testbed.run import TestbedConfig
+    from vqclip.testbed.config import TestbedConfig
 
     root, _ = quick_run
     out = tmp_path_factory.mktemp("generation")

@@ -321,7 +321,7 @@ def train_vqgan_stage(world, config: VqganTrainConfig, out_dir: str | os.PathLik
     reconstructions in `out_dir`. With `reuse`, a model already there whose recipe matches is kept as is."""
     from ..io import writable_folder as writable_dir  # a read-only or full disk: exit 74
     from ..io import write_json
-    from .run import _bar
+    from .progress import bar as _bar
     from .world import training_set
 
     if config.image_size != world.image_size:

@@ -217,7 +217,7 @@ def _score(batch_dir: Path, detector: Path, out: Path, progress: bool) -> int:
     from ..evaluate.sources import collect_images
     from ..evaluate.textscore import DEFAULT_MAX_DISTANCE
     from ..io import check_replaceable, check_writable, disk_errors
-    from .detector import WorldTextReader
+    from .detector_files import WorldTextReader
 
     paths = [str(batch_dir)]
     check_replaceable(output_paths(out), False, "--out")  # a user's table.md is never replaced silently

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_quiet_arg, command_parser
+from .common import add_quiet_arg, command_parser, sigterm_as_interrupt
 
 
 def register(sub) -> None:
-    from .choices import DEFAULT_GAMMA, TESTBED_DEFAULTS
-
     p = command_parser(
         sub, "testbed", help="reproduce the paper's qualitative claims in a synthetic world, on the CPU, no downloads",
         description="Generate a synthetic world of drawn objects and written words, train a small open_clip CLIP on "
@@ -19,6 +17,24 @@ def register(sub) -> None:
                     "Exits with status 1 when a direction is not reproduced.",
         examples=["vqclip testbed --quick --out outputs/testbed-quick   # a few minutes on 2 CPU cores",
                   "vqclip testbed --quick --seeds 0-2                    # median over three seeds"])
+    _add_run_args(p)
+    _add_projection_args(p)
+    _add_generation_args(p)
+    add_quiet_arg(p, "no progress bars")
+    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
+    p.set_defaults(func=run)
+
+
+def _default(field: str) -> str:
+    """The help's "(default N)" of a TestbedConfig field, with the --quick value when it differs."""
+    from .choices import TESTBED_DEFAULTS
+
+    value, quick_value = TESTBED_DEFAULTS[field]
+    return f"(default {value})" if value == quick_value else f"(default {value}; {quick_value} with --quick)"
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    """Where the run goes, its seeds, the world and the small CLIP."""
     p.add_argument("--out", default="outputs/testbed", metavar="DIR", help="output folder (default: outputs/testbed)")
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the CLIP and the projections (default: 0)")
     p.add_argument("--seeds", default=None, metavar="LIST",
@@ -27,26 +43,28 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="the reduced configuration the test suite runs (6 classes; about 2.5 minutes a seed on 2 cores "
                         "instead of 7)")
-    def default(field: str) -> str:
-        value, quick_value = TESTBED_DEFAULTS[field]
-        return f"(default {value})" if value == quick_value else f"(default {value}; {quick_value} with --quick)"
-
     p.add_argument("--steps", type=int, default=None, metavar="N",
-                   help=f"contrastive training steps of the small CLIP {default('clip_steps')}")
+                   help=f"contrastive training steps of the small CLIP {_default('clip_steps')}")
     p.add_argument("--pairs", type=int, default=None, metavar="N",
-                   help=f"image-caption pairs to train the CLIP on {default('n_pairs')}")
+                   help=f"image-caption pairs to train the CLIP on {_default('n_pairs')}")
     p.add_argument("--tuples", type=int, default=None, metavar="N",
-                   help=f"five-tuples for the projections {default('n_tuples')}")
+                   help=f"five-tuples for the projections {_default('n_tuples')}")
     p.add_argument("--attacks", type=int, default=None, metavar="N",
-                   help=f"objects to attack with a wrong word {default('n_attacks')}")
+                   help=f"objects to attack with a wrong word {_default('n_attacks')}")
     p.add_argument("--reuse-clip", action="store_true",
                    help="keep the small CLIP already in --out when it was trained with the same world and settings "
                         "(to try projection settings in seconds)")
+
+
+def _add_projection_args(p: argparse.ArgumentParser) -> None:
+    """The learn / forget projections' training settings (the trainer's presets by default)."""
+    from .choices import DEFAULT_GAMMA
+
     g = p.add_argument_group("projections (defaults: the trainer's learn / forget presets)")
     g.add_argument("--epochs", type=int, default=None, metavar="N",
-                   help=f"projection training epochs {default('proj_epochs')}")
+                   help=f"projection training epochs {_default('proj_epochs')}")
     g.add_argument("--proj-lr", type=float, default=None, metavar="LR",
-                   help=f"projection learning rate {default('proj_lr')}")
+                   help=f"projection learning rate {_default('proj_lr')}")
     g.add_argument("--learn-dim", type=int, default=None, metavar="D", help="d of the learn projection (default: "
                    "the learn preset's, 64 of 512 scaled to the small CLIP's width)")
     g.add_argument("--forget-dim", type=int, default=None, metavar="D", help="d of the forget projection (default: "
@@ -60,6 +78,10 @@ def register(sub) -> None:
     g.add_argument("--include-class-words", action="store_true",
                    help="let the five-tuples write the class names too (by default they are held out, so attacks "
                         "use words the projections never saw)")
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    """--generate and its settings: the paper's OCR table in the world."""
     g = p.add_argument_group("generation: the paper's OCR table in the world")
     g.add_argument("--generate", action="store_true",
                    help="also train a VQGAN of the world and independent judges (text detector, object classifier), "
@@ -73,9 +95,6 @@ def register(sub) -> None:
                         "run) instead of training them again (about 5 minutes on one CPU thread)")
     g.add_argument("--gen-steps", type=int, default=None, metavar="N",
                    help="VQGAN+CLIP steps per image (default 100)")
-    add_quiet_arg(p, "no progress bars")
-    p.add_argument("--strict", action="store_true", help=argparse.SUPPRESS)  # the default now; kept for old scripts
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:
@@ -86,61 +105,69 @@ def run(args) -> int:
 
 
 def _run(args) -> int:
-    from dataclasses import replace
-
-    from ..testbed.generate import markdown_table as markdown_gen_table
-    from ..testbed.run import TestbedConfig, markdown_table, run_testbed
-
-    config = TestbedConfig.quick(args.seed) if args.quick else TestbedConfig(seed=args.seed)
-    overrides = {"clip_steps": args.steps, "n_pairs": args.pairs, "n_tuples": args.tuples,
-                 "n_attacks": args.attacks, "proj_epochs": args.epochs, "proj_lr": args.proj_lr,
-                 "learn_dim": args.learn_dim, "forget_dim": args.forget_dim, "learn_weights": args.learn_weights,
-                 "forget_weights": args.forget_weights, "gamma": args.gamma}
-    config = replace(config, **{k: v for k, v in overrides.items() if v is not None},
-                     include_class_words=args.include_class_words or config.include_class_words)
+    config = _testbed_config(args)
     gen_config = _gen_config(args)  # checked before minutes of training
-    if args.seeds is not None:
-        from ..batch.plan import parse_seeds
-        from ..testbed.run import run_testbed_seeds
-
-        result = run_testbed_seeds(config, parse_seeds(args.seeds), args.out, progress=not args.quiet,
-                                   reuse_clip=args.reuse_clip)
-        for seed, run_ in result["per_seed"].items():
-            print(f"seed {seed}\n{markdown_table(run_['rows'])}")
-        print("directions on the median over seeds " + ", ".join(map(str, result["seeds"])) + ":")
-        wrote = "summary.md, summary.json and seed-N/"
-        seconds = result["seconds"]
-    else:
-        result = run_testbed(config, args.out, progress=not args.quiet, reuse_clip=args.reuse_clip)
-        print(markdown_table(result["rows"]))
-        wrote = "results.md, results.json, clip/, learn.safetensors, forget.safetensors, attacks/"
-        seconds = result["seconds"]["total"]
+    result, wrote, seconds = _run_testbed(args, config)
     checks = list(result["checks"])
     if args.generate:
         gen = _generate(args, config, gen_config)
-        from ..testbed.generate import TEMPLATES
-
-        for template, rows in gen["by_template"].items():
-            print(f"\ngeneration, CLIP seeds {', '.join(map(str, gen['seeds']))} pooled, template {template} "
-                  f"(\"{TEMPLATES[template].format('star')}\"; percent [95 % interval]):")
-            print(markdown_gen_table(rows))
         checks += gen["checks"]
         seconds += gen["seconds"]
         wrote += ", generation_summary.md, world-models/, */generation/"
     for check in checks:
         print(f"[{'ok' if check['passed'] else 'FAILED'}] {check['claim']}: {check['detail']}")
     print(f"\n{seconds:.0f} s; wrote {wrote} in {args.out}")
-    result = {**result, "checks": checks}
-    failed = [c for c in result["checks"] if not c["passed"]]
-    if failed:
-        import sys
+    return _exit_status(args, checks)
 
-        report = "summary.md" if args.seeds is not None else "results.md"
-        print(f"testbed: {len(failed)} of {len(result['checks'])} directions not reproduced: "
-              + "; ".join(f"{c['claim']} ({c['detail']})" for c in failed)
-              + f". Every number is in {args.out}/{report}.", file=sys.stderr)
-        return 1
-    return 0
+
+def _testbed_config(args):
+    """The TestbedConfig of the flags: --quick's or the full one, with every flag given."""
+    from dataclasses import replace
+
+    from ..testbed.config import TestbedConfig
+
+    config = TestbedConfig.quick(args.seed) if args.quick else TestbedConfig(seed=args.seed)
+    overrides = {"clip_steps": args.steps, "n_pairs": args.pairs, "n_tuples": args.tuples,
+                 "n_attacks": args.attacks, "proj_epochs": args.epochs, "proj_lr": args.proj_lr,
+                 "learn_dim": args.learn_dim, "forget_dim": args.forget_dim, "learn_weights": args.learn_weights,
+                 "forget_weights": args.forget_weights, "gamma": args.gamma}
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None},
+                   include_class_words=args.include_class_words or config.include_class_words)
+
+
+def _run_testbed(args, config) -> tuple[dict, str, float]:
+    """One run, or one per --seeds; its tables printed. Returns the result, what was written and the seconds."""
+    from ..testbed.report import markdown_table
+    from ..testbed.run import run_testbed  # looked up now: tests replace it
+
+    if args.seeds is None:
+        result = run_testbed(config, args.out, progress=not args.quiet, reuse_clip=args.reuse_clip)
+        print(markdown_table(result["rows"]))
+        return result, "results.md, results.json, clip/, learn.safetensors, forget.safetensors, attacks/", \
+            result["seconds"]["total"]
+    from ..batch.plan import parse_seeds
+    from ..testbed.run import run_testbed_seeds
+
+    result = run_testbed_seeds(config, parse_seeds(args.seeds), args.out, progress=not args.quiet,
+                               reuse_clip=args.reuse_clip)
+    for seed, run_ in result["per_seed"].items():
+        print(f"seed {seed}\n{markdown_table(run_['rows'])}")
+    print("directions on the median over seeds " + ", ".join(map(str, result["seeds"])) + ":")
+    return result, "summary.md, summary.json and seed-N/", result["seconds"]
+
+
+def _exit_status(args, checks: list[dict]) -> int:
+    """1, with one line on stderr naming every direction not reproduced, when any failed; else 0."""
+    failed = [c for c in checks if not c["passed"]]
+    if not failed:
+        return 0
+    import sys
+
+    report = "summary.md" if args.seeds is not None else "results.md"
+    print(f"testbed: {len(failed)} of {len(checks)} directions not reproduced: "
+          + "; ".join(f"{c['claim']} ({c['detail']})" for c in failed)
+          + f". Every number is in {args.out}/{report}.", file=sys.stderr)
+    return 1
 
 
 def _gen_config(args):
@@ -169,16 +196,17 @@ def _gen_config(args):
 
 
 def _generate(args, config, gen_config) -> dict:
-    """The generation experiment on the testbed run(s) just made in --out."""
-    from dataclasses import replace
-    from pathlib import Path
-
+    """The generation experiment on the testbed run(s) just made in --out; its tables printed. SIGTERM stops its
+    batch as Ctrl-C does (finished images kept), as it did when the batch ran as `vqclip batch`."""
     from ..batch.plan import parse_seeds
-    from ..testbed.generate import run_generation
+    from ..testbed.generate import TEMPLATES, markdown_table, run_generation_on_testbed
 
-    out = Path(args.out).expanduser()
-    seeds = parse_seeds(args.seeds) if args.seeds is not None else [config.seed]
-    runs = {s: out / f"seed-{s}" for s in seeds} if args.seeds is not None else {config.seed: out}
-    world = replace(config, seed=seeds[0]).world()
-    return run_generation(runs, world, out, gen_config, models_dir=args.world_models,
-                          progress=not args.quiet)
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    with sigterm_as_interrupt():
+        gen = run_generation_on_testbed(args.out, config, seeds, gen_config, models_dir=args.world_models,
+                                        progress=not args.quiet)
+    for template, rows in gen["by_template"].items():
+        print(f"\ngeneration, CLIP seeds {', '.join(map(str, gen['seeds']))} pooled, template {template} "
+              f"(\"{TEMPLATES[template].format('star')}\"; percent [95 % interval]):")
+        print(markdown_table(rows))
+    return gen

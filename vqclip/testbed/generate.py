@@ -258,7 +258,8 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     from ..errors import VqclipError
     from ..io import write_json, write_text
     from ..models.clip import load_clip
-    from .detector import OBJECT_FILE, TEXT_FILE, load_object_classifier
+    from .detector import OBJECT_FILE, TEXT_FILE
+    from .detector_files import load_object_classifier
     from .gen_pipeline import draw_grid, generate_batch, score_batch
 
     start = time.perf_counter()
@@ -369,6 +370,19 @@ def run_generation(testbed_runs: Mapping[int, str | os.PathLike], world, out: st
     write_json(out / "generation_summary.json", summary)
     write_text(out / "generation_summary.md", summary_markdown(summary))
     return summary
+
+
+def run_generation_on_testbed(out: str | os.PathLike, config, seeds: Sequence[int] | None,
+                              gen_config: GenerationConfig, models_dir: str | os.PathLike | None = None,
+                              progress: bool = True) -> dict:
+    """The experiment on the testbed run(s) made in `out` with `config` (a config.TestbedConfig): `out` itself, or
+    `out/seed-N` for each of `seeds` (`run_testbed_seeds`' layout); the world is the first run's."""
+    from dataclasses import replace
+
+    out = Path(out).expanduser()
+    runs = {s: out / f"seed-{s}" for s in seeds} if seeds is not None else {config.seed: out}
+    world = replace(config, seed=next(iter(runs))).world()
+    return run_generation(runs, world, out, gen_config, models_dir=models_dir, progress=progress)
 
 
 def summary_markdown(summary: Mapping[str, Any]) -> str:

@@ -114,3 +114,52 @@ def test_the_api_uses_the_cached_direction_for_its_clip_and_refuses_another(tiny
     with pytest.raises(VqclipError, match="--textoff: the text direction was computed for CLIP 'ViT-B-32/openai'"):
         generate("an apple", space="clip", anti_text="textoff", textoff=str(other), textoff_mode="project",
                  models=models, size=(16, 16), steps=1, cutn=2, seed=0)
+
+
+def test_the_cli_trains_a_direction_and_generates_with_each_way_of_keeping_text_out(tmp_path, tiny_model_flags,
+                                                                                      capsys):
+    """`vqclip train --direction textoff` from cached features, then `generate --anti-text ...` and
+    `--space forget`: each runs and run.json records how text was kept out."""
+    import json
+    import random
+
+    from PIL import Image, ImageDraw
+
+    from vqclip.cli import main
+    from vqclip.projections import projection_path, save_projection
+
+    rng = random.Random(0)
+    root = tmp_path / "photos"
+    for c, color in {"apple": (200, 30, 30), "banana": (230, 220, 40), "grape": (100, 30, 140)}.items():
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            im = Image.new("RGB", (40, 48), tuple(rng.randrange(256) for _ in range(3)))
+            ImageDraw.Draw(im).rectangle((5, 5, 30, 30), fill=color)
+            im.save(root / c / f"{i}.png")
+    clip_flags = tiny_model_flags[:2]
+    data = ["--images", str(root), "--words", "12", "--workers", "0", "-q", "--val-fraction", "0.2",
+            "--test-fraction", "0.2", "--class-renders", "1"]
+    assert main(["train", "--direction", "textoff", *clip_flags, *data, "--json", str(tmp_path / "d.json")]) == 0
+    out = capsys.readouterr().out
+    assert "wrote" in out and "textoff.safetensors" in out and "text direction of" in out
+    summary = json.loads((tmp_path / "d.json").read_text())
+    assert summary["held_out"]["n"] > 0 and 0 <= summary["held_out"]["share_written_further"] <= 1
+    assert main(["train", "--direction", "textoff", *clip_flags, *data]) == 2  # never replaced without --overwrite
+    assert "--out-file: a text direction already exists there" in capsys.readouterr().err
+    identity = json.loads((tmp_path / "d.json").read_text())["clip_model"]
+    W = torch.linalg.qr(torch.randn(32, 16, generator=torch.Generator().manual_seed(0)))[0].T
+    save_projection(projection_path("forget", identity), W, "forget", identity)
+    cases = {"negative": ["--anti-text", "negative"], "textoff": ["--anti-text", "textoff"],
+             "forget": ["--space", "forget"], "forget+negative": ["--space", "forget", "--anti-text", "negative"],
+             "negative+textoff": ["--anti-text", "textoff+negative", "--textoff-mode", "project"]}
+    for label, flags in cases.items():
+        run_dir = tmp_path / "runs" / label
+        assert main(["generate", "an apple", *tiny_model_flags, "--size", "16", "16", "--steps", "1", *flags,
+                     "--out", str(run_dir)]) == 0, capsys.readouterr().err
+        record = json.loads((run_dir / "run.json").read_text())
+        assert record["text_method"] == label
+        assert ("textoff" in record["space"]) == ("textoff" in label)
+    assert record["space"]["textoff"]["mode"] == "project" and record["space"]["textoff"]["clip_model"] == identity
+    assert main(["generate", "an apple", *tiny_model_flags, "--anti-text", "nospell", "--out",
+                 str(tmp_path / "bad")]) == 2
+    assert "--anti-text: unknown way of keeping text out; got 'nospell'" in capsys.readouterr().err

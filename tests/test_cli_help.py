@@ -190,6 +190,7 @@ def test_building_the_parser_imports_no_torch():
 def test_the_parser_s_literal_choices_equal_the_library_s():
     from vqclip.cli import choices
     from vqclip.devices import DEVICES, PRECISIONS
+    from vqclip.generation import antitext
     from vqclip.generation.animate import EDGES, VIDEO_FORMATS
     from vqclip.generation.cutouts import AUGMENTATIONS
     from vqclip.generation.ops import LOSSES
@@ -216,6 +217,11 @@ def test_the_parser_s_literal_choices_equal_the_library_s():
     assert choices.TORCHVISION_DATASETS == tuple(sorted(TORCHVISION_DATASETS))
     assert choices.DEFAULT_GAMMA == DEFAULT_GAMMA and choices.SPACE_PRESETS == tuple(PRESETS)
     assert choices.PAPER_GENERATION == dict(PAPER_GENERATION)
+    assert choices.ANTI_TEXT == antitext.ANTI_TEXT and choices.TEXT_MODES == antitext.TEXT_MODES
+    assert choices.ANTI_TEXT_DEFAULTS == {"negative_text": antitext.DEFAULT_NEGATIVE_TEXT,
+                                          "negative_weight": antitext.DEFAULT_NEGATIVE_WEIGHT,
+                                          "textoff_mode": antitext.DEFAULT_TEXTOFF_MODE,
+                                          "textoff_weight": antitext.DEFAULT_TEXTOFF_WEIGHT}
     full, quick = TestbedConfig(), TestbedConfig.quick()
     assert choices.TESTBED_DEFAULTS == {f: (getattr(full, f), getattr(quick, f)) for f in choices.TESTBED_DEFAULTS}
 

@@ -20,6 +20,10 @@ LOSSES = ("cosine", "spherical")  # ops.LOSSES, sorted
 RECIPES = ("nerdyrodent", "paper", "vqclip")  # recipes.RECIPES, sorted
 EDGES = ("wrap", "reflect", "border", "black")  # animate
 VIDEO_FORMATS = ("mp4", "gif")  # animate
+ANTI_TEXT = ("negative", "textoff")  # antitext
+ANTI_TEXT_DEFAULTS = {"negative_text": "written text", "negative_weight": -0.5, "textoff_mode": "target",
+                      "textoff_weight": -0.5}  # antitext.DEFAULT_*
+TEXT_MODES = ("target", "project")  # vqclip.spaces.TEXT_MODES
 # vqclip.spelling
 SPELLING_TEMPLATE = "an image of {article} {name}"  # dataset.DEFAULT_TEMPLATE
 TORCHVISION_DATASETS = ("caltech101", "cifar10", "cifar100", "flowers102", "food101", "places365", "stl10")  # sorted

@@ -84,6 +84,30 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--save-best", action="store_true",
                    help="keep the image of the step with the lowest loss instead of the last one (run.json "
                         "records which step)")
+    add_anti_text_args(p)
+
+
+def add_anti_text_args(p: argparse.ArgumentParser) -> None:
+    """Ways of keeping text out besides --space forget (docs/method.md §10); shared with `vqclip batch`."""
+    from .choices import ANTI_TEXT_DEFAULTS as D
+    from .choices import TEXT_MODES
+
+    g = p.add_argument_group("keeping text out (besides --space forget)")
+    g.add_argument("--anti-text", default=None, metavar="WAYS",
+                   help="negative: a negative prompt in every phase; textoff: push away from this CLIP's text "
+                        "direction (`vqclip train --direction textoff`); join both with '+' (default: none)")
+    g.add_argument("--negative-text", default=D["negative_text"], metavar="TEXT",
+                   help=f"the negative prompt's words (default {D['negative_text']!r})")
+    g.add_argument("--negative-weight", type=float, default=D["negative_weight"],
+                   help=f"its weight, below zero (default {D['negative_weight']})")
+    g.add_argument("--textoff", default=None, metavar="FILE",
+                   help="text direction file (default: the one computed for this CLIP in the cache); pixray's "
+                        "vectors/textoff.json works for OpenAI's CLIPs")
+    g.add_argument("--textoff-mode", default=D["textoff_mode"], choices=TEXT_MODES,
+                   help="target: a negative target, as pixray's vector prompt (default); project: the direction is "
+                        "removed from every embedding")
+    g.add_argument("--textoff-weight", type=float, default=D["textoff_weight"],
+                   help=f"the negative target's weight, below zero (default {D['textoff_weight']})")
 
 
 def fill_recipe_defaults(args: argparse.Namespace) -> None:
@@ -113,7 +137,10 @@ def settings_from_args(args: argparse.Namespace, prompt: str):
                     augment=args.augment, noise=args.noise, seed=args.seed, init_image=args.init_image,
                     init_weight=args.init_weight, change_every=args.change_every,
                     noise_prompts=[parse_noise_prompt(s) for s in args.noise_prompt],
-                    image_prompt_mode=args.image_prompt_mode, save_best=args.save_best, recipe=args.recipe)
+                    image_prompt_mode=args.image_prompt_mode, save_best=args.save_best, recipe=args.recipe,
+                    anti_text=args.anti_text or (), negative_text=args.negative_text,
+                    negative_weight=args.negative_weight, textoff=args.textoff, textoff_mode=args.textoff_mode,
+                    textoff_weight=args.textoff_weight)
 
 
 def load_models_from_args(args: argparse.Namespace, spaces=(), prog: str = "vqclip generate"):
@@ -293,10 +320,11 @@ LONG_RUN_SECONDS = 600  # a run expected to take longer says so after its first 
 def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int:
     """Load the models, resolve the settings against the VQGAN, run with a progress bar, write the run folder and
     report; returns the exit status."""
+    from ..generation.api import space_of
     from ..outputs import prepare_run_dir
 
     models = load_models_from_args(args, spaces=[(args.space, args.projection, "--projection")])
-    space = models.space(args.space, args.projection)
+    space = space_of(models, args.space, args.projection, settings)
     settings, notices = settings.resolved(models.vqgan.factor)
     created = not out.exists()
     prepare_run_dir(out, args.overwrite)

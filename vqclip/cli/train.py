@@ -186,11 +186,16 @@ def register(sub) -> None:
                     + EPOCH_LOG_HEADER + ".",
         examples=["vqclip train --space forget --images /data/imagenet/train   # features cached, then trained",
                   "vqclip train --space learn --images photos/ --epochs 60 --out-file learn.safetensors",
-                  "vqclip train --space forget --clip ViT-L-14 --pretrained openai  # no --images: ImageNetV2"],
+                  "vqclip train --space forget --clip ViT-L-14 --pretrained openai  # no --images: ImageNetV2",
+                  "vqclip train --direction textoff   # the text direction, from the same cached features"],
     )
-    p.add_argument("--space", required=True, choices=tuple(PRESETS),
-                   help="learn: keep what is written (-L1+L3+L4+L5, d=64); "
-                        "forget: keep what is depicted (L1+L2-L5+L6, d=256)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--space", choices=tuple(PRESETS),
+                      help="learn: keep what is written (-L1+L3+L4+L5, d=64); "
+                           "forget: keep what is depicted (L1+L2-L5+L6, d=256)")
+    what.add_argument("--direction", choices=("textoff",),
+                      help="textoff: instead of a projection, the text direction normalize(mean x_it - mean x_i) "
+                           "of the training tuples, for `vqclip generate --anti-text textoff` (no training loop)")
     add_data_args(p)
     t = p.add_argument_group("training")
     t.add_argument("--dim", type=int, help="projection size d, 1..D (default: the preset's, 64 / 256 for D=512)")
@@ -225,10 +230,17 @@ def register(sub) -> None:
 def _target(args, identity: str) -> Path:
     from ..io import check_writable
     from ..projections import projection_path
+    from ..projections.direction import direction_path
 
-    target = Path(args.out) if args.out else projection_path(args.space, identity, args.cache_dir)
+    if args.out:
+        target = Path(args.out)
+    elif args.direction:
+        target = direction_path(identity, args.cache_dir)
+    else:
+        target = projection_path(args.space, identity, args.cache_dir)
+    what = "text direction" if args.direction else "projection"
     if target.exists() and not args.overwrite and not args.extract_only:
-        raise bad_arg("--out-file", "a projection already exists there", str(target),
+        raise bad_arg("--out-file", f"a {what} already exists there", str(target),
                       "Pass --overwrite to replace it, or --out-file another file.")
     if not args.extract_only:
         check_writable(target.parent, "--out-file" if args.out else "--cache-dir")  # before features and training
@@ -239,6 +251,8 @@ def run(args) -> int:
     """`vqclip train`: check every flag, get the features (extracted once, cached), train W, write it and report."""
     from ..spelling.train import train_test_metrics
 
+    if args.direction:
+        return _run_direction(args)
     config, device = _checked_config(args)
     features, identity, folder, extract_s = _features_checked(args)
     target = _target(args, identity)
@@ -351,3 +365,35 @@ def _report(args, path, result, test, test_split: str, short, summary: dict) -> 
             check_replaceable([args.json], args.overwrite, "--json")
             write_json(args.json, summary)
             record_written(args.json)
+
+
+def _run_direction(args) -> int:
+    """`vqclip train --direction textoff`: the text direction from the cached features, written beside the
+    projections with its provenance (no training loop, so the training flags do not apply)."""
+    from ..io import check_replaceable, check_writable, disk_errors, record_written, write_json
+    from ..spelling.direction import direction_agreement, text_direction, write_direction
+
+    check_out_file(args, "train")
+    if args.json:
+        check_replaceable([args.json], args.overwrite, "--json")
+        check_writable(Path(args.json).parent, "--json")
+    features, identity, folder, _ = features_from_args(args, on_clip=lambda clip: _target(args, clip.identity))
+    target = _target(args, identity)
+    if args.extract_only:
+        print(folder)
+        return 0
+    vector = text_direction(features)
+    held_out = direction_agreement(features, vector)
+    record = {**features.metadata.get("recipe", {}), "features": str(folder), "split_sizes": features.split_sizes(),
+              "n_tuples": int(features.split_sizes().get("train", len(features))), "held_out": held_out}
+    with disk_errors("--out-file" if args.out else "--cache-dir", "no direction file was written"):
+        path = write_direction(vector, identity, target, record=record)
+    print(f"wrote {path}  (text direction of {identity}; on the {held_out['split']} split the written image lies "
+          f"further along it in {held_out['share_written_further']:.0%} of {held_out['n']} tuples)")
+    if args.json:
+        with disk_errors("--json", f"the direction {path} is written"):
+            check_replaceable([args.json], args.overwrite, "--json")
+            write_json(args.json, {"direction": str(path), "clip_model": identity, "features": str(folder),
+                                   "held_out": held_out})
+            record_written(args.json)
+    return 0

@@ -38,21 +38,20 @@ class Models:
     auto_train: bool = False
     progress: bool = True
     say: Callable[[str], None] | None = None
-    textoff: str | None = None  # text direction file for --anti-text textoff (None: the one cached for this CLIP)
-    textoff_mode: str = DEFAULT_TEXTOFF_MODE  # target: a negative target; project: removed from every embedding
     _spaces: dict = field(default_factory=dict)
     _estimates: dict = field(default_factory=dict)
 
     def space(self, name: str | None, projection: str | None = None, projection_arg: str = "--projection",
-              anti_text: Sequence[str] | str = ()) -> Space:
+              anti_text: Sequence[str] | str = (), textoff: str | None = None,
+              textoff_mode: str = DEFAULT_TEXTOFF_MODE) -> Space:
         """The space `name` for this CLIP (from --projection, the cache or the registry); loaded once and reused.
 
         `name` None: the projection file's space (clip without one). `projection_arg` is the flag that gives
         projection files in the command being run, for hints. With "textoff" in `anti_text` the space holds this
-        CLIP's text direction (`textoff`, `textoff_mode`).
+        CLIP's text direction: the file `textoff`, else the cached one; used as `textoff_mode` says.
         """
         if "textoff" in parse_anti_text(anti_text):
-            return self._with_textoff(self.space(name, projection, projection_arg))
+            return self._with_textoff(self.space(name, projection, projection_arg), textoff, textoff_mode)
         key = (name, str(projection) if projection else None)
         if key not in self._spaces:
             try:
@@ -65,13 +64,13 @@ class Models:
             self._spaces[key] = sp.to(self.clip.device)
         return self._spaces[key]
 
-    def _with_textoff(self, space: Space) -> Space:
-        """`space` keeping text out along this CLIP's text direction; built once per space."""
-        key = ("textoff", id(space), self.textoff, self.textoff_mode)
+    def _with_textoff(self, space: Space, textoff: str | None, mode: str) -> Space:
+        """`space` keeping text out along this CLIP's text direction; built once per (space, file, mode)."""
+        key = ("textoff", id(space), str(textoff) if textoff else None, mode)
         if key not in self._spaces:
-            found = resolve_direction(self.textoff, self.clip.identity, self.clip.embed_dim, self.cache_dir)
+            found = resolve_direction(textoff, self.clip.identity, self.clip.embed_dim, self.cache_dir)
             info = {"source": found.metadata.get("source", "vqclip train --direction textoff"), **found.describe()}
-            self._spaces[key] = space.without_text(found.vector.to(self.clip.device), self.textoff_mode, info)
+            self._spaces[key] = space.without_text(found.vector.to(self.clip.device), mode, info)
         return self._spaces[key]
 
     def _resolve(self, name, projection, projection_arg) -> Space:
@@ -153,13 +152,12 @@ def generate(prompt: str, *, space: str | None = None, projection: str | None = 
              image_prompts: list[str] | None = None, callback: Callable[[StepInfo], None] | None = None,
              clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
              vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
-             precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False,
-             textoff: str | None = None, textoff_mode: str | None = None, **settings) -> Result:
+             precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False, **settings) -> Result:
     """Generate one image for `prompt` ("text:weight:stop | ...") with the CLIP loss in `space`.
 
     `space` None: the space of `projection`, or clip without one. `space` may also name a way of keeping text out
-    (`negative`, `textoff`, `forget+negative`, ...: antitext.py), as may `anti_text=`; `textoff` is a text
-    direction file (default: the one computed for this CLIP) and `textoff_mode` "target" or "project".
+    (`negative`, `textoff`, `forget+negative`, ...: antitext.py), as may `anti_text=`; `textoff=` is a text
+    direction file (default: the one computed for this CLIP) and `textoff_mode=` "target" or "project".
 
     Keyword settings are those of `Settings` (recipe, size, steps, lr, cutn, cut_pow, seed, ...); `recipe`
     ("vqclip", "paper", "nerdyrodent") gives the defaults, its VQGAN included. Pass `models` to reuse loaded
@@ -170,9 +168,15 @@ def generate(prompt: str, *, space: str | None = None, projection: str | None = 
         vqgan = recipe_vqgan(settings.get("recipe"), vqgan, vqgan_checkpoint)
         models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
                              spaces=[(space, projection, "--projection")], auto_train=auto_train)
-    _set_textoff(models, textoff, textoff_mode)
-    return run(_settings(prompt, image_prompts, settings), models.clip, models.vqgan,
-               models.space(space, projection, anti_text=settings["anti_text"]), callback)
+    settings = _settings(prompt, image_prompts, settings)
+    return run(settings, models.clip, models.vqgan, space_of(models, space, projection, settings), callback)
+
+
+def space_of(models: Models, space: str | None, projection: str | None, settings: Settings,
+             projection_arg: str = "--projection") -> Space:
+    """The space a job runs in, holding the text direction when its settings ask for textoff."""
+    return models.space(space, projection, projection_arg, anti_text=settings.anti_text, textoff=settings.textoff,
+                        textoff_mode=settings.textoff_mode)
 
 
 def _method(space: str | None, anti_text) -> tuple[str | None, tuple[str, ...]]:
@@ -183,14 +187,6 @@ def _method(space: str | None, anti_text) -> tuple[str | None, tuple[str, ...]]:
         return None, parts
     space, more = parse_method(space, "space")
     return space, parse_anti_text(more + parts, "anti_text")
-
-
-def _set_textoff(models: Models, textoff: str | None, textoff_mode: str | None) -> None:
-    """The text direction file and mode the API call asked for, on the (possibly reused) models."""
-    if textoff is not None:
-        models.textoff = textoff
-    if textoff_mode is not None:
-        models.textoff_mode = textoff_mode
 
 
 def _settings(prompt: str, image_prompts: Sequence[str] | None, settings: dict) -> Settings:
@@ -208,7 +204,7 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
                   clip: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAINED, vqgan: str | None = None,
                   vqgan_config: str | None = None, vqgan_checkpoint: str | None = None, device: str = "auto",
                   precision: str = "auto", cache_dir: str | None = None, auto_train: bool = False,
-                  textoff: str | None = None, textoff_mode: str | None = None, **settings) -> list[Result]:
+                  **settings) -> list[Result]:
     """One image per (prompt, seed, space), optimised `group_size` at a time in one batched latent.
 
     Results come in the order prompts × seeds × spaces. `projections` maps a space to a projection file (default:
@@ -226,7 +222,6 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
         models = load_models(clip, pretrained, vqgan, vqgan_config, vqgan_checkpoint, device, precision, cache_dir,
                              spaces=[(s, projections.get(s), "--projection") for s, _ in methods.values()],
                              auto_train=auto_train)
-    _set_textoff(models, textoff, textoff_mode)
     jobs = [(_settings(p, None, dict(settings, seed=seed, anti_text=methods[label][1])), methods[label][0])
             for p in prompts for seed in seeds for label in spaces]
     if not jobs:
@@ -243,8 +238,7 @@ def generate_many(prompts: Sequence[str], *, spaces: Sequence[str | None] = ("cl
         for start in range(0, len(members), size):
             chunk = members[start:start + size]
             done = run_many([jobs[i][0] for i in chunk], models.clip, models.vqgan,
-                            [models.space(jobs[i][1], projections.get(jobs[i][1]), anti_text=jobs[i][0].anti_text)
-                             for i in chunk],
+                            [space_of(models, jobs[i][1], projections.get(jobs[i][1]), jobs[i][0]) for i in chunk],
                             None if callback is None else (lambda k, info, chunk=chunk: callback(chunk[k], info)))
             for i, result in zip(chunk, done):
                 results[i] = result

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import bad_arg, check_seed, choices_hint
-from .antitext import (DEFAULT_NEGATIVE_TEXT, DEFAULT_NEGATIVE_WEIGHT, DEFAULT_TEXTOFF_WEIGHT, method_label,
-                       negative_prompt, parse_anti_text)
+from .antitext import (DEFAULT_NEGATIVE_TEXT, DEFAULT_NEGATIVE_WEIGHT, DEFAULT_TEXTOFF_MODE, DEFAULT_TEXTOFF_WEIGHT,
+                       method_label, negative_prompt, parse_anti_text)
 from .cutouts import parse_augmentations
 from .images import check_image_file
 from .ops import LOSSES
 from .prompts import Prompt, check_weights_nonzero
 from .recipes import RECIPE_FIELDS, Recipe, get_recipe
+from ..spaces import TEXT_MODES
 
 METHODS = ("zquant", "codebook")
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "radam": torch.optim.RAdam,
@@ -73,7 +74,9 @@ class Settings:
     anti_text: tuple[str, ...] | str = ()  # negative, textoff
     negative_text: str = DEFAULT_NEGATIVE_TEXT
     negative_weight: float = DEFAULT_NEGATIVE_WEIGHT
-    textoff_weight: float = DEFAULT_TEXTOFF_WEIGHT  # mode "target" only (the space holds the direction and mode)
+    textoff: str | None = None  # text direction file; None: the one computed for this CLIP (projections/direction)
+    textoff_mode: str = DEFAULT_TEXTOFF_MODE  # target: a negative target; project: removed from every embedding
+    textoff_weight: float = DEFAULT_TEXTOFF_WEIGHT  # mode "target" only
 
     def with_recipe(self) -> "Settings":
         """The recipe's values in every field left None, and the explicit values that differ from it recorded in
@@ -155,6 +158,9 @@ class Settings:
         anti_text = parse_anti_text(self.anti_text)
         if "negative" in anti_text:
             negative_prompt(self.negative_text, self.negative_weight)
+        if self.textoff_mode not in TEXT_MODES:
+            raise bad_arg("--textoff-mode", "unknown way to use the text direction", self.textoff_mode,
+                          choices_hint(TEXT_MODES))
         if "textoff" in anti_text and not self.textoff_weight < 0:
             raise bad_arg("--textoff-weight", "the text direction is pushed away from: its weight must be below "
                           "zero", self.textoff_weight, "Try -0.5.")

@@ -163,3 +163,36 @@ def test_the_cli_trains_a_direction_and_generates_with_each_way_of_keeping_text_
     assert main(["generate", "an apple", *tiny_model_flags, "--anti-text", "nospell", "--out",
                  str(tmp_path / "bad")]) == 2
     assert "--anti-text: unknown way of keeping text out; got 'nospell'" in capsys.readouterr().err
+
+
+def test_a_batch_lays_out_ways_of_keeping_text_out_as_a_column_and_the_grid_shows_it(tiny_model_flags, tiny_clip,
+                                                                                       tmp_path, capsys):
+    import json
+
+    from vqclip.batch import parse_spaces
+    from vqclip.cli import main
+    from vqclip.grid import arrange, collect
+    from vqclip.projections import projection_path, save_projection
+
+    assert parse_spaces("clip, Negative ,negative+forget") == ("clip", "negative", "forget+negative")
+    with pytest.raises(VqclipError, match="--spaces: unknown embedding space; got 'blur'.*forget\\+negative"):
+        parse_spaces("clip,blur")
+    with pytest.raises(VqclipError, match="listed twice"):
+        parse_spaces("forget+negative,negative+forget")
+    W = torch.linalg.qr(torch.randn(32, 8, generator=torch.Generator().manual_seed(0)))[0].T
+    save_projection(projection_path("forget", tiny_clip.identity), W, "forget", tiny_clip.identity)
+    prompts = tmp_path / "words.txt"
+    prompts.write_text("apple\n")
+    out = tmp_path / "batch"
+    cmd = ["batch", str(prompts), "--spaces", "clip,negative,forget,forget+negative,textoff", "--out", str(out),
+           *tiny_model_flags, "--size", "16", "16", "--steps", "1"]
+    assert main(cmd) == 2  # the text direction is missing: said before the first image
+    assert "no text direction for CLIP" in capsys.readouterr().err and not (out / "manifest.jsonl").exists()
+    write_direction(F.normalize(torch.randn(32), dim=0), tiny_clip.identity)
+    assert main(cmd) == 0
+    for label in ("clip", "negative", "forget", "forget+negative", "textoff"):
+        record = json.loads((out / f"apple/{label}-s0/run.json").read_text())
+        assert record["text_method"] == label and record["space"]["space"] == label.split("+")[0].replace(
+            "negative", "clip").replace("textoff", "clip")
+    arr = arrange(collect(out).cells)
+    assert [c[0] for c in arr.cols] == ["clip", "negative", "textoff", "forget", "forget+negative"]

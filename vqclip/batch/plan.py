@@ -36,17 +36,40 @@ class Job:
 
 
 def parse_spaces(text: str | Sequence[str], arg: str = "--spaces") -> tuple[str, ...]:
-    """`"clip,learn,forget"` -> ("clip", "learn", "forget"), in the order given, without repeats."""
+    """`"clip,learn,forget"` -> ("clip", "learn", "forget"), in the order given, without repeats. An entry may also
+    be a way of keeping text out in a space (`negative`, `forget+negative`, ...: generation/antitext.py), a column
+    of the plan like the spaces."""
+    from ..generation.antitext import METHODS, method_label, parse_method
+
     parts = text if isinstance(text, (list, tuple)) else str(text).split(",")  # a list from a --config file
     names = [str(s).strip().lower() for s in parts if str(s).strip()]
     if not names:
         raise bad_arg(arg, "name at least one space", text, "Write e.g. --spaces clip,learn,forget.")
-    unknown = [n for n in names if n not in SPACES]
+    unknown = [n for n in names if n not in SPACES and not _is_method(n)]
     if unknown:
-        raise bad_arg(arg, "unknown embedding space", ",".join(unknown), choices_hint(SPACES))
+        raise bad_arg(arg, "unknown embedding space", ",".join(unknown),
+                      choices_hint(SPACES) + f" Or a way of keeping text out: {', '.join(METHODS[2:])}.")
+    names = [method_label(*parse_method(n, arg)) for n in names]
     if len(set(names)) != len(names):
         raise bad_arg(arg, "a space is listed twice", text, "List each space once.")
     return tuple(names)
+
+
+def _is_method(name: str) -> bool:
+    from ..generation.antitext import parse_method
+
+    try:
+        parse_method(name)
+    except VqclipError:
+        return False
+    return True
+
+
+def base_space(label: str) -> str:
+    """The embedding space of a plan's space entry: `forget+negative` -> forget, `negative` -> clip."""
+    from ..generation.antitext import parse_method
+
+    return parse_method(label)[0]
 
 
 def parse_seeds(text: str | int | Sequence[int], arg: str = "--seeds") -> tuple[int, ...]:
@@ -67,14 +90,18 @@ def make_plan(items: Sequence[PromptItem], spaces: Sequence[str], seeds: Sequenc
     return jobs
 
 
-def job_settings(base, item: PromptItem, seed: int):
-    """The `Settings` of one job: the batch's settings, the item's prompt and overrides, and the seed."""
+def job_settings(base, item: PromptItem, seed: int, space: str | None = None):
+    """The `Settings` of one job: the batch's settings, the item's prompt and overrides, the seed, and the ways of
+    keeping text out that its space entry names (`forget+negative`)."""
+    from ..generation.antitext import parse_anti_text, parse_method
     from ..generation.prompts import parse_noise_prompt, parse_story
 
     phases = parse_story(item.prompt)
     overrides = dict(item.overrides)
     if "noise_prompts" in overrides:
         overrides["noise_prompts"] = [parse_noise_prompt(p, "noise_prompts") for p in overrides["noise_prompts"]]
+    if space is not None:
+        overrides["anti_text"] = parse_anti_text(parse_method(space)[1] + parse_anti_text(base.anti_text))
     return dataclasses.replace(base, prompts=phases[0], story=phases[1:], seed=int(seed), **overrides)
 
 
@@ -154,7 +181,7 @@ class BatchSpec:
         return canonical_hash({"settings": self.settings, "models": self.models})
 
     def job_fp(self, job: Job) -> str:
-        return job_fingerprint(self.fingerprint, job, self.projections.get(job.space))
+        return job_fingerprint(self.fingerprint, job, self.projections.get(base_space(job.space)))
 
     def to_record(self) -> dict:
         return {"format": FORMAT, "fingerprint": self.fingerprint, "settings": self.settings, "models": self.models,

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import DISK_ERRNOS, bad_arg, describe_exception, is_disk_error
+from ..generation.api import space_of
 from ..generation.groups import auto_group_size
 from ..generation.groups import parse_group_size  # noqa: F401 - `vqclip batch` and reproduce.ocr import it here
 from ..io import linked_part
 from ..outputs import build_record, write_run
-from .plan import BatchSpec, Job, job_settings
+from .plan import BatchSpec, Job, base_space, job_settings
 from .store import (MANIFEST_NAME, append_manifest, claim_job, finished_record, job_state, manifest_line,
                     manifest_ok)
 
@@ -165,7 +166,7 @@ class _Context:
 
         if job.id not in self.keys:
             try:
-                resolved = job_settings(self.base, job.item, job.seed).resolved(self.models.vqgan.factor)[0]
+                resolved = job_settings(self.base, job.item, job.seed, job.space).resolved(self.models.vqgan.factor)[0]
                 self.keys[job.id] = group_key(resolved)
             except Exception:  # noqa: BLE001 - a job whose settings fail runs (and fails) on its own
                 self.keys[job.id] = ("alone", job.id)
@@ -238,7 +239,7 @@ def _run_group(group: list, ctx: _Context, announce: bool = True) -> list[tuple[
     from ..generation.loop import run_many
 
     jobs = [job for job, _ in group]
-    settings = [job_settings(ctx.base, job.item, job.seed) for job in jobs]
+    settings = [job_settings(ctx.base, job.item, job.seed, job.space) for job in jobs]
     if not ctx.models_info:
         ctx.models_info.update(ctx.models.describe())
     for job, s in zip(jobs, settings):
@@ -253,7 +254,8 @@ def _run_group(group: list, ctx: _Context, announce: bool = True) -> list[tuple[
             ctx.hooks.on_step(info)
 
     try:
-        spaces = [ctx.models.space(job.space, ctx.spec.projections.get(job.space)) for job in jobs]
+        spaces = [space_of(ctx.models, base_space(job.space), ctx.spec.projections.get(base_space(job.space)), s)
+                  for job, s in zip(jobs, settings)]
         if ctx.generate is not None:
             results = [ctx.generate(settings[0], ctx.models.clip, ctx.models.vqgan, spaces[0],
                                     lambda info: on_step(0, info))]

@@ -26,7 +26,9 @@ def register(sub) -> None:
     p.add_argument("files", nargs="+", metavar="FILE", help="prompt files (.txt, .yaml, .json, .csv)")
     g = p.add_argument_group("batch")
     g.add_argument("--spaces", default="clip", metavar="LIST",
-                   help="comma list of embedding spaces from clip,learn,forget (default clip)")
+                   help="comma list of embedding spaces from clip,learn,forget (default clip); an entry may also "
+                        "keep text out in a space: negative, textoff, forget+negative, ... (a column like the "
+                        "spaces; see --anti-text)")
     g.add_argument("--seeds", default=None, metavar="LIST",
                    help="seeds per prompt: '0,1,2', '0-9' or '0..9' (default: --seed, else 0)")
     g.add_argument("--word-type", default=None, metavar="TYPE",
@@ -164,7 +166,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from ..batch.store import job_state, manifest_ok
     from ..io import check_writable
 
-    from ..batch.runner import parse_group_size
+    from ..batch.plan import base_space
+    from ..generation.groups import parse_group_size
 
     group_size = parse_group_size(args.group_size)
     items = load_prompt_files(args.files, args.word_type)
@@ -174,7 +177,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
     base = settings_from_args(args, "")
     settings_record = base_settings_record(base)  # flag errors name the flag, before any item is blamed
     check_item_settings(items, base)
-    projections = projections_from_args(args, spaces)
+    projections = projections_from_args(args, tuple(dict.fromkeys(base_space(s) for s in spaces)))
     jobs = make_plan(items, spaces, seeds)
     models_id = model_identity(args.clip, args.pretrained, args.vqgan, args.vqgan_config, args.vqgan_checkpoint,
                                args.precision)
@@ -211,8 +214,9 @@ def _run(args, out, record, action, spec, base, items, spaces, projections, shar
         shard_device(args, shard)
         # every projection is fetched (or, with --auto-train, trained) once now; all missing ones are reported
         # together now, not after hours of other jobs
-        models = load_models_from_args(args, [(s, projections.get(s), f"--projection-{s}") for s in spaces], PROG)
+        models = load_models_from_args(args, [(s, p, f"--projection-{s}") for s, p in projections.items()], PROG)
         check_item_settings(items, base, models.vqgan.factor)
+        check_text_methods(models, base, spaces, projections)
         for notice in base_settings_notices(base, models.vqgan.factor):
             print(f"{PROG}: note: {notice}", file=sys.stderr)
     open_batch_dir(out, record, action)
@@ -254,3 +258,17 @@ def base_settings_notices(base, factor: int) -> list[str]:
 
     _, notices = dataclasses.replace(base, prompts=[Prompt("x")], seed=0).resolved(factor)
     return notices
+
+
+def check_text_methods(models, base, spaces, projections) -> None:
+    """Every space entry that keeps text out with the text direction finds it now, before the first image."""
+    import dataclasses
+
+    from ..batch.plan import base_space
+    from ..generation.antitext import parse_anti_text, parse_method
+    from ..generation.api import space_of
+
+    for label in spaces:
+        anti_text = parse_anti_text(parse_method(label)[1] + parse_anti_text(base.anti_text))
+        space_of(models, base_space(label), projections.get(base_space(label)),
+                 dataclasses.replace(base, anti_text=anti_text))

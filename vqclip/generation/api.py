@@ -172,10 +172,11 @@ def generate(prompt: str, *, space: str | None = None, projection: str | None = 
     return run(settings, models.clip, models.vqgan, space_of(models, space, projection, settings), callback)
 
 
-def space_of(models: Models, space: str | None, projection: str | None, settings: Settings,
-             projection_arg: str = "--projection") -> Space:
+def space_of(models: Models, space: str | None, projection: str | None, settings: Settings) -> Space:
     """The space a job runs in, holding the text direction when its settings ask for textoff."""
-    return models.space(space, projection, projection_arg, anti_text=settings.anti_text, textoff=settings.textoff,
+    if "textoff" not in parse_anti_text(settings.anti_text):
+        return models.space(space, projection)
+    return models.space(space, projection, anti_text=settings.anti_text, textoff=settings.textoff,
                         textoff_mode=settings.textoff_mode)
 
 

@@ -10,8 +10,10 @@ from ..spaces import SPACES
 from .collect import AUTO_ORDER, FIELDS, SETTING_FIELDS, Cell, Collection
 
 def _sort_key(field_name: str, value: Any, first_seen: Mapping[Any, int]) -> tuple:
-    if field_name == "space":
-        return (SPACES.index(value) if value in SPACES else len(SPACES), str(value))
+    if field_name == "space":  # a space, or a way of keeping text out in one (forget+negative): by space, then parts
+        parts = str(value).split("+")
+        base = next((p for p in parts if p in SPACES), "clip" if value is not None else None)
+        return (SPACES.index(base) if base in SPACES else len(SPACES), len(parts), str(value))
     if field_name == "prompt":
         return (first_seen.get(value, 0),)
     if value is None:

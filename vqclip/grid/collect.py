@@ -151,7 +151,8 @@ def _run_cell(dirpath: str | os.PathLike, folder: Path) -> Cell | None:
     if run is None:
         return None
     recorded = run.get("space")
-    space = run.get("space_name") or (recorded.get("space") if isinstance(recorded, dict) else recorded)
+    space = (run.get("text_method") or run.get("space_name")  # text_method: forget+negative, ... (issue 27)
+             or (recorded.get("space") if isinstance(recorded, dict) else recorded))
     settings = _dict(run.get("settings"))
     prompt = str(run.get("prompt", ""))
     fields = {"prompt": prompt, "space": _scalar(space) or "clip", "seed": _scalar(run.get("seed")),

@@ -196,3 +196,15 @@ def test_a_batch_lays_out_ways_of_keeping_text_out_as_a_column_and_the_grid_show
             "negative", "clip").replace("textoff", "clip")
     arr = arrange(collect(out).cells)
     assert [c[0] for c in arr.cols] == ["clip", "negative", "textoff", "forget", "forget+negative"]
+
+
+def test_the_page_keeps_text_out_in_every_space_it_compares():
+    from vqclip.ui.runner import ANTI_TEXT_CHOICES, Form, check_form
+
+    checked = check_form(Form("an apple", ["clip", "forget"], 0, 64, 64, 10, None, 8, anti_text="negative+textoff"))
+    assert checked.settings.anti_text == ("negative", "textoff") and checked.spaces == ["clip", "forget"]
+    assert checked.settings.text_method("forget") == "forget+negative+textoff"
+    assert check_form(Form("an apple", ["clip"], 0, 64, 64, 10, None, 8)).settings.anti_text == ()
+    assert ANTI_TEXT_CHOICES[0] == "none"
+    with pytest.raises(VqclipError, match="also keep text out: unknown choice; got 'blur'"):
+        check_form(Form("an apple", ["clip"], 0, 64, 64, 10, None, 8, anti_text="blur"))

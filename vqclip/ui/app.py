@@ -12,7 +12,7 @@ from ..errors import VqclipError
 from ..spaces import SPACES
 from . import require_gradio
 from .gallery import ALL, build_gallery, folder_choices
-from .runner import RECIPE_METHOD, Form, Job, ModelCache, ModelChoice, check_form, page_models
+from .runner import ANTI_TEXT_CHOICES, RECIPE_METHOD, Form, Job, ModelCache, ModelChoice, check_form, page_models
 
 POLL_SECONDS = 0.25
 CSS = """
@@ -116,7 +116,7 @@ def _generate_tab(gr, server: Server) -> GenerateTab:
             stop = gr.Button("Stop", variant="stop", elem_id="vq-stop")
         status = gr.Markdown("Ready.", elem_id="vq-status")
         form = [run["prompt"], run["spaces"], run["seed"], run["width"], run["height"], run["steps"], run["method"],
-                run["cutn"], *models, run["recipe"]]
+                run["cutn"], *models, run["recipe"], run["anti_text"]]
         tab = GenerateTab(run["spaces"], form, start, stop, status)
         _live_panels(gr, tab)
     return tab
@@ -141,6 +141,8 @@ def _run_fields(gr) -> dict:
         f["recipe"] = gr.Dropdown(sorted(RECIPES), value="vqclip", label="recipe", elem_id="vq-recipe")
         f["method"] = gr.Dropdown([RECIPE_METHOD, *METHODS], value=RECIPE_METHOD, label="method",
                                   elem_id="vq-method")
+        f["anti_text"] = gr.Dropdown(list(ANTI_TEXT_CHOICES), value="none", label="also keep text out",
+                                     elem_id="vq-anti-text")
     return f
 
 
@@ -216,11 +218,11 @@ def _job_handler(gr, server: Server, n_outputs: int):
     d = server.defaults
 
     def run_job(*values):
-        (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp, rc) = values
+        (p, sp, sd, w, h, st, me, cu, cl, pre, vq, vqc, vqk, lp, fp, rc, at) = values
         if server.lock_models:
             lp = fp = ""
         try:
-            checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp, rc))
+            checked = check_form(Form(p, sp or [], sd, w, h, st, me, cu, lp, fp, rc, at))
         except VqclipError as e:
             yield [f"**error:** {e}"] + [gr.skip()] * (n_outputs - 1)
             return

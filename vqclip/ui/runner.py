@@ -47,9 +47,11 @@ class Form:
     learn_projection: str = ""
     forget_projection: str = ""
     recipe: str = "vqclip"
+    anti_text: str = "none"  # also keep text out in every space: negative, textoff, negative+textoff (antitext.py)
 
 
 RECIPE_METHOD = "(recipe)"  # the method dropdown's "as the recipe has it"
+ANTI_TEXT_CHOICES = ("none", "negative", "textoff", "negative+textoff")  # the page's "also keep text out"
 
 
 def _whole(value: Any, arg: str, low: int, example: str) -> int:
@@ -96,12 +98,23 @@ def check_form(form: Form) -> Checked:
     method = None if form.method in (None, "", RECIPE_METHOD) else str(form.method)
     settings = Settings(prompts=parse_prompts(prompt), size=size, steps=_whole(form.steps, "steps", 1, "steps 100"),
                         method=method, cutn=_whole(form.cutn, "cutn", 1, "cutn 32"), seed=seed,
-                        recipe=str(form.recipe or "vqclip"))
+                        recipe=str(form.recipe or "vqclip"), anti_text=_anti_text(form.anti_text))
     settings, _ = settings.resolved(1)  # every check that needs no VQGAN; draws the seed once for all spaces
     files = {"learn": (form.learn_projection or "").strip() or None,
              "forget": (form.forget_projection or "").strip() or None}
     requests = [(s, files.get(s), f"{s} projection") for s in spaces]
     return Checked(settings, prompt, spaces, requests)
+
+
+def _anti_text(value: Any) -> tuple[str, ...]:
+    """The page's "also keep text out" choice; anything but its own choices is refused."""
+    from ..generation.antitext import parse_anti_text
+
+    if value in (None, ""):
+        return ()
+    if str(value) not in ANTI_TEXT_CHOICES:
+        raise bad_arg("also keep text out", "unknown choice", value, choices_hint(ANTI_TEXT_CHOICES))
+    return parse_anti_text(str(value), "also keep text out")
 
 
 def page_models(defaults: ModelChoice, locked: bool, clip: str | None, pretrained: str | None, vqgan: str | None,
@@ -242,6 +255,7 @@ class Job:
                         lane.state = "not started" if lane.step == 0 else "failed"
 
     def _run(self) -> None:
+        from ..generation.api import space_of
         from ..generation.memory import check_memory
         from ..outputs import build_record, check_run_dir, default_run_dir, prepare_run_dir, write_run
 
@@ -249,7 +263,7 @@ class Job:
         check_memory([(size, cutn * len(self.lanes), "")], self.choice.device)  # the spaces run side by side
         with self.cache.lock:
             models = self.cache.get(self.choice, self.checked.requests)
-        spaces = [models.space(s, f, arg) for s, f, arg in self.checked.requests]
+        spaces = [space_of(models, s, f, self.checked.settings) for s, f, _ in self.checked.requests]
         settings, self.notices = self.checked.settings.resolved(models.vqgan.factor)
         job_dir = unique_dir(default_run_dir(self.checked.prompt, self.outputs_root))
         folders = [job_dir / space.name for space in spaces]

@@ -15,6 +15,7 @@ from vqclip.generation.ops import prompt_loss
 from vqclip.generation.targets import encode_targets
 from vqclip.spaces import Space, identity_space
 from vqclip.spelling.direction import write_direction
+from test_reproduce import fake_ocr, projections  # noqa: F401 - fixtures of the reproduce tests
 
 
 def test_methods_parse_into_a_space_and_anti_text_parts_and_back():
@@ -208,3 +209,34 @@ def test_the_page_keeps_text_out_in_every_space_it_compares():
     assert ANTI_TEXT_CHOICES[0] == "none"
     with pytest.raises(VqclipError, match="also keep text out: unknown choice; got 'blur'"):
         check_form(Form("an apple", ["clip"], 0, 64, 64, 10, None, 8, anti_text="blur"))
+
+
+@pytest.mark.usefixtures("fake_ocr", "projections")
+def test_reproduce_ocr_puts_the_extra_methods_beside_the_papers_columns(tiny_model_flags, tiny_clip, tmp_path, capsys):
+    import json
+
+    from vqclip.cli import main
+    from vqclip.evaluate.textscore import PAPER_ANY_TEXT
+
+    write_direction(F.normalize(torch.randn(32), dim=0), tiny_clip.identity)
+    words_file = tmp_path / "words.txt"
+    words_file.write_text("apple,real\nhouse,real\nzezr,nonsense\nqwpx,nonsense\n")
+    out = tmp_path / "r"
+    cmd = ["reproduce", "ocr", "--words", str(words_file), "--size", "16", "16", "--steps", "1", "--out", str(out),
+           "--grid-words", "2", "--methods", "clip,forget,negative,textoff,forget+negative", *tiny_model_flags]
+    assert main(cmd) == 0, capsys.readouterr().err
+    ocr = json.loads((out / "report.json").read_text())["sections"]["ocr"]
+    assert ocr["spaces"] == ["clip", "learn", "forget", "negative", "textoff", "forget+negative"]
+    assert ocr["jobs"]["planned"] == 4 * 6 and ocr["jobs"]["scored"] == 24
+    rows = {(r["threshold"], r["word_type"], r["space"]): r for r in ocr["rows"]}
+    for space in ("clip", "learn", "forget"):  # the paper's columns keep the paper's numbers
+        assert rows[(0.0, "all", space)]["paper"] == PAPER_ANY_TEXT[(0.0, "all")][space]
+    for method in ("negative", "textoff", "forget+negative"):
+        assert rows[(0.25, "all", method)]["n"] == 4 and rows[(0.25, "all", method)]["paper"] is None
+    header = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| OCR confidence"))
+    assert header.index("forget | paper") < header.index("negative | paper") < header.index("forget+negative | paper")
+    manifest = [json.loads(line) for line in (out / "ocr" / "batch" / "manifest.jsonl").read_text().splitlines()]
+    record = json.loads((out / "ocr" / "batch" / manifest[0]["image"]).with_name("run.json").read_text())
+    assert record["recipe"]["name"] == "paper"  # every column, the extra ones too, runs the paper's recipe
+    assert main(cmd[:-len(tiny_model_flags)] + ["--anti-text", "negative", *tiny_model_flags]) == 2
+    assert "--anti-text: reproduce runs the paper's columns as the paper did" in capsys.readouterr().err

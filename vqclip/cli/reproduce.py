@@ -115,6 +115,9 @@ def _ocr_args(p) -> None:
                    help="words per word set in the comparison grids (default 8; 0 = no grid)")
     g.add_argument("--dry-run", action="store_true",
                    help="print the plan and the time estimate (measured on a few steps) and stop")
+    g.add_argument("--methods", default=None, metavar="LIST",
+                   help="also measure these ways of keeping text out, as columns beside the paper's (whose three "
+                        "stay its recipe): e.g. clip,forget,negative,textoff,forget+negative (docs/method.md §10)")
     add_settings_args(p)
     add_model_args(p)
     _set_default(p, "recipe", "paper", "the generation recipe (default paper: Crowson's codebook-sampling notebook "
@@ -191,8 +194,21 @@ def _ocr_options(args, typographic: bool):
     check_seed(args.seed)
     settings = settings_from_args(args, "")
     base_settings_record(settings)  # flag errors name the flag before any word is blamed
+    methods = _methods(args)
     shard = resolve_shard(args.shard)
-    return _options(args, settings=settings, shard=shard, projections=projections_from_args(args, SPACES))
+    return _options(args, settings=settings, shard=shard, projections=projections_from_args(args, SPACES),
+                    methods=methods)
+
+
+def _methods(args) -> tuple[str, ...]:
+    """--methods beyond the paper's spaces; --anti-text is refused: it would change the paper's own columns."""
+    from ..batch import parse_spaces
+    from ..reproduce.options import SPACES
+
+    if args.anti_text:
+        raise bad_arg("--anti-text", "reproduce runs the paper's columns as the paper did", args.anti_text,
+                      "Add the ways of keeping text out as columns of their own: --methods negative,textoff.")
+    return tuple(m for m in parse_spaces(args.methods, "--methods") if m not in SPACES) if args.methods else ()
 
 
 def _model_loader(args):

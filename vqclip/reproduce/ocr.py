@@ -291,16 +291,17 @@ def score(folder: str | os.PathLike, job_ids: Sequence[str], out: str | os.PathL
                        extra=dict(extra or {}))
 
 
-def comparison_rows(groups: Sequence[Mapping[str, Any]],
-                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> list[dict]:
-    """One row per (threshold, word set, space): the measured share of images with text beside the paper's."""
+def comparison_rows(groups: Sequence[Mapping[str, Any]], thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                    methods: Sequence[str] = ()) -> list[dict]:
+    """One row per (threshold, word set, space): the measured share of images with text beside the paper's; the
+    extra `methods` (ways of keeping text out, issue 27) follow the paper's spaces, with no paper number."""
     index = {(g["key"].get("space"), g["key"].get("word_type")): g["metrics"] for g in groups}
     rows = []
     for t in thresholds:
         metric = f"any_text>{threshold_key(t)}"
         for word_type in (ALL, "nonsense", "real"):
             paper = PAPER_ANY_TEXT.get((float(t), word_type), {})
-            for space in SPACE_ORDER:
+            for space in (*SPACE_ORDER, *methods):
                 measured = index.get((space, word_type), {}).get(metric)
                 rows.append({"threshold": float(t), "word_type": word_type, "space": space,
                              **compare_rate(measured, paper.get(space))})

@@ -54,7 +54,7 @@ class OcrPlan:
         return [j for j in self.spec.jobs if job_state(self.batch_dir, j, self.spec.job_fp(j), ok) != "done"]
 
     def describe(self, shard) -> str:
-        return (f"{self.per_set} real + {self.per_set} nonsense words x {len(SPACES)} spaces = "
+        return (f"{self.per_set} real + {self.per_set} nonsense words x {len(self.spec.spaces)} spaces = "
                 f"{len(self.spec.jobs)} images; share {shard}: {len(self.mine)}, {len(self.todo)} to generate")
 
 
@@ -70,7 +70,7 @@ def plan_ocr(o: ReproduceOptions) -> OcrPlan:
     words, per_set = _words(o, folder)
     items = ocr.word_items(ocr.select_words(words, per_set, "--words" if o.words else "--scale"))
     check_item_settings(items, o.settings)
-    spec = ocr.make_spec(items, SPACES, o.seed, o.settings, models_id, o.projections)
+    spec = ocr.make_spec(items, o.columns, o.seed, o.settings, models_id, o.projections)
     record = spec.to_record()
     action = _check_batch_dir(folder / "batch", record)
     mine = shard_jobs(spec.jobs, o.shard)
@@ -161,6 +161,8 @@ def _generate(o: ReproduceOptions, plan: OcrPlan, models, progress: Progress) ->
     from ..batch import open_batch_dir
 
     start = time.perf_counter()
+    if plan.todo:
+        check_methods(o, models)
     ocr.save_words(plan.words, plan.folder)
     open_batch_dir(plan.batch_dir, plan.record, plan.action)
     progress.stage("generating")
@@ -173,6 +175,20 @@ def _generate(o: ReproduceOptions, plan: OcrPlan, models, progress: Progress) ->
         raise OutputError(f"--out {o.out}: stopped early: {summary.stopped}; every finished image is kept. Free "
                           "some space and run the same command again to resume.")
     return summary, timing
+
+
+def check_methods(o: ReproduceOptions, models) -> None:
+    """Every extra method finds what it needs (the text direction of textoff) before the first image."""
+    import dataclasses
+
+    from ..batch.plan import base_space
+    from ..generation.antitext import parse_method
+    from ..generation.api import space_of
+
+    for label in o.columns[len(SPACES):]:
+        space = base_space(label)
+        space_of(models, space, o.projections.get(space), dataclasses.replace(o.settings,
+                 anti_text=parse_method(label)[1]))
 
 
 def _score_and_draw(o: ReproduceOptions, plan: OcrPlan, reader, progress: Progress, timing: dict) -> tuple[dict, list]:
@@ -207,7 +223,7 @@ def ocr_section(o: ReproduceOptions, plan: OcrPlan, models, est: dict | None, su
     """The report's `ocr` section: words, jobs, the table beside the paper's, settings, models, timing, files."""
     words = plan.words.recipe
     return {
-        "scale": plan.scale, "seed": o.seed, "spaces": list(SPACES),
+        "scale": plan.scale, "seed": o.seed, "spaces": list(o.columns),
         "words": {"per_set": plan.per_set, "file": str(plan.folder / ocr.WORDS_NAME), "recipe": words,
                   "source": _words_source(words)},
         "jobs": {"planned": len(plan.spec.jobs), "generated_now": summary.ok, "failed": summary.failed,
@@ -217,7 +233,7 @@ def ocr_section(o: ReproduceOptions, plan: OcrPlan, models, est: dict | None, su
         "batch_fingerprint": plan.spec.fingerprint,
         "grouping": ocr.grouping_note(o.group_size, (est or {}).get("group")), "ocr": scored.get("ocr"),
         "thresholds": scored["thresholds"],
-        "rows": ocr.comparison_rows(scored["groups"], scored["thresholds"]),
+        "rows": ocr.comparison_rows(scored["groups"], scored["thresholds"], o.columns[len(SPACES):]),
         "legibility": ocr.legibility_rows(scored["groups"]),
         "grids": grids, "estimate": est, "timing": timing,
         "models": _models(o, models),

@@ -53,6 +53,14 @@ class ReproduceOptions:
     vqgan_config: str | None = None
     vqgan_checkpoint: str | None = None
     auto_train: bool = False
+    # ways of keeping text out measured beside the paper's spaces (forget+negative, ...; issue 27); the paper's
+    # three columns always run with the paper's recipe
+    methods: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The OCR table's columns: the paper's spaces, then the extra methods."""
+        return SPACES + tuple(m for m in self.methods if m not in SPACES)
 
     @classmethod
     def from_flags(cls, flags: Mapping[str, Any], **checked) -> "ReproduceOptions":

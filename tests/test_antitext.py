@@ -240,3 +240,42 @@ def test_reproduce_ocr_puts_the_extra_methods_beside_the_papers_columns(tiny_mod
     assert record["recipe"]["name"] == "paper"  # every column, the extra ones too, runs the paper's recipe
     assert main(cmd[:-len(tiny_model_flags)] + ["--anti-text", "negative", *tiny_model_flags]) == 2
     assert "--anti-text: reproduce runs the paper's columns as the paper did" in capsys.readouterr().err
+
+
+def test_the_testbed_measures_the_methods_in_a_batch_of_their_own_that_its_command_line_makes(tmp_path):
+    """`vqclip testbed --generate --methods ...`: the extra columns follow the spaces, with the world's negative
+    prompt and the run's own text direction, in generation-methods/; the plan is what `vqclip batch` makes of the
+    printed command line."""
+    from vqclip.batch import BatchSpec, load_prompt_files, make_plan, parse_spaces
+    from vqclip.batch.plan import base_settings_record, base_space, model_identity
+    from vqclip.cli import build_parser
+    from vqclip.cli.batch import projections_from_args, seeds_from_args
+    from vqclip.cli.generate import fill_recipe_defaults, settings_from_args
+    from vqclip.testbed.gen_pipeline import plan_batch
+    from vqclip.testbed.generate import GenerationConfig, batch_args, prompts_csv, write_page
+
+    config = GenerationConfig(seeds=(0,), steps=2, cutn=2, methods="clip,negative,textoff,forget+negative")
+    assert config.columns == ("clip", "learn", "forget", "negative", "textoff", "forget+negative")
+    assert config.gen_dir == "generation-methods" and GenerationConfig().gen_dir == "generation"
+    assert config.to_dict()["methods"] == ["negative", "textoff", "forget+negative"]
+    with pytest.raises(VqclipError, match="--methods: unknown embedding space"):
+        GenerationConfig(methods="blur")
+    gen = tmp_path / "run" / config.gen_dir
+    gen.mkdir(parents=True)
+    (gen / "prompts.csv").write_text(prompts_csv(("star",), config.templates))
+    write_page(gen / "page.png", config)
+    where = (tmp_path / "run", tmp_path / "vqgan.safetensors", gen / "prompts.csv", gen / "batch", config,
+             gen / "page.png")
+    batch = plan_batch(*where, config.columns)
+    args = build_parser().parse_args(batch_args(*where))
+    fill_recipe_defaults(args)
+    base = settings_from_args(args, "")
+    assert base.negative_text == "the word" and base.textoff == str(tmp_path / "run" / "textoff.safetensors")
+    items, spaces, seeds = load_prompt_files(args.files, args.word_type), parse_spaces(args.spaces), \
+        seeds_from_args(args)
+    bases = tuple(dict.fromkeys(base_space(s) for s in spaces))
+    spec = BatchSpec(base_settings_record(base), model_identity(args.clip, args.pretrained, args.vqgan,
+                                                                args.vqgan_config, args.vqgan_checkpoint,
+                                                                args.precision),
+                     items, spaces, seeds, make_plan(items, spaces, seeds), projections_from_args(args, bases))
+    assert batch.spec.to_record() == spec.to_record() and len(spec.jobs) == 2 * 6

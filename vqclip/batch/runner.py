@@ -296,3 +296,14 @@ def _write_job(job: Job, result, space, ctx: _Context) -> tuple[str, dict | None
     line = manifest_line(job, fp, status, record, error, ctx.extra)
     append_manifest(ctx.folder, line)
     return status, line
+
+def check_text_methods(models, base, spaces, projections) -> None:
+    """Every space entry that keeps text out with the text direction finds it now, before the first image."""
+    import dataclasses
+
+    from ..generation.antitext import parse_anti_text, parse_method
+
+    for label in spaces:
+        anti_text = parse_anti_text(parse_method(label)[1] + parse_anti_text(base.anti_text))
+        space_of(models, base_space(label), projections.get(base_space(label)),
+                 dataclasses.replace(base, anti_text=anti_text))

@@ -208,6 +208,7 @@ def _run(args, out, record, action, spec, base, items, spaces, projections, shar
          group_size) -> int:
     from ..batch import open_batch_dir, run_batch
     from ..batch.plan import check_item_settings
+    from ..batch.runner import check_text_methods
 
     models = None
     if done < len(mine):  # nothing to generate: no need to load models
@@ -258,17 +259,3 @@ def base_settings_notices(base, factor: int) -> list[str]:
 
     _, notices = dataclasses.replace(base, prompts=[Prompt("x")], seed=0).resolved(factor)
     return notices
-
-
-def check_text_methods(models, base, spaces, projections) -> None:
-    """Every space entry that keeps text out with the text direction finds it now, before the first image."""
-    import dataclasses
-
-    from ..batch.plan import base_space
-    from ..generation.antitext import parse_anti_text, parse_method
-    from ..generation.api import space_of
-
-    for label in spaces:
-        anti_text = parse_anti_text(parse_method(label)[1] + parse_anti_text(base.anti_text))
-        space_of(models, base_space(label), projections.get(base_space(label)),
-                 dataclasses.replace(base, anti_text=anti_text))

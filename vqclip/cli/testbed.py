@@ -95,6 +95,10 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                         "run) instead of training them again (about 5 minutes on one CPU thread)")
     g.add_argument("--gen-steps", type=int, default=None, metavar="N",
                    help="VQGAN+CLIP steps per image (default 100)")
+    g.add_argument("--methods", default=None, metavar="LIST",
+                   help="also measure ways of keeping text out beside the three spaces, e.g. "
+                        "negative,textoff,forget+negative (the testbed's own text direction; the negative prompt in "
+                        "the world's words, 'the word'); written to generation-methods/ (docs/testbed.md)")
 
 
 def run(args) -> int:
@@ -174,11 +178,12 @@ def _gen_config(args):
     from ..testbed.generate import GenerationConfig
 
     if not args.generate:
-        if args.gen_seeds is not None or args.gen_steps is not None or args.world_models is not None:
+        given = [args.gen_seeds, args.gen_steps, args.world_models, args.methods]
+        if any(v is not None for v in given):
             from ..errors import bad_arg
 
-            raise bad_arg("--gen-seeds/--gen-steps/--world-models", "only apply with --generate",
-                          args.gen_seeds or args.gen_steps or args.world_models,
+            raise bad_arg("--gen-seeds/--gen-steps/--world-models/--methods", "only apply with --generate",
+                          next(v for v in given if v is not None),
                           "Add --generate.")
         return None
     overrides = {}
@@ -188,6 +193,8 @@ def _gen_config(args):
         overrides["seeds"] = tuple(parse_seeds(args.gen_seeds, "--gen-seeds"))
     if args.gen_steps is not None:
         overrides["steps"] = args.gen_steps
+    if args.methods is not None:
+        overrides["methods"] = args.methods
     if args.world_models is not None:
         from ..testbed.generate import load_world_models
 

@@ -179,16 +179,9 @@ def _generate(o: ReproduceOptions, plan: OcrPlan, models, progress: Progress) ->
 
 def check_methods(o: ReproduceOptions, models) -> None:
     """Every extra method finds what it needs (the text direction of textoff) before the first image."""
-    import dataclasses
+    from ..batch.runner import check_text_methods
 
-    from ..batch.plan import base_space
-    from ..generation.antitext import parse_method
-    from ..generation.api import space_of
-
-    for label in o.columns[len(SPACES):]:
-        space = base_space(label)
-        space_of(models, space, o.projections.get(space), dataclasses.replace(o.settings,
-                 anti_text=parse_method(label)[1]))
+    check_text_methods(models, o.settings, o.columns[len(SPACES):], o.projections)
 
 
 def _score_and_draw(o: ReproduceOptions, plan: OcrPlan, reader, progress: Progress, timing: dict) -> tuple[dict, list]:

@@ -52,13 +52,17 @@ class WorldBatch:
     done: int  # of which finished before
 
 
-def batch_settings(config, page: Path):
+def batch_settings(config, page: Path, testbed_out: Path | None = None):
     """The settings every image shares: the experiment's size, steps, learning rate, cutouts and blank page under
-    its recipe, every other field the recipe's (`Settings.resolved` fills them, as `vqclip batch --recipe` does)."""
+    its recipe, every other field the recipe's (`Settings.resolved` fills them, as `vqclip batch --recipe` does);
+    with extra methods, the world's negative prompt and the testbed run's text direction."""
     from ..generation import Settings
 
+    methods = ({"negative_text": config.negative_text, "textoff": str(Path(testbed_out) / "textoff.safetensors")}
+               if getattr(config, "methods", ()) else {})
     return Settings(prompts=[], size=(int(config.size), int(config.size)), steps=int(config.steps),
-                    lr=float(config.lr), cutn=int(config.cutn), init_image=str(page), recipe=config.recipe)
+                    lr=float(config.lr), cutn=int(config.cutn), init_image=str(page), recipe=config.recipe,
+                    **methods)
 
 
 def batch_projections(testbed_out: Path, spaces: Sequence[str]) -> dict[str, str | None]:
@@ -74,7 +78,7 @@ def plan_batch(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config,
     """Every check `vqclip batch` makes before it loads a model: the prompt file, the settings, the batch folder
     (a folder of another batch is refused), what is finished already, a writable disk and enough memory."""
     from ..batch import BatchSpec, check_batch_dir, load_prompt_files, make_plan, parse_seeds, parse_spaces
-    from ..batch.plan import base_settings_record, check_item_settings, model_identity
+    from ..batch.plan import base_settings_record, base_space, check_item_settings, model_identity
     from ..batch.shard import resolve_shard, shard_jobs
     from ..batch.store import job_state, manifest_ok
     from ..generation.groups import parse_group_size
@@ -87,14 +91,15 @@ def plan_batch(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config,
     spaces = parse_spaces(",".join(spaces))
     seeds = parse_seeds(",".join(map(str, config.seeds)))
     shard = resolve_shard(None)
-    base = batch_settings(config, page)
+    base = batch_settings(config, page, testbed_out)
     settings_record = base_settings_record(base)
     check_item_settings(items, base)
     clip, checkpoint = f"local-dir:{testbed_out / 'clip'}", str(vqgan)
     vqgan_name = recipe_vqgan(config.recipe, None, checkpoint)
     jobs = make_plan(items, spaces, seeds)
     models_id = model_identity(clip, DEFAULT_PRETRAINED, vqgan_name, None, checkpoint, PRECISION)
-    spec = BatchSpec(settings_record, models_id, items, spaces, seeds, jobs, batch_projections(testbed_out, spaces))
+    bases = tuple(dict.fromkeys(base_space(s) for s in spaces))
+    spec = BatchSpec(settings_record, models_id, items, spaces, seeds, jobs, batch_projections(testbed_out, bases))
     action = check_batch_dir(out, spec.to_record(), False)
     mine = shard_jobs(jobs, shard)
     ok_lines = manifest_ok(out) if out.is_dir() else {}
@@ -115,12 +120,13 @@ def load_batch_models(batch: WorldBatch):
     """The small CLIP, the learn / forget projections and the world VQGAN, after the checks `vqclip batch` makes
     before loading (the projection files, then every file needed, in one message); its notes on stderr."""
     from ..batch.plan import check_item_settings
+    from ..batch.runner import check_text_methods
     from ..generation import load_models
     from ..models.clip import DEFAULT_PRETRAINED
     from ..preflight import plan_assets, preflight
     from ..projections import load_projection
 
-    spaces = [(s, batch.spec.projections.get(s), f"--projection-{s}") for s in batch.spec.spaces]
+    spaces = [(s, file, f"--projection-{s}") for s, file in batch.spec.projections.items()]
     for space, file, flag in spaces:
         if file:
             load_projection(file, space, None, flag)  # a local-dir CLIP's width is known once it is loaded
@@ -129,6 +135,7 @@ def load_batch_models(batch: WorldBatch):
     models = load_models(batch.clip, DEFAULT_PRETRAINED, batch.vqgan, None, batch.checkpoint, DEVICE, PRECISION,
                          spaces=spaces, progress=False, say=lambda text: print(f"{BATCH}: {text}", file=sys.stderr))
     check_item_settings(batch.spec.items, batch.base, models.vqgan.factor)
+    check_text_methods(models, batch.base, batch.spec.spaces, batch.spec.projections)
     for notice in _settings_notices(batch.base, models.vqgan.factor):
         print(f"{BATCH}: note: {notice}", file=sys.stderr)
     return models

@@ -66,10 +66,19 @@ class GenerationConfig:
     group_size: int = 6
     margins: GenMargins | None = None  # None: GenMargins.for_seeds(the number of CLIP seeds)
     recipe: str = "paper"  # the paper's generation recipe (its cutouts, method, no augmentations); size etc. as above
+    # Ways of keeping text out measured beside the spaces (issue 27: negative, textoff, forget+negative, ...), in
+    # a folder of their own; the negative prompt in the world's words for writing ("... with the word moon").
+    methods: tuple[str, ...] = ()
+    negative_text: str = "the word"
 
     def __post_init__(self):
         self.seeds, self.templates = tuple(int(s) for s in self.seeds), tuple(self.templates)
         self.page = tuple(int(v) for v in self.page)
+        if self.methods:
+            from ..batch import parse_spaces
+
+            self.methods = tuple(m for m in parse_spaces(self.methods, "--methods") if m not in SPACES)
+        self.methods = tuple(self.methods)
         if isinstance(self.margins, Mapping):
             self.margins = GenMargins(**self.margins)
         if not self.seeds:
@@ -87,7 +96,18 @@ class GenerationConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["seeds"], d["templates"], d["page"] = list(self.seeds), list(self.templates), list(self.page)
+        d["methods"] = list(self.methods)
         return d
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The batch's space column: the three spaces, then the extra methods."""
+        return SPACES + self.methods
+
+    @property
+    def gen_dir(self) -> str:
+        """The folder of this experiment in a testbed run: the paper's table alone, or with the extra methods."""
+        return GEN_DIR if not self.methods else f"{GEN_DIR}-methods"
 
 
 def prompts_csv(classes: Sequence[str], templates: Sequence[str]) -> str:
@@ -104,7 +124,9 @@ def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config:
     """The `vqclip batch` command line of the generation batch: the testbed's CLIP and projections, the world
     VQGAN, every space, on the CPU, every image from the blank `page`. `gen_pipeline.generate_batch` makes the same
     batch through the library (tests/test_testbed_generation.py holds the two equal); this line reruns it by hand."""
-    return ["batch", str(prompts), "--out", str(out), "--spaces", ",".join(SPACES),
+    methods = (["--negative-text", config.negative_text, "--textoff", str(testbed_out / "textoff.safetensors")]
+               if config.methods else [])
+    return ["batch", str(prompts), "--out", str(out), "--spaces", ",".join(config.columns), *methods,
             "--seeds", ",".join(map(str, config.seeds)),
             "--clip", f"local-dir:{testbed_out / 'clip'}", "--vqgan-checkpoint", str(vqgan),
             "--projection-learn", str(testbed_out / "learn.safetensors"),
@@ -174,12 +196,14 @@ def _clip_zero_shot(clip, images, classes: Sequence[str]) -> list[str]:
     return [classes[i] for i in (f @ t.T).argmax(dim=1).tolist()]
 
 
-def table_rows(images: Sequence[Mapping[str, Any]], templates: Sequence[str] | None = None) -> dict[str, dict]:
-    """Per space: text share, prompt word read, object seen, each {k, n, rate, ci95}; optionally one template."""
+def table_rows(images: Sequence[Mapping[str, Any]], templates: Sequence[str] | None = None,
+               spaces: Sequence[str] = SPACES) -> dict[str, dict]:
+    """Per space (or method): text share, prompt word read, object seen, each {k, n, rate, ci95}; optionally one
+    template."""
     from ..evaluate.textscore import rate
 
     rows = {}
-    for space in SPACES:
+    for space in spaces:
         sel = [im for im in images if im["space"] == space and (templates is None or im["template"] in templates)]
         rows[space] = {key: rate(sum(bool(im[key]) for im in sel), len(sel))
                        for key in ("text", "word_read", "object_seen", "clip_sees")
@@ -264,13 +288,13 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
 
     start = time.perf_counter()
     testbed_out, detector_dir = Path(testbed_out), Path(detector_dir)
-    gen = testbed_out / GEN_DIR
+    gen = testbed_out / config.gen_dir
     gen.mkdir(parents=True, exist_ok=True)
     prompts = gen / "prompts.csv"
     write_text(prompts, prompts_csv(classes, config.templates))
     page = gen / "page.png"
     write_page(page, config)
-    if generate_batch(testbed_out, Path(vqgan), prompts, gen / "batch", config, page, SPACES) != 0:
+    if generate_batch(testbed_out, Path(vqgan), prompts, gen / "batch", config, page, config.columns) != 0:
         raise VqclipError(f"testbed: the generation batch in {gen / 'batch'} did not finish; run it again to resume.")
     gen_seconds = time.perf_counter() - start
     t = time.perf_counter()
@@ -281,8 +305,8 @@ def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, 
     clip = load_clip(f"local-dir:{testbed_out / 'clip'}", device="cpu", precision="fp32")
     images = measure_images(gen / "score", load_object_classifier(detector_dir / OBJECT_FILE),
                             classes, clip)
-    rows = table_rows(images)
-    by_template = {t: table_rows(images, (t,)) for t in config.templates}
+    rows = table_rows(images, spaces=config.columns)
+    by_template = {t: table_rows(images, (t,), config.columns) for t in config.templates}
     grid = gen / "grid.png"
     with _quiet(not progress):
         draw_grid(gen / "batch", grid)
@@ -360,15 +384,16 @@ def run_generation(testbed_runs: Mapping[int, str | os.PathLike], world, out: st
     margins = config.margins or GenMargins.for_seeds(len(per_seed))
     checks = check_directions({s: r["by_template"] for s, r in per_seed.items()}, margins)
     images = [im for r in per_seed.values() for im in r["images"]]
-    summary = {"seeds": list(per_seed), "rows": table_rows(images),
-               "by_template": {t: table_rows(images, (t,)) for t in config.templates}, "checks": checks,
+    summary = {"seeds": list(per_seed), "rows": table_rows(images, spaces=config.columns),
+               "by_template": {t: table_rows(images, (t,), config.columns) for t in config.templates},
+               "checks": checks,
                "all_passed": all(c["passed"] for c in checks),
                "per_seed": {s: {"rows": r["rows"], "by_template": r["by_template"], "grid": r["grid"]}
                             for s, r in per_seed.items()},
                "models": {"vqgan": models["vqgan"].get("heldout"), "detector": models["detector"].get("heldout")},
                "config": config.to_dict(), "seconds": round(time.perf_counter() - start, 1)}
-    write_json(out / "generation_summary.json", summary)
-    write_text(out / "generation_summary.md", summary_markdown(summary))
+    write_json(out / f"{config.gen_dir}_summary.json", summary)
+    write_text(out / f"{config.gen_dir}_summary.md", summary_markdown(summary))
     return summary
 
 

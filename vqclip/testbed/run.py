@@ -20,7 +20,7 @@ from .config import TestbedConfig
 from .progress import bar as _bar
 from .report import check_directions, check_median, markdown_report, markdown_summary
 from .stages import (encode_uint8, load_spaces, measure, object_probe, train_clip_stage, train_projections,
-                     tuple_features, write_attack_dataset)
+                     tuple_features, write_attack_dataset, write_text_direction)
 
 
 def run_testbed(config: TestbedConfig, out: str | os.PathLike, progress: bool = True, reuse_clip: bool = False) -> dict:
@@ -45,6 +45,7 @@ def run_testbed(config: TestbedConfig, out: str | os.PathLike, progress: bool = 
     write_attack_dataset(world, attacks, out / "attacks")
     data_seconds = time.perf_counter() - t
     projections = train_projections(features, config, clip.identity, out, progress)
+    textoff = write_text_direction(features, clip.identity, out, config.seed)
     t = time.perf_counter()
     spaces = load_spaces(out, clip)
     measured = measure(clip, spaces, features, out / "attacks", progress)
@@ -58,7 +59,7 @@ def run_testbed(config: TestbedConfig, out: str | os.PathLike, progress: bool = 
         "tuple_words": "all words" if config.include_class_words else "all words except the class names",
         "split_sizes": features.split_sizes(), "rows": rows, "checks": checks,
         "all_passed": all(c["passed"] for c in checks), "typographic": measured["typographic"],
-        "attacked_object_probe": probe,
+        "attacked_object_probe": probe, "textoff": textoff,
         "seconds": {**({} if clip_info["reused"] else clip_info["seconds"]), "data": round(data_seconds, 1),
                     "projections": round(sum(p["seconds"] for p in projections.values()), 1),
                     "evaluation": round(time.perf_counter() - t, 1),

@@ -117,6 +117,18 @@ def train_projections(features, config: TestbedConfig, clip_identity: str, out: 
     return info
 
 
+def write_text_direction(features, clip_identity: str, out: Path, seed: int) -> dict:
+    """The text direction of the testbed's CLIP from the same five-tuples (`vqclip train --direction textoff`),
+    written next to the projections for the generation's textoff methods."""
+    from ..spelling.direction import direction_agreement, text_direction, write_direction
+
+    vector = text_direction(features)
+    held_out = direction_agreement(features, vector)
+    path = write_direction(vector, clip_identity, out / "textoff.safetensors",
+                           record={"source": "vqclip testbed", "world_seed": seed, "held_out": held_out})
+    return {"path": str(path), "held_out": held_out}
+
+
 def write_attack_dataset(world: World, attacks, folder: Path) -> Path:
     """Save the synthetic attacks in the paper's format (annotation.json), so `vqclip eval typographic` reads them."""
     from PIL import Image

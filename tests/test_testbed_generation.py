@@ -103,7 +103,7 @@ def test_cli_refuses_generation_flags_without_generate(capsys):
 
     assert main(["testbed", "--quick", "--gen-steps", "10", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--gen-seeds/--gen-steps/--world-models/--methods: only apply with --generate" in err \
+    assert "--gen-seeds/--gen-steps/--world-models/--methods/--gen-templates: only apply with --generate" in err \
         and len(err.splitlines()) == 1
     assert main(["testbed", "--quick", "--generate", "--gen-steps", "0", "--out", "unused"]) == 2
     assert "--gen-steps: must be at least 1" in capsys.readouterr().err

@@ -95,6 +95,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                         "run) instead of training them again (about 5 minutes on one CPU thread)")
     g.add_argument("--gen-steps", type=int, default=None, metavar="N",
                    help="VQGAN+CLIP steps per image (default 100)")
+    g.add_argument("--gen-templates", default=None, metavar="LIST",
+                   help="prompt templates to generate: word (the bare class word), phrase (\"an image of a ...\"); "
+                        "default word,phrase")
     g.add_argument("--methods", default=None, metavar="LIST",
                    help="also measure ways of keeping text out beside the three spaces, e.g. "
                         "negative,textoff,forget+negative (the testbed's own text direction; the negative prompt in "
@@ -178,11 +181,11 @@ def _gen_config(args):
     from ..testbed.generate import GenerationConfig
 
     if not args.generate:
-        given = [args.gen_seeds, args.gen_steps, args.world_models, args.methods]
+        given = [args.gen_seeds, args.gen_steps, args.world_models, args.methods, args.gen_templates]
         if any(v is not None for v in given):
             from ..errors import bad_arg
 
-            raise bad_arg("--gen-seeds/--gen-steps/--world-models/--methods", "only apply with --generate",
+            raise bad_arg("--gen-seeds/--gen-steps/--world-models/--methods/--gen-templates", "only apply with --generate",
                           next(v for v in given if v is not None),
                           "Add --generate.")
         return None
@@ -195,6 +198,8 @@ def _gen_config(args):
         overrides["steps"] = args.gen_steps
     if args.methods is not None:
         overrides["methods"] = args.methods
+    if args.gen_templates is not None:
+        overrides["templates"] = tuple(t.strip() for t in args.gen_templates.split(",") if t.strip())
     if args.world_models is not None:
         from ..testbed.generate import load_world_models
 

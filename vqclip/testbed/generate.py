@@ -85,7 +85,7 @@ class GenerationConfig:
             raise bad_arg("--gen-seeds", "needs at least one seed", self.seeds, "Use e.g. --gen-seeds 0,1.")
         unknown = [t for t in self.templates if t not in TEMPLATES]
         if unknown or not self.templates:
-            raise bad_arg("templates", f"must name some of {', '.join(TEMPLATES)}", self.templates,
+            raise bad_arg("--gen-templates", f"must name some of {', '.join(TEMPLATES)}", self.templates,
                           "Use e.g. ('word', 'phrase').")
         if not (self.lr > 0):
             raise bad_arg("--lr", "must be positive", self.lr, "Use 0.05.")

@@ -302,7 +302,9 @@ def test_group_size_reaches_the_runner_only_when_it_takes_one(monkeypatch):
     monkeypatch.setattr(ocr, "run_batch", grouped)
     assert ocr.batch_options(8) == {"group_size": 8} and ocr.batch_options("auto") == {"group_size": "auto"}
     assert ocr.batch_options(None) == {} and ocr.grouping_note(8, 8).startswith("grouped generation (8 images")
-    assert ocr.parse_group_size("12") == 12 and ocr.parse_group_size("auto") == "auto"
+    from vqclip.generation.groups import parse_group_size
+
+    assert parse_group_size("12") == 12 and parse_group_size("auto") == "auto"
 
 
 @pytest.mark.parametrize("part", ["typographic", "ocr", "all"])

@@ -12,7 +12,6 @@ from typing import Any, Callable, Mapping, Sequence
 from ..errors import DISK_ERRNOS, bad_arg, describe_exception, is_disk_error
 from ..generation.api import space_of
 from ..generation.groups import auto_group_size
-from ..generation.groups import parse_group_size  # noqa: F401 - `vqclip batch` and reproduce.ocr import it here
 from ..io import linked_part
 from ..outputs import build_record, write_run
 from .plan import BatchSpec, Job, base_space, job_settings

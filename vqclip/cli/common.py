@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import signal
 import threading
 from typing import Iterable, Iterator, Sequence
@@ -212,3 +213,33 @@ def output_errors(out, kept: str) -> Iterator[None]:
                             f"{kept}. Free some space (or choose another --out) and run again.")
         error.arg = "--out"
         raise error from e
+
+
+def set_default(p, dest: str, value, help: str) -> None:
+    """Change a shared flag's default to the paper's setting, and its help to say so."""
+    for action in p._actions:
+        if action.dest == dest:
+            action.default, action.help = value, help
+    p.set_defaults(**{dest: value})
+
+
+def command_line(parser: argparse.ArgumentParser, args, words: Sequence[str]) -> str:
+    """The command as typed (`words`, then the flags of `parser` that differ from their defaults), for reports."""
+    words = list(words)
+    seen = set()
+    for action in parser._actions:
+        if not action.option_strings or action.dest in seen or action.default is argparse.SUPPRESS or \
+                action.help is argparse.SUPPRESS or action.dest in ("help", "debug"):
+            continue
+        seen.add(action.dest)
+        value = getattr(args, action.dest, None)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[-1]
+        if isinstance(value, bool):
+            words.append(flag)
+        elif isinstance(value, (list, tuple)):
+            words += [flag, *map(str, value)]
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import shlex
 
 from ..errors import bad_arg
-from .common import (add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, command_parser,
-                     sigterm_as_interrupt)
+from .common import (add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, command_line, command_parser,
+                     set_default, sigterm_as_interrupt)
 
 # vqclip.reproduce.options.PROG and .DEFAULT_OUT, as literals: building the parser imports no torch
 PROG = "vqclip reproduce"
 DEFAULT_OUT = "outputs/reproduce"
-PARTS = ("typographic", "ocr", "all")
 
 
 # --------------------------------------------------------------------------------------------------- arguments
@@ -86,14 +83,6 @@ def _typographic_args(p) -> None:
     g.add_argument("--batch-size", type=int, default=32, help="photos per CLIP batch (default 32)")
 
 
-def _set_default(p, dest: str, value, help: str) -> None:
-    """Change a shared flag's default to the paper's setting, and its help to say so."""
-    for action in p._actions:
-        if action.dest == dest:
-            action.default, action.help = value, help
-    p.set_defaults(**{dest: value})
-
-
 def _ocr_args(p) -> None:
     from .choices import PAPER_GENERATION as G
     from .generate import add_model_args, add_settings_args
@@ -120,33 +109,10 @@ def _ocr_args(p) -> None:
                         "stay its recipe): e.g. clip,forget,negative,textoff,forget+negative (docs/method.md §10)")
     add_settings_args(p)
     add_model_args(p)
-    _set_default(p, "recipe", "paper", "the generation recipe (default paper: Crowson's codebook-sampling notebook "
+    set_default(p, "recipe", "paper", "the generation recipe (default paper: Crowson's codebook-sampling notebook "
                  f"as the paper ran it, {G['method']} on {G['vqgan']}, {G['cutn']} cutouts, no augmentations, no "
                  "noise); flags given explicitly win and the report lists them as overrides")
-    _set_default(p, "seed", 0, "seed of every image and of the drawn word list (default 0)")
-
-
-def command_line(args) -> str:
-    """The command as typed, rebuilt from the flags that differ from their defaults (for the report)."""
-    parser = args._reproduce_parser
-    words = ["vqclip", "reproduce", args.part]
-    seen = set()
-    for action in parser._actions:
-        if not action.option_strings or action.dest in seen or action.default is argparse.SUPPRESS or \
-                action.help is argparse.SUPPRESS or action.dest in ("help", "debug"):
-            continue
-        seen.add(action.dest)
-        value = getattr(args, action.dest, None)
-        if value == action.default or value is None:
-            continue
-        flag = action.option_strings[-1]
-        if isinstance(value, bool):
-            words.append(flag)
-        elif isinstance(value, (list, tuple)):
-            words += [flag, *map(str, value)]
-        else:
-            words += [flag, str(value)]
-    return shlex.join(words)
+    set_default(p, "seed", 0, "seed of every image and of the drawn word list (default 0)")
 
 
 # ---------------------------------------------------------------------------------------------------- commands
@@ -155,7 +121,7 @@ def _options(args, **checked):
     """The flags as `ReproduceOptions`, with the `checked` values replacing the raw ones."""
     from ..reproduce.options import ReproduceOptions
 
-    return ReproduceOptions.from_flags(vars(args), command=lambda: command_line(args), **checked)
+    return ReproduceOptions.from_flags(vars(args), command=lambda: command_line(args._reproduce_parser, args, ["vqclip", "reproduce", args.part]), **checked)
 
 
 def _check_out(args, typographic: bool) -> None:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..batch import BatchSpec, PromptItem, make_plan, run_batch
-from ..batch.runner import parse_group_size  # noqa: F401 - the CLI and tests reach it here
 from ..batch.plan import base_settings_record
 from ..errors import bad_arg
 from ..evaluate.textscore import ALL, DEFAULT_THRESHOLDS, PAPER_ANY_TEXT, SPACE_ORDER, threshold_key

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import VqclipError, bad_arg
+from ..generation.groups import parse_group_size
 from . import ocr
 from .options import PROG, SPACES, ReproduceOptions
 from .progress import CountingReader, Progress, say
@@ -16,7 +17,7 @@ from .progress import CountingReader, Progress, say
 
 def check_ocr_flags(group_size: str | int, ocr_batch_size: int, grid_words: int) -> int | str:
     """--group-size (returned parsed: a number or "auto"), --ocr-batch-size and --grid-words, before any work."""
-    group_size = ocr.parse_group_size(group_size)
+    group_size = parse_group_size(group_size)
     if ocr_batch_size < 1:
         raise bad_arg("--ocr-batch-size", "must be at least 1", ocr_batch_size, "Try 8.")
     if grid_words < 0:

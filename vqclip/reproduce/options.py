@@ -18,7 +18,7 @@ SPACES = ("clip", "learn", "forget")  # the paper's three spaces, in the order o
 class ReproduceOptions:
     """The settings of `vqclip reproduce` (one field per flag; the generation flags arrive as `settings`).
 
-    The values are the checked ones: `group_size` parsed (`ocr.parse_group_size`), `shard` resolved
+    The values are the checked ones: `group_size` parsed (`generation.groups.parse_group_size`), `shard` resolved
     (`vqclip.batch.shard.resolve_shard`), `projections` the absolute file per space or None for the paper's.
     """
 

@@ -96,3 +96,22 @@ def _network_probe(monkeypatch):
     except ImportError:
         return
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)
+
+
+def class_photos(root, per_class: int = 6):
+    """A 3-class ImageNet-layout folder of small photos (a coloured square on a random background), the same
+    pixels every time: the training images of the tests that run `vqclip train` on a tiny CLIP."""
+    import random
+    from pathlib import Path
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(0)
+    root = Path(root)
+    for c, color in {"apple": (200, 30, 30), "banana": (230, 220, 40), "grape": (100, 30, 140)}.items():
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            im = Image.new("RGB", (40, 48), tuple(rng.randrange(256) for _ in range(3)))
+            ImageDraw.Draw(im).rectangle((5, 5, 30, 30), fill=color)
+            im.save(root / c / f"{i}.png")
+    return root

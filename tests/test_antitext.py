@@ -122,21 +122,12 @@ def test_the_cli_trains_a_direction_and_generates_with_each_way_of_keeping_text_
     """`vqclip train --direction textoff` from cached features, then `generate --anti-text ...` and
     `--space forget`: each runs and run.json records how text was kept out."""
     import json
-    import random
 
-    from PIL import Image, ImageDraw
-
+    from conftest import class_photos
     from vqclip.cli import main
     from vqclip.projections import projection_path, save_projection
 
-    rng = random.Random(0)
-    root = tmp_path / "photos"
-    for c, color in {"apple": (200, 30, 30), "banana": (230, 220, 40), "grape": (100, 30, 140)}.items():
-        (root / c).mkdir(parents=True)
-        for i in range(6):
-            im = Image.new("RGB", (40, 48), tuple(rng.randrange(256) for _ in range(3)))
-            ImageDraw.Draw(im).rectangle((5, 5, 30, 30), fill=color)
-            im.save(root / c / f"{i}.png")
+    root = class_photos(tmp_path / "photos")
     clip_flags = tiny_model_flags[:2]
     data = ["--images", str(root), "--words", "12", "--workers", "0", "-q", "--val-fraction", "0.2",
             "--test-fraction", "0.2", "--class-renders", "1"]

@@ -6,15 +6,14 @@ Tiny CLIP and VQGAN; the default training set is replaced by a small generated i
 from __future__ import annotations
 
 import json
-import random
 import shlex
 from pathlib import Path
 from types import MappingProxyType
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
+from conftest import class_photos
 from vqclip.cli import main
 from vqclip import downloads
 from vqclip.projections import published
@@ -34,14 +33,7 @@ def model_args(tiny_model_flags):
 @pytest.fixture()
 def default_images(tmp_path, monkeypatch):
     """A 3-class image folder standing in for ImageNetV2 as the default training set; records training calls."""
-    rng = random.Random(0)
-    root = tmp_path / "photos"
-    for c, color in {"apple": (200, 30, 30), "banana": (230, 220, 40), "grape": (100, 30, 140)}.items():
-        (root / c).mkdir(parents=True)
-        for i in range(6):
-            im = Image.new("RGB", (40, 48), tuple(rng.randrange(256) for _ in range(3)))
-            ImageDraw.Draw(im).rectangle((5, 5, 30, 30), fill=color)
-            im.save(root / c / f"{i}.png")
+    root = class_photos(tmp_path / "photos")
     monkeypatch.setattr(pipeline, "DEFAULT_IMAGES", str(root))
     monkeypatch.setattr(pipeline, "default_workers", lambda: 0)
     calls = []

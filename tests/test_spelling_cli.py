@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
+from conftest import class_photos
 from vqclip.cli import main
 
-COLORS = {"apple": (200, 30, 30), "banana": (230, 220, 40), "grape": (100, 30, 140)}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -20,14 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture()
 def images(tmp_path) -> Path:
-    rng = random.Random(0)
-    root = tmp_path / "photos"
-    for c, color in COLORS.items():
-        (root / c).mkdir(parents=True)
-        for i in range(6):
-            im = Image.new("RGB", (40, 48), tuple(rng.randrange(256) for _ in range(3)))
-            ImageDraw.Draw(im).rectangle((5, 5, 30, 30), fill=color)
-            im.save(root / c / f"{i}.png")
+    root = class_photos(tmp_path / "photos")
     (root / "grape" / "corrupt.jpg").write_bytes(b"\xff\xd8 truncated")
     return root
 

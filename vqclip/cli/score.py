@@ -82,7 +82,7 @@ def default_out(paths: list[str]) -> Path:
 def run(args) -> int:
     from ..errors import VqclipError, bad_arg
     from ..evaluate.ocr import EasyOcrReader, OcrCache
-    from ..evaluate.scoring import check_group_fields, output_paths, score_paths
+    from ..evaluate.scoring import check_group_fields, output_paths, score_paths, score_report
     from ..evaluate.sources import collect_images, read_words_file
     from ..io import check_replaceable, check_writable, disk_errors
 
@@ -119,11 +119,5 @@ def run(args) -> int:
                               group_by, args.space, not args.no_stem_words, args.batch_size, not args.quiet,
                               extra={"inputs": [str(p) for p in args.paths], "detector": detector},
                               chart=not args.no_chart, overwrite=args.overwrite)
-    print(summary["table"], end="")
-    print(f"\nscored {summary['n_scored']} images ({summary['n_cached']} from the OCR cache), "
-          f"skipped {summary['n_skipped']}; reports in {out}")
-    for s in summary["skipped"][:10]:
-        print(f"  skipped {s['path']}: {s['reason']}")
-    if summary["n_skipped"] > 10:
-        print(f"  ... {summary['n_skipped'] - 10} more in {out / 'summary.json'}")
+    print(score_report(summary, out), end="")
     return 0

@@ -186,3 +186,14 @@ def score_paths(items: Sequence[ImageItem], skipped: Sequence[Mapping[str, Any]]
     meta["seconds"] = round(time.time() - started, 2)
     return write_reports(records, skipped, out_dir, thresholds, max_distance, group_by, {**meta, "partial": False},
                          chart=chart, overwrite=overwrite)
+
+
+def score_report(summary: Mapping[str, Any], out: Path) -> str:
+    """`vqclip score`'s report on stdout: the table, the counts and the first ten skipped images."""
+    lines = [summary["table"].rstrip("\n"), "",
+             f"scored {summary['n_scored']} images ({summary['n_cached']} from the OCR cache), "
+             f"skipped {summary['n_skipped']}; reports in {out}"]
+    lines += [f"  skipped {s['path']}: {s['reason']}" for s in summary["skipped"][:10]]
+    if summary["n_skipped"] > 10:
+        lines.append(f"  ... {summary['n_skipped'] - 10} more in {Path(out) / 'summary.json'}")
+    return "\n".join(lines) + "\n"

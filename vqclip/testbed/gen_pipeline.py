@@ -220,7 +220,7 @@ def score_batch(batch_dir: Path, detector: Path, out: Path, progress: bool) -> i
 def _score(batch_dir: Path, detector: Path, out: Path, progress: bool) -> int:
     from ..errors import bad_arg
     from ..evaluate.ocr import OcrCache
-    from ..evaluate.scoring import check_group_fields, output_paths, score_paths
+    from ..evaluate.scoring import check_group_fields, output_paths, score_paths, score_report
     from ..evaluate.sources import collect_images
     from ..evaluate.textscore import DEFAULT_MAX_DISTANCE
     from ..io import check_replaceable, check_writable, disk_errors
@@ -241,19 +241,8 @@ def _score(batch_dir: Path, detector: Path, out: Path, progress: bool) -> int:
         summary = score_paths(items, skipped, out, reader, OcrCache(reader.key, None), None, list(SCORE_THRESHOLDS),
                               DEFAULT_MAX_DISTANCE, group_by, None, True, 8, progress,
                               extra={"inputs": paths, "detector": info}, chart=False, overwrite=False)
-    _say_scores(summary, out)
+    print(score_report(summary, out), end="")
     return 0
-
-
-def _say_scores(summary: dict, out: Path) -> None:
-    """`vqclip score`'s report on stdout: the table, the counts and the first skipped images."""
-    print(summary["table"], end="")
-    print(f"\nscored {summary['n_scored']} images ({summary['n_cached']} from the OCR cache), "
-          f"skipped {summary['n_skipped']}; reports in {out}")
-    for s in summary["skipped"][:10]:
-        print(f"  skipped {s['path']}: {s['reason']}")
-    if summary["n_skipped"] > 10:
-        print(f"  ... {summary['n_skipped'] - 10} more in {out / 'summary.json'}")
 
 
 # ------------------------------------------------------------------------------------------------------- grid

@@ -11,8 +11,6 @@ import torch
 from conftest import class_photos
 from vqclip.cli import main
 
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

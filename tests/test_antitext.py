@@ -270,3 +270,14 @@ def test_the_testbed_measures_the_methods_in_a_batch_of_their_own_that_its_comma
                                                                 args.precision),
                      items, spaces, seeds, make_plan(items, spaces, seeds), projections_from_args(args, bases))
     assert batch.spec.to_record() == spec.to_record() and len(spec.jobs) == 2 * 6
+
+
+def test_a_batch_without_anti_text_records_the_settings_as_before_so_old_batches_resume():
+    from vqclip.batch.plan import ANTI_TEXT_FIELDS, base_settings_record
+
+    base = Settings(prompts=[], size=(16, 16), steps=1, cutn=2)
+    assert not set(ANTI_TEXT_FIELDS) & set(base_settings_record(base))
+    record = base_settings_record(Settings(prompts=[], size=(16, 16), steps=1, cutn=2, negative_text="the word",
+                                           anti_text="negative"))
+    assert record["negative_text"] == "the word" and record["anti_text"] == ["negative"]
+    assert "textoff_mode" not in record

@@ -133,7 +133,14 @@ def base_settings_record(base) -> dict:
     record = resolved.to_dict()
     for key in ("prompts", "seed"):
         record.pop(key)
+    defaults = {f.name: f.default for f in dataclasses.fields(base) if f.name in ANTI_TEXT_FIELDS}
+    for key in ANTI_TEXT_FIELDS:  # at their defaults they are left out: batches begun before them resume as before
+        if record.get(key) in (defaults[key], [], ()):
+            record.pop(key, None)
     return record
+
+
+ANTI_TEXT_FIELDS = ("anti_text", "negative_text", "negative_weight", "textoff", "textoff_mode", "textoff_weight")
 
 
 def item_fingerprint(item: PromptItem) -> str:

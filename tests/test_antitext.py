@@ -233,7 +233,8 @@ def test_reproduce_ocr_puts_the_extra_methods_beside_the_papers_columns(tiny_mod
     assert "--anti-text: reproduce runs the paper's columns as the paper did" in capsys.readouterr().err
 
 
-def test_the_testbed_measures_the_methods_in_a_batch_of_their_own_that_its_command_line_makes(tmp_path):
+@pytest.mark.parametrize("mode", ["target", "project"])
+def test_the_testbed_measures_the_methods_in_a_batch_of_their_own_that_its_command_line_makes(mode, tmp_path):
     """`vqclip testbed --generate --methods ...`: the extra columns follow the spaces, with the world's negative
     prompt and the run's own text direction, in generation-methods/; the plan is what `vqclip batch` makes of the
     printed command line."""
@@ -245,9 +246,13 @@ def test_the_testbed_measures_the_methods_in_a_batch_of_their_own_that_its_comma
     from vqclip.testbed.gen_pipeline import plan_batch
     from vqclip.testbed.generate import GenerationConfig, batch_args, prompts_csv, write_page
 
-    config = GenerationConfig(seeds=(0,), steps=2, cutn=2, methods="clip,negative,textoff,forget+negative")
+    config = GenerationConfig(seeds=(0,), steps=2, cutn=2, methods="clip,negative,textoff,forget+negative",
+                              textoff_mode=mode)
     assert config.columns == ("clip", "learn", "forget", "negative", "textoff", "forget+negative")
-    assert config.gen_dir == "generation-methods" and GenerationConfig().gen_dir == "generation"
+    assert config.gen_dir == {"target": "generation-methods", "project": "generation-methods-project"}[mode]
+    assert GenerationConfig().gen_dir == "generation"
+    with pytest.raises(VqclipError, match="--textoff-mode: unknown way"):
+        GenerationConfig(methods="textoff", textoff_mode="sideways")
     assert config.to_dict()["methods"] == ["negative", "textoff", "forget+negative"]
     with pytest.raises(VqclipError, match="--methods: unknown embedding space"):
         GenerationConfig(methods="blur")
@@ -262,6 +267,7 @@ def test_the_testbed_measures_the_methods_in_a_batch_of_their_own_that_its_comma
     fill_recipe_defaults(args)
     base = settings_from_args(args, "")
     assert base.negative_text == "the word" and base.textoff == str(tmp_path / "run" / "textoff.safetensors")
+    assert base.textoff_mode == batch.base.textoff_mode == mode
     items, spaces, seeds = load_prompt_files(args.files, args.word_type), parse_spaces(args.spaces), \
         seeds_from_args(args)
     bases = tuple(dict.fromkeys(base_space(s) for s in spaces))

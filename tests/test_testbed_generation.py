@@ -103,8 +103,8 @@ def test_cli_refuses_generation_flags_without_generate(capsys):
 
     assert main(["testbed", "--quick", "--gen-steps", "10", "--out", "unused"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--gen-seeds/--gen-steps/--world-models/--methods/--gen-templates: only apply with --generate" in err \
-        and len(err.splitlines()) == 1
+    flags = "--gen-seeds/--gen-steps/--world-models/--methods/--gen-templates/--textoff-mode"
+    assert f"{flags}: only apply with --generate" in err and len(err.splitlines()) == 1
     assert main(["testbed", "--quick", "--generate", "--gen-steps", "0", "--out", "unused"]) == 2
     assert "--gen-steps: must be at least 1" in capsys.readouterr().err
     assert main(["testbed", "--quick", "--generate", "--gen-seeds", "x", "--out", "unused"]) == 2
@@ -160,3 +160,21 @@ def test_the_library_batch_is_the_batch_its_command_line_makes(tmp_path):
     assert parse_group_size(args.group_size) == parse_group_size(config.group_size)
     assert (args.device, args.precision) == (DEVICE, PRECISION) and batch.vqgan == args.vqgan is None
     assert batch.action == "new" and batch.done == 0 and len(batch.mine) == len(spec.jobs) == 2 * 2 * 2 * 3
+
+
+def test_a_subset_of_templates_and_spaces_has_a_folder_of_its_own_and_checks_what_it_holds():
+    """The suite's guard generates only the cells its directions read; such an experiment never shares a batch
+    folder with the paper's whole table, and a direction whose spaces it lacks is left unchecked."""
+    config = GenerationConfig(templates=("word",), spaces=("forget", "clip"), methods="forget+negative")
+    assert config.spaces == ("clip", "forget") and config.columns == ("clip", "forget", "forget+negative")
+    assert config.gen_dir == "generation-methods-word-clip-forget" and config.to_dict()["spaces"] == ["clip", "forget"]
+    assert GenerationConfig(templates=("phrase", "word")).gen_dir == "generation"
+    assert GenerationConfig(templates=("word",)).gen_dir == "generation-word"
+    for bad in (("blur",), ()):
+        with pytest.raises(VqclipError, match="spaces: must name some of clip, learn, forget"):
+            GenerationConfig(spaces=bad)
+    margins = GenMargins.for_seeds(1)
+    word = table_rows(_images({"clip": 0.5, "forget": 0.1}), spaces=("clip", "forget"))
+    phrase = table_rows(_images({"clip": 0.1, "forget": 0.6}), spaces=("clip", "forget"))
+    checks = check_directions({0: {"word": word, "phrase": phrase}}, margins)
+    assert [(c["key"], c["passed"]) for c in checks] == [("forget_less_text", True)]

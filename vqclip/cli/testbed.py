@@ -82,6 +82,8 @@ def _add_projection_args(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     """--generate and its settings: the paper's OCR table in the world."""
+    from .choices import TEXT_MODES
+
     g = p.add_argument_group("generation: the paper's OCR table in the world")
     g.add_argument("--generate", action="store_true",
                    help="also train a VQGAN of the world and independent judges (text detector, object classifier), "
@@ -102,6 +104,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
                    help="also measure ways of keeping text out beside the three spaces, e.g. "
                         "negative,textoff,forget+negative (the testbed's own text direction; the negative prompt in "
                         "the world's words, 'the word'); written to generation-methods/ (docs/testbed.md)")
+    g.add_argument("--textoff-mode", default=None, choices=TEXT_MODES,
+                   help="how --methods uses the text direction: target (a negative target, the default) or project "
+                        "(removed from every embedding; written to generation-methods-project/)")
 
 
 def run(args) -> int:
@@ -181,11 +186,13 @@ def _gen_config(args):
     from ..testbed.generate import GenerationConfig
 
     if not args.generate:
-        given = [args.gen_seeds, args.gen_steps, args.world_models, args.methods, args.gen_templates]
+        given = [args.gen_seeds, args.gen_steps, args.world_models, args.methods, args.gen_templates,
+                 args.textoff_mode]
         if any(v is not None for v in given):
             from ..errors import bad_arg
 
-            raise bad_arg("--gen-seeds/--gen-steps/--world-models/--methods/--gen-templates", "only apply with --generate",
+            raise bad_arg("--gen-seeds/--gen-steps/--world-models/--methods/--gen-templates/--textoff-mode",
+                          "only apply with --generate",
                           next(v for v in given if v is not None),
                           "Add --generate.")
         return None
@@ -198,6 +205,8 @@ def _gen_config(args):
         overrides["steps"] = args.gen_steps
     if args.methods is not None:
         overrides["methods"] = args.methods
+    if args.textoff_mode is not None:
+        overrides["textoff_mode"] = args.textoff_mode
     if args.gen_templates is not None:
         overrides["templates"] = tuple(t.strip() for t in args.gen_templates.split(",") if t.strip())
     if args.world_models is not None:

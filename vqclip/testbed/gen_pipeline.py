@@ -58,8 +58,8 @@ def batch_settings(config, page: Path, testbed_out: Path | None = None):
     with extra methods, the world's negative prompt and the testbed run's text direction."""
     from ..generation import Settings
 
-    methods = ({"negative_text": config.negative_text, "textoff": str(Path(testbed_out) / "textoff.safetensors")}
-               if getattr(config, "methods", ()) else {})
+    methods = ({"negative_text": config.negative_text, "textoff": str(Path(testbed_out) / "textoff.safetensors"),
+                "textoff_mode": config.textoff_mode} if getattr(config, "methods", ()) else {})
     return Settings(prompts=[], size=(int(config.size), int(config.size)), steps=int(config.steps),
                     lr=float(config.lr), cutn=int(config.cutn), init_image=str(page), recipe=config.recipe,
                     **methods)

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import bad_arg
+from ..errors import bad_arg, choices_hint
+from ..spaces import TEXT_MODES
 
 SPACES = ("clip", "learn", "forget")
 # The world's own phrasing (its captions say "an image of a star", never "a photo of"), and the bare class word:
@@ -58,6 +59,7 @@ class GenerationConfig:
 
     seeds: tuple[int, ...] = (0, 1, 2)
     templates: tuple[str, ...] = ("word", "phrase")
+    spaces: tuple[str, ...] = SPACES  # fewer: only the cells some direction reads (the test suite's guard)
     steps: int = 100
     lr: float = 0.05
     cutn: int = 8
@@ -70,15 +72,22 @@ class GenerationConfig:
     # a folder of their own; the negative prompt in the world's words for writing ("... with the word moon").
     methods: tuple[str, ...] = ()
     negative_text: str = "the word"
+    textoff_mode: str = "target"  # the text direction as a negative target, or "project": removed from embeddings
 
     def __post_init__(self):
         self.seeds, self.templates = tuple(int(s) for s in self.seeds), tuple(self.templates)
+        if not self.spaces or not set(self.spaces) <= set(SPACES):
+            raise bad_arg("spaces", f"must name some of {', '.join(SPACES)}", self.spaces, "Leave the default.")
+        self.spaces = tuple(s for s in SPACES if s in self.spaces)
         self.page = tuple(int(v) for v in self.page)
         if self.methods:
             from ..batch import parse_spaces
 
             self.methods = tuple(m for m in parse_spaces(self.methods, "--methods") if m not in SPACES)
         self.methods = tuple(self.methods)
+        if self.textoff_mode not in TEXT_MODES:
+            raise bad_arg("--textoff-mode", "unknown way to use the text direction", self.textoff_mode,
+                          choices_hint(TEXT_MODES))
         if isinstance(self.margins, Mapping):
             self.margins = GenMargins(**self.margins)
         if not self.seeds:
@@ -96,18 +105,28 @@ class GenerationConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["seeds"], d["templates"], d["page"] = list(self.seeds), list(self.templates), list(self.page)
+        d["spaces"] = list(self.spaces)
         d["methods"] = list(self.methods)
         return d
 
     @property
     def columns(self) -> tuple[str, ...]:
-        """The batch's space column: the three spaces, then the extra methods."""
-        return SPACES + self.methods
+        """The batch's space column: the spaces, then the extra methods."""
+        return self.spaces + self.methods
 
     @property
     def gen_dir(self) -> str:
-        """The folder of this experiment in a testbed run: the paper's table alone, or with the extra methods."""
-        return GEN_DIR if not self.methods else f"{GEN_DIR}-methods"
+        """The folder of this experiment in a testbed run: `generation` for the paper's table, with what differs
+        from it in the name (`generation-methods`, `generation-methods-project`, `generation-word`, ...), so that
+        experiments of other shapes never meet in one batch folder."""
+        parts = [GEN_DIR]
+        if self.methods:
+            parts += ["methods"] + ([] if self.textoff_mode == TEXT_MODES[0] else [self.textoff_mode])
+        if set(self.templates) != set(TEMPLATES):
+            parts += self.templates
+        if self.spaces != SPACES:
+            parts += self.spaces
+        return "-".join(parts)
 
 
 def prompts_csv(classes: Sequence[str], templates: Sequence[str]) -> str:
@@ -124,8 +143,8 @@ def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config:
     """The `vqclip batch` command line of the generation batch: the testbed's CLIP and projections, the world
     VQGAN, every space, on the CPU, every image from the blank `page`. `gen_pipeline.generate_batch` makes the same
     batch through the library (tests/test_testbed_generation.py holds the two equal); this line reruns it by hand."""
-    methods = (["--negative-text", config.negative_text, "--textoff", str(testbed_out / "textoff.safetensors")]
-               if config.methods else [])
+    methods = (["--negative-text", config.negative_text, "--textoff", str(testbed_out / "textoff.safetensors"),
+                "--textoff-mode", config.textoff_mode] if config.methods else [])
     return ["batch", str(prompts), "--out", str(out), "--spaces", ",".join(config.columns), *methods,
             "--seeds", ",".join(map(str, config.seeds)),
             "--clip", f"local-dir:{testbed_out / 'clip'}", "--vqgan-checkpoint", str(vqgan),
@@ -244,9 +263,11 @@ GEN_DIRECTIONS = (("forget_less_text", "forget draws less text than clip", "clip
 
 
 def direction_values(by_template: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> dict[str, float]:
-    """Each direction's number from the rows of its template (directions whose template is missing are left out)."""
+    """Each direction's number from the rows of its template (directions whose template or spaces are missing are
+    left out)."""
     return {key: by_template[template][higher]["text"]["rate"] - by_template[template][lower]["text"]["rate"]
-            for key, _, _, template, (higher, lower) in GEN_DIRECTIONS if template in by_template}
+            for key, _, _, template, (higher, lower) in GEN_DIRECTIONS
+            if {higher, lower} <= set(by_template.get(template, ()))}
 
 
 def check_directions(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[str, Any]]]],
@@ -278,7 +299,7 @@ def _quiet(enabled: bool):
 
 def generate_in_world(testbed_out: str | os.PathLike, vqgan: str | os.PathLike, detector_dir: str | os.PathLike,
                       classes: Sequence[str], config: GenerationConfig, progress: bool = True) -> dict:
-    """Generate, score and measure for one testbed run (its clip/ and projections); writes `generation/` in it."""
+    """Generate, score and measure for one testbed run (its clip/ and projections); writes `config.gen_dir` in it."""
     from ..errors import VqclipError
     from ..io import write_json, write_text
     from ..models.clip import load_clip

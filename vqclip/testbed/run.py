@@ -11,7 +11,7 @@ import platform
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -77,7 +77,6 @@ def run_testbed_seeds(config: TestbedConfig, seeds: Sequence[int], out: str | os
     """`run_testbed` for each seed into `out/seed-N/`, and the directions on the median over the seeds
     (`out/summary.json`, `out/summary.md`)."""
     from ..io import writable_folder as writable_dir  # a read-only or full disk: exit 74
-    from ..io import write_json, write_text
 
     if not seeds or len(set(seeds)) != len(seeds):
         raise bad_arg("--seeds", "needs at least one seed, each listed once", list(seeds), "Use e.g. --seeds 0,1,2.")
@@ -85,13 +84,20 @@ def run_testbed_seeds(config: TestbedConfig, seeds: Sequence[int], out: str | os
     out = writable_dir(Path(out).expanduser(), "--out")
     results = {int(seed): run_testbed(replace(config, seed=int(seed)), out / f"seed-{seed}", progress, reuse_clip)
                for seed in seeds}
+    return summarise_seeds(config, results, out, time.perf_counter() - start)
+
+
+def summarise_seeds(config: TestbedConfig, results: Mapping[int, dict], out: Path, seconds: float) -> dict:
+    """The directions on the median over the seeds' results (`run_testbed`'s), written to `out/summary.{json,md}`."""
+    from ..io import write_json, write_text
+
     checks = check_median({seed: r["rows"] for seed, r in results.items()}, config.margins)
     summary = {
         "seeds": list(results), "checks": checks, "all_passed": all(c["passed"] for c in checks),
         "per_seed": {seed: {k: r[k] for k in ("rows", "checks", "all_passed", "attacked_object_probe")}
                      for seed, r in results.items()},
         "config": {k: v for k, v in config.to_dict().items() if k != "seed"},
-        "seconds": round(time.perf_counter() - start, 1), "machine": next(iter(results.values()))["machine"],
+        "seconds": round(seconds, 1), "machine": next(iter(results.values()))["machine"],
     }
     write_json(out / "summary.json", summary)
     write_text(out / "summary.md", markdown_summary(summary))

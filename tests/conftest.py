@@ -1,9 +1,28 @@
-"""Shared fixtures: tiny models built in code, no downloads."""
+"""Shared fixtures: tiny models built in code, no downloads.
+
+The suite runs in parallel under pytest-xdist (README's command: `-n 2`): each worker then keeps to its share of
+the cores (one thread on two cores; its subprocesses too, through OMP_NUM_THREADS), and the science checks' costly
+stages (the testbed's CLIP trainings, the world models) are computed once for all workers by `once`, whichever
+worker asks first, the others waiting on a file lock. Alone, pytest runs with two threads as before.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
 import pytest
-import torch
+
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = max(1, min(2, (os.cpu_count() or 1) // WORKERS))
+if WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)  # the CLI subprocesses of some tests
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS)
+
+torch.set_num_threads(THREADS)  # module- and session-scoped fixtures too, not only the tests (_isolated_cache)
 
 
 def pytest_addoption(parser):
@@ -11,6 +30,9 @@ def pytest_addoption(parser):
 
 
 def pytest_collection_modifyitems(config, items):
+    # The science checks first: xdist hands their groups out before the many short tests, which then fill the
+    # gaps; the order within each group is kept.
+    items.sort(key=lambda item: "testbed" not in item.keywords)
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: pass --run-slow")
@@ -64,7 +86,29 @@ def one_thread():
 def _isolated_cache(tmp_path, monkeypatch):
     """Every test gets its own empty vqclip cache."""
     monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(2)
+    torch.set_num_threads(THREADS)
+
+
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this test session sees (the session's own temporary folder without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    root.mkdir(exist_ok=True)
+    return root
+
+
+def once(tmp_path_factory, name: str, make: Callable[[], Any]) -> Any:
+    """What `make()` returns (through JSON), run once per test session by whichever xdist worker asks first; the
+    others wait on a file lock and read what it wrote. A `make` that fails leaves nothing, so the next asker tries
+    again (and fails the same way, in its own test)."""
+    from filelock import FileLock
+
+    root = shared_folder(tmp_path_factory)
+    done = root / f"{name}.json"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.is_file():
+            done.write_text(json.dumps(make()))
+    return json.loads(done.read_text())
 
 
 @pytest.fixture(autouse=True)

@@ -269,29 +269,103 @@ def test_ctrl_c_at_the_start_leaves_no_empty_out_folder(monkeypatch, tmp_path, c
 
 
 # ---------------------------------------------------------------------------------------------- end to end
+# The science checks, in two groups of about equal cost (one thread each, measured): under xdist (`-n 2 --dist
+# loadgroup`, README) each group runs on one worker from the start, the short tests filling the gaps. The costly
+# stages (a CLIP per seed, about 4.5 min; the world models, about 7; the generation, about 8) are computed once by
+# conftest.once, by whichever worker needs them first. Group A: CLIP seeds 0 and 1, then the generation on seed 0;
+# group B: the world models, CLIP seed 2, the median over the three seeds, the CLI's reuse of seed 0.
 QUICK_SEEDS = (0, 1, 2)
+GROUP_A, GROUP_B = pytest.mark.xdist_group("testbed-a"), pytest.mark.xdist_group("testbed-b")
+
+
+def _quick_seed(tmp_path_factory, seed: int) -> tuple[Path, dict]:
+    """(the shared testbed folder, run_testbed's results) of the reduced testbed for one CLIP seed, in seed-N/."""
+    from conftest import once, shared_folder
+    from vqclip.testbed.config import TestbedConfig
+    from vqclip.testbed.run import run_testbed
+
+    root = shared_folder(tmp_path_factory) / "testbed"
+
+    def run() -> dict:
+        run_testbed(TestbedConfig.quick(seed), root / f"seed-{seed}", progress=False)
+        return json.loads((root / f"seed-{seed}" / "results.json").read_text())
+
+    return root, once(tmp_path_factory, f"testbed-seed-{seed}", run)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """The reduced testbed on three seeds, once for the module: world, small CLIP, five-tuples, learn / forget and
-    evaluations per seed, and the directions on the median over the seeds (docs/testbed.md says why the median)."""
+    """The reduced testbed on three seeds: world, small CLIP, five-tuples, learn / forget and evaluations per seed,
+    and the directions on the median over the seeds (docs/testbed.md says why the median)."""
     from vqclip.testbed.config import TestbedConfig
-    from vqclip.testbed.run import run_testbed_seeds
+    from vqclip.testbed.run import summarise_seeds
 
-    out = tmp_path_factory.mktemp("testbed")
-    return out, run_testbed_seeds(TestbedConfig.quick(), QUICK_SEEDS, out, progress=False)
+    results = {}
+    for seed in QUICK_SEEDS:
+        root, results[seed] = _quick_seed(tmp_path_factory, seed)
+    seconds = sum(r["seconds"]["total"] for r in results.values())
+    return root, summarise_seeds(TestbedConfig.quick(), results, root, seconds)
+
+
+@pytest.fixture(scope="module")
+def world_models(tmp_path_factory) -> dict:
+    """The world VQGAN and the judges with their default recipes, as `vqclip testbed --generate` trains them."""
+    from conftest import once, shared_folder
+    from vqclip.testbed.config import TestbedConfig
+    from vqclip.testbed.generate import load_world_models, world_models_stage
+
+    folder = shared_folder(tmp_path_factory) / "world"
+    made = once(tmp_path_factory, "world-models",
+                lambda: world_models_stage(TestbedConfig.quick(0).world(), folder, progress=False)["folder"])
+    return load_world_models(made)
 
 
 @pytest.mark.testbed
+@GROUP_B
+def test_world_models_are_good_enough_judges(world_models):
+    """The text detector the generation's directions rest on, and the VQGAN that draws, on held-out pictures."""
+    detector, vqgan = world_models["detector"]["heldout"], world_models["vqgan"]["heldout"]
+    assert detector["clean"]["text_present"] >= 0.95 and detector["clean"]["text_false_positive_on_clutter"] <= 0.05
+    assert detector["clean"]["object"] >= 0.9
+    assert vqgan["psnr"] > 15 and vqgan["codebook_usage"] > 0.5
+
+
+@pytest.mark.testbed
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=GROUP_A), pytest.param(1, marks=GROUP_A),
+                                  pytest.param(2, marks=GROUP_B)])
+def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(tmp_path_factory, seed):
+    from vqclip.models.clip import load_clip
+    from vqclip.projections import load_projection
+
+    root, result = _quick_seed(tmp_path_factory, seed)
+    out = root / f"seed-{seed}"
+    assert result == json.loads((out / "results.json").read_text()) and result["config"]["seed"] == seed
+    clip = load_clip(f"local-dir:{out / 'clip'}", device="cpu")
+    for space, dim in (("learn", 16), ("forget", 64)):  # the presets' d/D = 1/8 and 1/2 of D = 128
+        projection = load_projection(out / f"{space}.safetensors", space, clip.embed_dim)
+        projection.check_clip(clip.identity, clip.embed_dim)
+        assert projection.dim == dim == result["rows"][space]["dim"]
+    assert 0 <= result["attacked_object_probe"] <= 1
+    report = (out / "results.md").read_text()
+    for space in ("clip", "learn", "forget"):
+        assert f"| {space} |" in report
+    annotation = json.loads((out / "attacks" / "annotation.json").read_text())
+    assert len(annotation) == 2 * result["config"]["n_attacks"]
+    assert all((out / "attacks" / name).is_file() for name in annotation)
+
+
+@pytest.mark.testbed
+@GROUP_B
 def test_quick_testbed_reproduces_the_papers_directions(quick_run):
-    _, summary = quick_run
+    root, summary = quick_run
     failed = [f"{c['claim']}: {c['detail']}" for c in summary["checks"] if not c["passed"]]
     assert not failed, "\n".join(failed)
     assert summary["all_passed"] and len(summary["checks"]) == 5 and summary["seeds"] == list(QUICK_SEEDS)
+    assert "median" in (root / "summary.md").read_text()
 
 
 @pytest.mark.testbed
+@GROUP_B
 def test_median_checks_are_the_medians_of_the_seeds(quick_run):
     from vqclip.testbed.report import direction_values
 
@@ -302,87 +376,106 @@ def test_median_checks_are_the_medians_of_the_seeds(quick_run):
 
 
 @pytest.mark.testbed
-def test_quick_testbed_writes_a_loadable_clip_projections_and_reports(quick_run):
-    from vqclip.models.clip import load_clip
-    from vqclip.projections import load_projection
+@GROUP_B
+def test_cli_reuses_the_small_clip_and_reproduces_the_numbers(tmp_path_factory, tmp_path, capsys):
+    import shutil
 
-    root, summary = quick_run
-    out = root / "seed-0"
-    result = json.loads((out / "results.json").read_text())
-    clip = load_clip(f"local-dir:{out / 'clip'}", device="cpu")
-    for space, dim in (("learn", 16), ("forget", 64)):  # the presets' d/D = 1/8 and 1/2 of D = 128
-        projection = load_projection(out / f"{space}.safetensors", space, clip.embed_dim)
-        projection.check_clip(clip.identity, clip.embed_dim)
-        assert projection.dim == dim == result["rows"][space]["dim"]
-    assert result["rows"] == summary["per_seed"][0]["rows"]
-    assert 0 <= result["attacked_object_probe"] <= 1
-    report = (out / "results.md").read_text()
-    for space in ("clip", "learn", "forget"):
-        assert f"| {space} |" in report
-    assert "median" in (root / "summary.md").read_text()
-    annotation = json.loads((out / "attacks" / "annotation.json").read_text())
-    assert len(annotation) == 2 * result["config"]["n_attacks"]
-    assert all((out / "attacks" / name).is_file() for name in annotation)
-
-
-@pytest.mark.testbed
-def test_cli_reuses_the_small_clip_and_reproduces_the_numbers(quick_run, capsys):
     from vqclip.cli import main
 
-    root, summary = quick_run
-    out = root / "seed-0"
+    root, result = _quick_seed(tmp_path_factory, 0)
+    out = tmp_path / "seed-0"  # the CLIP alone, copied: the shared run stays as the other tests read it
+    shutil.copytree(root / "seed-0" / "clip", out / "clip")
     # one seed alone is checked on its own numbers: its exit status follows its own checks
-    expected = 0 if summary["per_seed"][0]["all_passed"] else 1
+    expected = 0 if result["all_passed"] else 1
     assert main(["testbed", "--quick", "--out", str(out), "--reuse-clip", "--no-progress"]) == expected
     assert "| forget |" in capsys.readouterr().out
     again = json.loads((out / "results.json").read_text())
-    assert again["clip"]["reused"] and again["rows"] == summary["per_seed"][0]["rows"]  # same seed, same numbers
+    assert again["clip"]["reused"] and again["rows"] == result["rows"]  # same seed, same numbers
 
 
 # ---------------------------------------------------------------------------------------------- generation
-@pytest.fixture(scope="module")
-def quick_generation(quick_run, tmp_path_factory):
-    """The generation experiment, reduced to one CLIP: the world VQGAN and judges trained with their default
-    recipes (as `vqclip testbed --generate` does; about 3 minutes on two cores), then on the seed-0 quick CLIP and
-    its projections `vqclip batch` of the bare class words and the phrases in three spaces with generation seeds
-    0-2 (108 images; with fewer, one image moves a share by 17 points), `vqclip score --detector world:...`, the
-    object classifier, the table, the grid and the directions; under the default recipe, the paper's."""
+def _generation(tmp_path_factory, world_models, **config) -> tuple[Path, Path, dict]:
+    """The generation experiment on the seed-0 quick CLIP and its projections with the world models: `vqclip batch`
+    from a blank page with generation seeds 0-2 (with fewer, one image moves a share by 17 points), `vqclip score
+    --detector world:...`, the object classifier, the table, the grid and the directions, under the default recipe
+    (the paper's); only the cells the directions read (`config`), in two runs the two xdist workers share."""
     from vqclip.testbed.generate import GenerationConfig, run_generation
     from vqclip.testbed.config import TestbedConfig
 
-    root, _ = quick_run
+    root, _ = _quick_seed(tmp_path_factory, 0)
     out = tmp_path_factory.mktemp("generation")
-    return root, out, run_generation({0: root / "seed-0"}, TestbedConfig.quick(0).world(), out, GenerationConfig(),
-                                     progress=False)
+    config = GenerationConfig(**config)
+    return root / "seed-0" / config.gen_dir, out, run_generation(
+        {0: root / "seed-0"}, TestbedConfig.quick(0).world(), out, config, models_dir=world_models["folder"],
+        progress=False)
+
+
+# Issue 27's guard: vqclip's own text direction, as a negative target, writes the bare word on fewer images than
+# clip space (a direction, no margin; measured over CLIP seeds 0-5 on both kernel paths, README and docs/testbed.md).
+GUARD_METHOD = "textoff"
+
+
+@pytest.fixture(scope="module")
+def generation_word(tmp_path_factory, world_models):
+    """The bare class words in clip and forget space and with GUARD_METHOD: 6 words x 3 seeds x 3 = 54 images."""
+    return _generation(tmp_path_factory, world_models, templates=("word",), spaces=("clip", "forget"),
+                       methods=(GUARD_METHOD,))
+
+
+@pytest.fixture(scope="module")
+def generation_phrase(tmp_path_factory, world_models):
+    """"an image of a ..." in clip and learn space: 6 x 3 x 2 = 36 images."""
+    return _generation(tmp_path_factory, world_models, templates=("phrase",), spaces=("clip", "learn"))
 
 
 @pytest.mark.testbed
-def test_generation_reproduces_the_papers_directions(quick_generation):
-    """forget writes the bare word less often than clip; learn writes the phrase more often (docs/testbed.md)."""
-    _, _, summary = quick_generation
+@GROUP_A
+def test_generation_forget_writes_the_bare_word_less_than_clip(generation_word):
+    """The paper's direction in the world (docs/testbed.md), against the one-seed margin."""
+    _, _, summary = generation_word
     assert summary["models"]["detector"]["clean"]["text_present"] >= 0.95  # the judge the directions rest on
     failed = [f"{c['claim']}: {c['detail']}" for c in summary["checks"] if not c["passed"]]
     assert not failed, "\n".join(failed)
-    assert [c["key"] for c in summary["checks"]] == ["forget_less_text", "learn_more_text"]
+    assert [c["key"] for c in summary["checks"]] == ["forget_less_text"]
 
 
 @pytest.mark.testbed
-def test_generation_goes_through_batch_score_and_grid(quick_generation):
-    root, out, summary = quick_generation
-    gen = root / "seed-0" / "generation"
+@GROUP_B
+def test_generation_learn_writes_the_phrase_more_than_clip(generation_phrase):
+    _, _, summary = generation_phrase
+    failed = [f"{c['claim']}: {c['detail']}" for c in summary["checks"] if not c["passed"]]
+    assert not failed, "\n".join(failed)
+    assert [c["key"] for c in summary["checks"]] == ["learn_more_text"]
+
+
+@pytest.mark.testbed
+@GROUP_A
+def test_generation_guard_method_writes_less_than_clip(generation_word):
+    """Issue 27: GUARD_METHOD writes the bare word on fewer of its 18 images than clip (a direction, no margin)."""
+    _, _, summary = generation_word
+    rows = summary["by_template"]["word"]
+    assert rows[GUARD_METHOD]["text"]["n"] == rows["clip"]["text"]["n"] == 18
+    assert rows[GUARD_METHOD]["text"]["k"] < rows["clip"]["text"]["k"], rows
+
+
+@pytest.mark.testbed
+@GROUP_A
+def test_generation_goes_through_batch_score_and_grid(generation_word):
+    gen, out, summary = generation_word
+    columns = ("clip", "forget", GUARD_METHOD)
     manifest = [json.loads(line) for line in (gen / "batch" / "manifest.jsonl").read_text().splitlines()]
-    assert len(manifest) == 108 and all(line["status"] == "ok" for line in manifest)  # 6 x 2 templates x 3 x 3
-    assert {line["id"].split("/")[1].split("-")[0] for line in manifest} == {"clip", "learn", "forget"}
+    assert len(manifest) == 54 and all(line["status"] == "ok" for line in manifest)  # 6 words x 3 seeds x 3
+    assert {line["id"].split("/")[1].split("-")[0] for line in manifest} == set(columns)
     score = json.loads((gen / "score" / "summary.json").read_text())
-    assert score["detector"]["key"].startswith("world-text-") and score["n_scored"] == 108
+    assert score["detector"]["key"].startswith("world-text-") and score["n_scored"] == 54
     # the table counts what the detector and the object classifier said about each image
     images = json.loads((gen / "generation.json").read_text())["images"]
-    assert len(images) == 108
-    word = [im for im in images if im["template"] == "word"]
-    for space in ("clip", "learn", "forget"):
-        mine = [im for im in word if im["space"] == space]
+    assert len(images) == 54 and {im["template"] for im in images} == {"word"}
+    for space in columns:
+        mine = [im for im in images if im["space"] == space]
         assert summary["per_seed"][0]["by_template"]["word"][space]["text"]["k"] == sum(im["text"] for im in mine)
         assert summary["per_seed"][0]["by_template"]["word"][space]["object_seen"]["n"] == 18
     records = [json.loads(line) for line in (gen / "score" / "scores.jsonl").read_text().splitlines()]
     assert sorted(bool(r["detections"]) for r in records) == sorted(im["text"] for im in images)
-    assert (gen / "grid.png").is_file() and "| forget | 18 |" in (out / "generation_summary.md").read_text()
+    summary_md = (out / "generation-methods-word-clip-forget_summary.md").read_text()
+    assert (gen / "grid.png").is_file() and "| forget | 18 |" in summary_md and f"| {GUARD_METHOD} | 18 |" in summary_md

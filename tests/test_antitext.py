@@ -214,7 +214,8 @@ def test_reproduce_ocr_puts_the_extra_methods_beside_the_papers_columns(tiny_mod
     words_file.write_text("apple,real\nzezr,nonsense\n")
     out = tmp_path / "r"
     cmd = ["reproduce", "ocr", "--words", str(words_file), "--size", "16", "16", "--steps", "1", "--out", str(out),
-           "--grid-words", "1", "--methods", "clip,forget,negative,textoff,forget+negative", *tiny_model_flags]
+           "--grid-words", "1", "--methods", "clip,forget,negative,textoff,forget+negative", "--judge-clip", "none",
+           *tiny_model_flags]  # the object judge: tests/test_object_judge.py
     assert main(cmd) == 0, capsys.readouterr().err
     ocr = json.loads((out / "report.json").read_text())["sections"]["ocr"]
     assert ocr["spaces"] == ["clip", "learn", "forget", "negative", "textoff", "forget+negative"]

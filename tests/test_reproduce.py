@@ -113,7 +113,7 @@ def test_all_runs_end_to_end_offline_and_resumes(tiny_model_flags, tiny_clip_id,
                                                 words_file, tmp_path, capsys):
     out = tmp_path / "report"
     cmd = ["reproduce", "all", "--words", str(words_file), "--scale", "0.001", "--size", "16", "16", "--steps", "1",
-           "--out", str(out), "--grid-words", "2", *tiny_model_flags]
+           "--out", str(out), "--grid-words", "2", "--judge-clip", "none", *tiny_model_flags]  # judge: own tests
     assert main(cmd) == 0
     assert "estimate" not in capsys.readouterr().err  # -q (in tiny_model_flags) hides info lines
     assert drive == ["https://drive.google.com/drive/folders/17v74pmQs2zHrs9sJ_8D0bfrz5ykB5ZW2"]
@@ -235,7 +235,7 @@ def test_shards_generate_apart_and_the_last_one_reports(tiny_model_flags, projec
     monkeypatch.setattr(loop, "run_many", failing_run_many)
     out = tmp_path / "r"
     cmd = ["reproduce", "ocr", "--words", str(words_file), "--size", "16", "16", "--steps", "1",  # the whole list
-           "--out", str(out), "--grid-words", "0", *tiny_model_flags]
+           "--out", str(out), "--grid-words", "0", "--judge-clip", "none", *tiny_model_flags]
     assert main(cmd + ["--shard", "0/2"]) == 0
     assert "other shares are not done yet" in capsys.readouterr().err
     assert not (out / "report.json").exists()

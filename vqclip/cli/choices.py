@@ -12,6 +12,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # vqclip.models.clip
 DEFAULT_CLIP = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
+# vqclip.evaluate.objectjudge.DEFAULT_JUDGE_CLIP: the second CLIP of `reproduce ocr --judge-clip`
+JUDGE_CLIP = "ViT-B-16:laion2b_s34b_b88k"
 # vqclip.generation
 AUGMENTATIONS = ("affine", "perspective", "jitter", "erasing", "sharpness", "grayscale", "flip")  # cutouts
 METHODS = ("zquant", "codebook")  # settings

@@ -84,7 +84,7 @@ def _typographic_args(p) -> None:
 
 
 def _ocr_args(p) -> None:
-    from .choices import PAPER_GENERATION as G
+    from .choices import JUDGE_CLIP, PAPER_GENERATION as G
     from .generate import add_model_args, add_settings_args
 
     g = p.add_argument_group("text in generated images")
@@ -107,6 +107,11 @@ def _ocr_args(p) -> None:
     g.add_argument("--methods", default=None, metavar="LIST",
                    help="also measure these ways of keeping text out, as columns beside the paper's (whose three "
                         "stay its recipe): e.g. clip,forget,negative,textoff,forget+negative (docs/method.md §10)")
+    g.add_argument("--judge-clip", default=JUDGE_CLIP, metavar="MODEL[:PRETRAINED]",
+                   help="a second CLIP, not the guiding one, that classifies each real word's images zero-shot over "
+                        "the run's real words to say whether the object is still there (a proxy: CLIPs read text; "
+                        "also reported on the images without OCR text): NAME:TAG, NAME:FILE, local-dir:PATH or "
+                        f"hf-hub:ORG/REPO. Default {JUDGE_CLIP}; none = no check")
     add_settings_args(p)
     add_model_args(p)
     set_default(p, "recipe", "paper", "the generation recipe (default paper: Crowson's codebook-sampling notebook "
@@ -146,6 +151,7 @@ def _ocr_options(args, typographic: bool):
     from ..batch.plan import base_settings_record
     from ..batch.shard import resolve_shard
     from ..errors import check_seed
+    from ..evaluate.objectjudge import check_judge_clip
     from ..evaluate.typographic import check_template
     from ..reproduce.ocr_run import check_ocr_flags
     from ..reproduce.options import SPACES
@@ -161,9 +167,10 @@ def _ocr_options(args, typographic: bool):
     settings = settings_from_args(args, "")
     base_settings_record(settings)  # flag errors name the flag before any word is blamed
     methods = _methods(args)
+    judge = check_judge_clip(args.judge_clip, args.clip, args.pretrained)
     shard = resolve_shard(args.shard)
     return _options(args, settings=settings, shard=shard, projections=projections_from_args(args, SPACES),
-                    methods=methods)
+                    methods=methods, judge_clip=args.judge_clip.strip() if judge else None)
 
 
 def _methods(args) -> tuple[str, ...]:

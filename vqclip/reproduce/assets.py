@@ -47,6 +47,11 @@ def offline_hint(o: ReproduceOptions, vqgan: bool = False, already: str = "") ->
         if cache_status(asset, o.cache_dir) == "not cached":
             for remote in (asset.config, asset.checkpoint):
                 needed.append((f"{remote.filename} from {remote.urls[0]}", cached_file(asset, remote, o.cache_dir)))
+    if vqgan:  # a run that generates also judges the objects afterwards (--judge-clip)
+        from .judge import judge_needs
+
+        needed += [(f"the --judge-clip weights {n.name} from {n.source}", n.path)
+                   for n in judge_needs(o) if not n.present]
     text = ""
     for what, where in dict.fromkeys(needed):
         if str(where) not in already:

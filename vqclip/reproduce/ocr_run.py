@@ -154,7 +154,14 @@ def run_ocr_part(o: ReproduceOptions, plan: OcrPlan, models, reader, progress: P
         return None, code
     scored, grids = _score_and_draw(o, plan, reader, progress, timing)
     timing["generation_seconds_per_image"] = _seconds_per_image(plan)
-    return ocr_section(o, plan, models, est, summary, unfinished, scored, grids, timing), code
+    section = ocr_section(o, plan, models, est, summary, unfinished, scored, grids, timing)
+    if o.judge_clip:
+        from .judge import object_section
+
+        section["object"] = object_section(o, plan, scored, models, progress)
+        section["files"]["judgements"] = section["object"]["file"]
+        timing["judge"] = section["object"]["seconds"]
+    return section, code
 
 
 def _generate(o: ReproduceOptions, plan: OcrPlan, models, progress: Progress) -> tuple[Any, dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
+from ..evaluate.objectjudge import DEFAULT_JUDGE_CLIP
 from ..evaluate.typographic import DEFAULT_TEMPLATE
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
 
@@ -56,6 +57,9 @@ class ReproduceOptions:
     # ways of keeping text out measured beside the paper's spaces (forget+negative, ...; issue 27); the paper's
     # three columns always run with the paper's recipe
     methods: tuple[str, ...] = ()
+    # the second CLIP that judges whether each real word's object is still in its images, `MODEL[:PRETRAINED]`
+    # (checked: `evaluate.objectjudge.check_judge_clip`); None: no object check
+    judge_clip: str | None = DEFAULT_JUDGE_CLIP
 
     @property
     def columns(self) -> tuple[str, ...]:

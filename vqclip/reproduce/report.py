@@ -178,6 +178,8 @@ def _ocr_md(s: Mapping[str, Any], command: str | None, folder: Path) -> list[str
             lines.append(f"| {metric} | {word_type} | " + " | ".join(
                 format_comparison(leg.get((metric, word_type, sp), {})) for sp in spaces) + " |")
         lines.append("")
+    if s.get("object"):
+        lines += _object_md(s["object"], spaces)
     for page in s.get("grids", []):
         lines += [f"![{Path(page).stem}]({_rel(page, folder)})", ""]
     recipe = s.get("recipe") or {}
@@ -195,6 +197,23 @@ def _ocr_md(s: Mapping[str, Any], command: str | None, folder: Path) -> list[str
     if command:
         lines += [f"Command: `{command}`", ""]
     return lines
+
+
+def _object_md(obj: Mapping[str, Any], spaces: list[str]) -> list[str]:
+    """The object check: "object kept (judge)" and "object kept, no text" beside each column of the OCR table."""
+    j = obj["judge"]
+    rows = {r["space"]: r for r in obj["rows"]}
+    lines = [f"Is the prompted object still there? A second CLIP, `{j['clip']}` (not the guiding one), classifies "
+             f"each real word's image zero-shot over the run's {j['words']} real words (\"{j['template']}\"; chance "
+             f"{j['chance_percent']:g} %); the object is kept when its top-1 word is the prompt word. This is "
+             f"{j['note']} ({j['no_text']}). Nonsense words have no object and are not judged.", "",
+             f"| measure | words | {' | '.join(spaces)} |", "|---|---|" + "---|" * len(spaces)]
+    for key, label in (("kept", "object kept (judge)"), ("kept_no_text", "object kept, no text")):
+        lines.append(f"| {label} | real | " + " | ".join(format_comparison(rows.get(sp, {}).get(key, {}))
+                                                        for sp in spaces) + " |")
+    if obj.get("unreadable"):
+        lines += ["", f"{obj['unreadable']} of {obj['judged']} images could not be read by the judge."]
+    return lines + [""]
 
 
 def summary_lines(sections: Mapping[str, Any], folder: str | os.PathLike) -> list[str]:
@@ -219,4 +238,13 @@ def _ocr_summary(s: Mapping[str, Any]) -> list[str]:
     return [f"Text in generated images: {j['scored']} images scored of {j['planned']} planned"
             f"{'' if s['complete'] else ' (incomplete)'}; share with any OCR text, % [95 % CI] (k/n):",
             *(f"  > {r['threshold']:<4g} {r['word_type']:<8} {r['space']:<6} {format_comparison(r):<28} "
-              f"paper {format_paper(r)}" for r in s["rows"])]
+              f"paper {format_paper(r)}" for r in s["rows"])] + _object_summary(s.get("object"))
+
+
+def _object_summary(obj: Mapping[str, Any] | None) -> list[str]:
+    if not obj:
+        return []
+    return [f"Object kept, judged by {obj['judge']['clip']} (a proxy: CLIPs read text; see the report), real words, "
+            "% [95 % CI] (k/n):",
+            *(f"  {r['space']:<16} kept {format_comparison(r['kept']):<28} no text "
+              f"{format_comparison(r['kept_no_text'])}" for r in obj["rows"])]

@@ -92,16 +92,20 @@ def _preflight(o: ReproduceOptions, typographic: bool, echo: Echo) -> bool:
     """Every file the run needs (CLIP, VQGAN, the projections, the paper's photos), before any download: one
     message for all that are missing when they cannot be fetched. A --dry-run without network prints them and
     returns False (the time estimate needs the models) instead of failing."""
-    from ..preflight import format_table, network_available, preflight
+    from ..preflight import MissingAssets, format_table, network_available, preflight
     from .assets import needs
+    from .judge import judge_missing_error, judge_needs
 
     missing = needs(o, [(s, o.projections.get(s)) for s in SPACES], vqgan=True,
-                    paper_dataset=typographic and not o.dataset)
+                    paper_dataset=typographic and not o.dataset) + judge_needs(o)
     if o.dry_run and any(not n.present for n in missing) and not network_available():
         echo("no network: the time estimate needs the models, and these are missing:")
         echo(format_table([n for n in missing if not n.present]))
         return False
-    preflight(missing)
+    try:
+        preflight(missing)
+    except MissingAssets as e:
+        raise judge_missing_error(o, e.missing) or e from None
     return True
 
 

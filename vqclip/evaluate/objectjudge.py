@@ -32,10 +32,11 @@ PROXY_NOTE = ("a proxy: the judge is a zero-shot CLIP, and CLIPs read written wo
 # ------------------------------------------------------------------------------------------------ the flag
 
 def parse_judge_clip(text: str | None) -> tuple[str, str | None] | None:
-    """`MODEL[:PRETRAINED]` -> (model, pretrained); `none` (or nothing) -> None.
+    """`MODEL:PRETRAINED` -> (model, pretrained); `none` (or nothing) -> None.
 
     `local-dir:PATH` and `hf-hub:ORG/REPO` are one model each (they carry their weights); otherwise the text is cut
-    at the first colon, so a weights file may be given as `ViT-B-16:/path/to/weights.bin`.
+    at the first colon, so a weights file may be given as `ViT-B-16:/path/to/weights.bin`. A named model without
+    weights is refused: open_clip would build it with random ones.
     """
     from ..models.clip import HF_HUB, LOCAL_DIR
 
@@ -45,10 +46,11 @@ def parse_judge_clip(text: str | None) -> tuple[str, str | None] | None:
     if text.startswith((LOCAL_DIR, HF_HUB)):
         return text, None
     name, _, pretrained = text.partition(":")
-    if not name:
-        raise bad_arg(ARG, "needs a model name before the colon (MODEL[:PRETRAINED])", text,
-                      f"Try --judge-clip {DEFAULT_JUDGE_CLIP}, or --judge-clip none.")
-    return name, pretrained or None
+    if not name or not pretrained.strip():
+        raise bad_arg(ARG, "a named model needs its weights after a colon, MODEL:PRETRAINED (without them open_clip "
+                      "builds a CLIP with random weights, which sees nothing)", text,
+                      f"Try --judge-clip {DEFAULT_JUDGE_CLIP}, a weights file as MODEL:FILE, or --judge-clip none.")
+    return name, pretrained
 
 
 def _as_judge_error(error: VqclipError, spec: str) -> VqclipError:

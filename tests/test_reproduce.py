@@ -351,6 +351,7 @@ def test_real_small_scale_run_of_everything_on_a_gpu(tmp_path, capsys):
     assert report["ocr"]["complete"] and report["ocr"]["jobs"]["scored"] == 12
     assert len(report["ocr"]["rows"]) == 18 and all(r["paper"] is not None for r in report["ocr"]["rows"])
     assert {"learn projection", "forget projection", "vqgan"} <= set(report["ocr"]["models"]["files"])
+    assert report["ocr"]["object"]["judged"] == 2 * 3  # the default judge CLIP: 2 real words x 3 spaces
     assert report["typographic"]["dataset"]["evaluated"] >= 170
 
 

@@ -209,10 +209,14 @@ def test_the_default_judge_missing_offline_is_one_line_before_any_image(tiny_mod
     from vqclip import preflight
 
     monkeypatch.setattr(preflight, "probe_network", lambda *a, **k: False)
-    code, out = _run(tiny_model_flags, tmp_path)  # the tiny guide is here; the default judge is not
+    code, out = _run(tiny_model_flags, tmp_path, "--methods", "negative")  # the tiny guide is here, the judge not
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert err.startswith("vqclip reproduce: error: --judge-clip: the judge CLIP's weights are not on this machine")
     assert "got 'ViT-B-16:laion2b_s34b_b88k'" in err and "huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K" in err
     assert "--judge-clip none" in err
     assert not (out / "ocr" / "batch").exists()
+    # without --methods the paper's table alone needs no judge: the same offline run goes through without one
+    code, out = _run(tiny_model_flags, tmp_path)
+    assert code == 0, capsys.readouterr().err
+    assert "object" not in json.loads((out / "report.json").read_text())["sections"]["ocr"]

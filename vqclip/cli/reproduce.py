@@ -107,11 +107,12 @@ def _ocr_args(p) -> None:
     g.add_argument("--methods", default=None, metavar="LIST",
                    help="also measure these ways of keeping text out, as columns beside the paper's (whose three "
                         "stay its recipe): e.g. clip,forget,negative,textoff,forget+negative (docs/method.md §10)")
-    g.add_argument("--judge-clip", default=JUDGE_CLIP, metavar="MODEL[:PRETRAINED]",
+    g.add_argument("--judge-clip", default=None, metavar="MODEL[:PRETRAINED]",
                    help="a second CLIP, not the guiding one, that classifies each real word's images zero-shot over "
                         "the run's real words to say whether the object is still there (a proxy: CLIPs read text; "
                         "also reported on the images without OCR text): NAME:TAG, NAME:FILE, local-dir:PATH or "
-                        f"hf-hub:ORG/REPO. Default {JUDGE_CLIP}; none = no check")
+                        f"hf-hub:ORG/REPO. Default with --methods {JUDGE_CLIP} (a further download), without them "
+                        "none (the paper's table alone has no object check)")
     add_settings_args(p)
     add_model_args(p)
     set_default(p, "recipe", "paper", "the generation recipe (default paper: Crowson's codebook-sampling notebook "
@@ -153,6 +154,7 @@ def _ocr_options(args, typographic: bool):
     from ..errors import check_seed
     from ..evaluate.objectjudge import check_judge_clip
     from ..evaluate.typographic import check_template
+    from .choices import JUDGE_CLIP
     from ..reproduce.ocr_run import check_ocr_flags
     from ..reproduce.options import SPACES
     from .batch import projections_from_args
@@ -167,6 +169,8 @@ def _ocr_options(args, typographic: bool):
     settings = settings_from_args(args, "")
     base_settings_record(settings)  # flag errors name the flag before any word is blamed
     methods = _methods(args)
+    if args.judge_clip is None:  # the object check belongs to the methods' comparison; asked for, it runs alone too
+        args.judge_clip = JUDGE_CLIP if methods else "none"
     judge = check_judge_clip(args.judge_clip, args.clip, args.pretrained)
     shard = resolve_shard(args.shard)
     return _options(args, settings=settings, shard=shard, projections=projections_from_args(args, SPACES),

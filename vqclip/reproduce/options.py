@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
-from ..evaluate.objectjudge import DEFAULT_JUDGE_CLIP
 from ..evaluate.typographic import DEFAULT_TEMPLATE
 from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
 
@@ -58,8 +57,9 @@ class ReproduceOptions:
     # three columns always run with the paper's recipe
     methods: tuple[str, ...] = ()
     # the second CLIP that judges whether each real word's object is still in its images, `MODEL[:PRETRAINED]`
-    # (checked: `evaluate.objectjudge.check_judge_clip`); None: no object check
-    judge_clip: str | None = DEFAULT_JUDGE_CLIP
+    # (checked: `evaluate.objectjudge.check_judge_clip`; the CLI's default with --methods is DEFAULT_JUDGE_CLIP);
+    # None: no object check
+    judge_clip: str | None = None
 
     @property
     def columns(self) -> tuple[str, ...]:

@@ -1,6 +1,6 @@
 """Shared fixtures: tiny models built in code, no downloads.
 
-The suite runs in parallel under pytest-xdist (README's command: `-n 2`): each worker then keeps to its share of
+The suite runs in parallel under pytest-xdist (README's command: `-n 2`, tests/testbed_stages.py): each worker keeps to its share of
 the cores (one thread on two cores; its subprocesses too, through OMP_NUM_THREADS), and the science checks' costly
 stages (the testbed's CLIP trainings, the world models) are computed once for all workers by `once`, whichever
 worker asks first, the others waiting on a file lock. Alone, pytest runs with two threads as before.

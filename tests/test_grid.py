@@ -167,6 +167,16 @@ def test_wrap_text_breaks_long_words_and_ellipsises():
     assert len(lines) == 3 and lines[-1].endswith("…") and all(font.getlength(l) <= 60 for l in lines)
 
 
+def test_a_method_label_too_long_for_its_column_breaks_after_a_plus():
+    from PIL import ImageFont
+
+    font = ImageFont.load_default(size=12)
+    width = int(font.getlength("forget+negati"))  # "forget+negative" does not fit; "forget+" does
+    assert wrap_text("forget+negative · seed 0", font, width, 3)[:2] == ["forget+", "negative ·"]
+    lines = wrap_text("forgetnegative", font, width, 3)  # no joint: between letters, as before
+    assert "".join(lines) == "forgetnegative" and len(lines) == 2 and len(lines[0]) > len("forget+")
+
+
 def test_grid_cli_errors(tmp_path, capsys):
     assert main(["grid", str(tmp_path / "nope")]) == 2
     assert "DIR" in capsys.readouterr().err

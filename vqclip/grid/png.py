@@ -133,8 +133,12 @@ def _fonts(style: GridStyle, font_file: str | None = None):
             _load_font(font_file, style.font_size + 3))
 
 
+WORD_JOINTS = ("+", "-", "_", "/")  # where a word too long for a line is broken first (method labels, file names)
+
+
 def wrap_text(text: str, font, width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap to `width` pixels; words longer than a line are broken; overflow ends with '…'."""
+    """Greedy word wrap to `width` pixels; words longer than a line are broken, after a '+', '-', '_' or '/' where
+    one fits, else between letters; overflow ends with '…'."""
     lines: list[str] = []
     for paragraph in str(text).splitlines() or [""]:
         line = ""
@@ -149,6 +153,8 @@ def wrap_text(text: str, font, width: int, max_lines: int) -> list[str]:
                 cut = 1
                 while cut < len(word) and font.getlength(word[:cut + 1]) <= width:
                     cut += 1
+                joint = max(word.rfind(j, 0, cut) for j in WORD_JOINTS)  # after a '+' of "forget+negative", ...
+                cut = joint + 1 if joint > 0 else cut
                 lines.append(word[:cut])
                 word = word[cut:]
             line = word

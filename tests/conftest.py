@@ -32,7 +32,7 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     # The science checks first: xdist hands their groups out before the many short tests, which then fill the
     # gaps; the order within each group is kept.
-    items.sort(key=lambda item: "testbed" not in item.keywords)
+    items.sort(key=lambda item: item.get_closest_marker("testbed") is None)  # the marker, not a test id "testbed"
     if config.getoption("--run-slow"):
         return
     skip = pytest.mark.skip(reason="slow: pass --run-slow")

@@ -375,7 +375,10 @@ def test_sigterm_stops_a_batch_cleanly_and_releases_its_claim(model_args, tmp_pa
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err and "Run the same command again to resume" in err
+    # (once, in a CI run under xdist, the process ended by SIGINT, -2, instead: not reproduced since; the tail of
+    # its stderr is in the message if it happens again)
+    assert proc.returncode == 130, (proc.returncode, err[-3000:])
+    assert "Traceback" not in err and "Run the same command again to resume" in err
     assert not list((out / ".claims").glob("*.lock")) and not (out / "manifest.jsonl").exists()
 
 

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from vqclip.cli import main
+from vqclip.evaluate.objectjudge import DEFAULT_JUDGE_CLIP
 from vqclip.evaluate.ocr import Detection
 from vqclip.evaluate.textscore import PAPER_ANY_TEXT, wilson_interval
 from vqclip.io import read_jsonl, sha256_file
@@ -345,13 +346,14 @@ def test_real_small_scale_run_of_everything_on_a_gpu(tmp_path, capsys):
     if not all(_reachable(h) for h in ("drive.google.com", "huggingface.co", "heibox.uni-heidelberg.de")):
         pytest.skip("no network: Google Drive, the Hugging Face hub or heibox cannot be reached")
     out = tmp_path / "r"
-    assert main(["reproduce", "all", "--scale", "0.001", "--steps", "50", "--out", str(out), "-q"]) == 0, \
+    judge = ["--judge-clip", DEFAULT_JUDGE_CLIP]  # off by default without --methods; asked for, it judges here too
+    assert main(["reproduce", "all", "--scale", "0.001", "--steps", "50", "--out", str(out), "-q", *judge]) == 0, \
         capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())["sections"]
     assert report["ocr"]["complete"] and report["ocr"]["jobs"]["scored"] == 12
     assert len(report["ocr"]["rows"]) == 18 and all(r["paper"] is not None for r in report["ocr"]["rows"])
     assert {"learn projection", "forget projection", "vqgan"} <= set(report["ocr"]["models"]["files"])
-    assert report["ocr"]["object"]["judged"] == 2 * 3  # the default judge CLIP: 2 real words x 3 spaces
+    assert report["ocr"]["object"]["judged"] == 2 * 3  # the judge CLIP: 2 real words x 3 spaces
     assert report["typographic"]["dataset"]["evaluated"] >= 170
 
 

@@ -52,12 +52,11 @@ class ColourEncoder:
         return F.normalize(torch.tensor([self.colour[t] for t in texts]), dim=1)
 
 
-def test_images_from_files_and_tensors_are_judged_in_order_and_an_unreadable_one_is_left_out(tmp_path):
-    red = tmp_path / "red.png"
+def test_image_files_are_judged_in_order_and_an_unreadable_one_is_left_out(tmp_path):
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
     Image.new("RGB", (20, 12), (230, 20, 10)).save(red)
+    Image.new("RGB", (16, 16), (0, 0, 230)).save(blue)
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    blue = torch.zeros(3, 16, 16)
-    blue[2] = 0.9
     out = judge_images(ColourEncoder(), [red, blue, tmp_path / "broken.png", red],
                        ["apple", "tree", "house", "house"], WORDS + ["apple"])
     assert [(v["word"], v["top1"], v["kept"]) for v in out] == [("apple", "apple", True), ("tree", "house", False),

@@ -125,6 +125,9 @@ def canonical_hash(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
+ANTI_TEXT_FIELDS = ("anti_text", "negative_text", "negative_weight", "textoff", "textoff_mode", "textoff_weight")
+
+
 def base_settings_record(base) -> dict:
     """The batch-wide settings as recorded (resolved, without prompts and seed)."""
     from ..generation.prompts import Prompt
@@ -138,9 +141,6 @@ def base_settings_record(base) -> dict:
         if record.get(key) in (defaults[key], [], ()):
             record.pop(key, None)
     return record
-
-
-ANTI_TEXT_FIELDS = ("anti_text", "negative_text", "negative_weight", "textoff", "textoff_mode", "textoff_weight")
 
 
 def item_fingerprint(item: PromptItem) -> str:

@@ -18,7 +18,6 @@ import torch
 from ..errors import VqclipError, bad_arg
 from .common import Encoder, encode_images, encode_texts
 from .textscore import rate
-from .typographic import zero_shot_predictions
 
 DEFAULT_JUDGE_CLIP = "ViT-B-16:laion2b_s34b_b88k"  # another architecture and training set than OpenAI ViT-B/32
 OTHER_JUDGE_CLIP = "ViT-B-32:openai"  # suggested when the guide is the default judge itself
@@ -117,33 +116,22 @@ def judge_features(image_feats: torch.Tensor, word_feats: torch.Tensor, words: S
         raise ValueError(f"judge_features: {image_feats.shape[0]} images but {len(prompt_words)} prompt words")
     if image_feats.shape[0] == 0:
         return []
-    top = zero_shot_predictions(image_feats.float(), word_feats.float())  # (N,)
-    sims = (image_feats.float() @ word_feats.float().T).gather(1, top[:, None]).squeeze(1)  # (N,)
+    # the nearest word prompt, as the typographic protocol's zero_shot_predictions picks it, and its similarity
+    sims, top = (image_feats.float() @ word_feats.float().T).max(dim=1)  # (N, C) -> (N,), (N,)
     return [{"top1": words[j], "kept": words[j] == w, "similarity": round(float(s), 5)}
             for j, w, s in zip(top.tolist(), prompt_words, sims.tolist())]
 
 
-def _loader(image: str | os.PathLike | torch.Tensor) -> Callable:
-    """A loader of one image: a file (read with vqclip's size limit), or a (3, H, W) tensor in [0, 1], turned into
-    8-bit pixels as a saved PNG would hold them."""
-    if isinstance(image, torch.Tensor):
-        def from_tensor():
-            from PIL import Image
-
-            if image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(f"expected a (3, H, W) tensor in [0, 1]; got shape {tuple(image.shape)}")
-            arr = (image.detach().float().clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
-            return Image.fromarray(arr, "RGB")
-        return from_tensor
-
-    def from_file():
+def _loader(path: str | os.PathLike) -> Callable:
+    """A loader of one image file, read with vqclip's size limit (`encode_images` calls it in its batch)."""
+    def load():
         from ..untrusted import open_image
 
-        return open_image(image)
-    return from_file
+        return open_image(path)
+    return load
 
 
-def judge_images(clip: Encoder, images: Sequence[str | os.PathLike | torch.Tensor], prompt_words: Sequence[str],
+def judge_images(clip: Encoder, images: Sequence[str | os.PathLike], prompt_words: Sequence[str],
                  words: Sequence[str], template: str = JUDGE_TEMPLATE, batch_size: int = 32,
                  progress: bool = False) -> list[dict]:
     """Classify each image zero-shot over `words` with `clip` (`models.clip.load_clip`'s ClipModel, or any

@@ -135,7 +135,7 @@ def nerdyrodent_augments(codes=("Af", "Pe", "Ji", "Er")):
     """generate.py's MakeCutouts augmentation list for its --augments codes (default Af Pe Ji Er)."""
     import kornia.augmentation as K
 
-    built = {"Ji": lambda: K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
+    built = {"Ji": lambda: K.ColorJiggle(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
              "Sh": lambda: K.RandomSharpness(sharpness=0.3, p=0.5),
              "Pe": lambda: K.RandomPerspective(distortion_scale=0.7, p=0.7),
              "Af": lambda: K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros",

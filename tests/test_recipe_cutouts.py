@@ -198,7 +198,7 @@ def _nerdyrodent_latest(image: torch.Tensor, cut: int, cutn: int, codes: list[st
     modules = {
         "Af": lambda: K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros", keepdim=True),
         "Pe": lambda: K.RandomPerspective(distortion_scale=0.7, p=0.7),
-        "Ji": lambda: K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
+        "Ji": lambda: K.ColorJiggle(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
         "Er": lambda: K.RandomErasing(scale=(.1, .4), ratio=(.3, 1 / .3), same_on_batch=True, p=0.7),
         "Sh": lambda: K.RandomSharpness(sharpness=0.3, p=0.5),
     }
@@ -249,6 +249,27 @@ def test_pooled_cutouts_without_noise_and_gradient():
     assert torch.equal(out, pooled.expand(4, -1, -1, -1))
     out.sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_pooled_jitter_is_kornia_054s_additive_brightness_and_multiplicative_contrast():
+    """nerdyrodent pins kornia 0.5.4, whose ColorJitter adds brightness - 1 and multiplies by the contrast factor
+    (each clamped), in a random order per call; kornia >= 0.6 keeps it as ColorJiggle. On a uniform grey the
+    saturation and hue steps change nothing, so each cutout is those two formulas in the drawn order (kornia 0.9's
+    ColorJitter would scale the grey by the brightness factor and leave it under contrast)."""
+    make = PooledCutouts((16, 16), 8, ("jitter",), 0.0)
+    grey = 0.4
+    for seed in (0, 1, 2):
+        out = make(torch.full((1, 3, 40, 48), grey), [torch.Generator().manual_seed(seed)])
+        params = make.augs[0]._params
+        b, c, applied = params["brightness_factor"], params["contrast_factor"], params["batch_prob"] > 0.5
+        expected = torch.full((8,), grey)
+        for step in params["order"].tolist():
+            if step == 0:
+                expected = (expected + b - 1).clamp(0, 1)
+            elif step == 1:
+                expected = (expected * c).clamp(0, 1)
+        expected = torch.where(applied, expected, torch.full_like(expected, grey))
+        assert applied.any() and (out[:, :, 0, 0] - expected[:, None]).abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("name", ["grayscale", "flip"])

@@ -7,7 +7,9 @@
 - `PooledCutouts` (recipe `nerdyrodent`): nerdyrodent/VQGAN-CLIP generate.py's default cut method `latest`: every
   cutout is the whole image, average- and max-pooled to CLIP's input size and averaged, then kornia augmentations
   (the installed kornia's classes, with generate.py's parameters) in the given order, then noise of a random
-  strength up to `noise`. No clamp.
+  strength up to `noise`. No clamp. generate.py pins kornia 0.5.4, whose `ColorJitter` (additive brightness,
+  multiplicative contrast, HSV saturation and hue, in a random order) is `ColorJiggle` in kornia >= 0.6; kornia's
+  `ColorJitter` now follows torchvision's formulas, so the recipe builds `ColorJiggle`.
 
 Both follow `MakeCutouts`' convention: `maker(images (G, 3, H, W), generators: G torch.Generators)` gives
 (G * cutn, 3, ch, cw), job g's cutouts in rows g*cutn .. (g+1)*cutn - 1, each job's randomness from its own
@@ -148,8 +150,8 @@ def _nerdyrodent_module(code: str):
     """The kornia module generate.py's `MakeCutouts` (cut method latest) builds for an --augments code."""
     import kornia.augmentation as K
 
-    if code == "Ji":
-        return K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7)
+    if code == "Ji":  # kornia 0.5.4's ColorJitter (nerdyrodent pins it), kept since kornia 0.6 as ColorJiggle
+        return K.ColorJiggle(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7)
     if code == "Sh":
         return K.RandomSharpness(sharpness=0.3, p=0.5)
     if code == "Pe":

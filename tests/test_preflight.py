@@ -182,3 +182,100 @@ def test_a_missing_extra_alone_is_said_without_probing_the_network(monkeypatch):
     with pytest.raises(preflight.MissingAssets, match="not installed: easyocr: install it with pip install"):
         preflight.preflight([need])
     assert calls == []
+
+
+# Issue 36 item 12: each piece of offline advice is a command the installed tools run, putting files where the code
+# that reads them looks.
+
+def _hf_help() -> str:
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hf = shutil.which("hf") or str(Path(sys.executable).parent / "hf")
+    done = subprocess.run([hf, "download", "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _commands(text: str, prefix: str) -> list[str]:
+    import re
+
+    return [c for c in re.findall(r"`([^`]+)`", text) if c.startswith(prefix)]
+
+
+@pytest.mark.parametrize("clip, pretrained", [("ViT-B-32", "openai"), ("hf-hub:laion/CLIP-ViT-B-16-laion2B-s34B-b88K",
+                                                                        None)])
+def test_the_clip_weights_advice_is_an_hf_download_the_installed_hub_ships(fresh, clip, pretrained):
+    """huggingface_hub >= 1.0 ships only `hf` (no `huggingface-cli`): the advice names `hf download` with flags it
+    has, writing into the very hub folder the preflight checks."""
+    need = preflight.clip_need(clip, pretrained)
+    line = need.line()
+    assert "huggingface-cli" not in line
+    commands = _commands(line, "hf ")
+    assert len(commands) == 2, line  # into the cache layout; or into a folder passed to vqclip
+    help_text = _hf_help()
+    for command in commands:
+        words = command.split()
+        assert words[:2] == ["hf", "download"]
+        for flag in (w for w in words if w.startswith("--")):
+            assert f"{flag} " in help_text, (flag, help_text)
+    assert f"--cache-dir {fresh / 'hub'}" in commands[0] and f"{need.path}/" in line
+
+
+def _hub_layout(hub, repo: str, filename: str, refs: bool = True):
+    """What `hf download REPO FILE --cache-dir HUB` writes (huggingface_hub's documented cache layout):
+    models--ORG--NAME/blobs/ETAG, refs/main holding the commit, snapshots/COMMIT/FILE linking to the blob."""
+    folder = hub / f"models--{repo.replace('/', '--')}"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (folder / "blobs").mkdir(parents=True)
+    (folder / "blobs" / "e7ag").write_bytes(b"weights")
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / filename).symlink_to("../../blobs/e7ag")
+    if refs:
+        (folder / "refs").mkdir()
+        (folder / "refs" / "main").write_text(commit)
+    return folder / "snapshots" / commit / filename
+
+
+@pytest.mark.parametrize("refs", [True, False])
+def test_the_folder_the_advice_says_to_copy_is_what_open_clip_reads_offline(fresh, monkeypatch, refs):
+    """The advice copies the whole models--ORG--NAME folder: open_clip reads the weights through hf_hub_download,
+    which offline needs refs/main to find snapshots/REV/ (the file alone, or a snapshot without refs, is not found)."""
+    import huggingface_hub
+    from open_clip.pretrained import download_pretrained_from_hf
+
+    need = preflight.clip_need("ViT-B-32", "openai")
+    repo = "timm/vit_base_patch32_clip_224.openai"
+    assert need.path == str(fresh / "hub" / f"models--{repo.replace('/', '--')}")
+    weights = _hub_layout(fresh / "hub", repo, "open_clip_model.safetensors", refs=refs)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert preflight.clip_need("ViT-B-32", "openai").present  # the preflight looks under snapshots/
+    if refs:
+        found = download_pretrained_from_hf(repo, "open_clip_pytorch_model.bin", cache_dir=str(fresh / "hub"))
+        assert os.path.samefile(found, weights)
+    else:
+        with pytest.raises(Exception):
+            download_pretrained_from_hf(repo, "open_clip_pytorch_model.bin", cache_dir=str(fresh / "hub"))
+
+
+def test_the_projection_advice_says_where_train_writes(fresh):
+    """`vqclip train` writes <cache>/projections/<clip>/<space>.safetensors, not into published/ (the paper's
+    folder): the advice names each path for what goes there."""
+    from vqclip.projections import projection_path
+    from vqclip.spelling.train import write_projection
+
+    line = preflight.projection_need("forget", "ViT-B-32/openai").line()
+    written = projection_path("forget", "ViT-B-32/openai")
+    assert f"put them in {fresh / 'cache' / 'projections' / 'ViT-B-32_openai' / 'published'}/" in line
+    assert f"`vqclip train --space forget`, which writes {written}" in line
+    other = preflight.projection_need("learn", "ViT-B-16/openai", clip_flags="--clip ViT-B-16 --pretrained openai")
+    assert other.line().endswith(f"which writes {projection_path('learn', 'ViT-B-16/openai')}")
+    import torch
+    from vqclip.spelling.train import TrainResult
+
+    W = torch.linalg.qr(torch.randn(512, 8, generator=torch.Generator().manual_seed(0)))[0].T
+    result = TrainResult(W, "forget", 8, {"L1": 1.0}, 1.0, 0, [], {}, {}, 0.0)
+    assert write_projection(result, "ViT-B-32/openai") == written and written.is_file()  # what train writes

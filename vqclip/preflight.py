@@ -37,11 +37,12 @@ class Need:
     path: str  # the exact file or folder to put it at
     source: str  # where to get it: a URL, or the command that makes it
     fetchable: bool = True  # vqclip downloads it itself when the network is there
+    how: str = ""  # the whole instruction, when "get SOURCE and put it at PATH" does not say it
 
     def line(self) -> str:
         if self.kind == "extra":
             return f"{self.kind} {self.name}: {self.source}"
-        return f"{self.kind} {self.name}: get {self.source} and put it at {self.path}"
+        return f"{self.kind} {self.name}: {self.how or f'get {self.source} and put it at {self.path}'}"
 
 
 def _reachable(host: str, port: int, timeout: float) -> bool:
@@ -94,9 +95,25 @@ def _hub_cache(cache: str | os.PathLike | None) -> Path:
     return (Path(home).expanduser() if home else Path("~/.cache/huggingface").expanduser()) / "hub"
 
 
+def hub_folder(repo: str, hub: Path) -> Path:
+    """huggingface_hub's cache folder of a model repo: HUB/models--ORG--NAME (blobs/, refs/, snapshots/REV/)."""
+    return hub / f"models--{repo.replace('/', '--')}"
+
+
+def hub_advice(repo: str, files: Sequence[str], hub: Path) -> str:
+    """The command that fetches `repo` (or its `files`) into the cache layout open_clip reads, for a machine with
+    network: huggingface_hub's own CLI, `hf` (it no longer ships `huggingface-cli`), writing into `hub` itself so
+    the folder to copy has the same path on both machines. open_clip reads the file through `hf_hub_download`,
+    which offline resolves refs/main to snapshots/REV/FILE: the whole folder is needed, not the file alone."""
+    names = "".join(f" {f}" for f in files)
+    return (f"on a machine with network run `hf download {repo}{names} --cache-dir {hub}` (from "
+            f"https://huggingface.co/{repo}), then copy the whole folder {hub_folder(repo, hub)}/ (its blobs/, refs/ "
+            "and snapshots/) to the same path here")
+
+
 def _hub_present(repo: str, filenames: Iterable[str], hub: Path) -> bool:
     """Whether the hub cache holds one of `filenames` of `repo` (looked up on disk, no network)."""
-    folder = hub / f"models--{repo.replace('/', '--')}" / "snapshots"
+    folder = hub_folder(repo, hub) / "snapshots"
     return folder.is_dir() and any(p.is_file() for name in filenames for p in folder.glob(f"*/{name}"))
 
 
@@ -111,9 +128,9 @@ def clip_need(name: str, pretrained: str | None, cache: str | os.PathLike | None
     if name.startswith(HF_HUB):
         repo = name[len(HF_HUB):].strip("/")
         return Need("CLIP weights", name, _hub_present(repo, ("open_clip_config.json",), hub),
-                    str(hub / f"models--{repo.replace('/', '--')}"),
-                    f"https://huggingface.co/{repo} (`huggingface-cli download {repo}` on a machine with network, "
-                    "then copy that folder)")
+                    str(hub_folder(repo, hub)), f"https://huggingface.co/{repo}",
+                    how=hub_advice(repo, (), hub) + f"; or `hf download {repo} --local-dir DIR` there and pass "
+                    "--clip local-dir:DIR")
     if not pretrained:
         return None
     try:
@@ -127,11 +144,10 @@ def clip_need(name: str, pretrained: str | None, cache: str | os.PathLike | None
         repo, filename = os.path.split(str(cfg["hf_hub"]).rstrip("/")) if not str(cfg["hf_hub"]).endswith("/") \
             else (str(cfg["hf_hub"]).strip("/"), "")
         files = (filename,) if filename else ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-        return Need("CLIP weights", label, _hub_present(repo, files, hub),
-                    str(hub / f"models--{repo.replace('/', '--')}"),
-                    f"https://huggingface.co/{repo} (`huggingface-cli download {repo} {files[0]}"
-                    f"{' --cache-dir ' + str(hub) if cache else ''}` on a machine with network, then copy that "
-                    f"folder; or pass the weights file with --pretrained FILE)")
+        return Need("CLIP weights", label, _hub_present(repo, files, hub), str(hub_folder(repo, hub)),
+                    f"https://huggingface.co/{repo}",
+                    how=hub_advice(repo, files[:1], hub) + f"; or `hf download {repo} {files[0]} --local-dir DIR` "
+                    f"there and pass --pretrained DIR/{files[0]}")
     if cfg.get("url"):
         target = Path(cache).expanduser() / "clip" if cache else Path("~/.cache/clip").expanduser()
         path = target / os.path.basename(str(cfg["url"]))
@@ -166,14 +182,15 @@ def projection_need(space: str, clip_identity: str | None, cache: str | os.PathL
     asset = registered_projection(clip_identity, space)
     if path.is_file():
         return Need("projection", f"{space} ({clip_identity})", True, str(path), "")
-    train = f"`vqclip train --space {space}{' ' + clip_flags if clip_flags else ''}` (writes it there)"
+    train = f"`vqclip train --space {space}{' ' + clip_flags if clip_flags else ''}`"
     if asset is None:
-        return Need("projection", f"{space} ({clip_identity})", False, str(path),
-                    train + (" - --auto-train does this first" if auto_train else ""), fetchable=auto_train)
+        return Need("projection", f"{space} ({clip_identity})", False, str(path), train, fetchable=auto_train,
+                    how=f"run {train}, which writes {path}" + (" (--auto-train does this first)" if auto_train else ""))
     folder = published_dir(asset, cache)
     return Need("projection", f"{space} ({clip_identity})", bool(_published_files(folder)), f"{folder}/",
-                f"the files of {asset.folders[0]} (the paper's learn and forget matrices; vqclip tells them apart "
-                f"and converts them), or {train}")
+                f"the files of {asset.folders[0]}",
+                how=f"get the files of {asset.folders[0]} (the paper's learn and forget matrices; vqclip tells them "
+                    f"apart and converts them) and put them in {folder}/, or run {train}, which writes {path}")
 
 
 def paper_dataset_need(cache: str | os.PathLike | None = None) -> Need:

@@ -31,7 +31,8 @@ def judge_needs(o: ReproduceOptions) -> list:
     if need is None:
         return []
     return [dataclasses.replace(need, kind=JUDGE_KIND,
-                                source=need.source.replace("--pretrained FILE", f"{ARG} MODEL:FILE"))]
+                                how=need.how.replace("--pretrained ", f"{ARG} {judge[0]}:")
+                                .replace("--clip local-dir:", f"{ARG} local-dir:"))]
 
 
 def judge_missing_error(o: ReproduceOptions, missing: Sequence) -> VqclipError | None:
@@ -41,8 +42,12 @@ def judge_missing_error(o: ReproduceOptions, missing: Sequence) -> VqclipError |
         return None
     n = missing[0]
     return bad_arg(ARG, "the judge CLIP's weights are not on this machine, and it cannot download them now",
-                   o.judge_clip, f"Get {n.source} and put it at {n.path}, or pass --judge-clip none to skip the "
-                   "object check.")
+                   o.judge_clip, f"{_capital(n.how) if n.how else f'Get {n.source} and put it at {n.path}'}, or "
+                   "pass --judge-clip none to skip the object check.")
+
+
+def _capital(text: str) -> str:
+    return text[:1].upper() + text[1:]
 
 
 def judged_records(scores: Sequence[Mapping[str, Any]], jobs, threshold: float) -> list[dict]:

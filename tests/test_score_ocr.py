@@ -234,3 +234,48 @@ def test_unknown_group_by_field_is_refused_before_ocr_listing_known_ones(tmp_pat
     assert "--group-by: no image has this metadata field" in err and "nosuch" in err
     assert "settings.steps" in err and "seed" in err and "Traceback" not in err
     assert not (batch / "score").exists()
+
+
+def test_score_leaves_nothing_in_a_fresh_home(tmp_path):
+    """Issue 36 item 14: `vqclip score` used to leave ~/.EasyOCR/user_network/ (empty; EasyOCR creates it for custom
+    recognisers) and ~/.config/matplotlib/ plus ~/.cache/matplotlib/ (matplotlib's config and font cache, on import
+    for the chart). A fresh HOME keeps only vqclip's own cache folder; a MPLCONFIGDIR the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("easyocr")
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (48, 48), "white").save(images / "a.png")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("VQCLIP_CACHE", "MPLCONFIGDIR", "EASYOCR_MODULE_PATH",
+                                                             "MODULE_PATH", "XDG_CONFIG_HOME", "XDG_CACHE_HOME")}
+    env.update(HOME=str(home), OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "vqclip", "score", str(images), "--out", str(tmp_path / "score"),
+                           "--device", "cpu", "-q"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "score" / "chart.png").is_file()  # matplotlib did run
+    left = sorted(str(p.relative_to(home)) for p in home.rglob("*") if not str(p.relative_to(home)).startswith(
+        os.path.join(".cache", "vqclip")))
+    assert left == [".cache"], left
+
+
+def test_matplotlib_goes_to_vqclips_cache_only_when_the_user_chose_nothing(monkeypatch, tmp_path):
+    import os
+    import sys
+
+    from vqclip.cache import matplotlib_dir
+
+    monkeypatch.delitem(sys.modules, "matplotlib", raising=False)
+    monkeypatch.setenv("VQCLIP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "mine"))
+    matplotlib_dir()
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "mine")
+    monkeypatch.delenv("MPLCONFIGDIR")
+    matplotlib_dir()
+    assert os.environ["MPLCONFIGDIR"] == str(tmp_path / "cache" / "matplotlib")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
 
 
@@ -31,3 +32,14 @@ def slug(text: str, max_len: int = 80) -> str:
     """A file-name-safe version of `text` (letters, digits, '.', '_', '-')."""
     s = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")
     return (s or "x")[:max_len]
+
+
+MATPLOTLIB_ENV = "MPLCONFIGDIR"
+
+
+def matplotlib_dir() -> None:
+    """Before vqclip imports matplotlib: unless the user set MPLCONFIGDIR, point it at <cache>/matplotlib, so its
+    config folder and font cache go there instead of ~/.config/matplotlib and ~/.cache/matplotlib (created on
+    import). Too late once matplotlib is imported; then it is the importer's choice."""
+    if not os.environ.get(MATPLOTLIB_ENV) and "matplotlib" not in sys.modules:
+        os.environ[MATPLOTLIB_ENV] = str(cache_dir() / "matplotlib")

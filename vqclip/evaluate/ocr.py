@@ -88,8 +88,11 @@ class EasyOcrReader:
             log.info("loading EasyOCR (%s) from %s", self.key, self.model_dir)
             with warnings.catch_warnings():  # EasyOCR's CPU quantisation uses an API torch now warns about
                 warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+                # user_network_directory: EasyOCR creates it (default ~/.EasyOCR/user_network, left empty) and
+                # reads custom recognisers from it; vqclip uses none, so it names the weights' own folder.
                 self._reader = easyocr.Reader(list(self.langs), gpu=gpu, model_storage_directory=str(self.model_dir),
-                                              download_enabled=False, verbose=False)
+                                              user_network_directory=str(self.model_dir), download_enabled=False,
+                                              verbose=False)
         return self._reader
 
     def read(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:

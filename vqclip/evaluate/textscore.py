@@ -286,6 +286,9 @@ SPACE_COLOURS = {"learn": "#3b6fb6", "clip": "#8c8c8c", "forget": "#c8453c"}  # 
 def bar_chart(groups: Sequence[Mapping[str, Any]], path, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
               max_distance: float = DEFAULT_MAX_DISTANCE) -> None:
     """Grouped bars like the paper's figure: one panel per measure, word groups on x, one bar per space."""
+    from ..cache import matplotlib_dir
+
+    matplotlib_dir()  # its config and font cache in vqclip's cache, not in HOME
     try:
         from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
     except ImportError as e:

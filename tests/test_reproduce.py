@@ -388,3 +388,33 @@ def test_the_library_runs_a_part_without_the_cli(tmp_path, tiny_clip_id, project
     assert reproduce_typographic(o, echo=lines.append) == 0
     assert lines[0].startswith("Typographic attacks: 6 photos") and lines[-1] == f"report: {out / 'report.md'}"
     assert json.loads((out / "report.json").read_text())["commands"] == {"typographic": "by hand"}
+
+
+class _NoWordfreq:
+    """A meta-path finder that makes `import wordfreq` fail as it does without the `train` extra."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "wordfreq" or name.startswith("wordfreq."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+def test_dry_run_needs_no_train_extra(tiny_model_flags, projections, fake_ocr, tmp_path, capsys, monkeypatch):
+    """Issue 36 item 13: `reproduce all --dry-run` printed `Real-word lists need wordfreq` and stopped; the plan's
+    counts and the estimate need no words, so a dry run plans with stand-ins and says the run needs the extra."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "wordfreq" or m.startswith("wordfreq.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_NoWordfreq(), *sys.meta_path])
+    with pytest.raises(ImportError):
+        __import__("wordfreq")
+    out = tmp_path / "r"
+    flags = ["--scale", "0.001", "--size", "16", "16", "--steps", "300", "--out", str(out), *tiny_model_flags]
+    assert main(["reproduce", "ocr", "--dry-run", *flags]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "2 real + 2 nonsense words x 3 spaces = 12 images" in printed
+    assert 'drawn from wordfreq when the run starts, which needs the `train` extra: pip install -e ".[train]"' in printed
+    assert "12 images x 300 steps x" in printed and not out.exists()
+    assert main(["reproduce", "ocr", *flags]) == 2  # the run itself still needs the words, and says so
+    assert 'need wordfreq: pip install "vqclip[train]"' in capsys.readouterr().err and not (out / "ocr").exists()

@@ -8,11 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import VqclipError, bad_arg
+from ..errors import MissingExtraError, VqclipError, bad_arg
 from ..generation.groups import parse_group_size
 from . import ocr
 from .options import PROG, SPACES, ReproduceOptions
 from .progress import CountingReader, Progress, say
+
+PLACEHOLDER = "placeholder: wordfreq is not installed"  # a dry run's stand-in words (their recipe's source)
 
 
 def check_ocr_flags(group_size: str | int, ocr_batch_size: int, grid_words: int) -> int | str:
@@ -55,8 +57,12 @@ class OcrPlan:
         return [j for j in self.spec.jobs if job_state(self.batch_dir, j, self.spec.job_fp(j), ok) != "done"]
 
     def describe(self, shard) -> str:
-        return (f"{self.per_set} real + {self.per_set} nonsense words x {len(self.spec.spaces)} spaces = "
+        text = (f"{self.per_set} real + {self.per_set} nonsense words x {len(self.spec.spaces)} spaces = "
                 f"{len(self.spec.jobs)} images; share {shard}: {len(self.mine)}, {len(self.todo)} to generate")
+        if self.words.recipe.get("source") == PLACEHOLDER:
+            text += ("; the words are drawn from wordfreq when the run starts, which needs the `train` extra: "
+                     'pip install -e ".[train]" (or: pip install wordfreq)')
+        return text
 
 
 def plan_ocr(o: ReproduceOptions) -> OcrPlan:
@@ -85,10 +91,24 @@ def _words(o: ReproduceOptions, folder: Path) -> tuple[Any, int]:
     per_set = 0
     if o.scale is not None or not o.words:
         per_set = ocr.words_per_set(1.0 if o.scale is None else o.scale)
-    words = ocr.word_list(folder, o.seed, o.words, save=False)
+    try:
+        words = ocr.word_list(folder, o.seed, o.words, save=False)
+    except MissingExtraError:
+        if not o.dry_run:
+            raise
+        words = _placeholder_words(per_set)  # the plan's counts need no words; the run will draw them
     if o.scale is None and o.words:  # your own list: all of it (as many of each set as both have)
         per_set = max(1, min(sum(words.is_real), len(words) - sum(words.is_real)))
     return words, per_set
+
+
+def _placeholder_words(per_set: int):
+    """A dry run without wordfreq (the `train` extra): stand-in words, so the plan and the time estimate need
+    nothing but the counts; describe() says the real words are drawn when the run starts."""
+    from ..spelling.words import WordList
+
+    words = [f"{kind}{i + 1}" for i in range(per_set) for kind in ocr.WORD_SETS]
+    return WordList(words, [w.startswith("real") for w in words], {"source": PLACEHOLDER})
 
 
 def _check_batch_dir(batch_dir: Path, record: dict) -> str:

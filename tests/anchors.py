@@ -83,8 +83,9 @@ def notebook_resample(x, size):
     return F.interpolate(x.view(n, c, h, w), size, mode="bicubic", align_corners=True)
 
 
-def notebook_cutouts(image, cut_size, cutn, cut_pow, gen):
-    """The notebook's MakeCutouts.forward on one image: per cutout a side, an x and a y offset, one at a time."""
+def notebook_cutouts(image, cut_size, cutn, cut_pow, gen=None):
+    """The notebook's MakeCutouts.forward on one image: per cutout a side, an x and a y offset, one at a time (from
+    `gen`, or from torch's global RNG as the notebook draws them)."""
     side_y, side_x = image.shape[2:4]
     max_size, min_size = min(side_x, side_y), min(side_x, side_y, cut_size)
     cutouts = []
@@ -96,19 +97,31 @@ def notebook_cutouts(image, cut_size, cutn, cut_pow, gen):
     return _Clamp.apply(torch.cat(cutouts), 0, 1)
 
 
-def notebook_run(clip, vqgan, target, *, size, steps, cutn, seed, lr=0.05, cut_pow=1.0):
-    """The notebook's loop (ascend_txt / train) for one text target, with its draws on explicit generators.
+def notebook_run(clip, vqgan, target, *, size, steps, cutn, seed, lr=0.05, cut_pow=1.0, image_prompt=None,
+                 image_weight=1.0):
+    """The notebook's run (its seeding, ascend_txt, train) for one text target and optionally one image prompt
+    (a (1, 3, H, W) tensor, already sized as its resize_image sizes it, with its weight), on the CPU.
 
-    vqclip gives each job an init generator seeded with the seed, and derives from it, in this order, the sample
-    generator, the cutout generator (CPU) and the image-prompt generator: the same plumbing is mirrored here so that
-    both draw the same numbers. Returns the per-step losses and the argmax image the notebook's checkin shows."""
-    init = torch.Generator().manual_seed(seed)
+    Its seeding: `torch.manual_seed(seed)`, then every draw from torch's global RNG in the notebook's order: the
+    standard normal logits, the image prompt's cutouts, then per step the token samples (one multinomial) and the
+    step's cutouts. (On CUDA its logits and samples come from the GPU's generator, seeded with the same seed, and
+    its cutouts from the CPU's.) The global RNG is left as it was. Returns the per-step losses and the argmax image
+    the notebook's checkin shows."""
+    with torch.random.fork_rng(devices=[]):
+        return _notebook_run(clip, vqgan, target, size, steps, cutn, seed, lr, cut_pow, image_prompt, image_weight)
+
+
+def _notebook_run(clip, vqgan, target, size, steps, cutn, seed, lr, cut_pow, image_prompt, image_weight):
+    torch.manual_seed(seed)
     f, codebook = vqgan.factor, vqgan.codebook.detach()
     toks_y, toks_x, n_toks = size[1] // f, size[0] // f, codebook.shape[0]
-    logits = torch.randn([toks_y * toks_x, n_toks], generator=init).requires_grad_(True)
-    sample_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=init)))
-    cut_gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=init)))
+    logits = torch.randn([toks_y * toks_x, n_toks]).requires_grad_(True)
     opt = torch.optim.AdamW([logits], lr=lr, weight_decay=0.0)
+    prompts = [(target, 1.0)]
+    if image_prompt is not None:
+        with torch.no_grad():
+            embeds = clip.encode_image(notebook_cutouts(image_prompt, clip.input_size[0], cutn, cut_pow)).float()
+        prompts.append((embeds, image_weight))
 
     def synth(one_hot):
         z = (one_hot @ codebook).view([-1, toks_y, toks_x, codebook.shape[1]]).permute(0, 3, 1, 2)
@@ -118,11 +131,11 @@ def notebook_run(clip, vqgan, target, *, size, steps, cutn, seed, lr=0.05, cut_p
     for _ in range(steps):
         opt.zero_grad()
         probs = logits.softmax(1)
-        one_hot = F.one_hot(probs.multinomial(1, generator=sample_gen)[..., 0], n_toks).to(logits.dtype)
+        one_hot = F.one_hot(probs.multinomial(1)[..., 0], n_toks).to(logits.dtype)
         out = synth(_Replace.apply(one_hot, probs))
-        embeds = clip.encode_image(notebook_cutouts(out, clip.input_size[0], cutn, cut_pow, cut_gen)).float()
-        loss = prompt_term(embeds, target)
-        losses.append(float(loss))
+        embeds = clip.encode_image(notebook_cutouts(out, clip.input_size[0], cutn, cut_pow)).float()
+        loss = sum(prompt_term(embeds, p, w) for p, w in prompts)
+        losses.append(float(loss.detach()))
         loss.backward()
         opt.step()
     with torch.no_grad():
@@ -193,7 +206,7 @@ def nerdyrodent_run(clip, vqgan, target, *, size, steps, cutn, seed, lr=0.1, ini
         if init_weight:
             result.insert(0, F.mse_loss(z, torch.zeros_like(z)) * ((1 / torch.tensor(i * 2 + 1)) * init_weight) / 2)
         loss = sum(result)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         loss.backward()
         opt.step()
         with torch.no_grad():

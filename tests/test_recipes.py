@@ -96,28 +96,57 @@ def test_the_paper_recipe_defaults_to_the_papers_vqgan():
 
 
 # --------------------------------------------------------------------------------------- equal to the anchors
-@pytest.mark.parametrize("seed", [0, 3])
-def test_paper_recipe_is_the_notebooks_loop_on_the_same_draws(tiny_clip, tiny_vqgan, seed):
-    """Codebook sampling as the notebook runs it: standard normal logits, a categorical draw per token with the
-    softmax's gradient, AdamW without weight decay, its Lanczos cutouts clamped, no augmentations, no noise."""
-    settings = Settings(prompts=parse_prompts("an apple"), recipe="paper", size=(32, 32), steps=4, cutn=6, seed=seed)
+# 64² images under the tiny CLIP's 32² input: the notebook's crops (sides 32..64) are resampled with its Lanczos
+# prefilter and bicubic step, and nerdyrodent's pooling halves the image, so a change to the resampling shows in the
+# losses; enough steps that the image moves well beyond rounding (checked against the start).
+SIZE, STEPS = (64, 64), 10
+
+
+def _moved(result, start_image) -> float:
+    return float((_image_tensor(result.image) - start_image).abs().mean())
+
+
+@pytest.mark.parametrize("seed, image_prompt", [(0, False), (3, True)])
+def test_paper_recipe_is_the_notebooks_seed_n_run(tiny_clip, tiny_vqgan, tmp_path, seed, image_prompt):
+    """`--recipe paper --seed N` is the notebook's seed-N run: its seeding (torch.manual_seed(N), then one global
+    stream for the logits, the image prompt's cutouts, each step's token samples and cutouts), standard normal
+    logits, a categorical draw per token with the softmax's gradient, AdamW without weight decay, its Lanczos
+    cutouts clamped, no augmentations, no noise."""
+    prompt_tensor, image_prompts = None, []
+    if image_prompt:
+        path = tmp_path / "prompt.png"
+        Image.fromarray(np.random.default_rng(seed).integers(0, 255, (48, 80, 3), dtype=np.uint8)).save(path)
+        image_prompts = parse_prompts(str(path) + ":0.5", "--image-prompt")
+        prompt_tensor = load_image(str(path), SIZE, torch.device("cpu"), "--image-prompt", fit="whole")
+    settings = Settings(prompts=parse_prompts("an apple"), image_prompts=image_prompts, recipe="paper", size=SIZE,
+                        steps=STEPS, cutn=6, seed=seed)
     ours = run(settings, tiny_clip, tiny_vqgan, Space("clip"))
-    losses, image = anchors.notebook_run(tiny_clip, tiny_vqgan, _text_target(tiny_clip), size=(32, 32), steps=4,
-                                         cutn=6, seed=seed)
+    target = _text_target(tiny_clip)
+    if image_prompt:  # the image prompt's weight 0.5: the re-statement's second prompt, scaled
+        losses, image = anchors.notebook_run(tiny_clip, tiny_vqgan, target, size=SIZE, steps=STEPS, cutn=6,
+                                             seed=seed, image_prompt=prompt_tensor, image_weight=0.5)
+    else:
+        losses, image = anchors.notebook_run(tiny_clip, tiny_vqgan, target, size=SIZE, steps=STEPS, cutn=6, seed=seed)
     # same draws; the only differences are float rounding (vqclip decodes in channels_last on the CPU)
     assert ours.history == pytest.approx(losses, rel=1e-5, abs=1e-6)
     assert (_image_tensor(ours.image) - image[0]).abs().max() <= 1 / 255 + 1e-6
+    _, start = anchors.notebook_run(tiny_clip, tiny_vqgan, target, size=SIZE, steps=0, cutn=6, seed=seed)
+    assert _moved(ours, start[0]) > 2 / 255  # the argmax image moved from that of the start logits
 
 
-def test_nerdyrodent_recipe_is_its_generate_loop_on_the_same_draws(tiny_clip, tiny_vqgan):
+@pytest.mark.parametrize("seed, init_weight", [(2, 0.5), (5, 0.0)])
+def test_nerdyrodent_recipe_is_its_generate_loop_on_the_same_draws(tiny_clip, tiny_vqgan, seed, init_weight):
     """Pooled cutouts with kornia's Af/Pe/Ji/Er and noise, Adam 0.1 on z, z clamped, init weight as z -> 0 decay."""
-    settings = Settings(prompts=parse_prompts("an apple"), recipe="nerdyrodent", size=(32, 32), steps=4, cutn=6,
-                        seed=2, init_weight=0.5)
-    ours = run(settings, tiny_clip, tiny_vqgan, Space("clip"))
-    losses, image = anchors.nerdyrodent_run(tiny_clip, tiny_vqgan, _text_target(tiny_clip), size=(32, 32), steps=4,
-                                            cutn=6, seed=2, init_weight=0.5)
+    settings = Settings(prompts=parse_prompts("an apple"), recipe="nerdyrodent", size=SIZE, steps=STEPS, cutn=6,
+                        seed=seed, init_weight=init_weight)
+    seen = {}
+    ours = run(settings, tiny_clip, tiny_vqgan, Space("clip"),
+               callback=lambda info: seen.setdefault(info.step, info.image[0].clone()))
+    losses, image = anchors.nerdyrodent_run(tiny_clip, tiny_vqgan, _text_target(tiny_clip), size=SIZE, steps=STEPS,
+                                            cutn=6, seed=seed, init_weight=init_weight)
     assert ours.history == pytest.approx(losses, rel=1e-5, abs=1e-6)
     assert (_image_tensor(ours.image) - image[0]).abs().max() <= 1 / 255 + 1e-6
+    assert _moved(ours, seen[1]) > 2 / 255  # the image moved from the start
 
 
 def test_the_anchor_recipes_are_grouped_like_any_other(tiny_clip, tiny_vqgan):

@@ -64,7 +64,8 @@ def codebook_latent(logits0: torch.Tensor, codebook: torch.Tensor, generators: S
 
 def random_codes(h: int, w: int, codebook: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """(1, C, h, w) latent made of uniformly drawn codebook entries."""
-    idx = torch.randint(codebook.shape[0], (h * w,), generator=generator).to(codebook.device)
+    idx = torch.randint(codebook.shape[0], (h * w,), generator=generator, device=generator.device)
+    idx = idx.to(codebook.device)
     return codebook[idx].view(1, h, w, -1).movedim(3, 1)
 
 
@@ -96,7 +97,8 @@ def initial_logits(settings: Settings, vqgan, generator: torch.Generator, start:
     h, w, n = height // vqgan.factor, width // vqgan.factor, vqgan.codebook.shape[0]
     start = start_image(settings, vqgan, start)
     if settings.recipe_spec.codebook_init == "randn" and start is None:
-        return torch.randn(h * w, n, generator=generator).view(1, h, w, n).to(vqgan.codebook.device)
+        logits = torch.randn(h * w, n, generator=generator, device=generator.device)  # on the generator's device
+        return logits.view(1, h, w, n).to(vqgan.codebook.device)
     return codebook_logits(initial_latent(settings, vqgan, generator, start), vqgan.codebook.detach())
 
 

@@ -143,21 +143,42 @@ class _Group(NamedTuple):
     memory_format: torch.memory_format
 
 
+def _notebook_generators(jobs: list[Settings], device) -> tuple[list[torch.Generator], list[torch.Generator]]:
+    """Per job, the notebook's two streams after `torch.manual_seed(seed)`: the host's (its cutouts and image-prompt
+    cutouts) and the device's (its start logits and token samples); on the CPU they are one and the same stream."""
+    host = [torch.Generator().manual_seed(s.seed) for s in jobs]
+    if torch.device(device).type == "cpu":
+        return host, host
+    return host, [torch.Generator(device).manual_seed(s.seed) for s in jobs]
+
+
 def _setup_group(jobs: list[Settings], clip, vqgan, spaces, starts) -> _Group:
-    """Seed each job, make its start latent (or logits), generators, cutouts and targets, and the optimiser."""
+    """Seed each job, make its start latent (or logits), generators, cutouts and targets, and the optimiser.
+
+    Streams: recipe `derived` gives each job an init generator seeded with its seed (start codes or logits) and
+    derives from it, in this order, the step generator on the device (token samples, vqclip's cutouts), the
+    cutout generator of an anchor recipe (CPU) and the image-prompt generator. Recipe `notebook` (paper) draws as
+    Crowson's notebook does after `torch.manual_seed(seed)`: logits and samples from the device's stream, cutouts
+    and image-prompt cutouts from the host's, continuing from one to the next (`_notebook_generators`)."""
     first, device = jobs[0], clip.device
     recipe = first.recipe_spec
     torch.manual_seed(first.seed)  # anything random outside our generators (none expected) is seeded too
-    init_gens = [torch.Generator().manual_seed(s.seed) for s in jobs]
+    notebook = recipe.streams == "notebook"
+    if notebook:
+        init_gens, step_gens = _notebook_generators(jobs, device)
+    else:
+        init_gens = [torch.Generator().manual_seed(s.seed) for s in jobs]
     codebook = vqgan.codebook.detach()
     starts = list(starts) if starts is not None else [None] * len(jobs)
     if first.method == "zquant":
         z0 = torch.cat([initial_latent(s, vqgan, g, st) for s, g, st in zip(jobs, init_gens, starts)])
     else:
-        logits0 = torch.cat([initial_logits(s, vqgan, g, st) for s, g, st in zip(jobs, init_gens, starts)])
-    # Each job's step randomness (cutouts, noise, codebook samples) comes from a generator on the device, seeded
-    # from its own seed, so no random number crosses between host and device during the run.
-    step_gens = _derived_generators(init_gens, device)
+        start_gens = step_gens if notebook else init_gens
+        logits0 = torch.cat([initial_logits(s, vqgan, g, st) for s, g, st in zip(jobs, start_gens, starts)])
+    if not notebook:
+        # Each job's step randomness (cutouts, noise, codebook samples) comes from a generator on the device, seeded
+        # from its own seed, so no random number crosses between host and device during the run.
+        step_gens = _derived_generators(init_gens, device)
     if first.method == "zquant":
         latent = zquant_latent(z0, codebook)
     else:
@@ -167,9 +188,12 @@ def _setup_group(jobs: list[Settings], clip, vqgan, spaces, starts) -> _Group:
     optimizer = OPTIMIZERS[first.optimizer](latent.params, lr=first.lr, **extra)
     make_cutouts = make_cutout_maker(first, clip.input_size)
     gen_device = getattr(make_cutouts, "generator_device", None)
-    cut_gens = step_gens if gen_device is None else _derived_generators(init_gens, gen_device)
-    prompt_gens = [torch.Generator(gen_device or device).manual_seed(int(torch.randint(2**62, (1,), generator=g)))
-                   for g in init_gens]
+    if notebook:
+        cut_gens = prompt_gens = init_gens if gen_device == "cpu" else step_gens
+    else:
+        cut_gens = step_gens if gen_device is None else _derived_generators(init_gens, gen_device)
+        prompt_gens = [torch.Generator(gen_device or device).manual_seed(
+            int(torch.randint(2**62, (1,), generator=g))) for g in init_gens]
     targets = [encode_targets(s, clip, space, make_cutouts, g) for s, space, g in zip(jobs, spaces, prompt_gens)]
     return _Group(jobs, spaces, latent, z0, optimizer, make_cutouts, cut_gens, targets,
                   decoder_memory_format(device))

@@ -37,6 +37,7 @@ class Recipe:
     init_weight: str = "anchor"  # anchor: MSE to the start latent | decay: nerdyrodent's pull of z to 0, 1/(2i+1)
     init_resize: str = "fit"  # fit: cropped to the run's aspect | stretch: resized to the run size
     story_keeps_prompts: bool = True  # image and noise prompts stay active in every story phase
+    streams: str = "derived"  # derived: per-purpose generators from the seed | notebook: the notebook's streams
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -54,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
         defaults={"size": (480, 480), "steps": 300, "method": "codebook", "cutn": 64, "cut_pow": 1.0,
                   "augment": (), "noise": 0.0},
         vqgan="vqgan_imagenet_f16_1024", cutouts="crowson", weight_decay=0.0, codebook_init="randn",
-        codebook_sample="probs",
+        codebook_sample="probs", streams="notebook",
         notes=("The notebook runs until stopped; the paper does not give its steps: 300 here.",)),
     "nerdyrodent": Recipe(
         name="nerdyrodent", anchor="nerdyrodent/VQGAN-CLIP generate.py defaults (cut_method latest)",

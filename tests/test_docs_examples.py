@@ -73,6 +73,8 @@ TOOLS = {
     "lint-imports": re.compile(r"lint-imports"),
     "python3": re.compile(r"python3 -m venv \.venv"),
     "export": re.compile(r"export [A-Z_]+=\S+"),
+    "mkdir": re.compile(r"mkdir -p( \S+)+"),
+    "cp": re.compile(r"cp( -r)? \S+( \S+)+"),
 }
 
 
@@ -207,9 +209,35 @@ def check_script(args: list[str], where: str) -> None:
     assert not missing, f"{where}: {args[0]} has no {missing}"
 
 
+_hf_help: list[str] = []
+
+
+def check_hf(args: list[str], where: str) -> None:
+    """`hf download ...`: the flags exist in the installed huggingface_hub's CLI (`hf download --help`)."""
+    assert args[:1] == ["download"], f"{where}: hf {args}"
+    if not _hf_help:
+        hf = shutil.which("hf") or str(Path(sys.executable).parent / "hf")
+        _hf_help.append(subprocess.run([hf, "download", "--help"], capture_output=True, text=True, timeout=60).stdout)
+    missing = [a for a in args if a.startswith("--") and f"{a} " not in _hf_help[0]]
+    assert not missing, f"{where}: `hf download` has no {missing}"
+
+
+def check_curl(args: list[str], where: str) -> None:
+    """`curl -L -o NAME URL`: URL is one the VQGAN registry downloads from."""
+    from vqclip.models.registry import VQGAN_ASSETS
+
+    assert args[:2] == ["-L", "-o"] and len(args) == 4, f"{where}: curl {args}"
+    urls = {u for a in VQGAN_ASSETS.values() for r in (a.config, a.checkpoint) for u in r.urls}
+    assert args[3] in urls, f"{where}: {args[3]} is not a URL of vqclip's VQGAN registry"
+
+
 def check_command(cmd: list[str], where: str) -> None:
     head, rest = cmd[0], cmd[1:]
-    if head == "vqclip":
+    if head == "hf":
+        check_hf(rest, where)
+    elif head == "curl":
+        check_curl(rest, where)
+    elif head == "vqclip":
         check_vqclip(rest, where)
     elif head == "torchrun":
         check_torchrun(rest, where)
@@ -312,3 +340,29 @@ def test_the_readme_command_table_lists_every_command_and_subcommand():
         for child in _subcommands(sub):
             assert re.search(rf"[ |\\]{re.escape(child)}[|\\` ]", cells[name]), \
                 f"README's command table: `vqclip {name}` does not list {child}"
+
+
+def test_the_offline_steps_in_models_md_put_each_file_where_vqclip_looks(tmp_path, monkeypatch):
+    """Issue 36 item 12: docs/models.md's by-hand steps, with HOME expanded, copy each file to the path the preflight
+    checks and the loaders read: the hub folder of the CLIP's weights, the VQGAN's cache files, published/."""
+    from vqclip import preflight
+    from vqclip.models.registry import VQGAN_ASSETS, cached_file
+    from vqclip.projections import registered_projection
+    from vqclip.projections.published import published_dir
+
+    for var in ("HF_HOME", "HF_HUB_CACHE", "VQCLIP_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    block = [b for b in CODE if b.path.name == "models.md" and b.text.lstrip().startswith("# on a machine")]
+    assert len(block) == 1
+    cmds = [[t.replace("~", str(tmp_path)) if t.startswith("~") else t for t in c] for c in command_lines(block[0].text)]
+    hf = next(c for c in cmds if c[0] == "hf")
+    need = preflight.clip_need("ViT-B-32", "openai")
+    repo = hf[2]
+    assert need.path == str(Path(hf[hf.index("--cache-dir") + 1]) / f"models--{repo.replace('/', '--')}")
+    assert f"`hf download {' '.join(hf[2:4])} --cache-dir" in need.line()
+    copies = {Path(c[-1]) / Path(src).name for c in cmds if c[0] == "cp" for src in c[1:-1] if src != "-r"}
+    asset = VQGAN_ASSETS["vqgan_imagenet_f16_16384"]
+    expected = {Path(need.path), published_dir(registered_projection("ViT-B-32/openai", "forget"), None),
+                cached_file(asset, asset.config, None), cached_file(asset, asset.checkpoint, None)}
+    assert copies == expected

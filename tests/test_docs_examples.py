@@ -366,3 +366,24 @@ def test_the_offline_steps_in_models_md_put_each_file_where_vqclip_looks(tmp_pat
     expected = {Path(need.path), published_dir(registered_projection("ViT-B-32/openai", "forget"), None),
                 cached_file(asset, asset.config, None), cached_file(asset, asset.checkpoint, None)}
     assert copies == expected
+
+
+def test_the_help_examples_parse_as_the_docs_do():
+    """The README's torchrun line follows `vqclip batch --help`; the --help examples themselves pass the same checks
+    (vqclip's parser; torchrun's parser, `-m vqclip`, dashed flags)."""
+    from vqclip.cli import build_parser
+
+    def walk(parser, name):
+        yield name, parser
+        for child, sub in _subcommands(parser).items():
+            yield from walk(sub, f"{name} {child}")
+
+    checked = 0
+    for name, parser in walk(build_parser(), "vqclip"):
+        for line in (parser.epilog or "").splitlines():
+            line = line.strip()
+            if line.startswith(("vqclip ", "torchrun ")):
+                for cmd in command_lines(line):
+                    check_command(cmd, f"`{name} --help`")
+                checked += 1
+    assert checked >= 20

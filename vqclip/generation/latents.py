@@ -90,20 +90,42 @@ def initial_latent(settings: Settings, vqgan, generator: torch.Generator,
     return random_codes(height // vqgan.factor, width // vqgan.factor, vqgan.codebook.detach(), generator)
 
 
+# Codebook sampling from a start image: the probability each token's own code (the start's quantized latent) keeps
+# in the starting logits, on average over the job's tokens. The first sample then keeps about that share of the
+# start's codes (docs/method.md §9: -d/std(d) kept 27 % on the tiny VQGAN, so an init image was mostly lost at the
+# first step); the rest of the mass goes to the codes nearest to each token's, as before.
+START_CODE_PROBABILITY = 0.95
+
+
 def initial_logits(settings: Settings, vqgan, generator: torch.Generator, start: torch.Tensor | None) -> torch.Tensor:
     """(1, h, w, n_embed) starting logits of codebook sampling: the notebook's standard normal draw (recipe
-    `randn`, with no start image), else logits that favour the codes of `initial_latent`."""
+    `randn`, with no start image), logits that keep the codes of a start image or --init-image
+    (`START_CODE_PROBABILITY`), else logits that favour seeded random codes."""
     width, height = settings.size
     h, w, n = height // vqgan.factor, width // vqgan.factor, vqgan.codebook.shape[0]
     start = start_image(settings, vqgan, start)
     if settings.recipe_spec.codebook_init == "randn" and start is None:
         logits = torch.randn(h * w, n, generator=generator, device=generator.device)  # on the generator's device
         return logits.view(1, h, w, n).to(vqgan.codebook.device)
-    return codebook_logits(initial_latent(settings, vqgan, generator, start), vqgan.codebook.detach())
+    keep = None if start is None else START_CODE_PROBABILITY
+    return codebook_logits(initial_latent(settings, vqgan, generator, start), vqgan.codebook.detach(), keep)
 
 
-def codebook_logits(z0: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """(G, h, w, n_embed) starting logits that favour the codes nearest to z0, scaled per job."""
+def codebook_logits(z0: torch.Tensor, codebook: torch.Tensor, keep: float | None = None) -> torch.Tensor:
+    """(G, h, w, n_embed) starting logits -d/t that favour the codes nearest to z0 (d: squared distances), with a
+    temperature t per job: with `keep`, the one at which each token's nearest code has probability `keep` on
+    average over the job's tokens (found by bisection: that probability falls as t grows); else the job's
+    standard deviation of d."""
     with torch.no_grad():
-        d = (z0.movedim(1, 3).unsqueeze(-2) - codebook).pow(2).sum(-1)  # (G, h, w, n_embed)
-        return -d / d.flatten(1).std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
+        z = z0.movedim(1, 3)  # (G, h, w, C); expanded, not (G, h, w, n_embed, C), which is 15 GB at 480² f16 16384
+        d = (z.pow(2).sum(-1, keepdim=True) + codebook.pow(2).sum(1) - 2 * z @ codebook.T).clamp_min(0)
+        scale = d.flatten(1).std(dim=1).clamp_min(1e-6).view(-1, 1, 1, 1)
+        if keep is None:
+            return -d / scale
+        nearest = d.argmin(-1, keepdim=True)
+        lo, hi = torch.full_like(scale, -12.0), torch.full_like(scale, 4.0)  # log10(t / scale)
+        for _ in range(24):  # 16 decades / 2^24: t to 2e-6 of a decade
+            mid = (lo + hi) / 2
+            p = (-d / (scale * 10 ** mid)).softmax(-1).gather(-1, nearest).flatten(1).mean(1).view(-1, 1, 1, 1)
+            lo, hi = torch.where(p >= keep, mid, lo), torch.where(p >= keep, hi, mid)
+        return -d / (scale * 10 ** lo)

@@ -55,7 +55,7 @@ RECIPES: dict[str, Recipe] = {
         defaults={"size": (480, 480), "steps": 300, "method": "codebook", "cutn": 64, "cut_pow": 1.0,
                   "augment": (), "noise": 0.0},
         vqgan="vqgan_imagenet_f16_1024", cutouts="crowson", weight_decay=0.0, codebook_init="randn",
-        codebook_sample="probs", streams="notebook",
+        codebook_sample="probs", streams="notebook", init_resize="stretch",
         notes=("The notebook runs until stopped; the paper does not give its steps: 300 here.",)),
     "nerdyrodent": Recipe(
         name="nerdyrodent", anchor="nerdyrodent/VQGAN-CLIP generate.py defaults (cut_method latest)",

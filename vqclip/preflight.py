@@ -198,7 +198,8 @@ def paper_dataset_need(cache: str | os.PathLike | None = None) -> Need:
 
     dest = paper_dataset_dir(cache)
     return Need("dataset", "the paper's typographic-attack photos", find_dataset_root(dest) is not None,
-                f"{dest}/", f"the files of {PAPER_DATASET_URL} (or pass --dataset DIR)")
+                f"{dest}/", f"the files of {PAPER_DATASET_URL}",
+                how=f"get the files of {PAPER_DATASET_URL} and put them in {dest}/, or pass --dataset DIR")
 
 
 def imagenetv2_need(cache: str | os.PathLike | None = None, root: str | os.PathLike | None = None) -> Need:
@@ -207,7 +208,9 @@ def imagenetv2_need(cache: str | os.PathLike | None = None, root: str | os.PathL
 
     archive = dataset_dir(root, cache) / IMAGENETV2.filename
     return Need("dataset", "ImageNetV2 matched-frequency (train's default images)",
-                is_ready(root, cache) or archive.is_file(), str(archive), f"{IMAGENETV2_URL} (or pass --images DIR)")
+                is_ready(root, cache) or archive.is_file(), str(archive), IMAGENETV2_URL,
+                how=f"get {IMAGENETV2_URL} and put it at {archive} (vqclip checks and extracts it), or pass "
+                    "--images DIR")
 
 
 # Optional modules a command needs -> the extra that installs them (pyproject.toml).

@@ -418,3 +418,17 @@ def test_dry_run_needs_no_train_extra(tiny_model_flags, projections, fake_ocr, t
     assert "12 images x 300 steps x" in printed and not out.exists()
     assert main(["reproduce", "ocr", *flags]) == 2  # the run itself still needs the words, and says so
     assert 'need wordfreq: pip install "vqclip[train]"' in capsys.readouterr().err and not (out / "ocr").exists()
+
+
+def test_offline_typographic_lists_the_projections_with_the_rest(tmp_path, capsys, monkeypatch):
+    """Issue 36, the first hour offline: `reproduce typographic` listed CLIP and the photos but not the paper's
+    projections, which then failed one run later."""
+    from vqclip import preflight
+
+    monkeypatch.setattr(preflight, "probe_network", lambda *a, **k: False)
+    monkeypatch.setattr(preflight, "_network", None)
+    assert main(["reproduce", "typographic", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    for what in ("CLIP weights ViT-B-32/openai", "typographic-attack photos", "projection learn (ViT-B-32/openai)",
+                 "projection forget (ViT-B-32/openai)"):
+        assert what in err, (what, err)

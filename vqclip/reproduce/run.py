@@ -25,7 +25,7 @@ def reproduce_typographic(o: ReproduceOptions, echo: Echo = print) -> int:
     from .report import summary_lines, write_report
     from .typographic import typographic_section
 
-    preflight(needs(o, paper_dataset=not o.dataset))
+    preflight(needs(o, [(s, o.projections.get(s)) for s in SPACES], paper_dataset=not o.dataset))
     start = time.perf_counter()
     root = dataset_root(o, not o.quiet)
     fetched = time.perf_counter() - start

@@ -390,25 +390,33 @@ def test_the_library_runs_a_part_without_the_cli(tmp_path, tiny_clip_id, project
     assert json.loads((out / "report.json").read_text())["commands"] == {"typographic": "by hand"}
 
 
-class _NoWordfreq:
-    """A meta-path finder that makes `import wordfreq` fail as it does without the `train` extra."""
+class _Hide:
+    """A meta-path finder that makes importing `names` fail as it does without their extra."""
+
+    def __init__(self, *names):
+        self.names = names
 
     def find_spec(self, name, path=None, target=None):
-        if name == "wordfreq" or name.startswith("wordfreq."):
+        if name.split(".")[0] in self.names:
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
         return None
+
+
+def _hide(monkeypatch, *names):
+    import sys
+
+    for name in [m for m in sys.modules if m.split(".")[0] in names]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_Hide(*names), *sys.meta_path])
+    for name in names:
+        with pytest.raises(ImportError):
+            __import__(name)
 
 
 def test_dry_run_needs_no_train_extra(tiny_model_flags, projections, fake_ocr, tmp_path, capsys, monkeypatch):
     """Issue 36 item 13: `reproduce all --dry-run` printed `Real-word lists need wordfreq` and stopped; the plan's
     counts and the estimate need no words, so a dry run plans with stand-ins and says the run needs the extra."""
-    import sys
-
-    for name in [m for m in sys.modules if m == "wordfreq" or m.startswith("wordfreq.")]:
-        monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setattr(sys, "meta_path", [_NoWordfreq(), *sys.meta_path])
-    with pytest.raises(ImportError):
-        __import__("wordfreq")
+    _hide(monkeypatch, "wordfreq")
     out = tmp_path / "r"
     flags = ["--scale", "0.001", "--size", "16", "16", "--steps", "300", "--out", str(out), *tiny_model_flags]
     assert main(["reproduce", "ocr", "--dry-run", *flags]) == 0, capsys.readouterr().err
@@ -432,3 +440,16 @@ def test_offline_typographic_lists_the_projections_with_the_rest(tmp_path, capsy
     for what in ("CLIP weights ViT-B-32/openai", "typographic-attack photos", "projection learn (ViT-B-32/openai)",
                  "projection forget (ViT-B-32/openai)"):
         assert what in err, (what, err)
+
+
+def test_dry_run_needs_no_ocr_extra(tiny_model_flags, projections, words_file, tmp_path, capsys, monkeypatch):
+    """Nor the `ocr` extra: the estimate leaves OCR out and says why; the run itself still refuses in one line."""
+    _hide(monkeypatch, "easyocr", "easyocr_en_models")
+    out = tmp_path / "r"
+    flags = ["--words", str(words_file), "--size", "16", "16", "--steps", "300", "--out", str(out), *tiny_model_flags]
+    assert main(["reproduce", "ocr", "--dry-run", *flags]) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "OCR: OCR scoring needs the `ocr` extra" in printed and "leaves OCR out" in printed
+    assert "12 images x 300 steps x" in printed and not out.exists()
+    assert main(["reproduce", "ocr", *flags]) == 2
+    assert "OCR scoring needs the `ocr` extra" in capsys.readouterr().err and not (out / "ocr" / "batch").exists()

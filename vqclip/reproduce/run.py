@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import VqclipError
 from .options import SPACES, ReproduceOptions
 from .progress import Progress, say
 
@@ -119,7 +120,12 @@ def _load(o: ReproduceOptions, plan, load_models: Callable, typographic: bool, i
     start = time.perf_counter()
     loaded.root = dataset_root(o, not o.quiet, vqgan=True) if typographic else None
     loaded.timing["fetch"] = round(time.perf_counter() - start, 2)
-    loaded.reader = ocr_reader(o.device)
+    try:
+        loaded.reader = ocr_reader(o.device)
+    except VqclipError as e:
+        if not o.dry_run:
+            raise
+        info(f"OCR: {e} The estimate below leaves OCR out.")  # a plan needs no OCR engine; the run does
     start = time.perf_counter()
     loaded.models = load_generation_models(o, o.shard, load_models)  # also when nothing is left: the report
     loaded.timing["load"] = round(time.perf_counter() - start, 2)   # hashes its files

@@ -11,6 +11,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -22,13 +23,21 @@ from ..io import TEMP_NAME, append_jsonl, inside, linked_part, own_temporary, re
 from ..outputs import IMAGE_NAME, RECORD_NAME, is_run_dir
 from ..untrusted import UntrustedFileError, read_json
 from .plan import FORMAT, Job, item_conflicts, merge_records, record_differences
+from .prompt_fields import ID_PATTERN, RESERVED_IDS
 
 BATCH_NAME = "batch.json"
 MANIFEST_NAME = "manifest.jsonl"
 
 
+HEX16 = re.compile(r"[0-9a-f]{16}")  # a fingerprint as vqclip writes it (canonical_hash)
+_JOB_ID = re.compile(r"(?P<item>[^/]+)/(?P<space>[a-z]+(?:\+[a-z]+)*)-s(?P<seed>\d{1,19})")
+
+
 def read_batch_record(folder: str | os.PathLike) -> dict | None:
-    """batch.json of a batch folder, or None when there is none; a broken one is an error."""
+    """batch.json of a batch folder, or None when there is none; a broken one is an error.
+
+    Every value that vqclip later puts in a path or compares (fingerprints, item and job ids) is checked against the
+    form vqclip writes it in, so that no path is ever built from a file's contents."""
     path = Path(folder) / BATCH_NAME
     if not path.is_file():
         return None
@@ -38,13 +47,42 @@ def read_batch_record(folder: str | os.PathLike) -> dict | None:
         reason = e.rule if isinstance(e, UntrustedFileError) else one_line(e, 200)
         raise bad_arg("--out", "batch.json in the folder cannot be read", str(path),
                       f"Fix or remove it, or pass --overwrite ({reason}).") from None
-    jobs, items = (record.get("jobs"), record.get("items")) if isinstance(record, dict) else (None, None)
-    if not isinstance(record, dict) or record.get("format") != FORMAT or not isinstance(jobs, list) or \
-            not all(isinstance(j, dict) and isinstance(j.get("id"), str) for j in jobs) or \
-            not isinstance(items, dict):
-        raise bad_arg("--out", f"batch.json in the folder is not a {FORMAT} record", str(path),
-                      "Choose another --out, or pass --overwrite.")
+    problem = batch_record_problem(record)
+    if problem:
+        error = bad_arg("--out", f"batch.json in the folder is not a {FORMAT} record ({problem})", str(path),
+                        "Choose another --out, or pass --overwrite.")
+        error.problem = problem
+        raise error
     return record
+
+
+def batch_record_problem(record: Any) -> str | None:
+    """What makes `record` something other than a batch.json vqclip wrote, or None."""
+    if not isinstance(record, dict):
+        return f"it holds a {type(record).__name__}, not an object"
+    if record.get("format") != FORMAT:
+        return f"its format is {one_line(repr(record.get('format')), 60)}"
+    fingerprint = record.get("fingerprint")
+    if not isinstance(fingerprint, str) or not HEX16.fullmatch(fingerprint):
+        return f"fingerprint {one_line(repr(fingerprint), 60)} is not 16 hex digits"
+    for key, kind in (("settings", dict), ("models", dict), ("projections", dict), ("items", dict),
+                      ("jobs", list), ("spaces", list), ("seeds", list)):
+        if key in record and not isinstance(record[key], kind) or key in ("items", "jobs") and key not in record:
+            return f"{key!r} is not {'an object' if kind is dict else 'a list'}"
+    for item_id, item in record["items"].items():
+        if not ID_PATTERN.match(item_id) or item_id.lower() in RESERVED_IDS:
+            return f"item id {one_line(repr(item_id), 80)} is not one vqclip makes"
+        if not isinstance(item, dict) or not isinstance(item.get("fingerprint"), str) or \
+                not HEX16.fullmatch(item["fingerprint"]):
+            return f"item {item_id!r} is not an object with a 16-hex-digit fingerprint"
+    for job in record["jobs"]:
+        m = _JOB_ID.fullmatch(job.get("id", "")) if isinstance(job, dict) and isinstance(job.get("id"), str) else None
+        if m is None or not ID_PATTERN.match(m["item"]) or m["item"].lower() in RESERVED_IDS:
+            shown = job.get("id") if isinstance(job, dict) else job
+            return f"job {one_line(repr(shown), 80)} is not an object whose id is ITEM/SPACE-sSEED"
+        if not isinstance(job.get("fingerprint"), str) or not HEX16.fullmatch(job["fingerprint"]):
+            return f"job {job['id']!r} has no 16-hex-digit fingerprint"
+    return None
 
 
 def _visible_files(folder: Path) -> list[str]:
@@ -55,8 +93,14 @@ def _visible_files(folder: Path) -> list[str]:
 def _refuse_links(folder: Path, record: Mapping[str, Any]) -> None:
     """vqclip writes batch.json, manifest.jsonl and the job folders itself: a link planted under one of those names
     (to a file or folder elsewhere) is refused, never written through."""
-    for name in (BATCH_NAME, MANIFEST_NAME, CLAIMS_DIR):
-        if (folder / name).is_symlink():
+    for name, want_dir in ((BATCH_NAME, False), (MANIFEST_NAME, False), (CLAIMS_DIR, True)):
+        path = folder / name
+        if not path.is_symlink() and path.exists() and path.is_dir() != want_dir:
+            raise bad_arg("--out", f"{name} in the batch folder is a {'file' if want_dir else 'folder'}, where "
+                          f"vqclip keeps its own {'folder' if want_dir else 'file'}", str(path),
+                          "Move it out of the batch folder (vqclip never removes what it did not write), or choose "
+                          "another --out.")
+        if path.is_symlink():
             raise bad_arg("--out", f"{name} in the batch folder is a symbolic link, and vqclip never writes through a "
                           "link it did not make", str(folder / name),
                           "Remove the link (or choose another --out); the file it points to is left alone.")
@@ -95,8 +139,9 @@ def check_batch_dir(folder: str | os.PathLike, record: Mapping[str, Any], overwr
     except VqclipError as e:
         if not overwrite:
             raise
+        why = f" ({e.problem})" if getattr(e, "problem", None) else ""
         raise bad_arg("--out", "--overwrite replaces only a vqclip batch, and this folder's batch.json is not one "
-                      "vqclip wrote", str(folder / BATCH_NAME),
+                      f"vqclip wrote{why}", str(folder / BATCH_NAME),
                       "Choose a new or empty --out folder; vqclip never replaces files it did not write.") from e
     if old is None:
         if folder.is_dir() and _visible_files(folder):
@@ -142,11 +187,7 @@ def open_batch_dir(folder: str | os.PathLike, record: Mapping[str, Any], action:
         old = None
     manifest = folder / MANIFEST_NAME
     if action == "replace" and old is not None and old.get("fingerprint") != record["fingerprint"]:
-        if manifest.exists():
-            try:
-                os.replace(manifest, folder / f"manifest.replaced-{old.get('fingerprint', 'old')}.jsonl")
-            except FileNotFoundError:  # another shard of the same command moved it first
-                pass
+        set_aside(manifest, str(old["fingerprint"]))
     end_torn_line(manifest)
     clean_temporaries(folder)
     merged = merge_records(old, record) if old is not None and action != "replace" else dict(record)
@@ -155,6 +196,31 @@ def open_batch_dir(folder: str | os.PathLike, record: Mapping[str, Any], action:
         merged["updated"] = _dt.datetime.now().astimezone().isoformat(timespec="seconds")
         write_json(folder / BATCH_NAME, merged)
     return merged
+
+
+def set_aside(manifest: Path, fingerprint: str) -> Path | None:
+    """Move a replaced batch's manifest to manifest.replaced-<fingerprint>[.N].jsonl, never onto an existing file
+    (a batch replaced twice under the same settings keeps both); returns the new path, or None when there was
+    nothing to move (none, or another shard of the same command moved it first).
+
+    `fingerprint` is the 16 hex digits read_batch_record checked, never other text from a file."""
+    if not HEX16.fullmatch(fingerprint):
+        raise ValueError(f"not a fingerprint: {fingerprint!r}")
+    for n in range(1, 10_000):
+        target = manifest.with_name(f"manifest.replaced-{fingerprint}{'' if n == 1 else f'.{n}'}.jsonl")
+        try:
+            os.link(manifest, target, follow_symlinks=False)  # fails on an existing target: nothing is replaced
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None
+        try:
+            os.unlink(manifest)
+        except FileNotFoundError:  # another shard moved it at the same moment: two copies, nothing lost
+            pass
+        return target
+    raise bad_arg("--out", "the batch folder holds 9999 set-aside manifests of these settings",
+                  str(manifest.parent), "Move some manifest.replaced-*.jsonl files away and run again.")
 
 
 def end_torn_line(path: Path) -> None:

@@ -124,6 +124,17 @@ def check_identifier(name: str, pretrained: str | None) -> None:
     _validate_identifier(name, pretrained)
 
 
+def check_schema_pretrained(name: str, pretrained: str | None) -> None:
+    """A `local-dir:` or `hf-hub:` model carries its own weights: a --pretrained tag or file beside it would be
+    dropped without a word, so it is refused (the default tag, or none, is fine)."""
+    if name.startswith((LOCAL_DIR, HF_HUB)) and pretrained not in (None, DEFAULT_PRETRAINED):
+        schema = LOCAL_DIR if name.startswith(LOCAL_DIR) else HF_HUB
+        where = "the folder's own weights file" if schema == LOCAL_DIR else "the repository's weights"
+        raise bad_arg("--pretrained", f"a {schema} model loads {where}, so --pretrained would be ignored",
+                      pretrained, "Drop --pretrained (or use --clip NAME --pretrained FILE for a weights file of a "
+                      "named model).")
+
+
 def _validate_identifier(name: str, pretrained: str | None) -> None:
     import open_clip
 
@@ -291,6 +302,7 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
 
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
+    check_schema_pretrained(name, pretrained)
     if name.startswith((LOCAL_DIR, HF_HUB)):
         pretrained = None
     cache_dir = str(Path(cache_dir).expanduser() / "clip") if cache_dir else None

@@ -239,6 +239,14 @@ def load_state_strict(model: VQGAN, state: Mapping[str, torch.Tensor], source: s
         more = f" (+{len(wrong) - 6} more)" if len(wrong) > 6 else ""
         raise bad_arg(arg, "checkpoint tensor shapes do not match the config (checkpoint vs config: "
                       + "; ".join(wrong[:6]) + more + ")", source, fix)
+    # load_state_dict casts silently: integer weights would become a model whose every weight was rounded
+    kinds = [f"{k} ({str(state[k].dtype).replace('torch.', '')})" for k, v in expected.items()
+             if v.is_floating_point() and not state[k].is_floating_point()]
+    if kinds:
+        more = f" (+{len(kinds) - 4} more)" if len(kinds) > 4 else ""
+        raise bad_arg(arg, "checkpoint weights must be floating-point numbers, and these are not: "
+                      + ", ".join(kinds[:4]) + more, source,
+                      "The file is not a trained VQGAN's checkpoint: pass the original .ckpt or its .safetensors.")
     model.load_state_dict(state, strict=True)
 
 

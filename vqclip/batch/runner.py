@@ -304,5 +304,18 @@ def check_text_methods(models, base, spaces, projections) -> None:
 
     for label in spaces:
         anti_text = parse_anti_text(parse_method(label)[1] + parse_anti_text(base.anti_text))
+        if "textoff" in anti_text:
+            check_text_direction(models, base.textoff)
         space_of(models, base_space(label), projections.get(base_space(label)),
                  dataclasses.replace(base, anti_text=anti_text))
+
+
+def check_text_direction(models, textoff: str | None) -> None:
+    """Find the text direction with the CLIP flags as the user gave them, so that a missing one is reported with a
+    `vqclip train --direction textoff ...` command that runs as printed (a local model's real folder, not a
+    placeholder)."""
+    from ..projections.direction import resolve_direction
+
+    clip = models.clip
+    flags = clip.cli_flags() if hasattr(clip, "cli_flags") else None
+    resolve_direction(textoff, clip.identity, clip.embed_dim, getattr(models, "cache_dir", None), clip_flags=flags)

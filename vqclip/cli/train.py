@@ -371,6 +371,7 @@ def _run_direction(args) -> int:
     """`vqclip train --direction textoff`: the text direction from the cached features, written beside the
     projections with its provenance (no training loop, so the training flags do not apply)."""
     from ..io import check_replaceable, check_writable, disk_errors, record_written, write_json
+    from ..projections.direction import TRAIN_SOURCE
     from ..spelling.direction import direction_agreement, text_direction, write_direction
 
     check_out_file(args, "train")
@@ -384,8 +385,12 @@ def _run_direction(args) -> int:
         return 0
     vector = text_direction(features)
     held_out = direction_agreement(features, vector)
-    record = {**features.metadata.get("recipe", {}), "features": str(folder), "split_sizes": features.split_sizes(),
-              "n_tuples": int(features.split_sizes().get("train", len(features))), "held_out": held_out}
+    recipe = dict(features.metadata.get("recipe", {}))
+    if "source" in recipe:  # the word list's source; `source` in a direction file says what made the file
+        recipe["word_source"] = recipe.pop("source")
+    record = {**recipe, "features": str(folder), "split_sizes": features.split_sizes(),
+              "n_tuples": int(features.split_sizes().get("train", len(features))), "held_out": held_out,
+              "source": TRAIN_SOURCE}
     with disk_errors("--out-file" if args.out else "--cache-dir", "no direction file was written"):
         path = write_direction(vector, identity, target, record=record)
     print(f"wrote {path}  (text direction of {identity}; on the {held_out['split']} split the written image lies "

@@ -11,13 +11,13 @@ pulls *toward* its vector (it points away from text), so vqclip negates it to po
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from ..cache import cache_dir, slug
 from ..errors import VqclipError, bad_arg
@@ -48,11 +48,13 @@ def direction_path(clip_identity: str, root: str | os.PathLike | None = None) ->
     return cache_dir(root) / "projections" / slug(clip_identity) / f"{NAME}.safetensors"
 
 
-def train_direction_command(clip_identity: str) -> str:
-    """The command that writes the direction `direction_path` names (the model flags as `train_command` has them)."""
+def train_direction_command(clip_identity: str, clip_flags: str | None = None) -> str:
+    """The command that writes the direction `direction_path` names. `clip_flags` are the model flags as the user
+    gave them (`ClipModel.cli_flags()`), so that a local model's command names its real folder; without them it
+    falls back to `train_command`'s form of the identity."""
     from ..spaces import train_command
 
-    return train_command("learn", clip_identity).replace("--space learn", f"--direction {NAME}", 1)
+    return train_command("learn", clip_identity, clip_flags).replace("--space learn", f"--direction {NAME}", 1)
 
 
 def save_direction(path: str | os.PathLike, vector: torch.Tensor, clip_model: str,
@@ -63,7 +65,7 @@ def save_direction(path: str | os.PathLike, vector: torch.Tensor, clip_model: st
     from .. import __version__
     from ..io import atomic_path
 
-    vector = F.normalize(vector.detach().float().cpu().reshape(-1), dim=0).contiguous()
+    vector = _unit(vector.detach().cpu().reshape(-1)).contiguous()
     meta = {"format": FORMAT, "kind": NAME, "clip_model": clip_model, "embed_dim": str(vector.numel()),
             "vqclip_version": __version__}
     for k, v in (extra or {}).items():
@@ -74,12 +76,16 @@ def save_direction(path: str | os.PathLike, vector: torch.Tensor, clip_model: st
     return path
 
 
-def load_direction(path: str | os.PathLike, clip_identity: str, embed_dim: int, arg: str = "--textoff") -> TextDirection:
+TRAIN_SOURCE = f"vqclip train --direction {NAME}"
+
+
+def load_direction(path: str | os.PathLike, clip_identity: str, embed_dim: int, arg: str = "--textoff",
+                   clip_flags: str | None = None) -> TextDirection:
     """A direction for the CLIP in use from a vqclip file or a pixray vector table; another CLIP's is refused."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise bad_arg(arg, "file not found", str(path),
-                      f"Write one with `{train_direction_command(clip_identity)}`, or pass pixray's textoff.json.")
+        raise bad_arg(arg, "file not found", str(path), f"Write one with "
+                      f"`{train_direction_command(clip_identity, clip_flags)}`, or pass pixray's textoff.json.")
     if path.suffix.lower() == ".json":
         vector, meta = _read_pixray(path, clip_identity, arg)
     else:
@@ -88,7 +94,7 @@ def load_direction(path: str | os.PathLike, clip_identity: str, embed_dim: int, 
     if trained_for != clip_identity:
         raise bad_arg(arg, f"the text direction was computed for CLIP {trained_for!r}, not for the CLIP in use",
                       clip_identity, f"Pass --clip/--pretrained matching {trained_for!r}, or compute one for this "
-                      f"model: {train_direction_command(clip_identity)}")
+                      f"model: {train_direction_command(clip_identity, clip_flags)}")
     return TextDirection(_checked_vector(vector, embed_dim, path, arg), clip_identity, {**meta, "path": str(path)})
 
 
@@ -108,6 +114,10 @@ def _read_own(path: Path, arg: str) -> tuple[torch.Tensor, dict]:
         raise bad_arg(arg, f"the file is not a vqclip text direction (format {FORMAT}, tensor d)",
                       f"{path}: format {meta.get('format')!r}", "Pass the file `vqclip train --direction textoff` "
                       "wrote (a learn/forget projection goes to --projection).")
+    if all(k in meta for k in ("n_tuples", "held_out", "features")):  # the record `vqclip train` writes
+        meta["source"] = TRAIN_SOURCE
+    elif not meta.get("source"):  # never claim train made a file that does not carry train's record
+        meta["source"] = f"a {FORMAT} file with no record of how it was made (not written by `{TRAIN_SOURCE}`)"
     return vector, meta
 
 
@@ -126,42 +136,70 @@ def _read_pixray(path: Path, clip_identity: str, arg: str) -> tuple[torch.Tensor
                       f"{path}: {', '.join(sorted(map(str, table)))}",
                       f"Compute one for this CLIP: {train_direction_command(clip_identity)}")
     try:
-        vector = -torch.tensor(table[key], dtype=torch.float64).reshape(-1).float()
-    except (TypeError, ValueError):
+        row = torch.tensor(table[key], dtype=torch.float64)
+        if row.ndim == 2 and row.shape[0] == 1:  # pixray's tables hold one row: [[x1, x2, ...]]
+            row = row[0]
+        vector = -row
+    except (TypeError, ValueError, RuntimeError):
         raise bad_arg(arg, f"pixray's entry {key!r} must be a list of numbers ([[x1, x2, ...]])", str(path),
                       "Pass pixray's vectors/textoff.json as published.") from None
     return vector, {"clip_model": clip_identity, "source": "pixray vector table (negated: pixray's points away "
                     "from text)", "pixray_key": key}
 
 
+def _unit(vector: torch.Tensor) -> torch.Tensor:
+    """`vector / ‖vector‖` computed in float64 (a float32 norm of values near 3e38 overflows to inf, and the vector
+    would become zeros), returned as float32."""
+    v = vector.double()
+    return (v / torch.linalg.vector_norm(v)).float()
+
+
 def _checked_vector(vector: torch.Tensor, embed_dim: int, path: Path, arg: str) -> torch.Tensor:
-    """The vector as a unit (D,) float tensor; the wrong size, NaN or a zero vector is refused."""
-    vector = vector.reshape(-1).float()
+    """The vector as a unit (D,) float tensor. Refused: not real floating-point numbers (complex would lose its
+    imaginary part, integers are no trained direction), any shape but (D,) (a (2, 16) table is not a vector), NaN
+    or infinity, a zero vector; the norm is taken in float64, so huge finite values are still a direction."""
+    fix = "Compute it again with `vqclip train --direction textoff`."
+    if not vector.is_floating_point():
+        raise bad_arg(arg, "the direction must hold real floating-point numbers", f"{path}: "
+                      f"{str(vector.dtype).replace('torch.', '')}", fix)
+    if vector.ndim != 1:
+        raise bad_arg(arg, f"the direction must be one vector of {embed_dim} values (the CLIP embedding size), "
+                      "not a table", f"{path}: shape {tuple(vector.shape)}", "Use a direction computed for this "
+                      "CLIP model.")
     if vector.numel() != embed_dim:
         raise bad_arg(arg, f"the direction has {vector.numel()} values, the CLIP embedding size is {embed_dim}",
                       str(path), "Use a direction computed for this CLIP model.")
-    if not torch.isfinite(vector).all() or float(vector.norm()) < 1e-8:
-        raise bad_arg(arg, "the direction must be finite and non-zero", str(path),
-                      "Compute it again with `vqclip train --direction textoff`.")
-    return F.normalize(vector, dim=0)
+    v = vector.double()
+    norm = float(torch.linalg.vector_norm(v)) if bool(torch.isfinite(v).all()) else math.nan
+    if not norm > 1e-8:  # NaN, infinity or zero
+        raise bad_arg(arg, "the direction must be finite and non-zero", f"{path}: norm {norm:.3g}", fix)
+    return (v / norm).float()
 
 
 def resolve_direction(spec: str | os.PathLike | None, clip_identity: str, embed_dim: int,
-                      cache: str | os.PathLike | None = None, arg: str = "--textoff") -> TextDirection:
-    """The text direction a run uses: the file `spec`, else the one computed for this CLIP in the cache."""
+                      cache: str | os.PathLike | None = None, arg: str = "--textoff",
+                      clip_flags: str | None = None) -> TextDirection:
+    """The text direction a run uses: the file `spec`, else the one computed for this CLIP in the cache.
+
+    `clip_flags` (`ClipModel.cli_flags()`) make the "compute one" advice a command that runs as printed."""
     if spec is not None:
-        return load_direction(spec, clip_identity, embed_dim, arg)
+        return load_direction(spec, clip_identity, embed_dim, arg, clip_flags)
     path = direction_path(clip_identity, cache)
+    command = train_direction_command(clip_identity, clip_flags)
+    if cache is not None and "--cache-dir" not in command:
+        import shlex
+
+        command += f" --cache-dir {shlex.quote(str(cache))}"
     if not path.is_file():
         error = VqclipError(f"--anti-text textoff: no text direction for CLIP {clip_identity!r} in the cache "
-                            f"({path}). Compute one with: {train_direction_command(clip_identity)} (from the same "
-                            f"cached features as the projections); or pass a file with {arg} FILE (pixray's "
-                            "textoff.json works for OpenAI's CLIPs).")
+                            f"({path}). Compute one with: {command} (from the same cached features as the "
+                            f"projections); or pass a file with {arg} FILE (pixray's textoff.json works for "
+                            "OpenAI's CLIPs).")
         error.arg = "--anti-text"
         raise error
     try:
-        return load_direction(path, clip_identity, embed_dim, arg)
+        return load_direction(path, clip_identity, embed_dim, arg, clip_flags)
     except VqclipError as e:
         from ..errors import cached_file_error
 
-        raise cached_file_error(e, path, "the cached text direction", train_direction_command(clip_identity)) from None
+        raise cached_file_error(e, path, "the cached text direction", command) from None

@@ -18,7 +18,7 @@ from ..io import check_writable
 from .arrange import Arrangement, arrange, grid_title, parse_where, show
 from .collect import (AUTO_ORDER, FIELDS, SETTING_FIELDS, STATUS_NOTES, Cell, Collection, collect, collect_batch,
                       collect_runs, collect_tree, is_batch_dir)
-from .html import HTML_GENERATOR, render_html, settings_list, write_html
+from .html import HTML_GENERATOR, check_html_places, render_html, settings_list, write_html
 from .png import (PAGE_CHUNK, GridStyle, Page, font_files, grid_page_owner, layout_page, page_paths, paginate,
                   pick_font_file, render_page, wrap_text, write_grid)
 from .png import _has_glyph  # noqa: F401 - tests check glyph coverage through vqclip.grid
@@ -47,6 +47,8 @@ def make_grid(folder: str | os.PathLike, out: str | os.PathLike | None = None, r
         check_writable(Path(html_path).parent, "--html")
     found = collect(folder)
     arr = arrange(found.cells, rows, cols, where)
+    if html_path is not None:
+        check_html_places(arr)  # refused before any page is written
     written = {"pages": [], "html": None, "rows": len(arr.rows), "cols": len(arr.cols),
                "col_fields": arr.col_fields, "missing": sum(c.status != "ok" for c in arr.table.values()) +
                len(arr.rows) * len(arr.cols) - len(arr.table), "statuses": {}}

@@ -66,8 +66,25 @@ def _html_cell(cell: Cell | None, base: Path, thumb: int) -> str:
             f'loading="lazy" /></a><figcaption>{caption}{note}</figcaption>{details}</figure></td>')
 
 
+# The gallery is one table of rows × columns places; beyond this many empty places per cell (plus a margin) it
+# would grow with the square of the lines of a manifest, so it is refused with the flags that shrink it.
+HTML_EMPTY_PER_CELL = 4
+HTML_MARGIN = 10_000
+
+
+def check_html_places(arr: Arrangement) -> None:
+    """Refuse a gallery whose table is mostly empty places (work and size quadratic in the cells)."""
+    places, cells = len(arr.rows) * len(arr.cols), len(arr.table)
+    if places > HTML_EMPTY_PER_CELL * cells + HTML_MARGIN:
+        raise bad_arg("--html", f"the gallery would be a table of {len(arr.rows)} rows x {len(arr.cols)} columns "
+                      f"({places} places) for {cells} images; vqclip writes at most {HTML_EMPTY_PER_CELL} empty "
+                      f"places per image plus {HTML_MARGIN}", f"columns: {', '.join(arr.col_fields)}",
+                      "Pick --rows/--cols whose values the images share (e.g. --cols space), or select with --where.")
+
+
 def render_html(found: Collection, arr: Arrangement, base: Path, thumb: int = 160) -> str:
     """The gallery as one XHTML-compatible page; image paths are relative to `base` (the page's folder)."""
+    check_html_places(arr)
     title = grid_title(found, arr)
     head = "".join(f"<th>{_e(arr.col_label(c))}</th>" for c in arr.cols)
     body = []
@@ -110,6 +127,7 @@ def write_html(found: Collection, arr: Arrangement, path: str | os.PathLike, thu
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm", ".xhtml"):
         raise bad_arg("--html", "the gallery is an HTML file", str(path), "Give a path ending in .html.")
+    check_html_places(arr)  # before any file is touched
     if (path.exists() or path.is_symlink()) and not overwrite and not _is_our_gallery(path):
         raise bad_arg("--html", "a file vqclip did not write is in the way", str(path),
                       "Choose another --html path, or pass --overwrite to replace it.")

@@ -56,11 +56,20 @@ class Page:
 
 
 def paginate(arr: Arrangement, style: GridStyle) -> list[Page]:
-    """Split the table into pages of at most max_rows × max_cols cells."""
-    row_chunks = [arr.rows[i:i + style.max_rows] for i in range(0, len(arr.rows), style.max_rows)] or [[]]
-    col_chunks = [arr.cols[i:i + style.max_cols] for i in range(0, len(arr.cols), style.max_cols)] or [[]]
-    chunks = [(r, c) for r in row_chunks for c in col_chunks]
-    return [Page(r, c, n + 1, len(chunks)) for n, (r, c) in enumerate(chunks)]
+    """Split the table into pages of at most max_rows × max_cols places, leaving out the pages where no cell
+    (image, failure or planned job) falls: a sparse table (each prompt with its own seeds, or a manifest whose lines
+    all differ in two fields) has rows × columns places but only as many cells as lines, and the pages follow the
+    cells, in time linear in them."""
+    row_index = {r: i // style.max_rows for i, r in enumerate(arr.rows)}
+    col_index = {c: i // style.max_cols for i, c in enumerate(arr.cols)}
+    chunks = sorted({(row_index[r], col_index[c]) for r, c in arr.table if r in row_index and c in col_index}) \
+        or [(0, 0)]
+
+    def part(values: list, n: int, size: int) -> list:
+        return values[n * size:(n + 1) * size]
+
+    return [Page(part(arr.rows, r, style.max_rows), part(arr.cols, c, style.max_cols), n + 1, len(chunks))
+            for n, (r, c) in enumerate(chunks)]
 
 
 FONT_ENV = "VQCLIP_FONT"
@@ -377,10 +386,11 @@ def _check_replaceable(out: Path, paths: Sequence[Path], overwrite: bool) -> Non
 def _remove_stale_pages(out: Path, keep: Sequence[Path]) -> list[Path]:
     """Pages left by an earlier, larger grid of the same name would mislead; remove those (recorded as pages of
     this grid in their own text chunk), never a user's file that merely has a similar name."""
-    pattern = re.compile(re.escape(out.stem) + r"(-\d{3})?" + re.escape(out.suffix))
+    pattern = re.compile(re.escape(out.stem) + r"(-\d{3,})?" + re.escape(out.suffix))
+    kept = {p.name for p in keep}  # a set: a grid of thousands of pages checks each name once, not against all
     removed = []
     for p in out.parent.glob(f"{glob.escape(out.stem)}*{glob.escape(out.suffix)}"):
-        if pattern.fullmatch(p.name) and p not in keep and grid_page_owner(p) == out.name:
+        if pattern.fullmatch(p.name) and p.name not in kept and grid_page_owner(p) == out.name:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

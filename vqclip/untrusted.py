@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from .errors import VqclipError, bad_arg, one_line
@@ -241,6 +242,86 @@ def read_yaml(path: str | os.PathLike, arg: str | None = None, max_bytes: int = 
         raise _refuse(path, f"nests lists/mappings more than {max_depth} levels deep", "Fix or replace the file.",
                       arg) from None
     return data
+
+
+# ---------------------------------------------------------------------------------- option files (--config)
+
+MAX_CONFIG_KEYS = 256  # a command has under 100 options; the file maps option names to values
+MAX_CONFIG_VALUES = 10_000  # scalars and containers in the whole file (lists of image prompts included)
+MAX_RESOLVED_CHARS = 1 << 20  # the text of every value after `${key}` interpolation, summed
+_INTERPOLATION = re.compile(r"\$\{([^{}]*)\}")
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def config_problem(data: Any, max_keys: int = MAX_CONFIG_KEYS, max_values: int = MAX_CONFIG_VALUES,
+                   max_chars: int = MAX_RESOLVED_CHARS) -> tuple[str, str] | None:
+    """(rule, fix) when an option file read by `read_yaml` is beyond what vqclip resolves, else None; checked
+    before omegaconf sees it, in time linear in the file.
+
+    At most `max_keys` top-level keys and `max_values` values in all; interpolations only of the form `${key}`
+    naming another top-level key (no resolvers such as `${oc.env:...}`, no nesting, no cycles); and the text of
+    every value after interpolation at most `max_chars` in all, computed from the lengths (a file of 28 lines that
+    doubles a string at each line would otherwise resolve to gigabytes)."""
+    if not isinstance(data, dict):
+        return None
+    if len(data) > max_keys:
+        return (f"holds {len(data)} keys; an option file names at most {max_keys} options",
+                "Keep one key per option (see --help).")
+    strings, stack, count = [], [data], 0
+    while stack:
+        node = stack.pop()
+        count += 1
+        if count > max_values:
+            return f"holds more than {max_values} values", "Keep the file to the options a command takes."
+        if isinstance(node, dict):
+            stack.extend(node.values())
+            stack.extend(k for k in node if isinstance(k, str))
+        elif isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, str) and "${" in node:
+            strings.append(node)
+    if not strings:
+        return None
+    keys = {str(k): v for k, v in data.items()}
+    fix = "Write the values out, or refer to another key only as ${key}."
+    memo: dict[str, int] = {}
+
+    def length(key: str, seen: tuple[str, ...]) -> int:
+        if key in memo:
+            return memo[key]
+        if key in seen:
+            raise ValueError(f"${{{key}}} refers to itself (through {' -> '.join(seen)})")
+        value = keys[key]
+        total = text_length(value, (*seen, key)) if isinstance(value, str) else len(str(value))
+        memo[key] = total
+        return total
+
+    def text_length(text: str, seen: tuple[str, ...]) -> int:
+        total = len(text)
+        for m in _INTERPOLATION.finditer(text):
+            name = m.group(1).strip()
+            if not _KEY.fullmatch(name) or name not in keys:
+                raise ValueError(f"the interpolation {one_line(m.group(0), 60)} is not ${{key}} of another key of "
+                                 "the file (resolvers, nested and relative references are not read)")
+            total += length(name, seen) - len(m.group(0))
+            if total > max_chars:
+                raise OverflowError
+        if "${" in _INTERPOLATION.sub("", text):
+            raise ValueError(f"{one_line(text, 60)!r} holds a '${{' that is no ${{key}} interpolation")
+        return total
+
+    try:
+        resolved = 0
+        for text in strings:
+            resolved += text_length(text, ())
+            if resolved > max_chars:
+                raise OverflowError
+    except OverflowError:
+        return (f"its ${{...}} interpolations expand to more than {max_chars} characters",
+                "Write the values out instead of building them from each other.")
+    except ValueError as e:
+        return str(e), fix
+    return None
 
 
 # --------------------------------------------------------------------------------------- number arguments

@@ -10,7 +10,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
 from ..errors import VqclipError, bad_arg, choices_hint
-from ..spaces import SPACES
 from .promptfile import FieldError, Problem, PromptFileError, PromptItem, parse_seed_list
 
 FORMAT = "vqclip.batch/1"
@@ -39,7 +38,7 @@ def parse_spaces(text: str | Sequence[str], arg: str = "--spaces") -> tuple[str,
     """`"clip,learn,forget"` -> ("clip", "learn", "forget"), in the order given, without repeats. An entry may also
     be a way of keeping text out in a space (`negative`, `forget+negative`, ...: generation/antitext.py), a column
     of the plan like the spaces."""
-    from ..generation.antitext import METHODS, method_label, parse_method
+    from ..generation.antitext import METHODS, SPACES, method_label, parse_method
 
     parts = text if isinstance(text, (list, tuple)) else str(text).split(",")  # a list from a --config file
     names = [str(s).strip().lower() for s in parts if str(s).strip()]
@@ -63,6 +62,13 @@ def _is_method(name: str) -> bool:
     except VqclipError:
         return False
     return True
+
+
+def parse_method_ways(label: str) -> tuple[str, ...]:
+    """The ways of keeping text out of a plan's space entry: `forget+textoff` -> ("textoff",)."""
+    from ..generation.antitext import parse_method
+
+    return tuple(parse_method(label)[1])
 
 
 def base_space(label: str) -> str:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..errors import DISK_ERRNOS, VqclipError, describe_exception, missing_extra_hint, one_line
@@ -16,6 +20,16 @@ from ..errors import DISK_ERRNOS, VqclipError, describe_exception, missing_extra
 EXIT_UNEXPECTED = 70
 EXIT_OS = 74
 DEBUG_ENV = "VQCLIP_DEBUG"
+
+# OSErrors that say a path is of the wrong kind, not that the disk failed: (rule, fix); exit 2 like any broken rule.
+PATH_ERRNOS = {
+    errno.EISDIR: ("a folder is where vqclip needs a file", "Move the folder away or name a file."),
+    errno.ENOTDIR: ("a file is where vqclip needs a folder", "Move the file away or name a folder."),
+    errno.ENAMETOOLONG: ("a file name is longer than the file system allows (255 bytes a name)",
+                         "Use a shorter name."),
+    errno.ENOENT: ("no such file or folder", "Check the path."),
+    errno.ELOOP: ("too many levels of symbolic links", "Point the path at a real file or folder."),
+}
 
 # One module per subcommand, each with `register(subparsers)` that sets `func(args) -> int`.
 COMMANDS = ("generate", "animate", "batch", "grid", "train", "eval", "score", "models", "testbed", "reproduce", "ui")
@@ -86,6 +100,9 @@ def unexpected_error_line(e: BaseException) -> tuple[str, int]:
     """The one line (and exit code) for an exception no precise check caught: what failed, the file when known."""
     if isinstance(e, OSError):
         target = " ".join(f"{f}" for f in (e.filename, e.filename2) if f)
+        if e.errno in PATH_ERRNOS:  # a path the user gave (or a file in it) is of the wrong kind: a rule, not the OS
+            rule, fix = PATH_ERRNOS[e.errno]
+            return f"{target + ': ' if target else ''}{rule} ({type(e).__name__}). {fix}", 2
         reason = DISK_ERRNOS.get(e.errno) or one_line(e.strerror or e) or type(e).__name__
         fix = {"the disk is full": "Free some space (finished outputs are kept) and run the same command again.",
                "the disk quota is exceeded": "Free some space and run the same command again.",
@@ -105,7 +122,87 @@ def _option_dests(parser: argparse.ArgumentParser) -> dict[str, str]:
     return {opt: a.dest for a in parser._actions for opt in a.option_strings}
 
 
+EXIT_PIPE = 128 + 13  # what a shell reports for a program ended by SIGPIPE (`vqclip models list | head -1`)
+
+
+def _on_term(signum, frame):
+    """SIGTERM (sent by `timeout`, schedulers and container stops) stops vqclip like Ctrl-C does, from the first
+    line of `main` on; a second SIGTERM gets the handler that was there before (usually: exit)."""
+    signal.signal(signal.SIGTERM, _previous_term[0])
+    raise KeyboardInterrupt
+
+
+_previous_term: list = [signal.SIG_DFL]
+
+
+@contextlib.contextmanager
+def _interrupt_handlers():
+    """SIGTERM as KeyboardInterrupt while `main` runs (before any heavy import or work), the previous handler back
+    after it (for callers in the same process, such as tests); only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    _previous_term[0] = previous if previous is not None else signal.SIG_DFL
+    signal.signal(signal.SIGTERM, _on_term)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGTERM) is _on_term:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reader has gone (`| head -1`): poll reports POLLERR on its write end."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _quiet_closed_stdout() -> int:
+    """After a closed stdout: point it at /dev/null so that the interpreter's final flush does not complain, and
+    return the shell's usual status for a closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return EXIT_PIPE
+
+
+def _flush_stdout() -> None:
+    """Flush here, not at exit, so that a closed pipe (`| head -1`) is handled by `main`."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
 def main(argv: list[str] | None = None) -> int:
+    with _interrupt_handlers():
+        try:
+            try:
+                code = _main(argv)
+            except SystemExit:  # --help, --version and argparse's usage errors print, then exit
+                _flush_stdout()
+                raise
+            _flush_stdout()
+            return code
+        except KeyboardInterrupt:  # before the command was known (during the imports that build the parser)
+            print("vqclip: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            if _stdout_closed():
+                return _quiet_closed_stdout()
+            raise
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
@@ -140,13 +237,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"vqclip {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError as e:
+        if _stdout_closed():
+            return _quiet_closed_stdout()
+        return _unexpected(args, debug, e)
     except Exception as e:  # the last line of defence: one clear line, the traceback only with --debug
-        hint = missing_extra_hint(e) if isinstance(e, ImportError) else None
-        if hint is not None:
-            print(f"vqclip {args.command}: error: {hint}", file=sys.stderr)
-            return 2
-        if debug:
-            raise
-        line, code = unexpected_error_line(e)
-        print(f"vqclip {args.command}: error: {line}", file=sys.stderr)
-        return code
+        return _unexpected(args, debug, e)
+
+
+def _unexpected(args, debug: bool, e: BaseException) -> int:
+    hint = missing_extra_hint(e) if isinstance(e, ImportError) else None
+    if hint is not None:
+        print(f"vqclip {args.command}: error: {hint}", file=sys.stderr)
+        return 2
+    if debug:
+        raise e
+    line, code = unexpected_error_line(e)
+    print(f"vqclip {args.command}: error: {line}", file=sys.stderr)
+    return code

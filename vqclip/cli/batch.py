@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..errors import bad_arg
 from .common import add_quiet_arg, check_memory, command_parser, sigterm_as_interrupt
-from .generate import add_model_args, add_settings_args, load_models_from_args, settings_from_args
+from .generate import (add_model_args, add_settings_args, anti_text_uses, check_args_early, few_steps_notice,
+                       load_models_from_args, settings_from_args)
 
 PROG = "vqclip batch"
 
@@ -169,11 +170,15 @@ def run_batch_command(args: argparse.Namespace) -> int:
     from ..batch.plan import base_space
     from ..generation.groups import parse_group_size
 
+    # every check that needs no torch first: a mistake in the flags or the prompt files is reported in well under a
+    # second (the settings below import torch)
     group_size = parse_group_size(args.group_size)
     items = load_prompt_files(args.files, args.word_type)
     spaces = parse_spaces_arg(args.spaces)
     seeds = seeds_from_args(args)
     shard = resolve_shard(args.shard)
+    check_args_early(args, "")
+    anti_text_uses(args, _text_ways(spaces, items))
     base = settings_from_args(args, "")
     settings_record = base_settings_record(base)  # flag errors name the flag, before any item is blamed
     check_item_settings(items, base)
@@ -190,6 +195,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
     done = sum(job_state(out, j, spec.job_fp(j), ok_lines) != "todo" for j in mine) if out.is_dir() else 0
     plan_text = (f"{len(items)} prompts, seeds {','.join(map(str, seeds))}, spaces {','.join(spaces)}: {len(jobs)} "
                  f"jobs; share {shard}: {len(mine)} jobs, {done} finished, {len(mine) - done} to run")
+    for notice in few_steps_notices(base, items, spaces):  # as `generate` says it; with --dry-run too
+        print(f"{PROG}: note: {notice}", file=sys.stderr)
     if args.dry_run:
         print(f"{PROG}: {out} ({action}): {plan_text}")
         return 0
@@ -243,6 +250,29 @@ def _run(args, out, record, action, spec, base, items, spaces, projections, shar
               file=sys.stderr)
         return 130
     return 1 if summary.failed else 0
+
+
+def _text_ways(spaces, items) -> tuple[str, ...]:
+    """The ways of keeping text out that the plan's space entries (`forget+textoff`) and items turn on."""
+    from ..batch.plan import parse_method_ways
+    from ..generation.antitext import parse_anti_text
+
+    ways = [w for s in spaces for w in parse_method_ways(s)]
+    for item in items:
+        ways += parse_anti_text(item.overrides.get("anti_text"), "anti_text")
+    return tuple(ways)
+
+
+def few_steps_notices(base, items, spaces) -> list[str]:
+    """The note `generate` prints for a learn/forget run of under 10 steps, once for the batch: when a job of the
+    plan runs in learn or forget with that few steps (the batch's --steps or an item's own)."""
+    from ..batch.plan import base_space
+
+    if all(base_space(s) == "clip" for s in spaces):
+        return []
+    steps = min([base.steps] + [int(i.overrides["steps"]) for i in items if "steps" in i.overrides])
+    notice = few_steps_notice(steps)
+    return [notice] if notice else []
 
 
 def parse_spaces_arg(text: str) -> tuple[str, ...]:

@@ -106,11 +106,12 @@ def plan_from_args(args, spaces=(), *, vqgan: bool = False, paper_dataset: bool 
                    extras=()):
     """The files a command with these flags needs (see vqclip.preflight): CLIP weights, the VQGAN when `vqgan`,
     a projection for each (space, file given, ...) in `spaces` without a file, the paper's photos."""
-    from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED
+    from ..models.clip import DEFAULT_CLIP, DEFAULT_PRETRAINED, check_schema_pretrained
     from ..preflight import plan_assets
 
     clip = getattr(args, "clip", None) or DEFAULT_CLIP
     pretrained = args.pretrained if getattr(args, "pretrained", None) is not None else DEFAULT_PRETRAINED
+    check_schema_pretrained(clip, pretrained)  # before the preflight looks for a file that would be ignored
     return plan_assets(clip=clip, pretrained=pretrained, cache=getattr(args, "cache_dir", None),
                        vqgan=getattr(args, "vqgan", None), vqgan_checkpoint=getattr(args, "vqgan_checkpoint", None),
                        with_vqgan=vqgan, spaces=[(s[0], s[1]) for s in spaces],
@@ -164,8 +165,10 @@ def load_clip_from_args(args):
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (sent by `timeout`, schedulers and container stops) stops a run like Ctrl-C does: the current image
     and run.json are written with status interrupted. A second SIGTERM gets the previous handler (usually: exit)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
+    from . import _on_term
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is _on_term:
+        yield  # `vqclip.cli.main` already turns the first SIGTERM into KeyboardInterrupt, from its first line on
         return
     previous = signal.getsignal(signal.SIGTERM)
 

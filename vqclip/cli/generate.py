@@ -7,7 +7,7 @@ import math
 import sys
 from pathlib import Path
 
-from ..errors import bad_arg, choices_hint, one_line
+from ..errors import VqclipError, bad_arg, choices_hint, one_line
 from .common import (add_cache_arg, add_clip_args, add_device_args, add_quiet_arg, check_memory, command_parser,
                      output_errors, sigterm_as_interrupt)
 from .choices import VIDEO_FORMATS  # noqa: F401 - animate and tests take it from here
@@ -98,7 +98,7 @@ def add_anti_text_args(p: argparse.ArgumentParser) -> None:
                         "direction (`vqclip train --direction textoff`); join both with '+' (default: none)")
     g.add_argument("--negative-text", default=D["negative_text"], metavar="TEXT",
                    help=f"the negative prompt's words (default {D['negative_text']!r})")
-    g.add_argument("--negative-weight", type=float, default=D["negative_weight"],
+    g.add_argument("--negative-weight", type=finite_float, default=D["negative_weight"],
                    help=f"its weight, below zero (default {D['negative_weight']})")
     g.add_argument("--textoff", default=None, metavar="FILE",
                    help="text direction file (default: the one computed for this CLIP in the cache); pixray's "
@@ -106,8 +106,46 @@ def add_anti_text_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--textoff-mode", default=D["textoff_mode"], choices=TEXT_MODES,
                    help="target: a negative target, as pixray's vector prompt (default); project: the direction is "
                         "removed from every embedding")
-    g.add_argument("--textoff-weight", type=float, default=D["textoff_weight"],
+    g.add_argument("--textoff-weight", type=finite_float, default=D["textoff_weight"],
                    help=f"the negative target's weight, below zero (default {D['textoff_weight']})")
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (`-inf`, `inf` and `nan` are refused when the command line is read, not at
+    the first step)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number; got {text!r}. Try e.g. -0.5")
+    return value
+
+
+def anti_text_uses(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The ways of keeping text out that --anti-text (and `extra`, e.g. batch's space entries) turn on; refuses
+    --textoff FILE when textoff is not among them (the file would be silently ignored)."""
+    from ..generation.antitext import parse_anti_text
+
+    ways = tuple(dict.fromkeys(parse_anti_text(args.anti_text) + tuple(extra)))
+    if getattr(args, "textoff", None) and "textoff" not in ways:
+        raise bad_arg("--textoff", "a text direction file is used only with --anti-text textoff (it would be "
+                      "ignored)", args.textoff, "Add --anti-text textoff, or drop --textoff.")
+    return ways
+
+
+def check_args_early(args: argparse.Namespace, prompt: str) -> None:
+    """The checks that need no model and no torch: prompt syntax, image and noise prompts, the ways of keeping text
+    out; run before torch is imported, so a mistyped argument is reported in well under a second."""
+    from ..generation.prompts import parse_image_prompt, parse_noise_prompt, parse_story
+
+    if prompt:
+        parse_story(prompt)
+    for spec in args.image_prompt:
+        parse_image_prompt(spec)
+    for spec in args.noise_prompt:
+        parse_noise_prompt(spec)
+    anti_text_uses(args)
 
 
 def fill_recipe_defaults(args: argparse.Namespace) -> None:
@@ -214,14 +252,21 @@ def apply_config_file(parser: argparse.ArgumentParser, path: str) -> dict[str, s
     """
     from omegaconf import OmegaConf
 
-    from ..untrusted import UntrustedFileError, read_yaml
+    from ..untrusted import UntrustedFileError, config_problem, read_yaml
 
     try:
-        # bounded first (a regular UTF-8 file of at most 1 MiB, nesting at most 32 deep, no alias bombs), then
+        # bounded first (a regular UTF-8 file of at most 1 MiB, nesting at most 32 deep, no alias bombs; at most
+        # 256 keys and 10,000 values; `${key}` interpolations only, whose resolved text is at most 1 MiB), then
         # omegaconf for its interpolations
-        cfg = OmegaConf.to_container(OmegaConf.create(read_yaml(path, "--config") or {}), resolve=True)
+        data = read_yaml(path, "--config") or {}
+        problem = config_problem(data)
+        if problem:
+            raise bad_arg("--config", f"could not read the YAML file ({problem[0]})", path, problem[1])
+        cfg = OmegaConf.to_container(OmegaConf.create(data), resolve=True)
     except UntrustedFileError as e:
         raise bad_arg("--config", f"could not read the YAML file ({e.rule})", path, e.fix) from None
+    except VqclipError:
+        raise
     except Exception as e:  # missing file, YAML syntax errors, interpolation errors
         raise bad_arg("--config", "could not read the YAML file", path, f"Check the file ({one_line(e, 200)}).") \
             from None
@@ -302,6 +347,7 @@ def run_generate(args: argparse.Namespace) -> int:
                       'Try: vqclip generate "a photo of an apple".')
     check_output_args(args)
     prompt = args.prompt or ""
+    check_args_early(args, prompt)  # before torch is imported
     settings = settings_from_args(args, prompt)
     settings.resolved(1)  # every check that does not need the VQGAN, before loading it
     out = Path(args.out) if args.out else default_run_dir(prompt or "image-prompt", args.outputs_root)
@@ -314,6 +360,14 @@ def run_generate(args: argparse.Namespace) -> int:
 FEW_STEPS = 10  # below this a learn/forget run is warned that the spaces may not differ yet
 
 
+def few_steps_notice(steps: int) -> str | None:
+    """The note for a run in a learn/forget space with so few steps that the spaces can give the same image."""
+    if steps >= FEW_STEPS:
+        return None
+    return (f"with {steps} steps the quantized codes have barely moved: clip, learn and forget can give "
+            "pixel-identical images; use 100 or more steps to compare spaces")
+
+
 LONG_RUN_SECONDS = 600  # a run expected to take longer says so after its first measured steps
 
 
@@ -324,6 +378,10 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
     from ..outputs import prepare_run_dir
 
     models = load_models_from_args(args, spaces=[(args.space, args.projection, "--projection")])
+    if "textoff" in anti_text_uses(args):
+        from ..batch.runner import check_text_direction
+
+        check_text_direction(models, args.textoff)
     space = space_of(models, args.space, args.projection, settings)
     settings, notices = settings.resolved(models.vqgan.factor)
     created = not out.exists()
@@ -335,9 +393,8 @@ def _generate(args: argparse.Namespace, settings, prompt: str, out: Path) -> int
 
 def _print_notes(args: argparse.Namespace, settings, space, notices: list) -> None:
     """The settings' notices, a note when too few steps leave the spaces alike, and the seed when it was drawn."""
-    if space.name != "clip" and settings.steps < FEW_STEPS:
-        notices = [*notices, f"with {settings.steps} steps the quantized codes have barely moved: clip, learn and "
-                   "forget can give pixel-identical images; use 100 or more steps to compare spaces"]
+    if space.name != "clip" and few_steps_notice(settings.steps):
+        notices = [*notices, few_steps_notice(settings.steps)]
     for notice in notices:
         print(f"vqclip generate: note: {notice}", file=sys.stderr)
     if args.seed is None and not args.quiet:

@@ -9,15 +9,14 @@ seed fixes the cutouts and no random number crosses between host and device.
 
 The augmentations follow the VQGAN+CLIP community defaults that vqclip used through kornia's augmentation modules
 (RandomAffine(15°, translate 0.1, border), RandomPerspective(0.7), ColorJitter(brightness, contrast, saturation,
-hue 0.1), RandomErasing(0.1–0.4, ratio 0.3–3.3), each with p = 0.7). The jitter is not kornia's: brightness,
+hue 0.1), RandomErasing(0.1–0.4, ratio 0.3–3.3), each with p = 0.7). The jitter is not kornia's code: brightness,
 contrast and saturation are kornia ColorJitter's formulas (scale by the factor; blend with the cutout's mean grey;
-blend with the pixel's grey, which is exactly a scaling of the YIQ chroma plane), but the hue shift is a rotation
-of the YIQ chroma plane, not a shift of the HSV hue. The two are different changes (both leave greys alone): a YIQ
-rotation keeps each pixel's luma and chroma length but can leave the RGB cube, an HSV hue shift keeps each pixel's
-largest and smallest channel but changes its luma. By the nominal angle the rotation changed colours 1.32× as much
-as kornia's hue shift; its angle is scaled so that at the extreme of the range (0.1 of a turn) the mean absolute
-RGB change over 4096 seeded uniform colours matches kornia's `adjust_hue` (see `_YIQ_HUE_SCALE`), and the result
-is clamped into [0, 1], as kornia's ColorJitter clamps, so no value leaves the gamut.
+blend with the pixel's grey, which is exactly a scaling of the YIQ chroma plane), folded into one 3×3 matrix and one
+grey offset per cutout. The hue shift is a rotation about RGB's grey axis by the nominal angle, after which each
+pixel's largest and smallest channel are set back to what they were (an affine map per pixel, which changes
+neither its HSV hue nor its order of channels): that is what kornia's HSV hue shift keeps, so the result stays in
+the gamut as kornia's does, and on photographs it changes colours as much as kornia's (docs/method.md §9). The
+result is clamped into [0, 1], as kornia's ColorJitter clamps.
 """
 
 from __future__ import annotations
@@ -42,15 +41,12 @@ _AUGS = {
     "flip": (0.5, 1),  # apply
 }
 AUGMENTATIONS = tuple(_AUGS)
-# RGB -> YIQ: hue is the angle of (I, Q), saturation its length; luma Y is left alone.
+# RGB -> YIQ: saturation scales the (I, Q) chroma plane, luma Y is left alone (kornia's grey is this Y).
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.595716, -0.274453, -0.321263), (0.211456, -0.522591, 0.311135))
+# An orthonormal basis of RGB whose first axis is grey: the hue turns the other two about it.
+_GREY_BASIS = ((3 ** -0.5, 3 ** -0.5, 3 ** -0.5), (2 / 6 ** 0.5, -1 / 6 ** 0.5, -1 / 6 ** 0.5),
+               (0.0, 2 ** -0.5, -(2 ** -0.5)))
 DEFAULT_AUGMENTATIONS = ("affine", "perspective", "jitter", "erasing")
-# YIQ chroma rotation angle per nominal hue angle. Strength: the mean absolute RGB change at a nominal ±0.1 turn
-# (the extreme of the range) over 4096 colours uniform in the RGB cube (torch.Generator().manual_seed(0)). A YIQ
-# rotation by the nominal angle is 1.32× kornia.enhance.adjust_hue's HSV shift by it (1.21× once clamped into
-# [0, 1]); the scale that matches, clamp included, is 0.815 on those colours and 0.79 on smooth random images, so
-# 0.80: 0.98× and 1.01× kornia's (tests/test_recipe_cutouts.py measures both).
-_YIQ_HUE_SCALE = 0.80
 
 
 def parse_augmentations(spec: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -82,6 +78,7 @@ def _constants(device: torch.device, dtype: torch.dtype, w: int, h: int) -> dict
         "grid": create_meshgrid(h, w, normalized_coordinates=False, device=device, dtype=dtype),  # (1, h, w, 2)
         "to_yiq": yiq.to(device=device, dtype=dtype),
         "to_rgb": torch.linalg.inv(yiq).to(device=device, dtype=dtype),
+        "to_grey": torch.tensor(_GREY_BASIS, dtype=dtype).to(device),
     }
 
 
@@ -134,35 +131,46 @@ def _warp(x: torch.Tensor, inverse: torch.Tensor, padding_mode: str) -> torch.Te
 
 
 def _jitter(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """kornia ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1)'s ranges, in a fixed order, as
-    one 3×3 colour matrix and one grey offset per cutout (one batched matrix product, against about a hundred
-    elementwise kernels for an HSV round trip, which measured as costly as CLIP's forward pass here):
+    """kornia ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1)'s ranges, in a fixed order, in two
+    batched matrix products and about ten elementwise kernels (against about a hundred for kornia's HSV round
+    trip, which measured as costly as CLIP's forward pass here):
 
     - brightness × U(0.9, 1.1): the cutout is scaled;
     - contrast U(0.9, 1.1): the cutout is blended with its mean grey (luma averaged over its pixels), c·x + (1-c)·m;
     - saturation U(0.9, 1.1): blended with each pixel's grey, the same as scaling the YIQ chroma plane;
-    - hue U(-0.1, 0.1) of a turn: a rotation of the YIQ chroma plane by `_YIQ_HUE_SCALE` × that angle.
+    - hue U(-0.1, 0.1) of a turn: a rotation by that angle about the grey axis, then each pixel mapped affinely
+      (v ↦ lo + (v - lo')·(hi - lo)/(hi' - lo')) so that its largest and smallest channel are those it had before
+      the rotation, as kornia's HSV hue shift keeps them; the map changes neither the pixel's HSV hue nor the order
+      of its channels, so the shift is the rotation's, and no pixel leaves the gamut through it.
 
-    Grey (Y = 1, I = Q = 0) is left alone by the chroma steps, so the contrast's grey offset passes through them:
-    y = b·c·M·x + (1 - c)·b·m. The result is clamped into [0, 1], as kornia's ColorJitter clamps."""
+    The first three are one 3×3 matrix and one grey offset per cutout: y = b·c·M·x + (1 - c)·b·m. The rotation of
+    y is the same product with the rotated matrix (a grey offset is on the axis). The result is clamped into
+    [0, 1], as kornia's ColorJitter clamps."""
     n, _, h, w = x.shape
     apply = (u[:, 0] < _AUGS["jitter"][0]).to(u.dtype)
     brightness = 1 + (u[:, 1] * 0.2 - 0.1) * apply
     contrast = 1 + (u[:, 2] * 0.2 - 0.1) * apply
     saturation = 1 + (u[:, 3] * 0.2 - 0.1) * apply
-    hue = (u[:, 4] * 0.2 - 0.1) * (2 * math.pi * _YIQ_HUE_SCALE) * apply
+    hue = (u[:, 4] * 0.2 - 0.1) * (2 * math.pi) * apply
     const = _constants(x.device, x.dtype, w, h)
-    cos, sin = hue.cos() * saturation, hue.sin() * saturation
     chroma = torch.zeros(n, 3, 3, device=x.device, dtype=x.dtype)
-    chroma[:, 0, 0] = 1
-    chroma[:, 1, 1], chroma[:, 1, 2] = cos, -sin
-    chroma[:, 2, 1], chroma[:, 2, 2] = sin, cos
-    gain = brightness * contrast
-    matrix = const["to_rgb"] @ (chroma * gain.view(n, 1, 1)) @ const["to_yiq"]  # (n, 3, 3)
+    chroma[:, 0, 0] = brightness * contrast
+    chroma[:, 1, 1] = chroma[:, 2, 2] = saturation * brightness * contrast
+    linear = const["to_rgb"] @ chroma @ const["to_yiq"]  # (n, 3, 3)
+    turn = torch.zeros(n, 3, 3, device=x.device, dtype=x.dtype)
+    turn[:, 0, 0] = 1
+    turn[:, 1, 1], turn[:, 1, 2] = hue.cos(), -hue.sin()
+    turn[:, 2, 1], turn[:, 2, 2] = hue.sin(), hue.cos()
+    rotation = const["to_grey"].T @ turn @ const["to_grey"]  # (n, 3, 3) about the grey axis
     flat = x.reshape(n, 3, h * w)
     grey = flat.mean(-1) @ const["to_yiq"][0]  # (n,): the cutout's mean luma, kornia's contrast mean
     offset = ((1 - contrast) * brightness * grey).view(n, 1, 1)
-    return torch.baddbmm(offset, matrix, flat).clamp(0, 1).view(n, 3, h, w)
+    y = torch.baddbmm(offset, linear, flat)  # (n, 3, h·w): brightness, contrast, saturation
+    turned = torch.baddbmm(offset, rotation @ linear, flat)  # y turned about the grey axis
+    lo, hi = torch.aminmax(y, dim=1, keepdim=True)
+    lo_turned, hi_turned = torch.aminmax(turned, dim=1, keepdim=True)
+    ratio = (hi - lo) / (hi_turned - lo_turned).clamp_min(1e-6)
+    return torch.addcmul(lo - lo_turned * ratio, turned, ratio).clamp(0, 1).view(n, 3, h, w)
 
 
 def _erasing(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -62,14 +62,14 @@ def _newly_saturated(before: torch.Tensor, after: torch.Tensor, tol: float = 1e-
 def test_hue_jitter_is_as_strong_as_kornias_on_every_photograph(photos):
     for name, x in photos.items():
         ratio = _strength(_hue_only, x) / _strength(_kornia_hue, x)
-        assert abs(ratio - 1) <= 0.10, (name, ratio)  # measured 0.989-1.018 (the YIQ rotation: 0.90-1.23)
+        assert abs(ratio - 1) <= 0.10, (name, ratio)  # measured 0.989-1.019 (the YIQ rotation: 1.00-1.23)
 
 
 def test_the_jitter_saturates_at_most_1_5x_as_many_pixels_as_kornias(photos):
     """The whole jitter (brightness, contrast, saturation, hue, each drawn) against kornia's ColorJitter(0.1 × 4)
     on the same photo, 8 calls of 64 draws each (kornia draws one order of its four steps per call). The remaining
     excess comes from the one clamp at the end, where kornia clamps after each step (measured 0.98-1.17× with
-    6 × 256 draws; the YIQ rotation: 2-18×)."""
+    6 × 256 draws; the YIQ rotation: 1.1-7.6×)."""
     import kornia.augmentation as K
 
     for name, x in photos.items():

@@ -1,4 +1,4 @@
-"""The recipes' cutouts against independent re-statements of their anchors, and the calibrated YIQ jitter.
+"""The recipes' cutouts against independent re-statements of their anchors, and the colour jitter.
 
 - `CrowsonCutouts` (recipe paper) against Crowson's notebook `MakeCutouts` / `resample`, re-stated below and run
   on the global RNG after `torch.manual_seed(s)`, as the notebook runs.

@@ -1,7 +1,7 @@
 """The `vqclip` recipe's colour jitter against kornia's ColorJitter on photographs (issue 36, item 6).
 
 The hue shift was a rotation of the YIQ chroma plane scaled to match kornia's HSV shift on uniform colours: on
-photographs its strength was 0.90-1.23× kornia's, and the final clamp newly saturated up to 18× as many pixels as
+photographs its strength was 1.00-1.23× kornia's, and the final clamp newly saturated 1.1-7.6× as many pixels as
 kornia's jitter (a rotation carries a saturated colour out of the RGB cube, an HSV shift keeps its largest and
 smallest channel). Now the rotation is about the grey axis and each pixel's largest and smallest channel are set
 back (cutouts._jitter). The photographs are scikit-image's sample photos, which ship inside its wheel.

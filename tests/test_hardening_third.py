@@ -267,6 +267,18 @@ def test_an_os_error_about_a_path_names_it_and_its_rule(error, rule):
     assert code == 2 and line.startswith(error.filename) and rule in line and "Check the path and the disk" not in line
 
 
+def test_a_config_interpolation_of_another_key_is_still_honoured(tmp_path):
+    import argparse
+
+    from vqclip.cli import build_parser
+    from vqclip.cli.generate import apply_config_file
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["generate"]
+    (tmp_path / "c.yaml").write_text("steps: 3\nnegative_text: ${steps} words\n")
+    apply_config_file(sub, str(tmp_path / "c.yaml"))
+    assert sub.get_default("negative_text") == "3 words" and sub.get_default("steps") == 3
+
+
 # ------------------------------------------------------------------------- 7. grid pages follow the cells
 
 def _diagonal(n: int):

@@ -280,48 +280,54 @@ def config_problem(data: Any, max_keys: int = MAX_CONFIG_KEYS, max_values: int =
             stack.extend(node)
         elif isinstance(node, str) and "${" in node:
             strings.append(node)
-    if not strings:
-        return None
-    keys = {str(k): v for k, v in data.items()}
-    fix = "Write the values out, or refer to another key only as ${key}."
-    memo: dict[str, int] = {}
+    return _ResolvedLengths(data, max_chars).problem(strings) if strings else None
 
-    def length(key: str, seen: tuple[str, ...]) -> int:
-        if key in memo:
-            return memo[key]
+
+class _ResolvedLengths:
+    """The length of each string of an option file after `${key}` interpolation, from the lengths of the keys'
+    values (each computed once), without building a single resolved string."""
+
+    def __init__(self, data: dict, max_chars: int):
+        self.keys = {str(k): v for k, v in data.items()}
+        self.max_chars = max_chars
+        self.memo: dict[str, int] = {}
+
+    def problem(self, strings: list[str]) -> tuple[str, str] | None:
+        try:
+            resolved = 0
+            for text in strings:
+                resolved += self.text_length(text, ())
+                if resolved > self.max_chars:
+                    raise OverflowError
+        except OverflowError:
+            return (f"its ${{...}} interpolations expand to more than {self.max_chars} characters",
+                    "Write the values out instead of building them from each other.")
+        except ValueError as e:
+            return str(e), "Write the values out, or refer to another key only as ${key}."
+        return None
+
+    def key_length(self, key: str, seen: tuple[str, ...]) -> int:
+        if key in self.memo:
+            return self.memo[key]
         if key in seen:
             raise ValueError(f"${{{key}}} refers to itself (through {' -> '.join(seen)})")
-        value = keys[key]
-        total = text_length(value, (*seen, key)) if isinstance(value, str) else len(str(value))
-        memo[key] = total
-        return total
+        value = self.keys[key]
+        self.memo[key] = self.text_length(value, (*seen, key)) if isinstance(value, str) else len(str(value))
+        return self.memo[key]
 
-    def text_length(text: str, seen: tuple[str, ...]) -> int:
+    def text_length(self, text: str, seen: tuple[str, ...]) -> int:
         total = len(text)
         for m in _INTERPOLATION.finditer(text):
             name = m.group(1).strip()
-            if not _KEY.fullmatch(name) or name not in keys:
+            if not _KEY.fullmatch(name) or name not in self.keys:
                 raise ValueError(f"the interpolation {one_line(m.group(0), 60)} is not ${{key}} of another key of "
                                  "the file (resolvers, nested and relative references are not read)")
-            total += length(name, seen) - len(m.group(0))
-            if total > max_chars:
+            total += self.key_length(name, seen) - len(m.group(0))
+            if total > self.max_chars:
                 raise OverflowError
         if "${" in _INTERPOLATION.sub("", text):
             raise ValueError(f"{one_line(text, 60)!r} holds a '${{' that is no ${{key}} interpolation")
         return total
-
-    try:
-        resolved = 0
-        for text in strings:
-            resolved += text_length(text, ())
-            if resolved > max_chars:
-                raise OverflowError
-    except OverflowError:
-        return (f"its ${{...}} interpolations expand to more than {max_chars} characters",
-                "Write the values out instead of building them from each other.")
-    except ValueError as e:
-        return str(e), fix
-    return None
 
 
 # --------------------------------------------------------------------------------------- number arguments

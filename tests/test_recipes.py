@@ -134,6 +134,22 @@ def test_paper_recipe_is_the_notebooks_seed_n_run(tiny_clip, tiny_vqgan, tmp_pat
     assert _moved(ours, start[0]) > 2 / 255  # the argmax image moved from that of the start logits
 
 
+def test_the_loop_tests_see_the_resampling(tiny_clip, tiny_vqgan, monkeypatch):
+    """At 32² under the 32² CLIP every crop was the whole image and the notebook's Lanczos resample never ran: a
+    nearest-neighbour resample still equalled the notebook there. At the tests' 64² it no longer does."""
+    import torch.nn.functional as F
+
+    from vqclip.generation import anchor_cutouts
+
+    monkeypatch.setattr(anchor_cutouts, "_resample", lambda x, size: F.interpolate(x, size, mode="nearest"))
+    target = _text_target(tiny_clip)
+    for size, sees_it in (((32, 32), False), (SIZE, True)):
+        settings = Settings(prompts=parse_prompts("an apple"), recipe="paper", size=size, steps=3, cutn=6, seed=0)
+        ours = run(settings, tiny_clip, tiny_vqgan, Space("clip"))
+        losses, _ = anchors.notebook_run(tiny_clip, tiny_vqgan, target, size=size, steps=3, cutn=6, seed=0)
+        assert (ours.history != pytest.approx(losses, rel=1e-5, abs=1e-6)) == sees_it
+
+
 @pytest.mark.parametrize("seed, init_weight", [(2, 0.5), (5, 0.0)])
 def test_nerdyrodent_recipe_is_its_generate_loop_on_the_same_draws(tiny_clip, tiny_vqgan, seed, init_weight):
     """Pooled cutouts with kornia's Af/Pe/Ji/Er and noise, Adam 0.1 on z, z clamped, init weight as z -> 0 decay."""

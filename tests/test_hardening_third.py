@@ -391,6 +391,14 @@ def _torch_free_checks() -> bool:
 
 
 TORCH_FREE = _torch_free_checks()
+
+
+def test_the_space_names_the_early_checks_use_are_the_librarys():
+    """antitext may keep its own literal copy of the space names (to import no torch); it must equal vqclip.spaces'."""
+    from vqclip import spaces
+    from vqclip.generation import antitext
+
+    assert antitext.SPACES == spaces.SPACES and antitext.TEXT_MODES == spaces.TEXT_MODES
 BLOCKED = ("import sys\nsys.modules['torch'] = None\nsys.modules['open_clip'] = None\n"
            "from vqclip.cli import main\nsys.exit(main(sys.argv[1:]))\n")
 

@@ -4,8 +4,10 @@
   method)"), the setup the paper's generation numbers came from;
 - `nerdyrodent_*`: nerdyrodent/VQGAN-CLIP generate.py with its defaults (cut method `latest`).
 
-The anchors draw from torch's global RNG; here each draw takes an explicit generator instead, so a test can give
-the re-statement and vqclip the same random numbers. The models (CLIP's image tower with its normalisation,
+The anchors draw from torch's global RNG. The notebook is re-stated with its own seeding (`torch.manual_seed`, then
+the global RNG, under `fork_rng`), which the paper recipe follows; nerdyrodent's cutouts run under a seed drawn per
+step from an explicit generator, as the nerdyrodent recipe reseeds them, so a test can give the re-statement and
+vqclip the same random numbers. The models (CLIP's image tower with its normalisation,
 the VQGAN's decoder mapped to [0, 1]) are the adapters under test, called as the anchors call theirs.
 """
 

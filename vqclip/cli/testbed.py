@@ -51,6 +51,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help=f"five-tuples for the projections {_default('n_tuples')}")
     p.add_argument("--attacks", type=int, default=None, metavar="N",
                    help=f"objects to attack with a wrong word {_default('n_attacks')}")
+    p.add_argument("--clip-crop", type=float, default=None, metavar="S",
+                   help="train the CLIP on random square crops of side S..1 of the picture, rescaled, like the "
+                        "generator's cutouts (default 1: none; the drawing recipe uses 0.6, docs/testbed.md)")
+    p.add_argument("--robust-steps", type=int, default=None, metavar="N",
+                   help="then fine-tune the CLIP adversarially (PGD-L2, radius growing to --robust-eps) for N steps, "
+                        "so that its gradients draw shapes (default 0: off; about 0.5 s a step on one thread)")
+    p.add_argument("--robust-eps", type=float, default=None, metavar="E",
+                   help="the adversarial fine-tune's L2 radius in [0, 1] pixel units (default 3.0)")
     p.add_argument("--reuse-clip", action="store_true",
                    help="keep the small CLIP already in --out when it was trained with the same world and settings "
                         "(to try projection settings in seconds)")
@@ -142,7 +150,8 @@ def _testbed_config(args):
     overrides = {"clip_steps": args.steps, "n_pairs": args.pairs, "n_tuples": args.tuples,
                  "n_attacks": args.attacks, "proj_epochs": args.epochs, "proj_lr": args.proj_lr,
                  "learn_dim": args.learn_dim, "forget_dim": args.forget_dim, "learn_weights": args.learn_weights,
-                 "forget_weights": args.forget_weights, "gamma": args.gamma}
+                 "forget_weights": args.forget_weights, "gamma": args.gamma, "clip_crop": args.clip_crop,
+                 "robust_steps": args.robust_steps, "robust_eps": args.robust_eps}
     return replace(config, **{k: v for k, v in overrides.items() if v is not None},
                    include_class_words=args.include_class_words or config.include_class_words)
 

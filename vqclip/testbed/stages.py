@@ -25,7 +25,7 @@ def train_clip_stage(world: World, config: TestbedConfig, out: Path, progress: b
     With `reuse`, a CLIP already in `out/clip` whose recorded recipe matches this configuration is kept as is.
     """
     from ..io import write_json
-    from .small_clip import ClipTrainConfig, save_small_clip, small_clip_config, train_small_clip
+    from .small_clip import ClipTrainConfig, save_small_clip, small_clip_config
     from .world import training_set
 
     record_path = out / "clip" / "testbed_clip.json"
@@ -41,21 +41,36 @@ def train_clip_stage(world: World, config: TestbedConfig, out: Path, progress: b
     model_cfg = small_clip_config(image_size=config.image_size, embed_dim=config.embed_dim, width=config.clip_width,
                                   text_width=config.clip_text_width)
     train_cfg = ClipTrainConfig(steps=config.clip_steps, batch_size=config.clip_batch, lr=config.clip_lr,
-                                warmup=config.clip_warmup, seed=config.seed)
-    with _bar(config.clip_steps, "small CLIP: contrastive training", progress) as bar:
-        def on_step(rec):
-            bar.update(1)
-            if rec["step"] % 25 == 0:
-                bar.set_postfix(loss=f"{rec['loss']:.3f}")
-
-        model, history = train_small_clip(model_cfg, images, captions, train_cfg, on_step)
+                                warmup=config.clip_warmup, seed=config.seed, crop_scale=config.clip_crop)
+    model, history = _train(model_cfg, images, captions, train_cfg, "small CLIP: contrastive training", progress)
+    robust = None
+    if config.robust_steps:
+        robust = ClipTrainConfig(steps=config.robust_steps, batch_size=config.clip_batch, lr=config.robust_lr,
+                                 warmup=min(100, config.robust_steps), seed=config.seed, crop_scale=config.clip_crop,
+                                 adv_eps=config.robust_eps, adv_ramp=0.5)
+        model, more = _train(model_cfg, images, captions, robust, "small CLIP: adversarial fine-tune", progress,
+                             init=model.state_dict())
+        history += [{**r, "seconds": r["seconds"] + history[-1]["seconds"]} for r in more]
     clip_id = save_small_clip(model, model_cfg, out / "clip")
     record = {"clip": clip_id, "recipe": config.clip_recipe(), "model_cfg": model_cfg, "train": train_cfg.to_dict(),
+              **({"robust": robust.to_dict()} if robust else {}),
               "pairs": {k: kinds.count(k) for k in sorted(set(kinds))},
               "final_loss": round(sum(r["loss"] for r in history[-20:]) / min(20, len(history)), 4),
               "seconds": {"world": round(gen_seconds, 1), "train": round(history[-1]["seconds"], 1)}}
     write_json(record_path, record)
     return {**record, "reused": False}
+
+
+def _train(model_cfg, images, captions, train_cfg, label: str, progress: bool, init=None):
+    from .small_clip import train_small_clip
+
+    with _bar(train_cfg.steps, label, progress) as bar:
+        def on_step(rec):
+            bar.update(1)
+            if rec["step"] % 25 == 0:
+                bar.set_postfix(loss=f"{rec['loss']:.3f}")
+
+        return train_small_clip(model_cfg, images, captions, train_cfg, on_step, init=init)
 
 
 @torch.no_grad()

@@ -63,3 +63,24 @@ def test_init_images_are_sized_as_each_recipes_anchor(tiny_vqgan, tmp_path, reci
     assert image.shape[-2:] == (48, 48)
     red_left = bool(image[0, 0, :, :2].min() > 0.9 and image[0, 1, :, :2].max() < 0.1)
     assert red_left == keeps_the_band
+
+
+def test_init_code_probability_sets_how_much_of_the_init_the_start_keeps(tiny_vqgan, tmp_path):
+    """`init_code_probability` is the own-code probability of the start logits (the testbed's page start uses a
+    low one, docs/testbed.md); out of (0, 1) it is refused by name."""
+    from vqclip.errors import VqclipError
+    from vqclip.generation.latents import initial_logits
+
+    path = _smooth_png(tmp_path / "init.png", 0)
+    codebook = tiny_vqgan.codebook.detach()
+    own = {}
+    for p in (None, 0.5, 0.05):
+        settings = Settings(prompts=parse_prompts("x"), recipe="paper", size=(64, 64), init_image=path, seed=0,
+                            init_code_probability=p).resolved(tiny_vqgan.factor)[0]
+        init = _codes(initial_latent(settings, tiny_vqgan, torch.Generator()), codebook)
+        probs = initial_logits(settings, tiny_vqgan, torch.Generator(), None).softmax(-1).reshape(-1, len(codebook))
+        own[p] = probs.gather(1, init[:, None]).mean().item()
+    assert abs(own[None] - 0.95) < 0.01 and abs(own[0.5] - 0.5) < 0.01 and abs(own[0.05] - 0.05) < 0.01, own
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(VqclipError, match="init_code_probability"):
+            Settings(prompts=parse_prompts("x"), init_code_probability=bad).resolved(tiny_vqgan.factor)

@@ -132,6 +132,8 @@ def canonical_hash(obj: Any, n: int = 16) -> str:
 
 
 ANTI_TEXT_FIELDS = ("anti_text", "negative_text", "negative_weight", "textoff", "textoff_mode", "textoff_weight")
+# Fields added after batches were begun: at their defaults they stay out of batch.json's settings (same fingerprint).
+LATER_FIELDS = ANTI_TEXT_FIELDS + ("init_code_probability",)
 
 
 def base_settings_record(base) -> dict:
@@ -142,8 +144,8 @@ def base_settings_record(base) -> dict:
     record = resolved.to_dict()
     for key in ("prompts", "seed"):
         record.pop(key)
-    defaults = {f.name: f.default for f in dataclasses.fields(base) if f.name in ANTI_TEXT_FIELDS}
-    for key in ANTI_TEXT_FIELDS:  # at their defaults they are left out: batches begun before them resume as before
+    defaults = {f.name: f.default for f in dataclasses.fields(base) if f.name in LATER_FIELDS}
+    for key in LATER_FIELDS:  # at their defaults they are left out: batches begun before them resume as before
         if record.get(key) in (defaults[key], [], ()):
             record.pop(key, None)
     return record

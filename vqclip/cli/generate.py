@@ -81,6 +81,9 @@ def add_settings_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--init-weight", type=float, default=0.0,
                    help="pull toward the initial latent (useful with --init-image); with --method codebook it "
                         "pulls the expected code softmax(logits)·codebook (default 0)")
+    g.add_argument("--init-code-probability", type=float, default=None, metavar="P",
+                   help="with --init-image and --method codebook: the probability each token starts on the "
+                        "image's own code (default 0.95); lower starts from noisier samples around the image")
     g.add_argument("--save-best", action="store_true",
                    help="keep the image of the step with the lowest loss instead of the last one (run.json "
                         "records which step)")
@@ -173,7 +176,8 @@ def settings_from_args(args: argparse.Namespace, prompt: str):
                     size=tuple(args.size), steps=args.steps, lr=args.lr, optimizer=args.optimizer,
                     method=args.method, loss=args.loss, cutn=args.cutn, cut_pow=args.cut_pow,
                     augment=args.augment, noise=args.noise, seed=args.seed, init_image=args.init_image,
-                    init_weight=args.init_weight, change_every=args.change_every,
+                    init_weight=args.init_weight, init_code_probability=args.init_code_probability,
+                    change_every=args.change_every,
                     noise_prompts=[parse_noise_prompt(s) for s in args.noise_prompt],
                     image_prompt_mode=args.image_prompt_mode, save_best=args.save_best, recipe=args.recipe,
                     anti_text=args.anti_text or (), negative_text=args.negative_text,

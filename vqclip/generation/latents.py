@@ -107,7 +107,7 @@ def initial_logits(settings: Settings, vqgan, generator: torch.Generator, start:
     if settings.recipe_spec.codebook_init == "randn" and start is None:
         logits = torch.randn(h * w, n, generator=generator, device=generator.device)  # on the generator's device
         return logits.view(1, h, w, n).to(vqgan.codebook.device)
-    keep = None if start is None else START_CODE_PROBABILITY
+    keep = None if start is None else settings.init_code_probability or START_CODE_PROBABILITY
     return codebook_logits(initial_latent(settings, vqgan, generator, start), vqgan.codebook.detach(), keep)
 
 

@@ -65,6 +65,9 @@ class Settings:
     seed: int | None = None
     init_image: str | None = None
     init_weight: float = 0.0
+    # Codebook sampling from an init image: each token's own code starts with this probability (None: 0.95,
+    # latents.START_CODE_PROBABILITY); lower values start from noisier samples around the image.
+    init_code_probability: float | None = None
     story: list[list[Prompt]] = field(default_factory=list)  # later prompt phases ("a ^ b"), every change_every
     change_every: int = 0  # steps per story phase; the phases repeat from the first after the last (nerdyrodent)
     noise_prompts: list[Prompt] = field(default_factory=list)  # text = the seed of a random target embedding
@@ -134,6 +137,10 @@ class Settings:
         if not (math.isfinite(self.init_weight) and self.init_weight >= 0):
             raise bad_arg("--init-weight", "must be a finite number, 0 or more", self.init_weight,
                           "Try --init-weight 0.5.")
+        p = self.init_code_probability
+        if p is not None and not (isinstance(p, (int, float)) and 0 < p < 1):
+            raise bad_arg("init_code_probability", "must be a probability strictly between 0 and 1", p,
+                          "Leave it unset (0.95), or e.g. 0.002 for a start that is nearly random codes.")
         if self.change_every < 0:
             raise bad_arg("--change-every", "must be 0 or more", self.change_every, "Try --change-every 50.")
         if self.story and not self.change_every:

@@ -62,7 +62,7 @@ def batch_settings(config, page: Path, testbed_out: Path | None = None):
                 "textoff_mode": config.textoff_mode} if getattr(config, "methods", ()) else {})
     return Settings(prompts=[], size=(int(config.size), int(config.size)), steps=int(config.steps),
                     lr=float(config.lr), cutn=int(config.cutn), init_image=str(page), recipe=config.recipe,
-                    **methods)
+                    init_code_probability=config.start_code_probability, **methods)
 
 
 def batch_projections(testbed_out: Path, spaces: Sequence[str]) -> dict[str, str | None]:

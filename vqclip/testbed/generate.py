@@ -65,6 +65,10 @@ class GenerationConfig:
     cutn: int = 8
     size: int = 64
     page: tuple[int, int, int] = PAGE
+    # Codebook sampling's start around the page: each token's own (page) code at this probability. 0.002 is what
+    # the start logits -d/std(d) gave the page before issue 36 made init images keep their codes (0.95): the world's
+    # page was then a start of nearly random codes leaning to the page's colour, and the directions were measured so.
+    start_code_probability: float = 0.002
     group_size: int = 6
     margins: GenMargins | None = None  # None: GenMargins.for_seeds(the number of CLIP seeds)
     recipe: str = "paper"  # the paper's generation recipe (its cutouts, method, no augmentations); size etc. as above
@@ -151,7 +155,8 @@ def batch_args(testbed_out: Path, vqgan: Path, prompts: Path, out: Path, config:
             "--projection-learn", str(testbed_out / "learn.safetensors"),
             "--projection-forget", str(testbed_out / "forget.safetensors"),
             "--size", str(config.size), str(config.size), "--steps", str(config.steps), "--lr", str(config.lr),
-            "--cutn", str(config.cutn), "--init-image", str(page), "--group-size", str(config.group_size),
+            "--cutn", str(config.cutn), "--init-image", str(page),
+            "--init-code-probability", str(config.start_code_probability), "--group-size", str(config.group_size),
             "--recipe", config.recipe,
             "--device", "cpu", "--quiet"]
 

@@ -114,3 +114,21 @@ def test_the_clip_stage_fine_tunes_adversarially_after_the_clean_training(tmp_pa
     assert info["recipe"]["robust_steps"] == 2
     again = train_clip_stage(config.world(), config, tmp_path, progress=False, reuse=True)
     assert again["reused"]
+
+
+def test_the_docs_tables_are_rebuilt_from_the_shipped_records(capsys):
+    """Every line `benchmarks/world_clip_draws.py table` prints from docs/data/world_clip_draws.json stands in
+    docs/testbed.md: the numbers there come from the shipped per-image records, not by hand."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("world_clip_draws", root / "benchmarks" / "world_clip_draws.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["table", str(root / "docs" / "data" / "world_clip_draws.json")])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(lines) == 2 + 5 + 2 + 10
+    docs = (root / "docs" / "testbed.md").read_text(encoding="utf-8").splitlines()
+    missing = [line for line in lines if line not in docs]
+    assert not missing, missing

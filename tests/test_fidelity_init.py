@@ -82,5 +82,5 @@ def test_init_code_probability_sets_how_much_of_the_init_the_start_keeps(tiny_vq
         own[p] = probs.gather(1, init[:, None]).mean().item()
     assert abs(own[None] - 0.95) < 0.01 and abs(own[0.5] - 0.5) < 0.01 and abs(own[0.05] - 0.05) < 0.01, own
     for bad in (0, 1, 1.5, -0.1):
-        with pytest.raises(VqclipError, match="init_code_probability"):
+        with pytest.raises(VqclipError, match="--init-code-probability"):
             Settings(prompts=parse_prompts("x"), init_code_probability=bad).resolved(tiny_vqgan.factor)

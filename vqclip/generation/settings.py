@@ -139,7 +139,7 @@ class Settings:
                           "Try --init-weight 0.5.")
         p = self.init_code_probability
         if p is not None and not (isinstance(p, (int, float)) and 0 < p < 1):
-            raise bad_arg("init_code_probability", "must be a probability strictly between 0 and 1", p,
+            raise bad_arg("--init-code-probability", "must be a probability strictly between 0 and 1", p,
                           "Leave it unset (0.95), or e.g. 0.002 for a start that is nearly random codes.")
         if self.change_every < 0:
             raise bad_arg("--change-every", "must be 0 or more", self.change_every, "Try --change-every 50.")

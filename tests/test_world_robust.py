@@ -132,3 +132,24 @@ def test_the_docs_tables_are_rebuilt_from_the_shipped_records(capsys):
     docs = (root / "docs" / "testbed.md").read_text(encoding="utf-8").splitlines()
     missing = [line for line in lines if line not in docs]
     assert not missing, missing
+
+
+def test_the_testbed_says_how_long_before_any_work(monkeypatch, capsys, tmp_path):
+    """Issue 36 item 15: one line with the estimate before training starts (here training is stopped at once)."""
+    import vqclip.testbed.run as run_module
+    from vqclip.cli import main
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_module, "run_testbed", stop)
+    monkeypatch.setattr(run_module, "run_testbed_seeds", stop)
+    minutes = {}
+    for name, argv in {"one": [], "three": ["--seeds", "0-2"], "robust": ["--robust-steps", "1500"],
+                       "generate": ["--generate"]}.items():
+        assert main(["testbed", "--quick", "--out", str(tmp_path / name), *argv]) == 130
+        line = [ln for ln in capsys.readouterr().err.splitlines() if "on a quiet 2-core machine" in ln]
+        assert len(line) == 1, line
+        minutes[name] = int(line[0].split("about ")[1].split(" min")[0])
+    assert minutes["one"] == 2 and minutes["three"] == 7  # 1,000 quick steps: about 128 s measured
+    assert minutes["robust"] > minutes["one"] + 5 and minutes["generate"] > minutes["one"] + 5

@@ -127,6 +127,7 @@ def run(args) -> int:
 def _run(args) -> int:
     config = _testbed_config(args)
     gen_config = _gen_config(args)  # checked before minutes of training
+    _say_estimate(args, config, gen_config)
     result, wrote, seconds = _run_testbed(args, config)
     checks = list(result["checks"])
     if args.generate:
@@ -154,6 +155,28 @@ def _testbed_config(args):
                  "robust_steps": args.robust_steps, "robust_eps": args.robust_eps}
     return replace(config, **{k: v for k, v in overrides.items() if v is not None},
                    include_class_words=args.include_class_words or config.include_class_words)
+
+
+def _say_estimate(args, config, gen_config) -> None:
+    """One line on stderr before any work (unless --quiet): about how long the run takes on a quiet 2-core
+    machine."""
+    import sys
+
+    if args.quiet:
+        return
+    from ..batch.plan import parse_seeds
+    from ..testbed.config import estimate_seconds
+
+    seeds = len(parse_seeds(args.seeds)) if args.seeds is not None else 1
+    images = 0
+    if gen_config is not None:
+        columns = len(gen_config.columns)
+        images = seeds * len(config.classes) * len(gen_config.templates) * columns * len(gen_config.seeds)
+    seconds = estimate_seconds(config, seeds, images, gen_config.steps if gen_config else 0,
+                               gen_config is not None and args.world_models is None)
+    what = f"{seeds} seed{'s' * (seeds > 1)}" + (f", {images} generated images" if images else "")
+    print(f"testbed: {what}: about {max(1, round(seconds / 60))} min on a quiet 2-core machine, longer when it is "
+          "busy", file=sys.stderr, flush=True)
 
 
 def _run_testbed(args, config) -> tuple[dict, str, float]:

@@ -147,3 +147,20 @@ class TestbedConfig:
         for k in ("classes", "extra_words", "nonsense_length", "object_radius"):
             d[k] = list(d[k])
         return d
+
+
+# Seconds measured on a quiet 2-core machine (docs/testbed.md): a quick seed, 1,000 CLIP steps with everything around
+# them, took about 128 s; a full seed, 3,000 steps, about 7 minutes. A PGD fine-tune step costs about 0.4 s, a
+# generation step of one 64² image about 0.04 s, and the world VQGAN and judges about 5 minutes when not given.
+SECONDS_PER_CLIP_STEP = 0.14
+SECONDS_PER_ROBUST_STEP = 0.4
+SECONDS_PER_IMAGE_STEP = 0.04
+SECONDS_WORLD_MODELS = 300.0
+
+
+def estimate_seconds(config: TestbedConfig, n_seeds: int = 1, images: int = 0, gen_steps: int = 0,
+                     world_models: bool = False) -> float:
+    """A rough time for a testbed run on a quiet 2-core machine: the CLIP (and its fine-tune) per seed, then
+    `images` generated for `gen_steps` each, and the world models when they are trained (`world_models`)."""
+    per_seed = config.clip_steps * SECONDS_PER_CLIP_STEP + config.robust_steps * SECONDS_PER_ROBUST_STEP
+    return n_seeds * per_seed + images * gen_steps * SECONDS_PER_IMAGE_STEP + world_models * SECONDS_WORLD_MODELS

@@ -12,9 +12,12 @@ A *method* names the space and the anti-text parts together: `clip` (no defence)
 from __future__ import annotations
 
 from ..errors import VqclipError, bad_arg, choices_hint
-from ..spaces import SPACES, TEXT_MODES
 from .prompts import Prompt
 
+# vqclip.spaces' names, without its torch import (the CLI checks a command line with them before torch loads;
+# tests/test_hardening_third.py guards that they stay equal)
+SPACES = ("clip", "learn", "forget")
+TEXT_MODES = ("target", "project")
 ANTI_TEXT = ("negative", "textoff")
 DEFAULT_NEGATIVE_TEXT = "written text"
 DEFAULT_NEGATIVE_WEIGHT = -0.5

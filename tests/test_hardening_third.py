@@ -428,3 +428,22 @@ def test_batch_repeats_the_few_steps_note_of_generate(tmp_path, capsys):
     assert "note: with 5 steps the quantized codes have barely moved" in capsys.readouterr().err
     assert main([*args, "--spaces", "clip"]) == 0
     assert "barely moved" not in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- issue 37: the API's textoff advice
+
+def test_the_apis_missing_direction_advice_names_the_clip_flags_it_was_loaded_with(tiny_clip_id, tmp_path):
+    """`generate(space="textoff")` with no cached direction prints the train command with the model flags the user
+    gave (a local model's real folder), as the CLI does, so that it runs as printed."""
+    from vqclip.errors import VqclipError
+    from vqclip.generation.api import generate, load_models
+    from vqclip.models.tiny import write_taming_files
+
+    config, ckpt = write_taming_files(tmp_path / "vqgan")
+    models = load_models(tiny_clip_id, None, vqgan_config=str(config), vqgan_checkpoint=str(ckpt), device="cpu",
+                         cache_dir=str(tmp_path / "cache"))
+    flags = models.clip.cli_flags()
+    assert flags
+    with pytest.raises(VqclipError, match="no text direction") as e:
+        generate("an apple", space="textoff", models=models, size=(16, 16), steps=1, cutn=2, seed=0)
+    assert flags in str(e.value), str(e.value)

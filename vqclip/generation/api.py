@@ -68,9 +68,10 @@ class Models:
         """`space` keeping text out along this CLIP's text direction; built once per (space, file, mode)."""
         key = ("textoff", id(space), str(textoff) if textoff else None, mode)
         if key not in self._spaces:
-            found = resolve_direction(textoff, self.clip.identity, self.clip.embed_dim, self.cache_dir)
-            info = {"source": found.metadata.get("source", "vqclip train --direction textoff"), **found.describe()}
-            self._spaces[key] = space.without_text(found.vector.to(self.clip.device), mode, info)
+            found = resolve_direction(textoff, self.clip.identity, self.clip.embed_dim, self.cache_dir,
+                                      clip_flags=self.clip.cli_flags())
+            # describe() carries "source": both readers of direction.py always set it
+            self._spaces[key] = space.without_text(found.vector.to(self.clip.device), mode, found.describe())
         return self._spaces[key]
 
     def _resolve(self, name, projection, projection_arg) -> Space:

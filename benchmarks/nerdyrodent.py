@@ -9,7 +9,9 @@ What it follows, from generate.py at the default flags (`-cutm latest`, `-aug Af
 - Cutouts ("latest" cut method): `cutn` times, in a Python loop, the whole image pooled to CLIP's input size as
   (adaptive average pool + adaptive max pool) / 2; then kornia RandomAffine(15°, translate 0.1, shear 5, zeros),
   RandomPerspective(0.7), ColorJitter(0.1, 0.1, 0.1, 0.1), RandomErasing((0.1, 0.4), (0.3, 1/0.3),
-  same_on_batch=True), each with p = 0.7; then noise: per cutout U(0, 0.1) × N(0, 1).
+  same_on_batch=True), each with p = 0.7; then noise: per cutout U(0, 0.1) × N(0, 1). The jitter is built as
+  kornia's ColorJiggle: nerdyrodent pins kornia 0.5.4, whose ColorJitter kornia >= 0.6 keeps under that name (its
+  own ColorJitter now applies brightness and contrast differently).
 - One batched CLIP call for all cutouts: `encode_image(normalize(cutouts)).float()`.
 - Loss: the spherical distance to the text embedding, averaged over cutouts (`Prompt`).
 - `synth`: straight-through vector quantization, VQGAN decode (fp32), (x + 1) / 2, clamp with gradient.
@@ -36,7 +38,7 @@ class PooledCutouts(nn.Module):
         self.augs = nn.Sequential(
             K.RandomAffine(degrees=15, translate=0.1, shear=5, p=0.7, padding_mode="zeros", keepdim=True),
             K.RandomPerspective(distortion_scale=0.7, p=0.7),
-            K.ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
+            K.ColorJiggle(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1, p=0.7),
             K.RandomErasing(scale=(0.1, 0.4), ratio=(0.3, 1 / 0.3), same_on_batch=True, p=0.7),
         )
         self.noise_fac = 0.1

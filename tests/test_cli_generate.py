@@ -209,7 +209,7 @@ def test_missing_imageio_ffmpeg_is_reported_before_the_run(model_args, tmp_path,
               + model_args)
     assert rc == 2
     err = capsys.readouterr().err
-    assert 'pip install "vqclip[video]"' in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert 'pip install -e ".[video]" in the vqclip clone' in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "r").exists()
 
 

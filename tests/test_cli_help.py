@@ -141,7 +141,7 @@ def test_missing_optional_module_is_one_line_with_the_install_command(tmp_path, 
     monkeypatch.setattr(score, "run", needs_scipy)
     assert main(["score", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == 'vqclip score: error: scipy is not installed (optional): pip install "vqclip[ocr]"'
+    assert err == 'vqclip score: error: scipy is not installed (optional): pip install -e ".[ocr]" in the vqclip clone'
     assert missing_extra_hint(MissingExtraError('x needs y: pip install "vqclip[ocr]"')).endswith('"vqclip[ocr]"')
     assert missing_extra_hint(ImportError("No module named 'torch'", name="torch")) is None
 
@@ -172,7 +172,7 @@ def test_missing_wordfreq_is_a_one_line_error(tmp_path, capsys, monkeypatch, tin
                "--workers", "0", "--no-progress", "--device", "cpu"])
     assert rc == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("vqclip train: error:") and 'pip install "vqclip[train]"' in err
+    assert err.startswith("vqclip train: error:") and 'pip install -e ".[train]" in the vqclip clone' in err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
 
 

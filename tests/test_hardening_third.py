@@ -447,3 +447,26 @@ def test_the_apis_missing_direction_advice_names_the_clip_flags_it_was_loaded_wi
     with pytest.raises(VqclipError, match="no text direction") as e:
         generate("an apple", space="textoff", models=models, size=(16, 16), steps=1, cutn=2, seed=0)
     assert flags in str(e.value), str(e.value)
+
+
+# ------------------------------------------------------------------------- issue 37: install hints
+
+# Files whose hint another change still has to bring over (each entry must still hold the old form).
+OLD_HINT_LEFT = {"vqclip/spelling/render.py"}
+
+
+def test_install_hints_name_the_clone_install_the_readme_gives():
+    """vqclip is installed from its clone (README: `pip install -e .`), not from PyPI: every hint says
+    `pip install -e ".[X]"`, never `pip install "vqclip[X]"`, which would find nothing."""
+    import re
+
+    from vqclip.errors import missing_extra_hint, pip_extra
+
+    root = Path(__file__).resolve().parent.parent
+    old = re.compile(r"""pip install \\?["']vqclip\[""")
+    found = {str(p.relative_to(root)) for p in (root / "vqclip").rglob("*.py") if old.search(p.read_text())}
+    assert found == OLD_HINT_LEFT, found
+    assert 'pip install "vqclip[' not in (root / "README.md").read_text()
+    assert pip_extra("ocr") == 'pip install -e ".[ocr]" in the vqclip clone'
+    hint = missing_extra_hint(ImportError("No module named 'wordfreq'", name="wordfreq"))
+    assert hint == 'wordfreq is not installed (optional): pip install -e ".[train]" in the vqclip clone'

@@ -168,7 +168,7 @@ def test_offline_first_train_lists_clip_imagenetv2_and_wordfreq_at_once(fresh, m
     assert "CLIP weights ViT-B-32/openai" in err
     assert "dataset ImageNetV2 matched-frequency" in err
     assert str(fresh / "cache" / "datasets" / "imagenetv2" / "imagenetv2-matched-frequency.tar.gz") in err
-    assert 'extra wordfreq: install it with pip install "vqclip[train]"' in err
+    assert 'extra wordfreq: install it with pip install -e ".[train]" in the vqclip clone' in err
     assert calls == [1] and not (fresh / "cache").exists()
 
 
@@ -178,7 +178,7 @@ def test_a_missing_extra_alone_is_said_without_probing_the_network(monkeypatch):
     calls = _probe(monkeypatch, online=True)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
     need = preflight.extra_need("easyocr")
-    assert not need.present and 'pip install "vqclip[ocr]"' in need.line()
+    assert not need.present and 'pip install -e ".[ocr]" in the vqclip clone' in need.line()
     with pytest.raises(preflight.MissingAssets, match="not installed: easyocr: install it with pip install"):
         preflight.preflight([need])
     assert calls == []

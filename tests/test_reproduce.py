@@ -425,7 +425,7 @@ def test_dry_run_needs_no_train_extra(tiny_model_flags, projections, fake_ocr, t
     assert 'drawn from wordfreq when the run starts, which needs the `train` extra: pip install -e ".[train]"' in printed
     assert "12 images x 300 steps x" in printed and not out.exists()
     assert main(["reproduce", "ocr", *flags]) == 2  # the run itself still needs the words, and says so
-    assert 'need wordfreq: pip install "vqclip[train]"' in capsys.readouterr().err and not (out / "ocr").exists()
+    assert 'need wordfreq: pip install -e ".[train]" in the vqclip clone' in capsys.readouterr().err and not (out / "ocr").exists()
 
 
 def test_offline_typographic_lists_the_projections_with_the_rest(tmp_path, capsys, monkeypatch):

@@ -175,7 +175,7 @@ def test_ui_command_is_safe_by_default(tmp_path, capsys, monkeypatch):
     assert "--password-file: the first line is empty" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "gradio", None)  # as if the extra were not installed
     assert main(["ui"]) == 2
-    assert 'pip install "vqclip[ui]"' in capsys.readouterr().err
+    assert 'pip install -e ".[ui]" in the vqclip clone' in capsys.readouterr().err
 
 
 def free_port() -> int:
@@ -187,7 +187,7 @@ def free_port() -> int:
 
 
 def test_remote_host_warns_and_a_password_guards_the_page(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("gradio", reason="the ui extra is not installed: pip install \"vqclip[ui]\"")
+    pytest.importorskip("gradio", reason="the ui extra is not installed: pip install -e \".[ui]\"")
     import httpx
 
     import vqclip.ui.app as app
@@ -215,7 +215,7 @@ def test_remote_host_warns_and_a_password_guards_the_page(tmp_path, capsys, monk
 
 
 def test_a_port_in_use_is_a_one_line_error(tmp_path, capsys):
-    pytest.importorskip("gradio", reason="the ui extra is not installed: pip install \"vqclip[ui]\"")
+    pytest.importorskip("gradio", reason="the ui extra is not installed: pip install -e \".[ui]\"")
     import socket
 
     with socket.socket() as taken:

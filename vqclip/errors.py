@@ -75,13 +75,19 @@ OPTIONAL_MODULES = {"imageio_ffmpeg": "video", "easyocr": "ocr", "easyocr_en_mod
                     "wordfreq": "train", "matplotlib": "train", "gradio": "ui", "playwright": "test"}
 
 
+def pip_extra(extra: str) -> str:
+    """How a user adds an optional extra: vqclip is installed from its clone (README); it is not on PyPI, where
+    asking for `vqclip[X]` would find nothing."""
+    return f'pip install -e ".[{extra}]" in the vqclip clone'
+
+
 def missing_extra_hint(error: ImportError) -> str | None:
     """The one-line message for an ImportError of a missing optional extra, or None for any other ImportError."""
     if isinstance(error, MissingExtraError):
         return str(error)
     top = (error.name or "").split(".")[0]
     if top in OPTIONAL_MODULES:
-        return f'{top} is not installed (optional): pip install "vqclip[{OPTIONAL_MODULES[top]}]"'
+        return f"{top} is not installed (optional): {pip_extra(OPTIONAL_MODULES[top])}"
     return None
 
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from . import __version__
 from .cache import slug
-from .errors import MissingExtraError, VqclipError, bad_arg
+from .errors import MissingExtraError, VqclipError, bad_arg, pip_extra
 from .io import check_writable, save_png, write_json
 
 IMAGE_NAME = "image.png"
@@ -197,8 +197,8 @@ def check_video_support(fmt: str) -> None:
         try:
             import imageio_ffmpeg  # noqa: F401
         except ImportError as e:
-            raise MissingExtraError('--video mp4 needs imageio-ffmpeg: pip install "vqclip[video]" '
-                              "(or use --video gif)") from e
+            raise MissingExtraError(f"--video mp4 needs imageio-ffmpeg: {pip_extra('video')} "
+                                    "(or use --video gif)") from e
 
 
 def write_video(run_dir: str | os.PathLike, fps: int = 12, fmt: str = "mp4") -> Path:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from .errors import VqclipError
+from .errors import VqclipError, pip_extra
 
 # What the downloads need: the model hub (CLIP weights) and Google Drive (the paper's projections and photos).
 PROBE_HOSTS = (("huggingface.co", 443), ("drive.google.com", 443))
@@ -226,8 +226,8 @@ def extra_need(module: str) -> Need:
         present = importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
         present = False
-    return Need("extra", module, present, f'pip install "vqclip[{extra}]"',
-                f'install it with pip install "vqclip[{extra}]" (or: pip install {module})', fetchable=False)
+    return Need("extra", module, present, pip_extra(extra),
+                f"install it with {pip_extra(extra)} (or: pip install {module})", fetchable=False)
 
 
 def plan_assets(*, clip: str, pretrained: str | None, cache: str | os.PathLike | None = None,

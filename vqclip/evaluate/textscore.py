@@ -8,7 +8,7 @@ import math
 import re
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, pip_extra
 from .ocr import Detection
 
 DEFAULT_THRESHOLDS = (0.0, 0.25)  # the paper's OCR confidence cut-offs
@@ -292,8 +292,8 @@ def bar_chart(groups: Sequence[Mapping[str, Any]], path, thresholds: Sequence[fl
     try:
         from matplotlib.figure import Figure  # no pyplot: leaves the caller's backend and figures alone
     except ImportError as e:
-        raise MissingExtraError('The score chart needs matplotlib: pip install "vqclip[ocr]"  (or: pip install matplotlib)'
-                          ) from e
+        raise MissingExtraError(f"The score chart needs matplotlib: {pip_extra('ocr')} (or: pip install matplotlib)"
+                                ) from e
 
     from ..io import atomic_path
 

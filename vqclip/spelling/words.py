@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..errors import MissingExtraError, bad_arg
+from ..errors import MissingExtraError, bad_arg, pip_extra
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 DEFAULT_VOCAB = 30000  # the most frequent English words considered; ~20,000 of them are 3–8 letters a–z
@@ -25,7 +25,7 @@ def _wordfreq():
     try:
         import wordfreq
     except ImportError as e:
-        raise MissingExtraError('Real-word lists need wordfreq: pip install "vqclip[train]"') from e
+        raise MissingExtraError(f"Real-word lists need wordfreq: {pip_extra('train')}") from e
     return wordfreq
 
 

@@ -1,14 +1,14 @@
 """`vqclip ui`: a local web page to compare the clip, learn and forget spaces live, and a gallery of the outputs.
 
-Needs the optional extra: pip install "vqclip[ui]" (Gradio). `runner` and `gallery` do the work without Gradio;
+Needs the optional extra: pip install -e ".[ui]" (Gradio). `runner` and `gallery` do the work without Gradio;
 `app` builds the page.
 """
 
 from __future__ import annotations
 
-from ..errors import MissingExtraError
+from ..errors import MissingExtraError, pip_extra
 
-INSTALL_HINT = 'vqclip ui needs Gradio, an optional extra: pip install "vqclip[ui]"'
+INSTALL_HINT = f"vqclip ui needs Gradio, an optional extra: {pip_extra('ui')}"
 
 
 def require_gradio() -> None:

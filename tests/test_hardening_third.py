@@ -470,3 +470,23 @@ def test_install_hints_name_the_clone_install_the_readme_gives():
     assert pip_extra("ocr") == 'pip install -e ".[ocr]" in the vqclip clone'
     hint = missing_extra_hint(ImportError("No module named 'wordfreq'", name="wordfreq"))
     assert hint == 'wordfreq is not installed (optional): pip install -e ".[train]" in the vqclip clone'
+
+
+# ------------------------------------------------------------------------- issue 37: offline CLIP advice
+
+@pytest.mark.parametrize("name,pretrained,folder", [
+    ("hf-hub:someone/no-such-clip", None, "models--someone--no-such-clip"),
+    ("ViT-B-32", "laion2b_s34b_b79k", "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K")])
+def test_an_offline_clip_load_names_the_hub_folder_to_copy(tmp_path, monkeypatch, name, pretrained, folder):
+    """Offline, the load error says which folder of the hub cache (blobs/, refs/, snapshots/) to bring over and
+    the `hf download` that makes it, not just "copy the hub cache"."""
+    from vqclip.errors import VqclipError
+    from vqclip.models.clip import load_clip
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(VqclipError) as e:
+        load_clip(name, pretrained, device="cpu", cache_dir=str(tmp_path))
+    text = str(e.value)
+    assert f"{tmp_path / 'clip' / folder}/ (its blobs/, refs/ and snapshots/)" in text, text
+    assert "hf download" in text, text

@@ -328,8 +328,9 @@ def load_clip(name: str = DEFAULT_CLIP, pretrained: str | None = DEFAULT_PRETRAI
                 "--pretrained PATH).") from e
         raise VqclipError(
             f"--clip: could not load {name!r} (pretrained={pretrained!r}): {quote_error(e, 300)}. If this machine is "
-            f"offline, download the weights elsewhere and pass the file with --pretrained PATH, copy the hub cache "
-            f"to {where}, or save the model in open_clip's format and use --clip local-dir:PATH.") from e
+            f"offline, download the weights elsewhere and pass the file with --pretrained PATH, "
+            f"{_hub_copy_advice(name, pretrained, where)}, or save the model in open_clip's format and use --clip "
+            "local-dir:PATH.") from e
     finally:
         logging.disable(logging.NOTSET)
     user = _user_weights(name, pretrained)
@@ -350,6 +351,18 @@ def _damaged_file_error(error: Exception) -> bool:
     text = str(error)
     return isinstance(error, RuntimeError) and any(s in text for s in ("PytorchStreamReader", "invalid load key",
                                                                        "failed finding central directory"))
+
+
+def _hub_copy_advice(name: str, pretrained: str | None, where: str) -> str:
+    """How to bring a hub download to an offline machine: the whole `models--ORG--REPO` folder, as
+    `preflight.hub_advice` words it (models sits below preflight in the layers, so the words are repeated here)."""
+    repo = name[len(HF_HUB):].strip("/") if name.startswith(HF_HUB) else \
+        str(_tag_cfg(name, pretrained).get("hf_hub", "")).strip("/")
+    if not repo:
+        return f"copy the hub cache to {where}"
+    hub = Path(where).expanduser()
+    return (f"on a machine with network run `hf download {repo} --cache-dir {hub}` and copy the whole folder "
+            f"{hub / ('models--' + repo.replace('/', '--'))}/ (its blobs/, refs/ and snapshots/) to the same path here")
 
 
 def _hub_folder(name: str, pretrained: str | None, where: str) -> str:

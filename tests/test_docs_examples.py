@@ -61,8 +61,6 @@ MARKERS_ELSEWHERE = {
                         "on 2 CPU cores"): "check: long: trains CLIPs for minutes",
     ("docs/testbed.md", "vqclip testbed --quick --seeds 0-5 --out runs/tb27 --reuse-clip --generate --methods "
                         "negative,textoff,forget+negative \\"): "check: long: trains for hours",
-    ("docs/speed.md", "python benchmarks/generate_step.py --size 128 128 --cutn 8 --steps 4 --repeats 3 --device cpu "
-                      "--group 12"): "check: long: full-size models, minutes; the GPU run needs a GPU",
 }
 
 # Plain tools a checked block may use, with what their line may look like.

@@ -452,7 +452,7 @@ def test_the_apis_missing_direction_advice_names_the_clip_flags_it_was_loaded_wi
 # ------------------------------------------------------------------------- issue 37: install hints
 
 # Files whose hint another change still has to bring over (each entry must still hold the old form).
-OLD_HINT_LEFT = {"vqclip/spelling/render.py"}
+OLD_HINT_LEFT = set()
 
 
 def test_install_hints_name_the_clone_install_the_readme_gives():

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from ..errors import MissingExtraError, bad_arg
+from ..errors import MissingExtraError, bad_arg, pip_extra
 from ..errors import quote_error
 
 Color = tuple[int, int, int]
@@ -137,7 +137,7 @@ def available_fonts(extra_dir: str | os.PathLike | None = None) -> list[str]:
                           "Point it at a folder of fonts.")
         fonts += [f for f in extra if f not in fonts]
     if not fonts:
-        raise MissingExtraError("vqclip found no fonts to render words with: pip install 'vqclip[train]' "
+        raise MissingExtraError(f"vqclip found no fonts to render words with: {pip_extra('train')} "
                           "(matplotlib ships the DejaVu fonts), or pass --font-dir FOLDER_OF_TTF_FILES.")
     return fonts
 

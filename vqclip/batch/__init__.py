@@ -5,8 +5,9 @@ The names below load on first use (PEP 562): the prompt files, the plan and the 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_getattr
 
 _HOME = {"BatchSpec": "plan", "Job": "plan", "make_plan": "plan", "parse_seeds": "plan", "parse_spaces": "plan",
          "PromptFileError": "promptfile", "PromptItem": "promptfile", "load_prompt_files": "promptfile",
@@ -19,12 +20,7 @@ __all__ = ["BatchHooks", "BatchSpec", "BatchSummary", "Job", "PromptFileError", 
            "parse_shard", "parse_spaces", "resolve_shard", "run_batch", "shard_from_env", "shard_jobs"]
 
 
-def __getattr__(name: str):
-    if name in _HOME:
-        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOME)
 
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@ torch, so the CLI checks a command line with them before torch is imported (an a
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from ..lazy import lazy_getattr
 
 _HOME = {"Models": "api", "generate": "api", "generate_many": "api", "load_models": "api", "Result": "loop",
          "Settings": "loop", "StepInfo": "loop", "run": "loop", "run_many": "loop", "Prompt": "prompts",
@@ -16,12 +17,7 @@ __all__ = ["Models", "Prompt", "Result", "Settings", "StepInfo", "generate", "ge
            "parse_image_prompt", "parse_prompts", "run", "run_many"]
 
 
-def __getattr__(name: str):
-    if name in _HOME:
-        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _HOME)
 
 
 if TYPE_CHECKING:

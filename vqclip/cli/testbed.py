@@ -56,7 +56,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "generator's cutouts (default 1: none; the drawing recipe uses 0.6, docs/testbed.md)")
     p.add_argument("--robust-steps", type=int, default=None, metavar="N",
                    help="then fine-tune the CLIP adversarially (PGD-L2, radius growing to --robust-eps) for N steps, "
-                        "so that its gradients draw shapes (default 0: off; about 0.5 s a step on one thread)")
+                        "so that its gradients draw shapes (default 0: off; about 0.4 s a step on one thread)")
     p.add_argument("--robust-eps", type=float, default=None, metavar="E",
                    help="the adversarial fine-tune's L2 radius in [0, 1] pixel units (default 3.0)")
     p.add_argument("--reuse-clip", action="store_true",

@@ -63,7 +63,7 @@ class TestbedConfig:
     embed_dim: int = 128
     # A CLIP whose gradients draw (issue 33; docs/testbed.md): random crops while training, then an adversarial
     # (PGD-L2) fine-tune of `robust_steps` from the clean CLIP. Off by default: the directions above were measured
-    # on clean CLIPs, and the fine-tune costs about 0.5 s a step on one thread.
+    # on clean CLIPs, and the fine-tune costs about 0.4 s a step on one thread.
     clip_crop: float = 1.0
     robust_steps: int = 0
     robust_eps: float = 3.0
@@ -149,9 +149,10 @@ class TestbedConfig:
         return d
 
 
-# Seconds measured on a quiet 2-core machine (docs/testbed.md): a quick seed, 1,000 CLIP steps with everything around
-# them, took about 128 s; a full seed, 3,000 steps, about 7 minutes. A PGD fine-tune step costs about 0.4 s, a
-# generation step of one 64² image about 0.04 s, and the world VQGAN and judges about 5 minutes when not given.
+# Rates: a quick seed, 1,000 CLIP steps with everything around them, took about 128 s on a quiet 2-core machine and
+# a full seed, 3,000 steps, about 7 minutes (docs/testbed.md); the world VQGAN and judges about 5 minutes when not
+# given. A PGD fine-tune step (0.3-0.5 s) and a generation step of one 64² image (0.04 s) were timed on one thread
+# with other work beside it (issue 33's runs), so those two parts of an estimate lean long.
 SECONDS_PER_CLIP_STEP = 0.14
 SECONDS_PER_ROBUST_STEP = 0.4
 SECONDS_PER_IMAGE_STEP = 0.04
